@@ -1,0 +1,43 @@
+# Two commands matter: `make demo` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+APT_PACKAGES := redis-server chromium
+
+.PHONY: demo test lint bench system venv clean
+
+system:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@echo "==> creating virtualenv in $(VENV) and installing Python packages"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: system venv
+	@$(BIN)/showroom demo
+
+test: system venv
+	@echo "==> running the test suite (real redis-server, localstripe, aiortc peers, headless chromium)"
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: venv
+	@$(BIN)/python -m load_tests.report
+
+clean:
+	rm -rf $(VENV) var build *.egg-info tests/artifacts

@@ -1,0 +1,1 @@
+"""Commerce: catalog, carts and holds, drops, orders, Stripe payments and webhooks."""

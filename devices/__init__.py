@@ -1,0 +1,1 @@
+"""Printers, label layout and the print worker."""

@@ -1,0 +1,74 @@
+"""Shared helpers for benchmarks: percentiles, tables, and BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import platform
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+RESULTS = ROOT / "load_tests" / "results"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    """A Markdown table (also readable printed to a terminal)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {cores} cores, Python {platform.python_version()}"
+
+
+def write_section(name: str, command: str, body: str) -> None:
+    """Replace (or add) the section for benchmark ``name`` in BENCHMARKS.md."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    section = f"{start}\n## {name}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{body.strip()}\n{end}"
+    text = (
+        BENCHMARKS.read_text()
+        if BENCHMARKS.exists()
+        else "# Benchmarks\n\nFigures measured on this project's machines; each section names the command that produced it.\n"
+    )
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = (
+        pattern.sub(lambda _m: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
+    BENCHMARKS.write_text(text)

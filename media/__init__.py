@@ -1,0 +1,1 @@
+"""Media path: WHIP ingest, compositor, shared encoders, WHEP fan-out, PocketCam."""

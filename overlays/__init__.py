@@ -1,0 +1,1 @@
+"""The on-screen scene: layers rendered to premultiplied YUVA sprites, blended in place."""

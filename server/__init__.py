@@ -1,0 +1,1 @@
+"""Showroom server: app factory, CLI, config, routes, auth, metrics, embedded services."""

@@ -1,0 +1,54 @@
+"""The aiohttp application factory.
+
+``create_app`` wires the shared pieces (settings, shows, Redis, event bus, metrics,
+signing secret) and lets each route module add its routes and lifecycle hooks. Route
+modules hold no business rules: they parse, authorise and call into ``media``,
+``checkout``, ``devices`` and ``overlays``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from server import auth, keys
+from server.config import Settings, ShowConfig
+from server.errors import json_errors
+from server.events import EventBus
+from server.metrics import Metrics
+from server.routes import cart, health, media, pages, shows, staff
+
+log = logging.getLogger("showroom")
+
+# Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
+ROUTE_MODULES = (health, shows, cart, staff, media, pages)
+
+
+def create_app(
+    settings: Settings, show_configs: dict[str, ShowConfig], redis_url: str
+) -> web.Application:
+    app = web.Application(
+        middlewares=[json_errors, auth.viewer_cookie], client_max_size=1024 * 1024
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.SHOWS] = show_configs
+    app[keys.METRICS] = Metrics()
+    app[keys.EXTRA] = {}
+
+    async def core_ctx(app: web.Application):
+        redis = aioredis.Redis.from_url(redis_url, decode_responses=False, health_check_interval=10)
+        app[keys.REDIS] = redis
+        app[keys.SECRET] = await auth.load_secret(redis)
+        bus = EventBus(redis)
+        await bus.start()
+        app[keys.BUS] = bus
+        yield
+        await bus.stop()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(core_ctx)
+    for module in ROUTE_MODULES:
+        module.setup(app)
+    return app

@@ -1,0 +1,213 @@
+"""``showroom`` command line: serve, demo, pocketcam, printer-worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from server.config import ManifestError, Settings, load_shows
+from server.embedded import EmbeddedRedis, ManagedProcess
+
+log = logging.getLogger("showroom")
+
+
+def run(coro: Awaitable[int | None]) -> int:
+    """Run on uvloop (falls back to asyncio's loop if uvloop is unavailable)."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro) or 0
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+class Services:
+    """Embedded child services, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.started: list[ManagedProcess] = []
+
+    def add(self, service: ManagedProcess) -> None:
+        self.started.append(service)
+
+    def stop(self) -> None:
+        for service in reversed(self.started):
+            log.info("stopping embedded %s", service.name)
+            service.stop()
+        self.started.clear()
+
+
+def start_embedded(settings: Settings, services: Services) -> str:
+    """Start what the settings do not point elsewhere; returns the Redis URL."""
+    redis_url = settings.redis_url or os.environ.get("SHOWROOM_REDIS_URL")
+    if not redis_url:
+        redis = EmbeddedRedis(settings.data_dir / "redis")
+        redis.start()
+        services.add(redis)
+        redis_url = redis.url
+    from checkout.sandbox import start_sandbox_if_needed
+
+    start_sandbox_if_needed(settings, services)
+    return redis_url
+
+
+async def serve(
+    settings: Settings,
+    redis_url: str,
+    on_ready: Callable[[str], Awaitable[None]] | None = None,
+) -> int:
+    from server.app import create_app
+
+    shows = load_shows(settings.manifests)
+    app = create_app(settings, shows, redis_url)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"showroom listening on {url}", flush=True)
+    stop = _stop_event()
+    try:
+        if on_ready is not None:
+            await on_ready(url)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        manifests=[Path(m) for m in getattr(args, "manifest", None) or []],
+        host=getattr(args, "host", "127.0.0.1"),
+        port=args.port,
+        redis_url=getattr(args, "redis", None),
+        data_dir=Path(getattr(args, "data_dir", "var")),
+        hold_seconds=getattr(args, "hold_seconds", 600),
+        max_viewers_per_show=getattr(args, "max_viewers", 500),
+        print_worker=not getattr(args, "no_print_worker", False),
+        public_url=getattr(args, "public_url", None),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        load_shows(settings.manifests)  # fail fast, before any service starts
+    except ManifestError as exc:
+        print(f"showroom: bad manifest: {exc}", file=sys.stderr)
+        return 2
+    services = Services()
+    try:
+        redis_url = start_embedded(settings, services)
+        return run(serve(settings, redis_url))
+    finally:
+        services.stop()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from server.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_pocketcam(args: argparse.Namespace) -> int:
+    from media.pocketcam import main as pocketcam_main
+
+    return run(pocketcam_main(args))
+
+
+def cmd_printer_worker(args: argparse.Namespace) -> int:
+    from devices.worker import main as worker_main
+
+    return run(worker_main(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="showroom", description="Live-commerce streaming server")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server for one or more show manifests")
+    p.add_argument(
+        "--manifest", action="append", required=True, help="show manifest (TOML); repeatable"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--redis", help="Redis URL (default: embedded redis-server under --data-dir)")
+    p.add_argument(
+        "--data-dir", default="var", help="data folder for embedded services (default ./var)"
+    )
+    p.add_argument(
+        "--hold-seconds", type=int, default=600, help="how long an add-to-cart holds stock"
+    )
+    p.add_argument(
+        "--max-viewers", type=int, default=500, help="viewers per show before WHEP answers 503"
+    )
+    p.add_argument("--no-print-worker", action="store_true", help="do not print in this process")
+    p.add_argument("--public-url", help="base URL for links on labels (default http://HOST:PORT)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "demo", help="embedded Redis + Stripe sandbox + demo show + PocketCam + virtual printer"
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--data-dir", default="var/demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pocketcam", help="publish a test pattern, file or camera over WHIP")
+    p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8080/whip/demo")
+    p.add_argument("--key", required=True, help="the show's stream key")
+    p.add_argument("--source", default="testsrc", help="testsrc | FILE | /dev/videoN")
+    p.add_argument("--size", default="1280x720")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--codec", default="h264", choices=["h264", "vp8"])
+    p.set_defaults(func=cmd_pocketcam)
+
+    p = sub.add_parser("printer-worker", help="print station: consume paid orders and print labels")
+    p.add_argument("--manifest", action="append", required=True)
+    p.add_argument(
+        "--redis",
+        default=os.environ.get("SHOWROOM_REDIS_URL"),
+        required=not os.environ.get("SHOWROOM_REDIS_URL"),
+    )
+    p.add_argument("--public-url", default=None)
+    p.set_defaults(func=cmd_printer_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aioice", "aiortc", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

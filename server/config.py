@@ -1,0 +1,326 @@
+"""Show manifests (TOML) and process settings.
+
+A manifest is validated completely at start-up: unknown keys, missing required keys,
+bad prices and negative stock stop the server with a message that names the file, the
+key and the problem (``ManifestError``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PRINTER_SCHEMES = ("tcp://", "usb://", "serial://", "file://")
+
+
+class ManifestError(ValueError):
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = str(path), key, problem
+        super().__init__(f"{path}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    bitrate_kbps: int = 1500
+
+
+@dataclass(frozen=True)
+class ProductConfig:
+    sku: str
+    name: str
+    price: Decimal
+    stock: int
+    image: Path | None = None
+    per_buyer_limit: int | None = None
+    printer: str | None = None  # packing station; default printer when None
+    description: str = ""
+
+    @property
+    def price_cents(self) -> int:
+        return int(self.price * 100)
+
+
+@dataclass(frozen=True)
+class PrinterConfig:
+    name: str
+    connection: str
+    profile: str = "TM-T88V"
+    paper_mm: int = 80
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    id: str
+    title: str
+    stream_key: str
+    currency: str
+    video: VideoConfig
+    products: tuple[ProductConfig, ...]
+    printers: tuple[PrinterConfig, ...]
+    staff_password: str
+    manifest_path: Path
+    pickup_note: str = "Pick up at the counter"
+
+    def product(self, sku: str) -> ProductConfig | None:
+        for p in self.products:
+            if p.sku == sku:
+                return p
+        return None
+
+    @property
+    def default_printer(self) -> PrinterConfig | None:
+        for p in self.printers:
+            if p.default:
+                return p
+        return self.printers[0] if self.printers else None
+
+
+@dataclass
+class Settings:
+    """Process-wide settings from the command line and the environment."""
+
+    manifests: list[Path] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    data_dir: Path = Path("var")
+    hold_seconds: int = 600
+    payment_timeout_s: int = 900
+    max_viewers_per_show: int = 500
+    print_worker: bool = True
+    sandbox: bool = True  # Stripe: embedded localstripe unless STRIPE_SECRET_KEY is set
+    public_url: str | None = None  # base URL printed on labels / QR codes
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+# --- manifest parsing -------------------------------------------------------------
+
+_SHOW_KEYS = {"id", "title", "stream_key", "currency", "video", "pickup_note"}
+_VIDEO_KEYS = {"width", "height", "fps", "bitrate_kbps"}
+_PRODUCT_KEYS = {
+    "sku",
+    "name",
+    "price",
+    "stock",
+    "image",
+    "per_buyer_limit",
+    "printer",
+    "description",
+}
+_PRINTER_KEYS = {"name", "connection", "profile", "paper_mm", "default"}
+_TOP_KEYS = {"show", "products", "printers", "staff"}
+_STAFF_KEYS = {"password"}
+
+
+def _unknown(path: Path, where: str, data: dict[str, Any], allowed: set[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else key
+            raise ManifestError(path, name, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _req(path: Path, where: str, data: dict[str, Any], key: str, typ: type) -> Any:
+    if key not in data:
+        raise ManifestError(path, f"{where}.{key}", "missing required key")
+    return _typed(path, f"{where}.{key}", data[key], typ)
+
+
+def _typed(path: Path, name: str, value: Any, typ: type) -> Any:
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ManifestError(path, name, f"must be an integer, got {value!r}")
+    if typ is not int and not isinstance(value, typ):
+        raise ManifestError(path, name, f"must be a {typ.__name__}, got {value!r}")
+    return value
+
+
+def _price(path: Path, name: str, value: Any) -> Decimal:
+    if not isinstance(value, str):
+        raise ManifestError(path, name, f'must be a decimal string like "18.00", got {value!r}')
+    try:
+        price = Decimal(value)
+    except InvalidOperation:
+        raise ManifestError(path, name, f"not a decimal number: {value!r}") from None
+    if not price.is_finite() or price < 0 or price != price.quantize(Decimal("0.01")):
+        raise ManifestError(
+            path, name, f"must be a non-negative amount with at most 2 decimals, got {value!r}"
+        )
+    if price > Decimal("999999.99"):
+        raise ManifestError(path, name, "is too large")
+    return price
+
+
+def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowConfig:
+    """Read and validate one show manifest; raise ManifestError on any problem."""
+    path = Path(path)
+    env = dict(os.environ) if env is None else env
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(path, "(file)", "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(path, "(file)", f"not valid TOML: {exc}") from None
+    _unknown(path, "", data, _TOP_KEYS)
+
+    show = data.get("show")
+    if not isinstance(show, dict):
+        raise ManifestError(path, "show", "missing required table [show]")
+    _unknown(path, "show", show, _SHOW_KEYS)
+    show_id = _req(path, "show", show, "id", str)
+    if not SLUG.match(show_id):
+        raise ManifestError(
+            path, "show.id", "must be a URL slug: lowercase letters, digits and dashes"
+        )
+    title = _req(path, "show", show, "title", str).strip()
+    if not title:
+        raise ManifestError(path, "show.title", "must not be empty")
+    stream_key = env.get("SHOWROOM_STREAM_KEY") or _req(path, "show", show, "stream_key", str)
+    if len(stream_key) < 4:
+        raise ManifestError(path, "show.stream_key", "must be at least 4 characters")
+    currency = _req(path, "show", show, "currency", str).lower()
+    if not re.fullmatch(r"[a-z]{3}", currency):
+        raise ManifestError(path, "show.currency", f"must be a 3-letter ISO code, got {currency!r}")
+    pickup_note = _typed(
+        path, "show.pickup_note", show.get("pickup_note", "Pick up at the counter"), str
+    )
+
+    vdata = show.get("video", {})
+    _typed(path, "show.video", vdata, dict)
+    _unknown(path, "show.video", vdata, _VIDEO_KEYS)
+    video = VideoConfig(**{k: _typed(path, f"show.video.{k}", v, int) for k, v in vdata.items()})
+    if not (160 <= video.width <= 3840 and video.width % 2 == 0):
+        raise ManifestError(path, "show.video.width", "must be an even number from 160 to 3840")
+    if not (120 <= video.height <= 3840 and video.height % 2 == 0):
+        raise ManifestError(path, "show.video.height", "must be an even number from 120 to 3840")
+    if not 1 <= video.fps <= 60:
+        raise ManifestError(path, "show.video.fps", "must be from 1 to 60")
+    if not 100 <= video.bitrate_kbps <= 20000:
+        raise ManifestError(path, "show.video.bitrate_kbps", "must be from 100 to 20000")
+
+    printers: list[PrinterConfig] = []
+    for i, pdata in enumerate(_typed(path, "printers", data.get("printers", []), list)):
+        where = f"printers[{i}]"
+        _typed(path, where, pdata, dict)
+        _unknown(path, where, pdata, _PRINTER_KEYS)
+        conn = _req(path, where, pdata, "connection", str)
+        if not conn.startswith(PRINTER_SCHEMES):
+            raise ManifestError(
+                path, f"{where}.connection", f"must start with one of {', '.join(PRINTER_SCHEMES)}"
+            )
+        paper = _typed(path, f"{where}.paper_mm", pdata.get("paper_mm", 80), int)
+        if paper not in (58, 80):
+            raise ManifestError(path, f"{where}.paper_mm", "must be 58 or 80")
+        printers.append(
+            PrinterConfig(
+                name=_req(path, where, pdata, "name", str),
+                connection=conn,
+                profile=_typed(path, f"{where}.profile", pdata.get("profile", "TM-T88V"), str),
+                paper_mm=paper,
+                default=_typed(path, f"{where}.default", pdata.get("default", False), bool),
+            )
+        )
+    printer_names = [p.name for p in printers]
+    if len(set(printer_names)) != len(printer_names):
+        raise ManifestError(path, "printers.name", "printer names must be unique")
+    if sum(p.default for p in printers) > 1:
+        raise ManifestError(path, "printers.default", "at most one printer may be the default")
+
+    products: list[ProductConfig] = []
+    for i, pdata in enumerate(_typed(path, "products", data.get("products", []), list)):
+        where = f"products[{i}]"
+        _typed(path, where, pdata, dict)
+        _unknown(path, where, pdata, _PRODUCT_KEYS)
+        sku = _req(path, where, pdata, "sku", str)
+        if not SKU.match(sku):
+            raise ManifestError(
+                path, f"{where}.sku", f"must be letters, digits, '.', '_' or '-', got {sku!r}"
+            )
+        if any(p.sku == sku for p in products):
+            raise ManifestError(path, f"{where}.sku", f"duplicate sku {sku!r}")
+        name = _req(path, where, pdata, "name", str).strip()
+        if not name:
+            raise ManifestError(path, f"{where}.name", "must not be empty")
+        if "price" not in pdata:
+            raise ManifestError(path, f"{where}.price", "missing required key")
+        price = _price(path, f"{where}.price", pdata["price"])
+        stock = _req(path, where, pdata, "stock", int)
+        if stock < 0:
+            raise ManifestError(path, f"{where}.stock", f"must not be negative, got {stock}")
+        limit = pdata.get("per_buyer_limit")
+        if limit is not None:
+            _typed(path, f"{where}.per_buyer_limit", limit, int)
+            if limit < 1:
+                raise ManifestError(path, f"{where}.per_buyer_limit", "must be at least 1")
+        image = pdata.get("image")
+        image_path = None
+        if image is not None:
+            _typed(path, f"{where}.image", image, str)
+            image_path = (path.parent / image).resolve()
+            if not image_path.is_file():
+                raise ManifestError(path, f"{where}.image", f"file not found: {image_path}")
+        printer = pdata.get("printer")
+        if printer is not None:
+            _typed(path, f"{where}.printer", printer, str)
+            if printer not in printer_names:
+                raise ManifestError(path, f"{where}.printer", f"no printer named {printer!r}")
+        products.append(
+            ProductConfig(
+                sku=sku,
+                name=name,
+                price=price,
+                stock=stock,
+                image=image_path,
+                per_buyer_limit=limit,
+                printer=printer,
+                description=_typed(path, f"{where}.description", pdata.get("description", ""), str),
+            )
+        )
+
+    staff = data.get("staff", {})
+    _typed(path, "staff", staff, dict)
+    _unknown(path, "staff", staff, _STAFF_KEYS)
+    password = env.get("SHOWROOM_STAFF_PASSWORD") or staff.get("password")
+    if not isinstance(password, str) or not password:
+        raise ManifestError(
+            path, "staff.password", "missing required key (or set SHOWROOM_STAFF_PASSWORD)"
+        )
+
+    return ShowConfig(
+        id=show_id,
+        title=title,
+        stream_key=stream_key,
+        currency=currency,
+        video=video,
+        products=tuple(products),
+        printers=tuple(printers),
+        staff_password=password,
+        manifest_path=path.resolve(),
+        pickup_note=pickup_note,
+    )
+
+
+def load_shows(paths: list[Path], env: dict[str, str] | None = None) -> dict[str, ShowConfig]:
+    shows: dict[str, ShowConfig] = {}
+    for p in paths:
+        show = load_manifest(p, env)
+        if show.id in shows:
+            raise ManifestError(
+                p,
+                "show.id",
+                f"show {show.id!r} is already defined by {shows[show.id].manifest_path}",
+            )
+        shows[show.id] = show
+    return shows

@@ -1,0 +1,169 @@
+"""Embedded services: a real ``redis-server`` (AOF on) and the localstripe sandbox.
+
+They are child processes of ``showroom serve``/``demo`` and of the test-suite; never
+in-process imitations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("showroom.embedded")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process exited with code {proc.returncode} before listening on {port}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class ManagedProcess:
+    """A child process that is stopped (SIGTERM, then SIGKILL) with its owner."""
+
+    argv: list[str]
+    name: str
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = field(default=None, init=False)
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def redis_server_binary() -> str:
+    path = shutil.which("redis-server")
+    if not path:
+        raise RuntimeError(
+            "redis-server not found: install it (Debian: apt-get install redis-server) "
+            "or pass --redis URL / SHOWROOM_REDIS_URL"
+        )
+    return path
+
+
+@dataclass
+class EmbeddedRedis(ManagedProcess):
+    """``redis-server`` with its data (AOF) under ``data_dir``; survives restarts there."""
+
+    data_dir: Path = Path("var/redis")
+    port: int = 0
+    appendfsync: str = "everysec"
+
+    def __init__(self, data_dir: Path, port: int = 0, appendfsync: str = "everysec") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.appendfsync = appendfsync
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(argv=[], name="redis")
+        self.log_path = self.data_dir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        self.argv = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
+        super().start()
+        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        log.info(
+            "embedded redis-server on %s (data in %s, appendfsync %s)",
+            self.url,
+            self.data_dir,
+            self.appendfsync,
+        )
+
+
+@dataclass
+class EmbeddedStripe(ManagedProcess):
+    """localstripe: a stateful Stripe API server that also sends signed webhooks."""
+
+    port: int = 0
+
+    def __init__(self, port: int = 0, log_dir: Path | None = None) -> None:
+        self.port = port or free_port()
+        super().__init__(argv=[], name="localstripe")
+        if log_dir:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = log_dir / "localstripe.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> None:
+        exe = Path(sys.executable).with_name("localstripe")
+        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "localstripe"]
+        self.argv = [*argv, "--port", str(self.port), "--from-scratch"]
+        self.env = {**os.environ}
+        super().start()
+        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        log.info("embedded Stripe sandbox (localstripe) on %s", self.url)

@@ -1,0 +1,101 @@
+"""The JSON error shape of API.md, and the middleware that guarantees it.
+
+Handlers raise ``ApiError`` (or aiohttp's HTTP exceptions); anything under ``/api``,
+``/webhooks``, ``/whip`` and ``/whep`` leaves as ``{"error", "detail"}``. An unexpected
+exception is logged and answered 500 with the same shape, never an HTML trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("showroom.http")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "unauthorized",
+    404: "not_found",
+    405: "bad_request",
+    409: "conflict",
+    413: "too_large",
+    415: "bad_request",
+    422: "bad_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+JSON_PREFIXES = ("/api/", "/webhooks/", "/whip/", "/whep/")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
+
+
+def bad_request(detail: str) -> ApiError:
+    return ApiError(400, "bad_request", detail)
+
+
+def not_found(detail: str) -> ApiError:
+    return ApiError(404, "not_found", detail)
+
+
+def unauthorized(detail: str = "Authentication required.") -> ApiError:
+    return ApiError(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="showroom"'})
+
+
+def conflict(code: str, detail: str) -> ApiError:
+    return ApiError(409, code, detail)
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+async def read_json(request: web.Request, max_bytes: int = 16 * 1024) -> dict[str, Any]:
+    """Parse a JSON object body: 413 when too large, 400 when not a JSON object."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "too_large", f"Body is larger than {max_bytes} bytes.")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "too_large", f"Body is larger than {max_bytes} bytes.")
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("Body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise bad_request("Body must be a JSON object.")
+    return data
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    if not request.path.startswith(JSON_PREFIXES):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal")
+        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        headers = {
+            k: v
+            for k, v in exc.headers.items()
+            if k.lower() not in ("content-type", "content-length")
+        }
+        return error_response(exc.status, code, detail, headers)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(
+            500, "internal", "Something went wrong on our side; it has been logged."
+        )

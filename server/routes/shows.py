@@ -1,0 +1,121 @@
+"""Show state, live events (SSE) and host controls (feature)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from aiohttp import web
+
+from server import keys, presence
+from server.auth import get_show, require_host
+from server.config import ShowConfig
+from server.errors import bad_request, not_found, read_json
+
+SSE_HEARTBEAT_S = 15
+
+
+def featured_key(show_id: str) -> str:
+    return f"show:{show_id}:featured"
+
+
+async def get_featured(redis, show_id: str) -> str | None:
+    value = await redis.get(featured_key(show_id))
+    return value.decode() if value else None
+
+
+async def show_state(app: web.Application, show: ShowConfig) -> dict:
+    redis = app[keys.REDIS]
+    live, viewers = await presence.read(redis, show.id)
+    state = {
+        "id": show.id,
+        "title": show.title,
+        "live": live,
+        "viewers": viewers,
+        "featured": await get_featured(redis, show.id),
+        "drop": None,
+        "currency": show.currency,
+        "products": [
+            {
+                "sku": p.sku,
+                "name": p.name,
+                "price": f"{p.price:.2f}",
+                "currency": show.currency,
+                "available": p.stock,
+                "image_url": f"/media/products/{show.id}/{p.sku}.png",
+                "per_buyer_limit": p.per_buyer_limit,
+            }
+            for p in show.products
+        ],
+    }
+    for hook in app[keys.EXTRA].get("state_hooks", []):
+        await hook(app, show, state)
+    return state
+
+
+def add_state_hook(app: web.Application, hook) -> None:
+    """Let another area add to the show state (e.g. checkout: availability, drop)."""
+    app[keys.EXTRA].setdefault("state_hooks", []).append(hook)
+
+
+async def get_state(request: web.Request) -> web.Response:
+    show = get_show(request)
+    return web.json_response(await show_state(request.app, show))
+
+
+async def feature(request: web.Request) -> web.Response:
+    show = get_show(request)
+    require_host(request, show)
+    body = await read_json(request)
+    if "sku" not in body:
+        raise bad_request('Send {"sku": "<sku>"} or {"sku": null}.')
+    sku = body["sku"]
+    if sku is not None and not isinstance(sku, str):
+        raise bad_request("sku must be a string or null.")
+    if sku is not None and show.product(sku) is None:
+        raise not_found(f"No product {sku!r} in this show.")
+    redis = request.app[keys.REDIS]
+    if sku is None:
+        await redis.delete(featured_key(show.id))
+    else:
+        await redis.set(featured_key(show.id), sku)
+    await request.app[keys.BUS].publish(show.id, {"type": "featured", "sku": sku})
+    return web.json_response(await show_state(request.app, show))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    show = get_show(request)
+    bus = request.app[keys.BUS]
+    queue = bus.subscribe(show.id)
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await resp.prepare(request)
+        await resp.write(b"retry: 2000\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            data = json.dumps(event, separators=(",", ":"), default=str)
+            await resp.write(f"data: {data}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        bus.unsubscribe(show.id, queue)
+    with contextlib.suppress(Exception):
+        await resp.write_eof()
+    return resp
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/shows/{show}", get_state)
+    app.router.add_get("/api/shows/{show}/events", events)
+    app.router.add_post("/api/shows/{show}/feature", feature)

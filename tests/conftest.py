@@ -1,0 +1,228 @@
+"""Shared fixtures: a real redis-server, a real localstripe, the app on a real port.
+
+Every test gets a flushed Redis and its own app instance listening on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis as redis_sync
+from aiohttp import web
+
+from server.app import create_app
+from server.config import Settings, load_shows
+from server.embedded import EmbeddedRedis, EmbeddedStripe, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+STREAM_KEY = "test-stream-key"
+STAFF_PASSWORD = "test-staff-pw"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def stripe_sandbox(tmp_path_factory) -> Iterator[EmbeddedStripe]:
+    server = EmbeddedStripe(log_dir=tmp_path_factory.mktemp("localstripe"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def manifest_text(
+    show_id: str = "demo",
+    *,
+    width: int = 640,
+    height: int = 360,
+    fps: int = 30,
+    products: str | None = None,
+    printers: str = "",
+    extra_show: str = "",
+) -> str:
+    if products is None:
+        products = """
+        [[products]]
+        sku = "MUG-01"
+        name = "Stoneware mug"
+        price = "18.00"
+        stock = 40
+        per_buyer_limit = 2
+
+        [[products]]
+        sku = "TEE-02"
+        name = "Crewneck tee"
+        price = "32.00"
+        stock = 5
+        """
+    return (
+        textwrap.dedent(f"""
+        [show]
+        id = "{show_id}"
+        title = "Test Show {show_id}"
+        stream_key = "{STREAM_KEY}"
+        currency = "usd"
+        {extra_show}
+        [show.video]
+        width = {width}
+        height = {height}
+        fps = {fps}
+        bitrate_kbps = 800
+        """)
+        + textwrap.dedent(products)
+        + textwrap.dedent(printers)
+        + textwrap.dedent(f"""
+        [staff]
+        password = "{STAFF_PASSWORD}"
+        """)
+    )
+
+
+@pytest.fixture
+def write_manifest(tmp_path: Path) -> Callable[..., Path]:
+    def write(show_id: str = "demo", **kwargs) -> Path:
+        path = tmp_path / f"{show_id}.toml"
+        path.write_text(manifest_text(show_id, **kwargs))
+        return path
+
+    return write
+
+
+@dataclass
+class RunningApp:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+    settings: Settings
+    session: aiohttp.ClientSession = field(repr=False)
+
+    def auth(self, token: str = STAFF_PASSWORD) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def stop(self) -> None:
+        await self.session.close()
+        await self.runner.cleanup()
+
+
+async def start_app(
+    manifests: list[Path], redis_url: str, tmp_path: Path, **settings_kwargs
+) -> RunningApp:
+    port = free_port()
+    settings = Settings(
+        manifests=manifests,
+        port=port,
+        redis_url=redis_url,
+        data_dir=tmp_path / "var",
+        **settings_kwargs,
+    )
+    app = create_app(settings, load_shows(manifests), redis_url)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies on 127.0.0.1
+    return RunningApp(url, app, runner, settings, aiohttp.ClientSession(url, cookie_jar=jar))
+
+
+@pytest.fixture
+async def make_app(redis_url: str, tmp_path: Path) -> AsyncIterator[Callable[..., RunningApp]]:
+    """Start an app for the given manifests (default: one 640x360 'demo' show)."""
+    started: list[RunningApp] = []
+
+    async def make(manifests: list[Path] | None = None, **settings_kwargs) -> RunningApp:
+        if manifests is None:
+            path = tmp_path / "demo.toml"
+            path.write_text(manifest_text("demo"))
+            manifests = [path]
+        running = await start_app(manifests, redis_url, tmp_path, **settings_kwargs)
+        started.append(running)
+        return running
+
+    yield make
+    for running in reversed(started):
+        await running.stop()
+
+
+@pytest.fixture
+async def app(make_app) -> RunningApp:
+    return await make_app()
+
+
+def start_server_process(
+    manifests: list[Path], redis_url: str, data_dir: Path, env: dict | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``showroom serve`` as a child process; returns it and its base URL once listening."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--redis",
+            redis_url,
+            "--data-dir",
+            str(data_dir),
+            *sum((["--manifest", str(m)] for m in manifests), []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"showroom listening on (http://\S+)", line)
+        if m:
+            return proc, m.group(1)
+    raise RuntimeError("server did not start:\n" + "".join(lines))
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.05):
+    """Poll an (a)sync predicate until it is truthy; return its value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

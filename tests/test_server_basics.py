@@ -1,0 +1,96 @@
+"""The server's shared pieces: health, metrics, JSON errors, host auth, live events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import aiohttp
+
+from tests.conftest import STREAM_KEY, start_server_process
+
+
+async def test_healthz_and_metrics(app):
+    async with app.session.get("/healthz") as r:
+        assert r.status == 200
+        assert await r.json() == {"ok": True, "redis": "ok"}
+    async with app.session.get("/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+        assert "showroom_viewers" in text
+        assert "showroom_server_latency_seconds" in text
+
+
+async def test_unknown_show_is_json_404(app):
+    async with app.session.get("/api/shows/nope") as r:
+        assert r.status == 404
+        body = await r.json()
+        assert body["error"] == "not_found" and "nope" in body["detail"]
+
+
+async def test_feature_needs_host_and_valid_input(app):
+    async with app.session.post("/api/shows/demo/feature", json={"sku": "MUG-01"}) as r:
+        assert r.status == 401
+        assert (await r.json())["error"] == "unauthorized"
+    hdr = {"Authorization": f"Bearer {STREAM_KEY}"}
+    async with app.session.post("/api/shows/demo/feature", data=b"{not json", headers=hdr) as r:
+        assert r.status == 400
+        assert (await r.json())["error"] == "bad_request"
+    async with app.session.post("/api/shows/demo/feature", json={"sku": "NOPE"}, headers=hdr) as r:
+        assert r.status == 404
+    async with app.session.get("/api/shows/demo") as r:
+        assert (await r.json())["featured"] is None  # nothing changed
+    async with app.session.post(
+        "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=hdr
+    ) as r:
+        assert r.status == 200
+        assert (await r.json())["featured"] == "MUG-01"
+
+
+async def test_featured_event_reaches_sse_subscriber(app):
+    async with app.session.get("/api/shows/demo/events") as stream:
+        assert stream.status == 200
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+
+        async def first_event():
+            async for line in stream.content:
+                if line.startswith(b"data: "):
+                    return json.loads(line[6:])
+
+        reader = asyncio.create_task(first_event())
+        await asyncio.sleep(0.1)
+        async with app.session.post(
+            "/api/shows/demo/feature",
+            json={"sku": "TEE-02"},
+            headers={"Authorization": f"Bearer {STREAM_KEY}"},
+        ) as r:
+            assert r.status == 200
+        event = await asyncio.wait_for(reader, 5)
+        assert event["type"] == "featured" and event["sku"] == "TEE-02"
+
+
+async def test_staff_login_sets_session(app):
+    async with aiohttp.ClientSession(app.url, cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        async with s.post(
+            "/login", data={"password": "wrong", "next": "/staff"}, allow_redirects=False
+        ) as r:
+            assert r.status == 401
+        async with s.post(
+            "/login",
+            data={"password": "test-staff-pw", "next": "https://evil.example/"},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 302
+            assert r.headers["Location"] == "/staff"  # never off-site
+        async with s.post("/api/shows/demo/feature", json={"sku": None}) as r:
+            assert r.status == 200
+
+
+def test_serve_prints_listening_line_and_stops_on_sigterm(write_manifest, redis_url, tmp_path):
+    proc, url = start_server_process([write_manifest("demo")], redis_url, tmp_path / "var")
+    try:
+        assert url.startswith("http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
