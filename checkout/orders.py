@@ -1,0 +1,289 @@
+"""Orders: the record, the state machine, and its atomic moves in Redis.
+
+An order is the Redis hash ``order:{id}``; its ``status`` only moves forward
+(``can_transition``), and every move is one Lua script so that concurrent webhooks,
+workers and staff never move it backwards. Marking an order paid and appending its print
+job to the stream ``print:jobs`` happen in the same script: a paid order always has a
+print job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+
+class Status(StrEnum):
+    PENDING_PAYMENT = "pending_payment"
+    PAID = "paid"
+    PRINTED = "printed"
+    FULFILLED = "fulfilled"
+    PAYMENT_FAILED = "payment_failed"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+
+
+# Forward moves only. A late or replayed webhook can never undo a later state.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING_PAYMENT: frozenset({Status.PAID, Status.PAYMENT_FAILED, Status.EXPIRED}),
+    # A card can be retried after a decline; an expired order whose payment still
+    # succeeds is honoured if its holds are still there (checked by the caller).
+    Status.PAYMENT_FAILED: frozenset({Status.PAID, Status.EXPIRED}),
+    Status.PAID: frozenset({Status.PRINTED, Status.FULFILLED, Status.REFUNDED}),
+    Status.PRINTED: frozenset({Status.FULFILLED, Status.REFUNDED}),
+    Status.FULFILLED: frozenset({Status.REFUNDED}),
+    Status.EXPIRED: frozenset(),
+    Status.REFUNDED: frozenset(),
+}
+
+
+def can_transition(old: Status | str, new: Status | str) -> bool:
+    return Status(new) in TRANSITIONS[Status(old)]
+
+
+PRINT_STREAM = "print:jobs"
+ORDERS_INDEX = "orders:{show}"  # sorted set: order id by created_at
+
+
+def order_key(order_id: str) -> str:
+    return f"order:{order_id}"
+
+
+@dataclass
+class OrderItem:
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+    @property
+    def total_cents(self) -> int:
+        return self.quantity * self.unit_price_cents
+
+
+@dataclass
+class Order:
+    order_id: str
+    show: str
+    viewer: str
+    status: Status
+    items: list[OrderItem]
+    amount_cents: int
+    currency: str
+    buyer_name: str = ""
+    buyer_email: str = ""
+    created_at: float = field(default_factory=time.time)
+    paid_at: float | None = None
+    printed_at: float | None = None
+    fulfilled_at: float | None = None
+    payment_intent: str | None = None
+    number: int = 0  # short, per-show number printed big on the label
+    print_error: str | None = None
+
+    def to_redis(self) -> dict[str, str]:
+        data = asdict(self)
+        data["items"] = json.dumps(data["items"])
+        data["status"] = str(self.status)
+        return {k: "" if v is None else str(v) for k, v in data.items()}
+
+    @classmethod
+    def from_redis(cls, raw: dict[bytes | str, bytes | str]) -> Order:
+        d = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+
+        def opt_float(key: str) -> float | None:
+            return float(d[key]) if d.get(key) else None
+
+        return cls(
+            order_id=d["order_id"],
+            show=d["show"],
+            viewer=d.get("viewer", ""),
+            status=Status(d["status"]),
+            items=[OrderItem(**i) for i in json.loads(d.get("items") or "[]")],
+            amount_cents=int(d["amount_cents"]),
+            currency=d["currency"],
+            buyer_name=d.get("buyer_name", ""),
+            buyer_email=d.get("buyer_email", ""),
+            created_at=float(d.get("created_at") or 0),
+            paid_at=opt_float("paid_at"),
+            printed_at=opt_float("printed_at"),
+            fulfilled_at=opt_float("fulfilled_at"),
+            payment_intent=d.get("payment_intent") or None,
+            number=int(d.get("number") or 0),
+            print_error=d.get("print_error") or None,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The API.md view of an order."""
+        return {
+            "order_id": self.order_id,
+            "number": self.number,
+            "show": self.show,
+            "status": str(self.status),
+            "items": [
+                {
+                    "sku": i.sku,
+                    "name": i.name,
+                    "quantity": i.quantity,
+                    "unit_price": cents_str(i.unit_price_cents),
+                }
+                for i in self.items
+            ],
+            "amount": cents_str(self.amount_cents),
+            "currency": self.currency,
+            "buyer_name": self.buyer_name,
+            "created_at": self.created_at,
+            "paid_at": self.paid_at,
+            "printed_at": self.printed_at,
+            "fulfilled_at": self.fulfilled_at,
+            "print_error": self.print_error,
+        }
+
+
+def cents_str(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+# --- print jobs ---------------------------------------------------------------------
+
+
+@dataclass
+class PrintJob:
+    order_id: str
+    show: str
+    reprint: bool = False
+    enqueued_at: float = field(default_factory=time.time)
+
+    def pack(self) -> bytes:
+        return msgpack.packb(asdict(self))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> PrintJob:
+        return cls(**msgpack.unpackb(data))
+
+
+# --- atomic moves -------------------------------------------------------------------
+
+# KEYS[1] order hash; ARGV: new status, timestamp field name ('' for none), now,
+# then the allowed previous statuses. Returns the previous status, or an error reply.
+_TRANSITION_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return redis.error_reply('not_found') end
+for i = 4, #ARGV do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1])
+    if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+    return cur
+  end
+end
+return redis.error_reply('conflict:' .. cur)
+"""
+
+# KEYS[1] order hash, KEYS[2] print stream; ARGV[1] now, ARGV[2] packed job,
+# ARGV[3] payment intent id, then allowed previous statuses.
+# Paid and its print job in one step: either both happen or neither.
+_MARK_PAID_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return redis.error_reply('not_found') end
+for i = 4, #ARGV do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'status', 'paid', 'paid_at', ARGV[1])
+    if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'payment_intent', ARGV[3]) end
+    redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
+    return cur
+  end
+end
+return redis.error_reply('conflict:' .. cur)
+"""
+
+_TIMESTAMP_FIELD = {
+    Status.PAID: "paid_at",
+    Status.PRINTED: "printed_at",
+    Status.FULFILLED: "fulfilled_at",
+}
+
+
+class TransitionError(Exception):
+    def __init__(self, order_id: str, current: str | None, wanted: str) -> None:
+        self.order_id, self.current, self.wanted = order_id, current, wanted
+        super().__init__(f"order {order_id}: cannot move from {current} to {wanted}")
+
+
+def _allowed_from(new: Status) -> list[str]:
+    return [str(old) for old, nxt in TRANSITIONS.items() if new in nxt]
+
+
+def _parse_error(order_id: str, exc: Exception, wanted: str) -> TransitionError:
+    msg = str(exc)
+    current = msg.split("conflict:", 1)[1] if "conflict:" in msg else None
+    return TransitionError(order_id, current, wanted)
+
+
+async def load_order(redis, order_id: str) -> Order | None:
+    raw = await redis.hgetall(order_key(order_id))
+    return Order.from_redis(raw) if raw else None
+
+
+async def save_new_order(redis, order: Order) -> None:
+    pipe = redis.pipeline(transaction=True)
+    pipe.hset(order_key(order.order_id), mapping=order.to_redis())
+    pipe.zadd(ORDERS_INDEX.format(show=order.show), {order.order_id: order.created_at})
+    await pipe.execute()
+
+
+async def transition(redis, order_id: str, new: Status, now: float | None = None) -> Status:
+    """Move an order forward; returns the previous status or raises TransitionError."""
+    now = time.time() if now is None else now
+    try:
+        prev = await redis.eval(
+            _TRANSITION_LUA,
+            1,
+            order_key(order_id),
+            str(new),
+            _TIMESTAMP_FIELD.get(new, ""),
+            repr(now),
+            *_allowed_from(new),
+        )
+    except Exception as exc:  # redis.ResponseError carries the script's error reply
+        if "not_found" in str(exc) or "conflict:" in str(exc):
+            raise _parse_error(order_id, exc, str(new)) from None
+        raise
+    return Status(prev.decode() if isinstance(prev, bytes) else prev)
+
+
+async def mark_paid(
+    redis, order_id: str, payment_intent: str = "", now: float | None = None
+) -> Status:
+    """Paid + print job, atomically. Raises TransitionError if not payable (e.g. already paid)."""
+    now = time.time() if now is None else now
+    order = await redis.hget(order_key(order_id), "show")
+    show = order.decode() if isinstance(order, bytes) else (order or "")
+    job = PrintJob(order_id=order_id, show=show, enqueued_at=now).pack()
+    try:
+        prev = await redis.eval(
+            _MARK_PAID_LUA,
+            2,
+            order_key(order_id),
+            PRINT_STREAM,
+            repr(now),
+            job,
+            payment_intent,
+            *_allowed_from(Status.PAID),
+        )
+    except Exception as exc:
+        if "not_found" in str(exc) or "conflict:" in str(exc):
+            raise _parse_error(order_id, exc, "paid") from None
+        raise
+    return Status(prev.decode() if isinstance(prev, bytes) else prev)
+
+
+async def enqueue_reprint(redis, order: Order) -> None:
+    job = PrintJob(order_id=order.order_id, show=order.show, reprint=True)
+    await redis.xadd(PRINT_STREAM, {"job": job.pack()})
