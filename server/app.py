@@ -18,12 +18,12 @@ from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
 from server.metrics import Metrics
-from server.routes import cart, health, media, pages, shows, staff
+from server.routes import cart, health, media, pages, scene, shows, staff, stats
 
 log = logging.getLogger("showroom")
 
 # Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
-ROUTE_MODULES = (health, shows, cart, staff, media, pages)
+ROUTE_MODULES = (health, shows, scene, cart, staff, media, stats, pages)
 
 
 def create_app(
