@@ -80,13 +80,13 @@ async def serve(
 
     shows = load_shows(settings.manifests)
     app = create_app(settings, shows, redis_url)
+    stop = _stop_event()  # before we announce ourselves: an early SIGTERM still stops cleanly
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
     url = f"http://{settings.host}:{settings.port}"
     print(f"showroom listening on {url}", flush=True)
-    stop = _stop_event()
     try:
         if on_ready is not None:
             await on_ready(url)
