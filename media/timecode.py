@@ -19,6 +19,7 @@ which is large enough for H.264 at 1.5 Mbps to keep every edge readable.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,9 +61,7 @@ def encode_bits(t_ms: int) -> list[int]:
 
 def decode_bits(bits: list[int]) -> int | None:
     """The time from 64 payload bits, or None when the CRC does not match."""
-    word = 0
-    for bit in bits:
-        word = (word << 1) | (1 if bit else 0)
+    word = int("".join("1" if bit else "0" for bit in bits), 2)
     value, crc = word >> CRC_BITS, word & ((1 << CRC_BITS) - 1)
     if crc16(value.to_bytes(DATA_BITS // 8, "big")) != crc:
         return None
@@ -81,6 +80,10 @@ def _guard_cells() -> list[tuple[int, int, int]]:
 
 _GUARD = _guard_cells()
 _DATA = [(1 + i // 8, 1 + i % 8) for i in range(DATA_BITS + CRC_BITS)]
+# Flat (row * GRID + col) indices for the vectorised reader.
+_GUARD_WHITE = np.array([r * GRID + c for r, c, b in _GUARD if b])
+_GUARD_BLACK = np.array([r * GRID + c for r, c, b in _GUARD if not b])
+_DATA_FLAT = np.array([r * GRID + c for r, c in _DATA])
 
 
 def _edges(n_pixels: int, cells_across: int) -> np.ndarray:
@@ -106,19 +109,25 @@ def stamp_y(y: np.ndarray, t_ms: int) -> None:
         y[ys[r] : ys[r + 1], xs[c] : xs[c + 1]] = WHITE if bit else BLACK
 
 
+@functools.lru_cache(maxsize=32)
+def _sample_index(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the central half of every cell, for one frame size."""
+
+    def axis(n_pixels: int, cells_across: int) -> np.ndarray:
+        edges = _edges(n_pixels, cells_across)
+        cell = n_pixels / cells_across
+        size = max(1, round(cell / 2))
+        starts = np.floor(edges[:-1] + (cell - size) / 2).astype(int)
+        return np.clip(starts[:, None] + np.arange(size)[None, :], 0, n_pixels - 1)
+
+    return axis(height, CELLS_PER_HEIGHT), axis(width, CELLS_PER_WIDTH)
+
+
 def _cell_means(y: np.ndarray) -> np.ndarray:
     """Mean luma of the central half of every grid cell, shape (GRID, GRID)."""
-    h, w = y.shape
-    ye, xe = _edges(h, CELLS_PER_HEIGHT), _edges(w, CELLS_PER_WIDTH)
-    out = np.empty((GRID, GRID), dtype=np.float32)
-    for r in range(GRID):
-        span = ye[r + 1] - ye[r]
-        y0, y1 = int(ye[r] + span * 0.25), int(np.ceil(ye[r + 1] - span * 0.25))
-        for c in range(GRID):
-            span_x = xe[c + 1] - xe[c]
-            x0, x1 = int(xe[c] + span_x * 0.25), int(np.ceil(xe[c + 1] - span_x * 0.25))
-            out[r, c] = y[y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)].mean()
-    return out
+    rows, cols = _sample_index(*y.shape)
+    block = y[rows[:, :, None, None], cols[None, None, :, :]]  # (GRID, sy, GRID, sx)
+    return block.mean(axis=(1, 3), dtype=np.float32)
 
 
 def read_y(y: np.ndarray) -> int | None:
@@ -126,14 +135,13 @@ def read_y(y: np.ndarray) -> int | None:
     h, w = y.shape
     if not _fits(h, w):
         return None
-    means = _cell_means(y)
-    whites = [means[r, c] for r, c, b in _GUARD if b]
-    blacks = [means[r, c] for r, c, b in _GUARD if not b]
+    means = _cell_means(y).ravel()
+    whites, blacks = means[_GUARD_WHITE], means[_GUARD_BLACK]
     # Every guard white must be clearly brighter than every guard black.
-    if min(whites) - max(blacks) < MIN_CONTRAST:
+    if whites.min() - blacks.max() < MIN_CONTRAST:
         return None
     threshold = (float(np.median(whites)) + float(np.median(blacks))) / 2
-    return decode_bits([int(means[r, c] > threshold) for r, c in _DATA])
+    return decode_bits((means[_DATA_FLAT] > threshold).tolist())
 
 
 def _luma_view(frame: av.VideoFrame) -> np.ndarray:
