@@ -1,24 +1,54 @@
-"""HTML pages (Jinja2 templates from ``web/``), static files, staff login."""
+"""HTML pages (Jinja2 templates from ``web/``), static files, staff login, product images.
+
+Pages hold no business rules: they render the page shell plus a small JSON blob of what
+the page's script needs, and the script talks to the JSON API like any other client.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
 
+from checkout.orders import load_order
 from server import auth, keys
+from server.config import ShowConfig
+from web.placeholder import product_png
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates")
+IMAGE_CACHE: web.AppKey[dict[tuple[str, str], bytes]] = web.AppKey("product_images")
+
+# Everything the pages load comes from this origin; Stripe.js only with real keys.
+_CSP_BASE = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+_CSP_SANDBOX = _CSP_BASE + "; script-src 'self'; connect-src 'self'"
+_CSP_STRIPE = (
+    _CSP_BASE + "; script-src 'self' https://js.stripe.com; frame-src https://js.stripe.com "
+    "https://hooks.stripe.com; connect-src 'self' https://api.stripe.com"
+)
 
 
 def render(request: web.Request, name: str, status: int = 200, **context) -> web.Response:
     env = request.app[TEMPLATES]
     html = env.get_template(name).render(request=request, **context)
+    sandbox = request.app[keys.SETTINGS].sandbox
     return web.Response(
-        text=html, status=status, content_type="text/html", headers={"Cache-Control": "no-store"}
+        text=html,
+        status=status,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": _CSP_SANDBOX if sandbox else _CSP_STRIPE,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "same-origin",
+        },
     )
 
 
@@ -31,6 +61,20 @@ def safe_next(value: str | None) -> str:
 
 def login_redirect(request: web.Request) -> web.HTTPFound:
     return web.HTTPFound(f"/login?next={quote(request.path_qs, safe='')}")
+
+
+def page_show(request: web.Request) -> ShowConfig:
+    show = request.app[keys.SHOWS].get(request.match_info.get("show", ""))
+    if show is None:
+        raise web.HTTPNotFound(text="No such show.")
+    return show
+
+
+def show_summary(show: ShowConfig) -> dict:
+    return {"id": show.id, "title": show.title, "currency": show.currency}
+
+
+# --- login --------------------------------------------------------------------------
 
 
 async def login_form(request: web.Request) -> web.Response:
@@ -57,12 +101,114 @@ async def logout(request: web.Request) -> web.Response:
     raise resp
 
 
+# --- pages --------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.Response:
+    shows = sorted(request.app[keys.SHOWS].values(), key=lambda s: s.title.lower())
+    return render(request, "index.html", shows=shows)
+
+
+async def viewer_page(request: web.Request) -> web.Response:
+    show = page_show(request)
+    settings = request.app[keys.SETTINGS]
+    data = {
+        **show_summary(show),
+        "sandbox": settings.sandbox,
+        "hold_seconds": settings.hold_seconds,
+        "pickup_note": show.pickup_note,
+        "highlight": request.query.get("sku") or None,
+    }
+    return render(request, "viewer.html", show=show, data=data)
+
+
+async def host_page(request: web.Request) -> web.Response:
+    show = page_show(request)
+    # Only a show's own staff: the page carries the stream key for going live.
+    if show.id not in auth.staff_shows(request):
+        raise login_redirect(request)
+    data = {
+        **show_summary(show),
+        "stream_key": show.stream_key,
+        "products": [
+            {"sku": p.sku, "name": p.name, "price": f"{p.price:.2f}", "stock": p.stock}
+            for p in show.products
+        ],
+    }
+    return render(request, "host.html", show=show, data=data)
+
+
+async def staff_page(request: web.Request) -> web.Response:
+    allowed = auth.staff_shows(request)
+    if not allowed:
+        raise login_redirect(request)
+    shows = [request.app[keys.SHOWS][s] for s in allowed]
+    data = {"shows": [show_summary(s) for s in shows]}
+    return render(request, "staff.html", shows=shows, data=data)
+
+
+async def staff_order_page(request: web.Request) -> web.Response:
+    order_id = request.match_info["order_id"]
+    allowed = auth.staff_shows(request)
+    if not allowed:
+        raise login_redirect(request)
+    order = None
+    if len(order_id) <= 64:
+        order = await load_order(request.app[keys.REDIS], order_id)
+    # An order of a show this login does not cover is treated as not found: staff of
+    # one show learn nothing about another show's buyers.
+    if order is None or order.show not in allowed:
+        return render(request, "not_found.html", status=404, what="order")
+    show = request.app[keys.SHOWS][order.show]
+    public = order.public()
+    return render(
+        request,
+        "staff_order.html",
+        order=public,
+        show=show,
+        data={"order_id": order.order_id, "show": order.show, "currency": order.currency},
+    )
+
+
+# --- product images -----------------------------------------------------------------
+
+
+async def product_image(request: web.Request) -> web.Response:
+    show = request.app[keys.SHOWS].get(request.match_info["show"])
+    product = show.product(request.match_info["sku"]) if show else None
+    if show is None or product is None:
+        raise web.HTTPNotFound(text="No such product.")
+    cache = request.app[IMAGE_CACHE]
+    key = (show.id, product.sku)
+    body = cache.get(key)
+    if body is None:
+        # Pillow work (decode, draw, encode) happens once per product, off the event loop.
+        body = await asyncio.to_thread(product_png, product.name, product.sku, product.image)
+        cache[key] = body
+    return web.Response(
+        body=body,
+        content_type="image/png",
+        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 def setup(app: web.Application) -> None:
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
         autoescape=jinja2.select_autoescape(["html"], default=True),
     )
+    app[IMAGE_CACHE] = {}
+    app.router.add_get("/", index)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login_submit)
     app.router.add_post("/logout", logout)
-    app.router.add_static("/static", WEB_DIR / "static", append_version=True)
+    app.router.add_get("/shows/{show}", viewer_page)
+    app.router.add_get("/shows/{show}/host", host_page)
+    app.router.add_get("/staff", staff_page)
+    app.router.add_get("/staff/orders/{order_id}", staff_order_page)
+    app.router.add_get("/media/products/{show}/{sku}.png", product_image)
+    static = app.router.add_static(
+        "/static", WEB_DIR / "static", append_version=True, name="static"
+    )
+    # Versioned URLs (?v=hash): browsers may cache assets, a new deploy still loads fresh.
+    app[TEMPLATES].globals["static"] = lambda filename: str(static.url_for(filename=filename))
