@@ -1,9 +1,303 @@
-"""Routes for this area; see setup()."""
+"""WHIP ingest and WHEP egress (RFC 9725 and the WHEP draft), plus the per-show media
+runtimes' lifecycle: created at start-up for every show, stopped on shutdown.
+
+Routes only parse, authorise and call into ``media``. CORS is open (``*``) on these paths
+so a browser publisher or player served from another origin works; WHIP is protected by
+the stream key, not by the origin.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from aiohttp import web
+
+from media.egress import Viewer
+from media.ingest import IceRestartRequired, Publisher, add_trickle
+from media.runtime import ShowRuntime
+from media.sdp import (
+    MAX_SDP_BYTES,
+    SdpError,
+    check_publish_offer,
+    choose_view_codec,
+    parse_offer,
+    parse_sdpfrag,
+)
+from server import keys, presence
+from server.auth import get_show, require_stream_key
+from server.errors import ApiError, bad_request, not_found
+
+log = logging.getLogger("showroom.media")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "OPTIONS, POST, PATCH, DELETE",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After",
+    "Access-Control-Max-Age": "86400",
+}
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+STATUS_INTERVAL_S = 1.0
+RETRY_AFTER_S = "10"
+
+
+def runtimes(app: web.Application) -> dict[str, ShowRuntime]:
+    return app[keys.EXTRA]["media"]
+
+
+def _runtime(request: web.Request) -> ShowRuntime:
+    show = get_show(request)
+    return runtimes(request.app)[show.id]
+
+
+async def _read_sdp(request: web.Request, expected: str = SDP) -> str:
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype != expected:
+        raise ApiError(415, "bad_request", f"Content-Type must be {expected}.")
+    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
+        raise ApiError(413, "too_large", f"Body is larger than {MAX_SDP_BYTES} bytes.")
+    raw = await request.content.read(MAX_SDP_BYTES + 1)
+    if len(raw) > MAX_SDP_BYTES:
+        raise ApiError(413, "too_large", f"Body is larger than {MAX_SDP_BYTES} bytes.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("SDP must be UTF-8 text.") from None
+
+
+def _sdp_error(exc: SdpError) -> ApiError:
+    return ApiError(exc.status, "bad_request", exc.detail)
+
+
+def _created(answer: str, location: str, etag: str) -> web.Response:
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type=SDP,
+        headers={"Location": location, "ETag": etag, "Accept-Patch": SDPFRAG},
+    )
+
+
+# --- WHIP ---------------------------------------------------------------------------
+
+
+async def whip_post(request: web.Request) -> web.Response:
+    show = get_show(request)
+    require_stream_key(request, show)
+    text = await _read_sdp(request)
+    try:
+        offer = parse_offer(text)
+        check_publish_offer(offer)
+    except SdpError as exc:
+        raise _sdp_error(exc) from None
+    runtime = runtimes(request.app)[show.id]
+    publisher = Publisher(runtime)
+    try:
+        answer = await publisher.accept(text, offer.ice_ufrag)
+    except Exception as exc:  # aiortc rejected it: nothing was published
+        await publisher.close()
+        raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
+    await runtime.set_publisher(publisher)
+    return _created(answer, f"/whip/{show.id}/{publisher.id}", publisher.etag)
+
+
+def _publisher(request: web.Request) -> tuple[ShowRuntime, Publisher]:
+    runtime = _runtime(request)
+    publisher = runtime.publisher
+    if publisher is None or publisher.id != request.match_info["session"]:
+        raise not_found("No such WHIP session.")
+    return runtime, publisher
+
+
+async def whip_patch(request: web.Request) -> web.Response:
+    show = get_show(request)
+    require_stream_key(request, show)
+    _runtime_, publisher = _publisher(request)
+    return await _trickle(request, publisher)
+
+
+async def whip_delete(request: web.Request) -> web.Response:
+    show = get_show(request)
+    require_stream_key(request, show)
+    _runtime_, publisher = _publisher(request)
+    await publisher.close()
+    return web.Response(status=200)
+
+
+# --- WHEP ---------------------------------------------------------------------------
+
+
+async def whep_post(request: web.Request) -> web.Response:
+    show = get_show(request)
+    text = await _read_sdp(request)
+    try:
+        offer = parse_offer(text)
+        codec = choose_view_codec(offer)
+    except SdpError as exc:
+        raise _sdp_error(exc) from None
+    runtime = runtimes(request.app)[show.id]
+    cap = request.app[keys.SETTINGS].max_viewers_per_show
+    if len(runtime.viewers) >= cap:
+        raise ApiError(
+            503,
+            "unavailable",
+            "This show is at viewer capacity; try again shortly.",
+            {"Retry-After": RETRY_AFTER_S},
+        )
+    audio = offer.section("audio")
+    with_audio = audio is not None and audio.direction in ("recvonly", "sendrecv")
+    viewer = Viewer(runtime, codec)
+    try:
+        answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
+    except Exception as exc:
+        await viewer.close()
+        raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
+    return _created(answer, f"/whep/{show.id}/{viewer.id}", viewer.etag)
+
+
+def _viewer(request: web.Request) -> Viewer:
+    viewer = _runtime(request).viewers.get(request.match_info["session"])
+    if viewer is None:
+        raise not_found("No such WHEP session.")
+    return viewer
+
+
+async def whep_patch(request: web.Request) -> web.Response:
+    return await _trickle(request, _viewer(request))
+
+
+async def whep_delete(request: web.Request) -> web.Response:
+    await _viewer(request).close()
+    return web.Response(status=200)
+
+
+# --- shared -------------------------------------------------------------------------
+
+
+async def _trickle(request: web.Request, session: Publisher | Viewer) -> web.Response:
+    if_match = request.headers.get("If-Match")
+    if if_match and if_match not in ("*", session.etag):
+        raise ApiError(412, "conflict", "ETag does not match this session.")
+    text = await _read_sdp(request, SDPFRAG)
+    try:
+        frag = parse_sdpfrag(text)
+        await add_trickle(session.pc, session.remote_ufrag, frag)
+    except SdpError as exc:
+        raise _sdp_error(exc) from None
+    except IceRestartRequired:
+        raise ApiError(422, "bad_request", "ICE restart is not supported.") from None
+    return web.Response(status=204)
+
+
+async def options(request: web.Request) -> web.Response:
+    get_show(request)
+    return web.Response(status=204, headers={"Accept-Post": SDP, "Accept-Patch": SDPFRAG})
+
+
+async def _cors(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith(("/whip/", "/whep/")):
+        for name, value in CORS_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
+# --- lifecycle ----------------------------------------------------------------------
+
+
+async def _report_status(app: web.Application) -> None:
+    """About once a second: presence in Redis, viewer counts on the bus."""
+    redis, bus = app[keys.REDIS], app[keys.BUS]
+    last_viewers: dict[str, int] = {}
+    while True:
+        for show_id, runtime in runtimes(app).items():
+            n = len(runtime.viewers)
+            try:
+                await presence.report(redis, show_id, live=runtime.live, viewers=n)
+                if last_viewers.get(show_id) != n:
+                    last_viewers[show_id] = n
+                    await bus.publish(show_id, {"type": "viewers", "viewers": n})
+            except Exception as exc:  # Redis hiccup: the media path keeps going
+                log.warning("status report for %s failed: %s", show_id, exc)
+        await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+def _status_publisher(app: web.Application, show_id: str):
+    def publish(kind: str, event: dict) -> None:
+        async def send() -> None:
+            with contextlib.suppress(Exception):
+                await app[keys.BUS].publish(show_id, dict(event))
+                runtime = runtimes(app)[show_id]
+                await presence.report(
+                    app[keys.REDIS], show_id, live=runtime.live, viewers=len(runtime.viewers)
+                )
+
+        asyncio.get_running_loop().create_task(send())
+
+    return publish
+
+
+MEDIA_TS_EVENTS = ("featured", "drop", "stock")
+
+
+def _interceptor(app: web.Application, runtime: ShowRuntime):
+    """Hold featured/drop/stock events until a composed frame shows them (``media_ts``)."""
+    bus = app[keys.BUS]
+
+    def intercept(show_id: str, event: dict) -> None:
+        if event.get("type") not in MEDIA_TS_EVENTS:
+            bus.emit_local(show_id, event)
+            return
+        scene = runtime.scene_lookup()
+        handler = getattr(scene, "handle_event", None) if scene is not None else None
+        if handler is not None:
+            handler(event)
+        runtime.after_next_frame(lambda ts: bus.emit_local(show_id, {**event, "media_ts": ts}))
+
+    return intercept
+
+
+async def media_ctx(app: web.Application):
+    metrics = app[keys.METRICS]
+    bus = app[keys.BUS]
+    extra = app[keys.EXTRA]
+    shows: dict[str, ShowRuntime] = {}
+    extra["media"] = shows
+    for show_id, show in app[keys.SHOWS].items():
+        runtime = ShowRuntime(
+            show,
+            metrics,
+            scene_lookup=lambda sid=show_id: extra.get("scenes", {}).get(sid),
+            on_status=_status_publisher(app, show_id),
+        )
+        shows[show_id] = runtime
+        runtime.start()
+        # Another area may already line events up with the picture; do not displace it.
+        if show_id not in getattr(bus, "_interceptors", {}):
+            bus.set_interceptor(show_id, _interceptor(app, runtime))
+    status = asyncio.create_task(_report_status(app), name="media-status")
+    yield
+    status.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await status
+    for show_id, runtime in shows.items():
+        await runtime.stop()
+        with contextlib.suppress(Exception):
+            await presence.clear(app[keys.REDIS], show_id)
 
 
 def setup(app: web.Application) -> None:
-    pass
+    r = app.router
+    r.add_post("/whip/{show}", whip_post)
+    r.add_route("OPTIONS", "/whip/{show}", options)
+    r.add_patch("/whip/{show}/{session}", whip_patch)
+    r.add_delete("/whip/{show}/{session}", whip_delete)
+    r.add_route("OPTIONS", "/whip/{show}/{session}", options)
+    r.add_post("/whep/{show}", whep_post)
+    r.add_route("OPTIONS", "/whep/{show}", options)
+    r.add_patch("/whep/{show}/{session}", whep_patch)
+    r.add_delete("/whep/{show}/{session}", whep_delete)
+    r.add_route("OPTIONS", "/whep/{show}/{session}", options)
+    app.on_response_prepare.append(_cors)
+    app.cleanup_ctx.append(media_ctx)

@@ -1,0 +1,331 @@
+"""One live show's media: its publisher, compositor, shared encoders and viewers.
+
+The compositor ticks at the show's fps. Each tick takes the newest decoded publisher
+frame (or the slate when the publisher is gone), blends the overlays into it in place,
+and encodes it once per codec that some viewer needs; viewers read the shared packets
+from a ``Fanout``. Audio follows its own 20 ms clock: the publisher's samples, or
+silence, encoded once with Opus.
+
+CPU-heavy steps (scaling, encoding) run on the show's own single worker thread so the
+event loop keeps serving HTTP and RTP; blending runs on the loop, where the scene lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+
+from media.audio import AudioFifo
+from media.encoders import AUDIO_SAMPLES, AudioEncoder, Encoded, VideoEncoder
+from media.fanout import Fanout
+from media.keyframes import KeyframeGate
+from media.slate import slate_yuv
+from media.slot import LatestFrame, SourceFrame
+
+if TYPE_CHECKING:
+    from media.egress import Viewer
+    from media.ingest import Publisher
+    from server.config import ShowConfig
+    from server.metrics import Metrics
+
+log = logging.getLogger("showroom.media")
+
+STALE_AFTER_S = 1.0  # no publisher frame for this long: show the slate
+AUDIO_PERIOD_S = AUDIO_SAMPLES / 48000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def to_show_size(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    """A publisher frame as a yuv420p array at the show's size (a new array)."""
+    if frame.width != width or frame.height != height or frame.format.name != "yuv420p":
+        frame = frame.reformat(width=width, height=height, format="yuv420p")
+    return frame.to_ndarray()
+
+
+class ShowRuntime:
+    def __init__(
+        self,
+        show: ShowConfig,
+        metrics: Metrics | None = None,
+        scene_lookup: Callable[[], Any] | None = None,
+        on_status: Callable[[str, dict], None] | None = None,
+    ) -> None:
+        self.show = show
+        self.width, self.height = show.video.width, show.video.height
+        self.fps = show.video.fps
+        self.metrics = metrics
+        self.scene_lookup = scene_lookup or (lambda: None)
+        self.on_status = on_status  # ("live"|"viewers", event) -> publish on the bus
+        self.slot = LatestFrame()
+        self.audio_in = AudioFifo()
+        self.gate = KeyframeGate()
+        self.video: dict[str, Fanout] = {"H264": self._new_fanout("H264")}
+        self.audio = Fanout(capacity=25, keyframes=False, max_lag=10)
+        self._encoders: dict[str, VideoEncoder] = {}
+        self._audio_encoder = AudioEncoder()
+        self.publisher: Publisher | None = None
+        self.viewers: dict[str, Viewer] = {}
+        self.live = False
+        self.frames_out = 0
+        self.slate_frames = 0
+        self._frame_callbacks: list[Callable[[int], None]] = []
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"compose-{show.id}")
+        self._tasks: list[asyncio.Task] = []
+        self._t0 = time.monotonic()
+        self._last_pts = -1
+        self._source: SourceFrame | None = None
+        self._source_yuv: np.ndarray | None = None
+
+    def _new_fanout(self, codec: str) -> Fanout:
+        fanout = Fanout(capacity=max(8, 2 * self.fps), keyframes=True)
+        fanout.on_need_keyframe = lambda: self.request_keyframe("lagging")
+        return fanout
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._run_video(), name=f"compositor-{self.show.id}"),
+            asyncio.create_task(self._run_audio(), name=f"audio-{self.show.id}"),
+        ]
+
+    async def stop(self) -> None:
+        for viewer in list(self.viewers.values()):
+            await viewer.close()
+        if self.publisher is not None:
+            await self.publisher.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- publisher -------------------------------------------------------------------
+    async def set_publisher(self, publisher: Publisher) -> None:
+        """A new publish replaces the live publisher (e.g. a reconnecting PocketCam)."""
+        old, self.publisher = self.publisher, publisher
+        if old is not None and old is not publisher:
+            log.info("show %s: new publisher %s replaces %s", self.show.id, publisher.id, old.id)
+            await old.close()
+
+    def publisher_gone(self, publisher: Publisher) -> None:
+        if self.publisher is publisher:
+            log.info("show %s: publisher %s gone; slate", self.show.id, publisher.id)
+            self.publisher = None
+            self.slot.clear()
+            self.audio_in.clear()
+
+    def on_video_frame(self, publisher: Publisher, frame: av.VideoFrame) -> None:
+        if publisher is self.publisher:
+            self.slot.put(frame)
+
+    def on_audio_samples(self, publisher: Publisher, interleaved: np.ndarray) -> None:
+        if publisher is self.publisher:
+            self.audio_in.push(interleaved)
+
+    # --- viewers ---------------------------------------------------------------------
+    def video_fanout(self, codec: str) -> Fanout:
+        if codec not in self.video:
+            self.video[codec] = self._new_fanout(codec)
+        return self.video[codec]
+
+    def add_viewer(self, viewer: Viewer) -> None:
+        self.viewers[viewer.id] = viewer
+        self._viewers_changed()
+
+    def remove_viewer(self, viewer: Viewer) -> None:
+        if self.viewers.pop(viewer.id, None) is not None:
+            self._viewers_changed()
+
+    def _viewers_changed(self) -> None:
+        if self.metrics:
+            self.metrics.viewers.labels(self.show.id).set(len(self.viewers))
+        scene = self.scene_lookup()
+        if scene is not None and hasattr(scene, "set_viewers"):
+            scene.set_viewers(len(self.viewers))
+
+    def codecs_in_use(self) -> list[str]:
+        """H.264 always (browsers, recordings); VP8 only while a viewer needs it."""
+        codecs = ["H264"]
+        if any(v.codec == "VP8" for v in self.viewers.values()):
+            codecs.append("VP8")
+        return codecs
+
+    def request_keyframe(self, reason: str = "join") -> None:
+        self.gate.request()
+        if self.metrics:
+            self.metrics.keyframes.labels(self.show.id).inc()
+
+    def after_next_frame(self, fn: Callable[[int], None]) -> None:
+        """Call ``fn(wall_ms)`` once the next composed frame exists (for ``media_ts``)."""
+        self._frame_callbacks.append(fn)
+
+    # --- video -----------------------------------------------------------------------
+    def _publisher_active(self, now: float) -> bool:
+        return self.publisher is not None and now - self.slot.last_arrival < STALE_AFTER_S
+
+    async def _run_video(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.fps
+        last_out = time.monotonic() - period
+        while True:
+            try:
+                last_out = await self._wait_for_tick(last_out, period)
+                await self._tick(loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad frame must not end the show
+                log.exception("show %s: compositor tick failed", self.show.id)
+                await asyncio.sleep(period)
+
+    async def _wait_for_tick(self, last_out: float, period: float) -> float:
+        """Compose as soon as a fresh frame arrives (no slot wait, lower latency), but no
+        faster than ~fps; without fresh frames, repeat/slate at the show's fps."""
+        while True:
+            now = time.monotonic()
+            earliest = last_out + 0.7 * period
+            latest = last_out + period * (1.25 if self._publisher_active(now) else 1.0)
+            if now >= latest or (now >= earliest and self.slot.has_new()):
+                missed = int((now - last_out) / period) - 1
+                if missed > 1 and self.metrics:  # the loop stalled: those ticks are lost
+                    self.metrics.dropped_frames.labels(self.show.id, "late").inc(missed)
+                return now
+            wake = earliest if self.slot.has_new() else latest
+            if self.slot.has_new():
+                await asyncio.sleep(max(0.0, wake - now))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.slot.fresh.wait(), max(0.0, wake - now))
+
+    async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        tick_start = time.monotonic()
+        fresh = self.slot.take()
+        dropped = self.slot.dropped
+        if dropped and self.metrics:
+            self.metrics.dropped_frames.labels(self.show.id, "stale").inc(dropped)
+        self.slot.dropped = 0
+        active = self._publisher_active(tick_start)
+        self._set_live(active)
+        if fresh is not None:
+            self._source, self._source_yuv = fresh, None
+        if active and self._source is not None:
+            src = self._source
+            if self._source_yuv is None:
+                self._source_yuv = await loop.run_in_executor(
+                    self._executor, to_show_size, src.frame, self.width, self.height
+                )
+            base = self._source_yuv
+        else:
+            self._source = self._source_yuv = None
+            base = slate_yuv(self.width, self.height)
+            self.slate_frames += 1
+        frame = av.VideoFrame.from_ndarray(base, format="yuv420p")  # a copy to blend into
+
+        wall = now_ms()
+        scene = self.scene_lookup()
+        blend_start = time.perf_counter()
+        if scene is not None:
+            scene.blend_into(frame, wall)
+        if self.metrics:
+            self.metrics.frame_time.labels(self.show.id).observe(time.perf_counter() - blend_start)
+        callbacks, self._frame_callbacks = self._frame_callbacks, []
+        for fn in callbacks:
+            try:
+                fn(wall)
+            except Exception:
+                log.exception("frame callback failed")
+
+        pts = max(self._last_pts + 1, int((time.monotonic() - self._t0) * 90000))
+        self._last_pts = pts
+        force = self.gate.should_force(time.monotonic())
+        codecs = self.codecs_in_use()
+        results = await loop.run_in_executor(
+            self._executor, self._encode, frame, pts, force, codecs
+        )
+        handed = time.monotonic()
+        keyframe = False
+        for codec, encoded in results:
+            fanout = self.video_fanout(codec)
+            for enc in encoded:
+                keyframe = keyframe or enc.keyframe
+                fanout.publish(
+                    enc.packet, enc.keyframe, wall, payloads=enc.payloads, timestamp=enc.timestamp
+                )
+                if self.metrics:
+                    self.metrics.encode_time.labels(self.show.id, codec).observe(enc.seconds)
+        if keyframe:
+            self.gate.produced(handed)
+        self.frames_out += 1
+        if fresh is not None and active and self.metrics:
+            self.metrics.server_latency.labels(self.show.id).observe(handed - fresh.arrival)
+        self.last_server_latency = handed - fresh.arrival if fresh is not None else None
+
+    def _encode(
+        self, frame: av.VideoFrame, pts: int, force: bool, codecs: list[str]
+    ) -> list[tuple[str, list[Encoded]]]:
+        """Worker thread: encode the composed frame once per codec in use."""
+        for codec in list(self._encoders):
+            if codec not in codecs:
+                del self._encoders[codec]  # the last VP8 viewer left
+        out = []
+        for codec in codecs:
+            encoder = self._encoders.get(codec)
+            fresh_encoder = encoder is None
+            if encoder is None:
+                v = self.show.video
+                encoder = self._encoders[codec] = VideoEncoder(
+                    codec, v.width, v.height, v.fps, v.bitrate_kbps
+                )
+            out.append((codec, encoder.encode(frame, pts, force or fresh_encoder)))
+        return out
+
+    def _set_live(self, live: bool) -> None:
+        if live == self.live:
+            return
+        self.live = live
+        if self.metrics:
+            self.metrics.publisher_live.labels(self.show.id).set(int(live))
+        scene = self.scene_lookup()
+        if scene is not None and hasattr(scene, "set_live"):
+            scene.set_live(live)
+        if self.on_status is not None:
+            self.on_status("live", {"type": "live", "live": live})
+
+    # --- audio -----------------------------------------------------------------------
+    async def _run_audio(self) -> None:
+        """A 20 ms clock on the same origin as the video pts (keeps them in sync)."""
+        n = 0
+        while True:
+            target = self._t0 + n * AUDIO_PERIOD_S
+            delay = target - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.1:  # the loop stalled: jump ahead instead of bursting
+                n = int((time.monotonic() - self._t0) / AUDIO_PERIOD_S)
+                continue
+            try:
+                if self.viewers:
+                    samples, _real = self.audio_in.pop(AUDIO_SAMPLES)
+                    wall = now_ms()
+                    for enc in self._audio_encoder.encode(samples, n * AUDIO_SAMPLES):
+                        self.audio.publish(
+                            enc.packet, True, wall, payloads=enc.payloads, timestamp=enc.timestamp
+                        )
+                else:
+                    # Nobody listens: keep the FIFO short so a first viewer hears "now".
+                    self.audio_in.pop(AUDIO_SAMPLES)
+            except Exception:
+                log.exception("show %s: audio tick failed", self.show.id)
+            n += 1
