@@ -140,3 +140,36 @@ class WhepPlayer:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pc.close(), 5)
+
+
+class WhipPublisher:
+    """Publishes tracks to a WHIP endpoint; ``close`` ends the session with DELETE."""
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        video: MediaStreamTrack | None,
+        audio: MediaStreamTrack | None = None,
+        *,
+        codec: str | None = None,
+    ) -> None:
+        self.url, self.key = url, key
+        self.pc = RTCPeerConnection()
+        if video is not None:
+            self.pc.addTransceiver(video, direction="sendonly")
+        if audio is not None:
+            self.pc.addTransceiver(audio, direction="sendonly")
+        if codec:
+            prefer_codec(self.pc, "video", f"video/{codec}")
+        self.location: str | None = None
+
+    async def start(self, http: aiohttp.ClientSession) -> str:
+        self.location = await negotiate(http, self.pc, self.url, self.key)
+        return self.location
+
+    async def close(self, http: aiohttp.ClientSession | None = None) -> None:
+        if http is not None and self.location:
+            await delete_session(http, self.location, self.key)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pc.close(), 5)

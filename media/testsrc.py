@@ -32,6 +32,7 @@ BACKGROUND_YUV = (150, 140, 90)
 
 class TestPatternTrack(MediaStreamTrack):
     kind = "video"
+    __test__ = False  # not a pytest class, despite the name
 
     def __init__(self, width: int = 1280, height: int = 720, fps: int = 30) -> None:
         super().__init__()
