@@ -1,0 +1,178 @@
+"""Fan-out, keyframe control and audio FIFO rules, plus keyframe coalescing and slow
+viewers through the real media path."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import numpy as np
+import pytest
+
+from media.audio import AudioFifo
+from media.client import WhepPlayer, WhipPublisher
+from media.fanout import Fanout
+from media.keyframes import KeyframeGate
+from media.sdp import SdpError, choose_view_codec, parse_offer, parse_sdpfrag
+from media.testsrc import TestPatternTrack
+from server import keys
+from tests.conftest import STREAM_KEY
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def publish(f: Fanout, n: int, keyframe_every: int = 10, start_ms: int = 0) -> None:
+    for i in range(n):
+        seq = f.seq + 1
+        f.publish(f"p{seq}", keyframe=(seq - 1) % keyframe_every == 0, wall_ms=start_ms + i)
+
+
+async def test_joining_viewer_starts_at_a_keyframe():
+    f = Fanout(capacity=20)
+    publish(f, 13, keyframe_every=10)  # keyframes at 1 and 11
+    c = f.cursor(join_keyframe_max_age_ms=500, now_ms=20)
+    assert c.take().packet == "p11"  # recent keyframe in the ring: a short burst
+    assert [c.take().packet, c.take().packet, c.take()] == ["p12", "p13", None]
+
+    old = f.cursor(join_keyframe_max_age_ms=5, now_ms=1000)  # keyframe too old: wait
+    assert old.waiting_for_keyframe and old.take() is None
+    publish(f, 8, keyframe_every=10)  # 14..21, keyframe at 21
+    assert old.take().packet == "p21"
+
+
+async def test_slow_viewer_skips_to_next_keyframe_and_never_blocks_others():
+    need = []
+    f = Fanout(capacity=30, max_lag=15)
+    f.on_need_keyframe = lambda: need.append(1)
+    publish(f, 1, keyframe_every=10)
+    fast, slow = f.cursor(now_ms=0), f.cursor(now_ms=0)
+    assert fast.take().packet == slow.take().packet == "p1"
+    for _ in range(25):  # the fast viewer reads everything as it comes
+        publish(f, 1, keyframe_every=10)
+        assert fast.take().packet == f"p{f.seq}"
+    # The slow one is 25 behind: it jumps to the newest keyframe (p21), not to p2.
+    assert slow.take().packet == "p21"
+    assert slow.skipped == 1
+    assert len(f.ring) == 26  # bounded: the ring never grows past its capacity
+    publish(f, 100, keyframe_every=1000)  # no keyframe for a long time
+    assert len(f.ring) == 30
+    lagging = f.cursor(now_ms=0)
+    lagging.next_seq = f.seq - 20
+    assert lagging.take() is None and lagging.waiting_for_keyframe
+    assert need, "a lagging viewer without a keyframe to jump to asks for one"
+
+
+async def test_audio_fanout_skips_to_newest_without_keyframes():
+    f = Fanout(capacity=10, keyframes=False, max_lag=4)
+    c = f.cursor()
+    publish(f, 9, keyframe_every=1000)
+    assert c.take().packet == "p9"
+
+
+async def test_cursor_next_wakes_on_publish():
+    f = Fanout(capacity=10)
+    publish(f, 1, keyframe_every=1)
+    c = f.cursor(now_ms=0)
+    assert (await c.next()).packet == "p1"
+    waiter = asyncio.create_task(c.next())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    publish(f, 1)
+    assert (await asyncio.wait_for(waiter, 1)).packet == "p2"
+
+
+def test_keyframe_gate_coalesces_and_rate_limits():
+    g = KeyframeGate(min_interval_s=1.0, periodic_s=3.0)
+    assert g.should_force(0.0)  # nothing sent yet
+    g.produced(0.0)
+    for _ in range(50):
+        g.request()
+    assert not g.should_force(0.5), "at most one forced keyframe per second"
+    assert g.should_force(1.0)
+    g.produced(1.0)
+    assert not g.should_force(1.5) and not g.pending
+    assert not g.should_force(3.9)
+    assert g.should_force(4.0), "periodic fallback"
+
+
+def test_audio_fifo_bounded_and_resumes_after_buffering():
+    fifo = AudioFifo(capacity=4800, resume_at=1920)
+    out, real = fifo.pop(960)
+    assert not real and out.shape == (1, 1920) and not out.any()
+    fifo.push(np.ones(960 * 2, np.int16))
+    assert not fifo.pop(960)[1], "waits for a little audio before resuming"
+    fifo.push(np.ones(960 * 2, np.int16))
+    out, real = fifo.pop(960)
+    assert real and out.all()
+    fifo.push(np.ones(10_000 * 2, np.int16))
+    assert fifo.buffered == 4800 and fifo.dropped > 0
+
+
+def test_sdp_parsing_rules():
+    with pytest.raises(SdpError) as e:
+        parse_offer("hello")
+    assert e.value.status == 400
+    offer = parse_offer(
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-ufrag:abcd\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=recvonly\r\na=mid:0\r\n"
+        "a=rtpmap:96 VP8/90000\r\na=rtpmap:97 H264/90000\r\n"
+    )
+    assert offer.ice_ufrag == "abcd"
+    assert choose_view_codec(offer) == "H264", "H.264 is preferred: it is always encoded"
+    frag = parse_sdpfrag(
+        "a=ice-ufrag:abcd\r\na=ice-pwd:xyz\r\na=mid:0\r\n"
+        "a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n"
+    )
+    assert frag.ufrag == "abcd" and frag.candidates == [
+        ("0", "candidate:1 1 udp 1 127.0.0.1 5000 typ host")
+    ]
+    assert frag.end_of_candidates
+    with pytest.raises(SdpError):
+        parse_sdpfrag("a=candidate:bad\r\n")
+
+
+async def test_many_joins_and_plis_force_at_most_one_keyframe_per_second(app):
+    http = aiohttp.ClientSession()
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    pub = WhipPublisher(f"{app.url}/whip/demo", STREAM_KEY, TestPatternTrack(320, 180, 30))
+    viewers = [WhepPlayer(f"{app.url}/whep/demo", audio=False) for _ in range(5)]
+    try:
+        await pub.start(http)
+        await asyncio.gather(*(v.start(http) for v in viewers))
+        for v in viewers:
+            await v.wait_first_frame(5)
+        fanout = runtime.video["H264"]
+        counted = set()
+        keyframe_seqs = []
+
+        async def count_keyframes(duration: float) -> None:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + duration
+            while loop.time() < end:
+                for e in list(fanout.ring):
+                    if e.keyframe and e.seq not in counted:
+                        counted.add(e.seq)
+                        keyframe_seqs.append((e.seq, e.wall_ms))
+                await asyncio.sleep(0.1)
+
+        counter = asyncio.create_task(count_keyframes(3.0))
+        # A storm of PLIs from every viewer (as after packet loss), through aiortc's RTCP path.
+        for _ in range(30):
+            for v in viewers:
+                for receiver in v.pc.getReceivers():
+                    if receiver.track.kind == "video":
+                        for source in receiver.getSynchronizationSources():
+                            await receiver._send_rtcp_pli(source.source)
+            await asyncio.sleep(0.1)
+        await counter
+        assert runtime.gate.requests >= 30, "PLIs reached the shared encoder's gate"
+        walls = [w for _, w in keyframe_seqs]
+        assert len(walls) >= 2, "PLIs do produce keyframes"
+        gaps = [b - a for a, b in zip(walls, walls[1:], strict=False)]
+        assert min(gaps) >= 900, f"keyframes {gaps} ms apart: storm not coalesced"
+        assert len(walls) <= 4
+    finally:
+        for v in viewers:
+            await v.close(http)
+        await pub.close(http)
+        await http.close()
