@@ -105,6 +105,7 @@ function renderDrop() {
   if (!active) return;
   setText("drop-left", d.remaining);
   setText("drop-time", clock(endsAt - Date.now()));
+  setText("drop-price", d.price ? ` · ${money(d.price, cfg.currency)}` : "");
 }
 
 function applyFeatured(sku) {
@@ -320,11 +321,16 @@ $("card-form").addEventListener("submit", async (ev) => {
   });
   button.disabled = false;
   button.textContent = label;
-  const status = resp.data && (resp.data.status || (resp.data.order && resp.data.order.status));
-  if (!resp.ok || status === "payment_failed" || status === "declined") {
-    const detail = resp.data && resp.data.detail;
-    out.textContent = `Payment declined: ${detail || "your card was declined"}. Try another card.`;
-    showNotice(notice, "Payment declined — nothing was charged. Your items are still held.", "bad");
+  const status = resp.data && resp.data.status;
+  if (resp.status === 402 || resp.data.error === "card_declined" || status === "payment_failed") {
+    const detail = (resp.data && resp.data.detail) || "Your card was declined.";
+    out.textContent = `Payment declined: ${detail} Try another card.`;
+    showNotice(notice, "Payment declined — nothing was charged. Your items are still held for you.", "bad");
+    $("card-number").focus();
+    return;
+  }
+  if (!resp.ok) {
+    out.textContent = resp.data.detail || "The payment did not go through. Please try again.";
     return;
   }
   paymentDone();
@@ -521,6 +527,13 @@ async function main() {
   }
   $("f-buy").addEventListener("click", () => state.featured && buy(state.featured));
   player.start();
+  // Live and viewer count also come from presence; a slow refresh keeps them honest.
+  setInterval(async () => {
+    const resp = await api("GET", `/api/shows/${encodeURIComponent(cfg.id)}`);
+    if (!resp.ok) return;
+    if (resp.data.live !== state.live) setLive(resp.data.live);
+    setText("viewers", viewersText(resp.data.viewers));
+  }, 10000);
 }
 
 main();

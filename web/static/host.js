@@ -1,0 +1,360 @@
+// Host page: go live (WHIP) or preview the output (WHEP), feature products, drops,
+// ticker, and live sales numbers with conversion per featured product.
+import { api, clock, el, epochMs, liveEvents, money, pageData, setText, showNotice } from "./common.js";
+import { WhepPlayer, WhipPublisher } from "./webrtc.js";
+
+const cfg = pageData();
+const $ = (id) => document.getElementById(id);
+const notice = $("notice");
+const showPath = `/api/shows/${encodeURIComponent(cfg.id)}`;
+const SEGMENTS_KEY = `showroom:segments:${cfg.id}`;
+
+const state = {
+  products: new Map(cfg.products.map((p) => [p.sku, { ...p, available: p.stock }])),
+  featured: null,
+  drop: null,
+  viewers: 0,
+  adds: 0,
+  orders: [],
+  segments: loadSegments(),
+};
+
+// --- video ---------------------------------------------------------------------------
+const preview = $("preview");
+let publisher = null;
+let outputPlayer = null;
+
+function videoStatus(text) {
+  setText("video-status", text);
+}
+
+$("go-live").addEventListener("click", async () => {
+  stopOutputPreview();
+  const button = $("go-live");
+  button.disabled = true;
+  videoStatus("Asking for the camera…");
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+      audio: true,
+    });
+  } catch (err) {
+    button.disabled = false;
+    videoStatus("No camera: allow camera access in the browser, or publish with PocketCam/OBS.");
+    showNotice(notice, `Camera not available (${err.name}).`, "bad");
+    return;
+  }
+  preview.srcObject = stream;
+  publisher = new WhipPublisher(`/whip/${encodeURIComponent(cfg.id)}`, cfg.stream_key, {
+    onState: (s) => videoStatus(s === "connected" ? "You are live from this camera." : s === "stopped" ? "Not broadcasting from this browser." : `Connection: ${s}`),
+  });
+  try {
+    videoStatus("Connecting…");
+    await publisher.start(stream);
+    $("stop-live").hidden = false;
+    button.hidden = true;
+  } catch (err) {
+    stream.getTracks().forEach((t) => t.stop());
+    preview.srcObject = null;
+    publisher = null;
+    videoStatus("Could not go live.");
+    showNotice(notice, `Could not go live: ${err.detail || err.message}`, "bad");
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$("stop-live").addEventListener("click", () => {
+  if (publisher) publisher.stop();
+  publisher = null;
+  preview.srcObject = null;
+  $("stop-live").hidden = true;
+  $("go-live").hidden = false;
+});
+
+function stopOutputPreview() {
+  if (outputPlayer) outputPlayer.stop();
+  outputPlayer = null;
+  $("watch-output").setAttribute("aria-pressed", "false");
+  $("watch-output").textContent = "Preview the show output";
+}
+
+$("watch-output").addEventListener("click", () => {
+  if (outputPlayer) {
+    stopOutputPreview();
+    preview.srcObject = null;
+    return;
+  }
+  if (publisher) {
+    showNotice(notice, "Stop broadcasting from this camera to preview the output here.", "");
+    return;
+  }
+  outputPlayer = new WhepPlayer(`/whep/${encodeURIComponent(cfg.id)}`, preview, {
+    onState: (s) => videoStatus(s === "playing" ? "Previewing what viewers see." : s === "stopped" ? "Not broadcasting from this browser." : `Preview: ${s}…`),
+  });
+  outputPlayer.start();
+  $("watch-output").setAttribute("aria-pressed", "true");
+  $("watch-output").textContent = "Stop the preview";
+});
+
+// --- products, feature ---------------------------------------------------------------
+function renderProducts() {
+  const box = $("host-products");
+  box.replaceChildren();
+  const select = $("drop-sku");
+  const selected = select.value;
+  select.replaceChildren();
+  for (const p of state.products.values()) {
+    const on = state.featured === p.sku;
+    box.append(
+      el(
+        "div",
+        { class: "host-product", "data-sku": p.sku },
+        el("img", { src: `/media/products/${encodeURIComponent(cfg.id)}/${encodeURIComponent(p.sku)}.png`, alt: "", width: 48, height: 48 }),
+        el("div", {}, el("strong", {}, p.name), el("div", { class: "muted" }, `${money(p.price, cfg.currency)} · ${p.available} available`)),
+        el("button", { type: "button", "aria-pressed": String(on), "aria-label": `${on ? "Unfeature" : "Feature"} ${p.name}`, onclick: () => feature(on ? null : p.sku) }, on ? "Featured" : "Feature"),
+      ),
+    );
+    select.append(el("option", { value: p.sku }, p.name));
+  }
+  if (selected) select.value = selected;
+}
+
+async function feature(sku) {
+  const resp = await api("POST", `${showPath}/feature`, { sku });
+  if (!resp.ok) {
+    showNotice(notice, resp.data.detail || "Could not change the featured product.", "bad");
+    return;
+  }
+  setFeatured(resp.data.featured, Date.now());
+}
+$("unfeature").addEventListener("click", () => feature(null));
+
+function setFeatured(sku, atMs) {
+  sku = sku || null;
+  const open = state.segments.find((s) => !s.end);
+  // After a reload the stored open segment continues if the same product is still on.
+  if (sku !== state.featured && !(open && open.sku === sku)) {
+    if (open) open.end = atMs;
+    if (sku) state.segments.push({ sku, start: atMs, end: null, peak: state.viewers });
+    state.segments = state.segments.slice(-50);
+    saveSegments();
+  }
+  state.featured = sku;
+  renderProducts();
+  renderNumbers();
+}
+
+// --- drops ---------------------------------------------------------------------------
+$("drop-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const out = $("drop-error");
+  out.textContent = "";
+  const body = {
+    sku: $("drop-sku").value,
+    quantity: Number($("drop-qty").value),
+    duration_s: Number($("drop-duration").value),
+    per_buyer_limit: Number($("drop-limit").value),
+  };
+  for (const [key, id] of [["quantity", "drop-qty"], ["duration_s", "drop-duration"], ["per_buyer_limit", "drop-limit"]]) {
+    if (!Number.isInteger(body[key]) || body[key] < 1) {
+      out.textContent = "Quantity, duration and per-buyer limit must be whole numbers of at least 1.";
+      $(id).focus();
+      return;
+    }
+  }
+  const resp = await api("POST", `${showPath}/drops`, body);
+  if (!resp.ok) {
+    out.textContent = resp.data.detail || "Could not start the drop.";
+    return;
+  }
+  showNotice(notice, "Drop started.", "ok");
+  if (resp.data && resp.data.sku) setDrop(resp.data);
+  else if (resp.data && resp.data.drop) setDrop(resp.data.drop);
+});
+
+function setDrop(drop) {
+  state.drop = drop || null;
+  renderDrop();
+}
+
+function renderDrop() {
+  const box = $("drop-status");
+  const d = state.drop;
+  const endsAt = d ? epochMs(d.ends_at) : null;
+  const active = d && endsAt && endsAt > Date.now();
+  box.hidden = !active;
+  if (!active) return;
+  const p = state.products.get(d.sku);
+  box.textContent = `Drop on ${p ? p.name : d.sku}: ${d.remaining} left · ends in ${clock(endsAt - Date.now())}`;
+}
+setInterval(renderDrop, 1000);
+
+// --- ticker --------------------------------------------------------------------------
+async function setTicker(text) {
+  const out = $("ticker-error");
+  out.textContent = "";
+  const resp = await api("POST", `${showPath}/ticker`, { text });
+  if (!resp.ok) {
+    out.textContent = resp.data.detail || "Could not change the ticker.";
+    return;
+  }
+  setText("ticker-current", text || "nothing");
+}
+$("ticker-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = $("ticker-text").value.trim();
+  setTicker(text || null);
+});
+$("ticker-clear").addEventListener("click", () => {
+  $("ticker-text").value = "";
+  setTicker(null);
+});
+
+// --- numbers -------------------------------------------------------------------------
+function loadSegments() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(SEGMENTS_KEY) || "[]");
+    return Array.isArray(saved) ? saved : [];
+  } catch (_) {
+    return [];
+  }
+}
+function saveSegments() {
+  localStorage.setItem(SEGMENTS_KEY, JSON.stringify(state.segments));
+}
+
+const COUNTED = new Set(["paid", "printed", "fulfilled"]);
+
+function renderNumbers() {
+  const paid = state.orders.filter((o) => COUNTED.has(o.status));
+  setText("n-viewers", state.viewers);
+  setText("n-adds", state.adds);
+  setText("n-orders", paid.length);
+  setText("n-revenue", money(paid.reduce((sum, o) => sum + Number(o.amount), 0), cfg.currency));
+  const body = $("segments");
+  body.replaceChildren();
+  const now = Date.now();
+  for (const seg of [...state.segments].reverse().slice(0, 12)) {
+    const end = seg.end || now;
+    const count = paid.filter((o) => {
+      const t = epochMs(o.paid_at);
+      return t && t >= seg.start && t < end;
+    }).length;
+    const p = state.products.get(seg.sku);
+    const rate = seg.peak > 0 ? `${((100 * count) / seg.peak).toFixed(1)}%` : "–";
+    body.append(
+      el(
+        "tr",
+        { class: seg.end ? "" : "current" },
+        el("td", {}, p ? p.name : seg.sku, seg.end ? "" : " (now)"),
+        el("td", { class: "num" }, clock(end - seg.start)),
+        el("td", { class: "num" }, seg.peak),
+        el("td", { class: "num" }, count),
+        el("td", { class: "num" }, rate),
+      ),
+    );
+  }
+}
+
+async function loadOrders() {
+  const resp = await api("GET", `/api/orders?show=${encodeURIComponent(cfg.id)}`);
+  if (resp.ok && Array.isArray(resp.data.orders)) {
+    state.orders = resp.data.orders;
+    renderNumbers();
+  }
+}
+
+async function loadLatency() {
+  const resp = await api("GET", `${showPath}/stats`);
+  if (!resp.ok) return;
+  const g2g = resp.data.glass_to_glass_ms || {};
+  const join = resp.data.join_ms || {};
+  if (g2g.p50 !== null && g2g.p50 !== undefined) setText("n-latency", `${Math.round(g2g.p50)} ms`);
+  else if (join.p50 !== null && join.p50 !== undefined) setText("n-latency", `join ${Math.round(join.p50)} ms`);
+}
+
+// --- state and events ----------------------------------------------------------------
+function setLive(live) {
+  const badge = $("live-badge");
+  badge.textContent = live ? "Live" : "Offline";
+  badge.classList.toggle("live", Boolean(live));
+}
+
+function setViewers(n) {
+  state.viewers = n;
+  const open = state.segments.find((s) => !s.end);
+  if (open && n > open.peak) {
+    open.peak = n;
+    saveSegments();
+  }
+  renderNumbers();
+}
+
+async function loadState() {
+  const resp = await api("GET", showPath);
+  if (!resp.ok) return;
+  const s = resp.data;
+  for (const p of s.products) {
+    const mine = state.products.get(p.sku);
+    if (mine) mine.available = p.available;
+  }
+  setLive(s.live);
+  setViewers(s.viewers);
+  setFeatured(s.featured, Date.now());
+  setDrop(s.drop);
+  if ("ticker" in s) setText("ticker-current", s.ticker || "nothing");
+}
+
+let ordersTimer = null;
+function onEvent(ev) {
+  switch (ev.type) {
+    case "featured":
+      setFeatured(ev.sku, Number(ev.media_ts || ev.ts) || Date.now());
+      break;
+    case "stock": {
+      const p = state.products.get(ev.sku);
+      if (p) {
+        // Stock going down is someone's add-to-cart (a hold); going up is a release.
+        if (ev.available < p.available) state.adds += p.available - ev.available;
+        p.available = ev.available;
+        renderProducts();
+        renderNumbers();
+      }
+      break;
+    }
+    case "drop":
+      setDrop(ev.drop);
+      break;
+    case "live":
+      setLive(ev.live);
+      break;
+    case "viewers":
+      setViewers(ev.viewers);
+      break;
+    case "ticker":
+      setText("ticker-current", ev.text || "nothing");
+      break;
+    case "order":
+      // Coalesce bursts (a flash drop) into one refresh.
+      clearTimeout(ordersTimer);
+      ordersTimer = setTimeout(loadOrders, 300);
+      break;
+    default:
+      break;
+  }
+}
+
+renderProducts();
+liveEvents(cfg.id, onEvent, () => {
+  loadState();
+  loadOrders();
+});
+loadState();
+loadOrders();
+loadLatency();
+setInterval(loadLatency, 5000);
+setInterval(loadOrders, 15000);
+setInterval(loadState, 5000); // viewers and live come from presence, refreshed each second
+setInterval(renderNumbers, 1000);

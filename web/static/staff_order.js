@@ -1,0 +1,37 @@
+// The order page the label's QR opens: a big Fulfil button for floor staff.
+import { api, liveEvents, pageData, showNotice } from "./common.js";
+
+const cfg = pageData();
+const $ = (id) => document.getElementById(id);
+const notice = $("notice");
+
+function setStatus(status) {
+  const node = $("status");
+  node.dataset.status = status;
+  node.textContent = status.replace("_", " ");
+  const button = $("fulfil");
+  button.disabled = !["paid", "printed"].includes(status);
+  if (status === "fulfilled") button.textContent = "Already fulfilled";
+}
+
+$("fulfil").addEventListener("click", async () => {
+  const button = $("fulfil");
+  button.disabled = true;
+  const resp = await api("POST", `/api/orders/${encodeURIComponent(cfg.order_id)}/fulfil`);
+  if (resp.ok) {
+    setStatus(resp.data.status || "fulfilled");
+    showNotice(notice, "Fulfilled. Thank you!", "ok");
+  } else {
+    button.disabled = false;
+    showNotice(notice, resp.data.detail || "Could not mark it fulfilled.", "bad");
+  }
+});
+
+$("reprint").addEventListener("click", async () => {
+  const resp = await api("POST", `/api/orders/${encodeURIComponent(cfg.order_id)}/reprint`);
+  showNotice(notice, resp.ok ? "Reprinting the label." : resp.data.detail || "Could not reprint.", resp.ok ? "ok" : "bad");
+});
+
+liveEvents(cfg.show, (ev) => {
+  if (ev.type === "order" && ev.order_id === cfg.order_id && ev.status) setStatus(ev.status);
+});
