@@ -1,0 +1,362 @@
+"""Pillow drawings of each layer (RGBA, straight alpha). Called only when content changes.
+
+Every function is pure: content + box size in, image out. Panels are opaque so that,
+once converted, most of a layer is a plain copy per frame (only rounded corners and
+anti-aliased edges are blended).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+import qrcode
+from PIL import Image, ImageDraw, ImageOps
+
+from overlays.text import fit_text, font, printable, text_width, wrap_lines
+
+WHITE = (255, 255, 255, 255)
+INK = (20, 20, 24, 255)
+MUTED = (96, 98, 108, 255)
+PANEL_DARK = (18, 18, 24, 255)
+ACCENT = (255, 196, 0, 255)  # drop / highlight yellow
+LIVE_RED = (226, 32, 48, 255)
+GREEN = (22, 140, 72, 255)
+ORANGE = (222, 104, 0, 255)
+SOLD_RED = (200, 24, 36, 255)
+
+LOW_STOCK = 5  # at or below: "Only N left"
+
+CURRENCY_SYMBOLS = {
+    "usd": "$",
+    "cad": "CA$",
+    "aud": "A$",
+    "eur": "\u20ac",
+    "gbp": "\u00a3",
+    "jpy": "\u00a5",
+    "inr": "\u20b9",
+    "krw": "\u20a9",
+    "chf": "CHF\u00a0",
+}
+ZERO_DECIMAL = {"jpy", "krw"}
+
+
+@dataclass(frozen=True)
+class ProductInfo:
+    """What the card shows about a product (from the manifest and live stock)."""
+
+    sku: str
+    name: str
+    price: Decimal
+    available: int | None = None
+    image: Path | None = None
+
+
+@dataclass(frozen=True)
+class DropInfo:
+    sku: str
+    name: str
+    price: Decimal
+    remaining: int
+    ends_at_ms: int
+    quantity: int = 0
+
+
+def format_price(price: Decimal | str | float, currency: str) -> str:
+    """'$18.00', '€18.00', '¥1800'; unknown currencies as '18.00 SEK'."""
+    cur = currency.lower()
+    value = Decimal(str(price))
+    amount = f"{value:,.0f}" if cur in ZERO_DECIMAL else f"{value:,.2f}"
+    symbol = CURRENCY_SYMBOLS.get(cur)
+    return f"{symbol}{amount}" if symbol else f"{amount} {cur.upper()}"
+
+
+def stock_line(available: int | None) -> tuple[str, tuple[int, int, int, int]] | None:
+    if available is None:
+        return None
+    if available <= 0:
+        return "Sold out", SOLD_RED
+    if available <= LOW_STOCK:
+        return f"Only {available} left", ORANGE
+    return "In stock", GREEN
+
+
+def countdown(ms_left: int) -> str:
+    """'mm:ss', rounded up so the display reads 00:00 only when time is up."""
+    secs = max(0, -(-ms_left // 1000))
+    return f"{secs // 60:02d}:{secs % 60:02d}"
+
+
+def _panel(w: int, h: int, fill, radius: int) -> Image.Image:
+    img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    ImageDraw.Draw(img).rounded_rectangle((0, 0, w - 1, h - 1), radius=radius, fill=fill)
+    return img
+
+
+# --- product images --------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _load_image(path: str, mtime: float) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError):
+        return None
+
+
+def placeholder_image(sku: str, name: str, w: int, h: int) -> Image.Image:
+    """A tidy generated tile (colour from the sku, the product's initials) for products
+    without a picture."""
+    digest = hashlib.sha256(sku.encode()).digest()
+    c1 = (60 + digest[0] % 140, 60 + digest[1] % 140, 60 + digest[2] % 140)
+    c2 = tuple(max(0, v - 50) for v in c1)
+    img = Image.new("RGB", (w, h), c1)
+    draw = ImageDraw.Draw(img)
+    for row in range(h):  # vertical gradient, a line per row: cheap at card sizes
+        t = row / max(1, h - 1)
+        draw.line(
+            [(0, row), (w, row)],
+            fill=tuple(int(a + (b - a) * t) for a, b in zip(c1, c2, strict=True)),
+        )
+    initials = "".join(word[0] for word in printable(name).split()[:2]).upper() or "?"
+    size = int(min(w, h) * 0.42)
+    draw.text((w / 2, h / 2), initials, font=font(size, True), fill=(255, 255, 255), anchor="mm")
+    return img
+
+
+def product_image(product: ProductInfo, w: int, h: int) -> Image.Image:
+    if product.image is not None:
+        path = Path(product.image)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = -1.0
+        img = _load_image(str(path), mtime) if mtime >= 0 else None
+        if img is not None:
+            return ImageOps.fit(img, (w, h), Image.Resampling.LANCZOS)
+    return placeholder_image(product.sku, product.name, w, h)
+
+
+def _sold_out_stamp(img: Image.Image, unit: float) -> Image.Image:
+    """Dim the picture and put a tilted red SOLD OUT stamp across it."""
+    w, h = img.size
+    dimmed = Image.blend(img.convert("RGB"), Image.new("RGB", (w, h), (255, 255, 255)), 0.55)
+    label = "SOLD OUT"
+    size = max(10, int(min(w * 0.16, h * 0.22)))
+    tw = text_width(label, size, True)
+    pad = max(4, int(size * 0.35))
+    stamp = Image.new("RGBA", (tw + 2 * pad, int(size * 1.5) + pad), (0, 0, 0, 0))
+    d = ImageDraw.Draw(stamp)
+    border = max(2, int(size * 0.12))
+    d.rounded_rectangle(
+        (0, 0, stamp.width - 1, stamp.height - 1),
+        radius=int(size * 0.25),
+        outline=SOLD_RED,
+        width=border,
+        fill=(255, 255, 255, 230),
+    )
+    d.text(
+        (stamp.width / 2, stamp.height / 2),
+        label,
+        font=font(size, True),
+        fill=SOLD_RED,
+        anchor="mm",
+    )
+    stamp = stamp.rotate(12, resample=Image.Resampling.BICUBIC, expand=True)
+    out = dimmed.convert("RGBA")
+    out.alpha_composite(stamp, ((w - stamp.width) // 2, (h - stamp.height) // 2))
+    return out
+
+
+# --- layers ------------------------------------------------------------------------
+
+
+def render_card(product: ProductInfo, w: int, h: int, currency: str, unit: float) -> Image.Image:
+    """Featured product card: picture, name, price, live stock line, SOLD OUT stamp."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    card = _panel(w, h, WHITE, u(16))
+    pad = u(14)
+    wide = w > h * 1.4  # vertical output: picture on the left, text on the right
+    if wide:
+        img_w = img_h = h - 2 * pad
+        text_x, text_w = pad + img_w + u(16), w - img_w - 3 * pad - u(4)
+        img_box = (pad, pad)
+    else:
+        img_w, img_h = w - 2 * pad, int((w - 2 * pad) * 0.62)
+        text_x, text_w = pad, w - 2 * pad
+        img_box = (pad, pad)
+    picture = product_image(product, img_w, img_h)
+    sold_out = product.available is not None and product.available <= 0
+    if sold_out:
+        picture = _sold_out_stamp(picture, unit)
+    # rounded picture corners
+    mask = Image.new("L", (img_w, img_h), 0)
+    ImageDraw.Draw(mask).rounded_rectangle((0, 0, img_w - 1, img_h - 1), radius=u(10), fill=255)
+    card.paste(picture.convert("RGB"), img_box, mask)
+
+    draw = ImageDraw.Draw(card)
+    y = pad if wide else pad + img_h + u(10)
+    name_size = u(24)
+    lines = wrap_lines(product.name, text_w, name_size, 2, bold=True)
+    for line in lines:
+        y += int(name_size * 1.15)
+        draw.text((text_x, y), line, font=font(name_size, True), fill=INK, anchor="ls")
+    price = fit_text(format_price(product.price, currency), text_w, u(34), bold=True)
+    y += int(price.size * 1.25)
+    draw.text((text_x, y), price.text, font=font(price.size, True), fill=INK, anchor="ls")
+    stock = stock_line(product.available)
+    if stock is not None:
+        text, colour = stock
+        s = fit_text(text, text_w - u(18), u(20), bold=True)
+        y += int(s.size * 1.5)
+        dot = u(6)
+        cy = y - s.size * 0.36
+        draw.ellipse((text_x, cy - dot / 2, text_x + dot, cy + dot / 2), fill=colour)
+        draw.text(
+            (text_x + dot + u(8), y), s.text, font=font(s.size, True), fill=colour, anchor="ls"
+        )
+    return card
+
+
+def render_qr(url: str, w: int, h: int, unit: float, label: str = "Scan to buy") -> Image.Image:
+    """QR code of the buy URL on a white panel, with a short label under it."""
+    panel = _panel(w, h, WHITE, max(1, int(round(12 * unit))))
+    pad = max(4, int(round(10 * unit)))
+    label_h = max(10, int(round(24 * unit)))
+    qr = qrcode.QRCode(border=0, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(url)
+    qr.make(fit=True)
+    modules = qr.modules_count
+    side = min(w - 2 * pad, h - 2 * pad - label_h)
+    scale = max(1, side // modules)  # whole pixels per module: crisp edges for scanners
+    matrix = qr.get_matrix()
+    code = Image.new("L", (modules, modules), 255)
+    code.putdata([0 if cell else 255 for row in matrix for cell in row])
+    code = code.resize((modules * scale, modules * scale), Image.Resampling.NEAREST)
+    ox = (w - code.width) // 2
+    oy = pad + (side - code.height) // 2
+    panel.paste(code.convert("RGBA"), (ox, oy))
+    f = fit_text(label, w - 2 * pad, int(label_h * 0.7), bold=True)
+    ImageDraw.Draw(panel).text(
+        (w / 2, h - pad - label_h / 2),
+        f.text,
+        font=font(f.size, True),
+        fill=INK,
+        anchor="mm",
+    )
+    return panel
+
+
+def render_drop(
+    drop: DropInfo, ms_left: int, w: int, h: int, currency: str, unit: float
+) -> Image.Image:
+    """Drop banner: DROP tag, product, price, mm:ss countdown and how many are left."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    img = _panel(w, h, PANEL_DARK, u(14))
+    draw = ImageDraw.Draw(img)
+    pad = u(12)
+    # yellow DROP tag on the left
+    tag_w = u(84)
+    draw.rounded_rectangle((pad, pad, pad + tag_w, h - pad - 1), radius=u(10), fill=ACCENT)
+    draw.text((pad + tag_w / 2, h / 2), "DROP", font=font(u(24), True), fill=INK, anchor="mm")
+    x = pad + tag_w + u(14)
+    avail_w = w - x - pad
+    clock = countdown(ms_left)
+    clock_size = u(34)
+    clock_w = text_width("00:00", clock_size, True)
+    name = fit_text(drop.name, avail_w - clock_w - u(12), u(20), bold=True)
+    top = pad + u(24)
+    draw.text((x, top), name.text, font=font(name.size, True), fill=WHITE, anchor="ls")
+    price = fit_text(
+        format_price(drop.price, currency), avail_w - clock_w - u(12), u(30), bold=True
+    )
+    bottom = h - pad - u(6)
+    draw.text((x, bottom), price.text, font=font(price.size, True), fill=ACCENT, anchor="ls")
+    right = w - pad
+    ending = ms_left <= 10_000
+    draw.text(
+        (right, top + u(8)),
+        clock,
+        font=font(clock_size, True),
+        fill=LIVE_RED if ending else WHITE,
+        anchor="rs",
+    )
+    left = "Sold out" if drop.remaining <= 0 else f"{drop.remaining} left"
+    rem = fit_text(left, clock_w + u(20), u(18), bold=True)
+    draw.text(
+        (right, bottom),
+        rem.text,
+        font=font(rem.size, True),
+        fill=SOLD_RED if drop.remaining <= 0 else (220, 220, 226, 255),
+        anchor="rs",
+    )
+    return img
+
+
+def render_title(title: str, subtitle: str, w: int, h: int, unit: float) -> Image.Image:
+    """Lower third: show title, with an optional second line (where to shop)."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    img = _panel(w, h, PANEL_DARK, u(14))
+    draw = ImageDraw.Draw(img)
+    bar = u(8)
+    draw.rectangle((u(16), u(16), u(16) + bar, h - u(16)), fill=ACCENT)
+    x = u(16) + bar + u(16)
+    tw = w - x - u(20)
+    if subtitle:
+        t = fit_text(title, tw, u(32), bold=True)
+        draw.text((x, h * 0.5), t.text, font=font(t.size, True), fill=WHITE, anchor="ls")
+        s = fit_text(subtitle, tw, u(20))
+        draw.text(
+            (x, h * 0.5 + u(28)), s.text, font=font(s.size), fill=(200, 200, 210, 255), anchor="ls"
+        )
+    else:
+        t = fit_text(title, tw, u(34), bold=True)
+        draw.text((x, h / 2), t.text, font=font(t.size, True), fill=WHITE, anchor="lm")
+    return img
+
+
+def render_badge(live: bool, viewers: int, w: int, h: int, unit: float) -> Image.Image:
+    """LIVE (red) or OFFLINE (grey) pill and a viewer count pill; as wide as needed."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    size = int(h * 0.46)
+    label = "LIVE" if live else "OFFLINE"
+    dot = int(h * 0.24)
+    pad = u(14)
+    live_w = pad + dot + u(8) + text_width(label, size, True) + pad
+    count = f"{viewers:,} watching" if viewers != 1 else "1 watching"
+    count_w = pad + text_width(count, size, True) + pad
+    total = min(w, live_w + u(8) + count_w)
+    img = Image.new("RGBA", (total, h), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    r = h // 2
+    draw.rounded_rectangle(
+        (0, 0, live_w - 1, h - 1), radius=r, fill=LIVE_RED if live else (90, 90, 98, 255)
+    )
+    draw.ellipse((pad, (h - dot) / 2, pad + dot, (h + dot) / 2), fill=WHITE)
+    draw.text((pad + dot + u(8), h / 2), label, font=font(size, True), fill=WHITE, anchor="lm")
+    cx = live_w + u(8)
+    if cx < total:
+        draw.rounded_rectangle((cx, 0, total - 1, h - 1), radius=r, fill=(18, 18, 24, 255))
+        c = fit_text(count, total - cx - 2 * pad, size, bold=True)
+        draw.text((cx + pad, h / 2), c.text, font=font(c.size, True), fill=WHITE, anchor="lm")
+    return img
+
+
+def render_ticker(text: str, w: int, h: int, unit: float) -> Image.Image:
+    """Host message line (one line: shrinks, then ellipsis)."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    img = _panel(w, h, (250, 250, 252, 255), u(10))
+    draw = ImageDraw.Draw(img)
+    tag = "HOST"
+    tag_size = int(h * 0.42)
+    tag_w = u(12) + text_width(tag, tag_size, True) + u(12)
+    draw.rounded_rectangle((u(6), u(6), u(6) + tag_w, h - u(6) - 1), radius=u(8), fill=LIVE_RED)
+    draw.text((u(6) + tag_w / 2, h / 2), tag, font=font(tag_size, True), fill=WHITE, anchor="mm")
+    x = u(6) + tag_w + u(12)
+    t = fit_text(text, w - x - u(12), int(h * 0.5))
+    draw.text((x, h / 2), t.text, font=font(t.size), fill=INK, anchor="lm")
+    return img

@@ -1,0 +1,493 @@
+"""A show's scene: what is on screen, kept as ready-to-blend sprites.
+
+The compositor calls ``blend_into(frame, now_ms)`` once per frame: it only blends the
+cached sprites into the frame's planes. Changes (``set_featured``, ``set_stock``,
+``set_drop``, ``set_ticker``, ``set_viewers``, ``set_live``) update the scene's state
+and re-render the affected layers on a background thread; the new sprites are swapped
+in with one reference assignment, so a frame sees either the old or the new picture.
+
+Each change gets a version number. ``when_shown(version, callback)`` calls back with the
+``now_ms`` of the first composed frame that shows that version (used for ``media_ts``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from urllib.parse import quote
+
+import numpy as np
+
+from overlays import layers
+from overlays.layers import DropInfo, ProductInfo
+from overlays.layout import Box, Layout, make_layout
+from overlays.yuv import Sprite, blend_sprite, frame_planes, sprite_from_rgba
+
+ANIM_MS = 250
+DROP_LINGER_MS = 3000  # keep showing 00:00 briefly after a drop ends, then hide
+SUBTITLE = "Live shopping \u00b7 tap Buy or scan the code"
+
+# One rendering thread for every scene in the process: renders are short and rare, and
+# a single worker keeps them in order without competing with the compositor for cores.
+_RENDERER = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="overlay-render"
+)
+
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class SceneState:
+    title: str
+    live: bool = False
+    viewers: int = 0
+    featured: ProductInfo | None = None
+    drop: DropInfo | None = None
+    ticker: str | None = None
+
+
+@dataclass
+class _CardSlot:
+    """The featured product's card and QR sprites; t0 is set by the first frame showing it."""
+
+    sku: str
+    card: Sprite
+    qr: Sprite
+    t0: int | None = None
+
+
+@dataclass
+class _DropSlot:
+    info: DropInfo
+    sprites: dict[int, Sprite] = field(default_factory=dict)  # seconds left -> banner
+    pending: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Sprites:
+    """Everything a frame needs; replaced as a whole when something changes."""
+
+    version: int
+    static: tuple[Sprite, ...]  # title, badge, ticker
+    card: _CardSlot | None
+    leaving: _CardSlot | None
+    drop: _DropSlot | None
+
+
+def _ease_out(p: float) -> float:
+    return 1.0 - (1.0 - p) ** 3
+
+
+def _even(v: float) -> int:
+    return int(round(v)) & ~1
+
+
+class Scene:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        *,
+        title: str,
+        currency: str = "usd",
+        show_id: str = "",
+        base_url: str = "",
+        threaded: bool = True,
+    ) -> None:
+        self.width, self.height = width, height
+        self.currency = currency
+        self.show_id = show_id
+        self.base_url = base_url.rstrip("/")
+        self.layout: Layout = make_layout(width, height)
+        self.threaded = threaded
+        self._lock = threading.Lock()  # state, version, dirty set, waiters
+        self._render_lock = threading.Lock()  # one render of this scene at a time
+        self._state = SceneState(title=title)
+        self._version = 0
+        self._dirty: set[str] = {"title", "badge"}
+        self._futures: list[tuple[int, concurrent.futures.Future]] = []
+        self._scheduled = False
+        self._static: dict[str, Sprite | None] = {"title": None, "badge": None, "ticker": None}
+        self._sprites = _Sprites(0, (), None, None, None)
+        self._shown_version = -1
+        self._shown: deque[tuple[int, int]] = deque(maxlen=128)  # (version, first now_ms)
+        self._waiters: list[tuple[int, Callable[[int], None]]] = []
+        self.last_blend_wall: float = 0.0  # time.monotonic() of the last blend
+        self.last_render_ms: dict[str, float] = {}
+        self.render_now()
+
+    # --- state changes (any thread) -----------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def state(self) -> SceneState:
+        with self._lock:
+            return replace(self._state)
+
+    def _change(
+        self, layers_: set[str], apply: Callable[[SceneState], bool]
+    ) -> concurrent.futures.Future:
+        """Apply a state change; returns a future resolved (with the version) once the
+        new sprites are in place. No-op changes resolve at once with the current version."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if not apply(self._state):
+                if self._scheduled or self._dirty:
+                    self._futures.append((self._version, fut))
+                else:
+                    fut.set_result(self._version)
+                return fut
+            self._version += 1
+            self._dirty |= layers_
+            self._futures.append((self._version, fut))
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            if self.threaded:
+                _RENDERER.submit(self.render_now)
+            else:
+                self.render_now()
+        return fut
+
+    def set_title(self, title: str) -> concurrent.futures.Future:
+        def apply(s: SceneState) -> bool:
+            changed = s.title != title
+            s.title = title
+            return changed
+
+        return self._change({"title"}, apply)
+
+    def set_live(self, live: bool) -> concurrent.futures.Future:
+        def apply(s: SceneState) -> bool:
+            changed = s.live != bool(live)
+            s.live = bool(live)
+            return changed
+
+        return self._change({"badge"}, apply)
+
+    def set_viewers(self, n: int) -> concurrent.futures.Future:
+        n = max(0, int(n))
+
+        def apply(s: SceneState) -> bool:
+            changed = s.viewers != n
+            s.viewers = n
+            return changed
+
+        return self._change({"badge"}, apply)
+
+    def set_featured(self, product: ProductInfo | None) -> concurrent.futures.Future:
+        def apply(s: SceneState) -> bool:
+            changed = s.featured != product
+            s.featured = product
+            return changed
+
+        return self._change({"card"}, apply)
+
+    def set_stock(self, sku: str, available: int) -> concurrent.futures.Future:
+        """Live stock for a product: updates the card if it is the featured one."""
+
+        def apply(s: SceneState) -> bool:
+            if s.featured is None or s.featured.sku != sku or s.featured.available == available:
+                return False
+            s.featured = replace(s.featured, available=available)
+            return True
+
+        return self._change({"card"}, apply)
+
+    def set_drop(self, drop: DropInfo | None) -> concurrent.futures.Future:
+        def apply(s: SceneState) -> bool:
+            changed = s.drop != drop
+            s.drop = drop
+            return changed
+
+        return self._change({"drop"}, apply)
+
+    def set_drop_remaining(self, remaining: int) -> concurrent.futures.Future:
+        def apply(s: SceneState) -> bool:
+            if s.drop is None or s.drop.remaining == remaining:
+                return False
+            s.drop = replace(s.drop, remaining=remaining)
+            return True
+
+        return self._change({"drop"}, apply)
+
+    def set_ticker(self, text: str | None) -> concurrent.futures.Future:
+        text = text.strip() if text else None
+
+        def apply(s: SceneState) -> bool:
+            changed = s.ticker != (text or None)
+            s.ticker = text or None
+            return changed
+
+        return self._change({"ticker"}, apply)
+
+    def flush(self, timeout: float = 5.0) -> int:
+        """Wait until every change so far is rendered; returns the version."""
+        with self._lock:
+            pending = [f for _, f in self._futures]
+        for f in pending:
+            f.result(timeout)
+        return self._sprites.version
+
+    # --- rendering (render thread, or the caller when threaded=False) -------------------
+    def buy_url(self, sku: str) -> str:
+        return f"{self.base_url}/shows/{quote(self.show_id)}?sku={quote(sku)}"
+
+    def _timed(self, name: str, fn: Callable[[], Sprite | None]) -> Sprite | None:
+        t = time.perf_counter()
+        out = fn()
+        self.last_render_ms[name] = (time.perf_counter() - t) * 1000
+        return out
+
+    def render_now(self) -> None:
+        """Render every dirty layer from the current state and swap the sprites in."""
+        with self._render_lock:
+            while True:
+                with self._lock:
+                    dirty, self._dirty = self._dirty, set()
+                    state = replace(self._state)
+                    version = self._version
+                    if not dirty:
+                        self._scheduled = False
+                        self._resolve(self._sprites.version)
+                        return
+                try:
+                    new = self._render(dirty, state, version)
+                except Exception as exc:  # keep the old picture; report to waiters
+                    with self._lock:
+                        self._scheduled = False
+                        futures, self._futures = self._futures, []
+                    for _, f in futures:
+                        if not f.done():
+                            f.set_exception(exc)
+                    raise
+                self._sprites = new  # the atomic swap the compositor sees
+                with self._lock:
+                    self._resolve(version)
+
+    def _resolve(self, version: int) -> None:
+        keep = []
+        for v, f in self._futures:
+            if v <= version:
+                if not f.done():
+                    f.set_result(version)
+            else:
+                keep.append((v, f))
+        self._futures = keep
+
+    def _render(self, dirty: set[str], state: SceneState, version: int) -> _Sprites:
+        lay = self.layout
+        old = self._sprites
+        if "title" in dirty:
+            self._static["title"] = self._timed(
+                "title",
+                lambda: _place(
+                    layers.render_title(state.title, SUBTITLE, lay.title.w, lay.title.h, lay.unit),
+                    lay.title,
+                ),
+            )
+        if "badge" in dirty:
+            self._static["badge"] = self._timed(
+                "badge",
+                lambda: _place(
+                    layers.render_badge(
+                        state.live, state.viewers, lay.badge.w, lay.badge.h, lay.unit
+                    ),
+                    lay.badge,
+                ),
+            )
+        if "ticker" in dirty:
+            self._static["ticker"] = (
+                self._timed(
+                    "ticker",
+                    lambda: _place(
+                        layers.render_ticker(state.ticker, lay.ticker.w, lay.ticker.h, lay.unit),
+                        lay.ticker,
+                    ),
+                )
+                if state.ticker
+                else None
+            )
+        card, leaving = old.card, old.leaving
+        if "card" in dirty:
+            product = state.featured
+            if product is None:
+                if card is not None:
+                    leaving = _CardSlot(card.sku, card.card, card.qr, None)
+                card = None
+            else:
+                card_sprite = self._timed(
+                    "card",
+                    lambda: _place(
+                        layers.render_card(
+                            product, lay.card.w, lay.card.h, self.currency, lay.unit
+                        ),
+                        lay.card,
+                    ),
+                )
+                if card is not None and card.sku == product.sku:
+                    # same product (stock or price changed): swap in place, no animation
+                    card = _CardSlot(product.sku, card_sprite, card.qr, card.t0)
+                else:
+                    qr_sprite = self._timed(
+                        "qr",
+                        lambda: _place(
+                            layers.render_qr(
+                                self.buy_url(product.sku), lay.qr.w, lay.qr.h, lay.unit
+                            ),
+                            lay.qr,
+                        ),
+                    )
+                    card = _CardSlot(product.sku, card_sprite, qr_sprite, None)
+                    leaving = None  # the new card takes the same place
+        drop = old.drop
+        if "drop" in dirty:
+            if state.drop is None:
+                drop = None
+            else:
+                drop = _DropSlot(state.drop)
+                secs = _secs_left(state.drop, int(time.time() * 1000))
+                for s in (secs, secs - 1):
+                    if s >= 0:
+                        drop.sprites[s] = self._timed(
+                            "drop", lambda s=s: self._drop_sprite(drop.info, s)
+                        )
+        static = tuple(
+            s for s in (self._static["title"], self._static["ticker"], self._static["badge"]) if s
+        )
+        return _Sprites(version, static, card, leaving, drop)
+
+    def _drop_sprite(self, info: DropInfo, secs: int) -> Sprite:
+        lay = self.layout
+        return _place(
+            layers.render_drop(info, secs * 1000, lay.drop.w, lay.drop.h, self.currency, lay.unit),
+            lay.drop,
+        )
+
+    def _prerender_drop(self, slot: _DropSlot, seconds: list[int]) -> None:
+        for s in seconds:
+            if s not in slot.sprites:
+                slot.sprites[s] = self._drop_sprite(slot.info, s)
+            slot.pending.discard(s)
+        for s in [k for k in slot.sprites if k > max(seconds) + 1]:
+            slot.sprites.pop(s, None)
+
+    # --- per frame (compositor) ---------------------------------------------------------
+    def blend_into(self, frame, now_ms: int) -> None:
+        """Blend the scene into a yuv420p av.VideoFrame in place."""
+        self.blend_planes(frame_planes(frame), now_ms)
+
+    def blend_planes(self, planes: Planes, now_ms: int) -> None:
+        sprites = self._sprites  # one read: a consistent set even if a swap happens now
+        for sp in sprites.static:
+            blend_sprite(planes, sp)
+        if sprites.drop is not None:
+            self._blend_drop(planes, sprites.drop, now_ms)
+        if sprites.leaving is not None:
+            slot = sprites.leaving
+            if slot.t0 is None:
+                slot.t0 = now_ms
+            p = (now_ms - slot.t0) / ANIM_MS
+            if p < 1.0:
+                self._blend_card(planes, slot, 1.0 - p * p)
+        if sprites.card is not None:
+            slot = sprites.card
+            if slot.t0 is None:
+                slot.t0 = now_ms
+            # start a little in, so the first frame already shows the card
+            p = min(1.0, 0.2 + (now_ms - slot.t0) / ANIM_MS)
+            self._blend_card(planes, slot, _ease_out(p))
+        self.last_blend_wall = time.monotonic()
+        if sprites.version > self._shown_version:
+            self._mark_shown(sprites.version, now_ms)
+
+    def _blend_card(self, planes: Planes, slot: _CardSlot, e: float) -> None:
+        opacity = int(256 * e)
+        if opacity <= 0:
+            return
+        shift = _even((1.0 - e) * self.layout.px(56))
+        dx, dy = (0, shift) if self.layout.vertical else (shift, 0)
+        blend_sprite(planes, slot.card, opacity, dx, dy)
+        blend_sprite(planes, slot.qr, opacity, dx, dy)
+
+    def _blend_drop(self, planes: Planes, slot: _DropSlot, now_ms: int) -> None:
+        ms_left = slot.info.ends_at_ms - now_ms
+        if ms_left < -DROP_LINGER_MS:
+            return
+        secs = _secs_left(slot.info, now_ms)
+        sprite = slot.sprites.get(secs)
+        want = [s for s in (secs, secs - 1) if s >= 0 and s not in slot.sprites]
+        if want and not (set(want) <= slot.pending):
+            slot.pending.update(want)  # render ahead, off this thread
+            _RENDERER.submit(self._prerender_drop, slot, [secs, secs - 1] if secs > 0 else [0])
+        if sprite is None:  # not rendered yet: show the nearest we have (one frame late)
+            if not slot.sprites:
+                return
+            sprite = slot.sprites[min(slot.sprites, key=lambda k: abs(k - secs))]
+        blend_sprite(planes, sprite)
+
+    # --- media_ts -------------------------------------------------------------------------
+    def _mark_shown(self, version: int, now_ms: int) -> None:
+        with self._lock:
+            self._shown_version = version
+            self._shown.append((version, now_ms))
+            ready = [(v, cb) for v, cb in self._waiters if v <= version]
+            self._waiters = [(v, cb) for v, cb in self._waiters if v > version]
+        for _, cb in ready:
+            cb(now_ms)
+
+    def when_shown(self, version: int, callback: Callable[[int], None]) -> None:
+        """Call back with the now_ms of the first composed frame showing ``version``
+        (at once if a frame already did). Called from the compositor's thread."""
+        with self._lock:
+            if version > self._shown_version:
+                self._waiters.append((version, callback))
+                return
+            ms = next((m for v, m in self._shown if v >= version), None)
+        callback(ms if ms is not None else int(time.time() * 1000))
+
+    def cancel_waiters(self) -> list[Callable[[int], None]]:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        return [cb for _, cb in waiters]
+
+    def is_compositing(self, within_s: float = 0.5) -> bool:
+        """True if a compositor blended a frame recently."""
+        return time.monotonic() - self.last_blend_wall < within_s
+
+    def layer_boxes(self) -> dict[str, Box]:
+        lay = self.layout
+        return {
+            "badge": lay.badge,
+            "drop": lay.drop,
+            "card": lay.card,
+            "qr": lay.qr,
+            "title": lay.title,
+            "ticker": lay.ticker,
+        }
+
+
+def _place(image, box: Box) -> Sprite:
+    return sprite_from_rgba(image, box.x, box.y)
+
+
+def _secs_left(info: DropInfo, now_ms: int) -> int:
+    return max(0, -(-(info.ends_at_ms - now_ms) // 1000))
+
+
+def product_info(product, available: int | None = None) -> ProductInfo:
+    """A ProductInfo from a manifest product (server.config.ProductConfig-like)."""
+    return ProductInfo(
+        sku=product.sku,
+        name=product.name,
+        price=Decimal(str(product.price)),
+        available=available,
+        image=getattr(product, "image", None),
+    )
