@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import functools
 import io
+import os
 import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -231,10 +232,18 @@ def render_escpos(label: Label, profile: str = "TM-T88V", native_qr: bool | None
             p.textln(line.text)
         else:
             p.set(align=line.align, normal_textsize=True)
-            p.image(_line_image(line, label.dots), center=False)
+            p.image(_line_image(line, min(label.dots, _max_dots(p))), center=False)
     p.set_with_default()
     p.cut()
     return p.output
+
+
+def _max_dots(p: Dummy) -> int:
+    """The widest image the profile's paper takes (python-escpos refuses wider ones)."""
+    try:
+        return int(p.profile.profile_data["media"]["width"]["pixels"])
+    except (KeyError, TypeError, ValueError):
+        return 576
 
 
 def _escpos_qr(p: Dummy, label: Label, profile: str, native_qr: bool | None) -> None:
@@ -263,12 +272,28 @@ BOLD_CANDIDATES = (
 LINE_DOTS = 24  # font A is 12x24 dots
 
 
+# East Asian scripts need a CJK font; SHOWROOM_LABEL_FONT can name any other font file.
+CJK_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+)
+
+
 @functools.lru_cache(maxsize=64)
-def _font(size: int, bold: bool) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    for path in BOLD_CANDIDATES if bold else FONT_CANDIDATES:
-        if Path(path).is_file():
+def _font(size: int, bold: bool, cjk: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    custom = os.environ.get("SHOWROOM_LABEL_FONT")
+    candidates = (custom,) if custom else ()
+    candidates += CJK_CANDIDATES if cjk else ()
+    candidates += BOLD_CANDIDATES if bold else FONT_CANDIDATES
+    for path in candidates:
+        if path and Path(path).is_file():
             return ImageFont.truetype(path, size)
     return ImageFont.load_default(size)
+
+
+def _needs_cjk(text: str) -> bool:
+    return any(ord(ch) >= 0x2E80 for ch in text)
 
 
 def _line_image(line: Line, width: int) -> Image.Image:
@@ -277,7 +302,7 @@ def _line_image(line: Line, width: int) -> Image.Image:
     height = LINE_DOTS * h
     # DejaVu Sans Mono advances 0.6 em: 20 px gives the 12-dot column of font A.
     size = 20 * h
-    font = _font(size, bold=line.style in ("number", "title", "big", "bold"))
+    font = _font(size, line.style in ("number", "title", "big", "bold"), _needs_cjk(line.text))
     img = Image.new("L", (width, height), 255)
     draw = ImageDraw.Draw(img)
     text_w = draw.textlength(line.text, font=font)
