@@ -1,4 +1,9 @@
-"""Stripe sandbox: without STRIPE_SECRET_KEY, run against an embedded localstripe."""
+"""Stripe sandbox: without STRIPE_SECRET_KEY, run against an embedded localstripe.
+
+The stripe library is pointed at it per client (``PaymentGateway(api_base=...)``); the
+app registers its own webhook endpoint with it at start-up (``Commerce.start``).
+``STRIPE_API_BASE`` points at a sandbox that is already running instead.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,27 @@ import logging
 import os
 
 from server.config import Settings
+from server.embedded import EmbeddedStripe
 
 log = logging.getLogger("showroom.checkout")
 
 
 def start_sandbox_if_needed(settings: Settings, services) -> None:
-    if os.environ.get("STRIPE_SECRET_KEY"):
+    if settings.stripe_secret_key or os.environ.get("STRIPE_SECRET_KEY"):
         settings.sandbox = False
+        log.info("payments: live Stripe keys from the environment")
         return
     settings.sandbox = True
-    log.info("sandbox mode: no STRIPE_SECRET_KEY (the Stripe sandbox is not wired up yet)")
+    base = settings.stripe_api_base or os.environ.get("STRIPE_API_BASE")
+    if base:
+        settings.stripe_api_base = base
+        log.info("sandbox mode: no STRIPE_SECRET_KEY; using the Stripe sandbox at %s", base)
+        return
+    stripe_server = EmbeddedStripe(log_dir=settings.data_dir / "localstripe")
+    stripe_server.start()
+    services.add(stripe_server)
+    settings.stripe_api_base = stripe_server.url
+    log.info(
+        "sandbox mode: no STRIPE_SECRET_KEY; started localstripe at %s (test cards only)",
+        stripe_server.url,
+    )

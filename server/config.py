@@ -101,6 +101,10 @@ class Settings:
     print_worker: bool = True
     sandbox: bool = True  # Stripe: embedded localstripe unless STRIPE_SECRET_KEY is set
     public_url: str | None = None  # base URL printed on labels / QR codes
+    # Stripe (env STRIPE_* when unset). Sandbox mode: no secret key; api_base is localstripe.
+    stripe_api_base: str | None = None
+    stripe_secret_key: str | None = None
+    stripe_webhook_secret: str | None = None
 
     @property
     def base_url(self) -> str:

@@ -1,9 +1,460 @@
-"""Routes for this area; see setup()."""
+"""Cart, checkout, orders, Stripe webhooks, drops and stock (API.md "Cart and checkout").
+
+Parsing and authorisation only; the rules live in ``checkout``.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import redis.asyncio as aioredis
 from aiohttp import web
+
+from checkout import carts, drops
+from checkout.catalog import set_stock
+from checkout.live import availability
+from checkout.ordering import expire_order_now, place_order
+from checkout.orders import Status, TransitionError, cents_str, load_order, transition
+from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
+from checkout.service import Commerce
+from checkout.webhooks import BadSignature, handle_event, verify
+from server import keys
+from server.auth import ensure_viewer, get_show, require_host, staff_shows, viewer_id
+from server.config import SKU, ShowConfig
+from server.errors import ApiError, bad_request, conflict, not_found, read_json
+
+log = logging.getLogger("showroom.checkout")
+
+MAX_QUANTITY = 99
+POOL_SIZE = 64
+POOL_WAIT_S = 10
+WEBHOOK_MAX_BYTES = 512 * 1024
+
+
+def commerce(app: web.Application) -> Commerce:
+    return app[keys.EXTRA]["commerce"]
+
+
+def _redis(app: web.Application):
+    return commerce(app).redis
+
+
+def _blocking_client(shared) -> aioredis.Redis:
+    """A client of the same Redis whose pool waits for a free connection when all are
+    busy (the default pool raises "Too many connections" under a flash drop)."""
+    pool = shared.connection_pool
+    return aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            **pool.connection_kwargs,
+        )
+    )
+
+
+# --- input checks ---------------------------------------------------------------------
+
+
+def _int(body: dict, name: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = body.get(name, default)
+    if value is None:
+        raise bad_request(f"{name} is required.")
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise bad_request(f"{name} must be a whole number from {lo} to {hi}.")
+    return value
+
+
+def _str(body: dict, name: str, max_len: int = 200) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"{name} is required and must be a non-empty string.")
+    if len(value) > max_len:
+        raise bad_request(f"{name} is longer than {max_len} characters.")
+    return value.strip()
+
+
+def _product(show: ShowConfig, sku: Any):
+    if not isinstance(sku, str) or not sku:
+        raise bad_request("sku is required and must be a string.")
+    product = show.product(sku) if SKU.match(sku) else None
+    if product is None:
+        raise not_found(f"No product {sku!r} in show {show.id!r}.")
+    return product
+
+
+def _price_cents(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise bad_request('price must be a decimal string like "12.00".')
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        raise bad_request('price must be a decimal string like "12.00".') from None
+    if not price.is_finite() or price <= 0 or price != price.quantize(Decimal("0.01")):
+        raise bad_request("price must be a positive amount with at most 2 decimals.")
+    if price > Decimal("999999.99"):
+        raise bad_request("price is too large.")
+    return int(price * 100)
+
+
+# --- cart -----------------------------------------------------------------------------
+
+
+async def cart_view(request: web.Request, viewer: str) -> dict:
+    shows = request.app[keys.SHOWS]
+    lines = await carts.read_cart(_redis(request.app), viewer)
+    items = []
+    for line in lines:
+        show = shows.get(line.show)
+        product = show.product(line.sku) if show else None
+        items.append(
+            {
+                "show": line.show,
+                "sku": line.sku,
+                "name": product.name if product else line.sku,
+                "quantity": line.quantity,
+                "unit_price": cents_str(line.unit_price_cents),
+                "hold_expires_at": line.hold_expires_at,
+                "drop": bool(line.drop_id),
+            }
+        )
+    currency = None
+    if lines and lines[0].show in shows:
+        currency = shows[lines[0].show].currency
+    elif len(shows) == 1:
+        currency = next(iter(shows.values())).currency
+    total = sum(line.quantity * line.unit_price_cents for line in lines)
+    return {"items": items, "total": cents_str(total), "currency": currency}
+
+
+async def get_cart(request: web.Request) -> web.Response:
+    viewer = ensure_viewer(request)
+    return web.json_response(await cart_view(request, viewer))
+
+
+_ADD_ERRORS = {
+    "sold_out": (409, "sold_out", "Sold out: there are not enough units left."),
+    "not_found": (404, "not_found", "This product is not on sale."),
+    "other_show": (
+        409,
+        "conflict",
+        "Your cart holds items from another show; check out or empty it first.",
+    ),
+    "source_changed": (
+        409,
+        "conflict",
+        "A drop changed this product's price; remove it from your cart and add it again.",
+    ),
+}
+
+
+async def add_item(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    metrics = request.app[keys.METRICS]
+    result = "bad_request"
+    try:
+        viewer = ensure_viewer(request)
+        body = await read_json(request)
+        show_id = body.get("show")
+        if not isinstance(show_id, str):
+            raise bad_request("show is required and must be a string.")
+        show = get_show(request, show_id)
+        product = _product(show, body.get("sku"))
+        quantity = _int(body, "quantity", 1, MAX_QUANTITY, default=1)
+        redis = _redis(request.app)
+        added = await carts.add_item(
+            redis,
+            viewer,
+            show.id,
+            product.sku,
+            quantity,
+            price_cents=product.price_cents,
+            per_buyer_limit=product.per_buyer_limit,
+            hold_seconds=request.app[keys.SETTINGS].hold_seconds,
+        )
+        result = added.result
+        if added.result == "limit_reached":
+            raise conflict(
+                "limit_reached",
+                f"You can buy at most {added.available} of this product.",
+            )
+        if added.result != "ok":
+            status, code, detail = _ADD_ERRORS.get(
+                added.result, (409, "conflict", "Could not add this item.")
+            )
+            raise ApiError(status, code, detail)
+        commerce(request.app).notifier.touch(show.id, product.sku)
+        return web.json_response(await cart_view(request, viewer))
+    except ApiError as exc:
+        if result == "bad_request":
+            result = exc.code
+        raise
+    finally:
+        metrics.cart_ops.labels("add", result).inc()
+        metrics.cart_latency.observe(time.perf_counter() - started)
+
+
+async def remove_item(request: web.Request) -> web.Response:
+    viewer = ensure_viewer(request)
+    sku = request.match_info["sku"]
+    redis = _redis(request.app)
+    show_id = request.query.get("show") or await carts.cart_line_show(redis, viewer, sku)
+    released = await carts.remove_item(redis, viewer, show_id, sku) if show_id else 0
+    request.app[keys.METRICS].cart_ops.labels("remove", "ok" if released else "not_found").inc()
+    if not released:
+        raise not_found(f"{sku!r} is not in your cart.")
+    commerce(request.app).notifier.touch(show_id, sku)
+    return web.json_response(await cart_view(request, viewer))
+
+
+# --- checkout and orders ----------------------------------------------------------------
+
+
+async def checkout(request: web.Request) -> web.Response:
+    viewer = ensure_viewer(request)
+    body = await read_json(request)
+    name = _str(body, "name")
+    email = _str(body, "email", 254)
+    if "@" not in email or email.startswith("@") or email.endswith("@") or " " in email:
+        raise bad_request("email must be an email address.")
+    app = request.app
+    com = commerce(app)
+    if com.gateway is None:
+        raise ApiError(503, "unavailable", "Payments are not configured on this server.")
+    shows = app[keys.SHOWS]
+
+    def product_name(show_id: str, sku: str) -> str:
+        product = shows[show_id].product(sku) if show_id in shows else None
+        return product.name if product else sku
+
+    redis = _redis(app)
+    order = await place_order(
+        redis,
+        viewer,
+        product_name=product_name,
+        currency_of=lambda s: shows[s].currency if s in shows else "usd",
+        buyer_name=name,
+        buyer_email=email,
+        payment_timeout_s=app[keys.SETTINGS].payment_timeout_s,
+    )
+    app[keys.METRICS].cart_ops.labels("checkout", "ok" if order else "cart_empty").inc()
+    if order is None:
+        raise conflict("cart_empty", "Your cart is empty (or its holds have expired).")
+    try:
+        intent = await com.gateway.create_intent(
+            order.order_id, order.amount_cents, order.currency, order.show
+        )
+    except PaymentUnavailable as exc:
+        _, changed = await expire_order_now(redis, order.order_id)
+        for show_id, sku in changed:
+            com.notifier.touch(show_id, sku)
+        raise ApiError(
+            503, "unavailable", f"The payment provider is unavailable ({exc}); try again."
+        ) from None
+    pipe = redis.pipeline(transaction=True)
+    pipe.hset(f"order:{order.order_id}", "payment_intent", intent.id)
+    pipe.set(f"pi:{intent.id}", order.order_id, ex=30 * 86400)
+    await pipe.execute()
+    await com.publish_order(order)
+    return web.json_response(
+        {
+            "order_id": order.order_id,
+            "number": order.number,
+            "amount": cents_str(order.amount_cents),
+            "currency": order.currency,
+            "items": order.public()["items"],
+            "payment": {
+                "provider": "stripe",
+                "client_secret": intent.client_secret,
+                "publishable_key": com.gateway.publishable_key,
+                "sandbox": com.gateway.sandbox,
+            },
+        },
+        status=201,
+    )
+
+
+async def _own_order(request: web.Request):
+    order_id = request.match_info["order_id"]
+    order = await load_order(_redis(request.app), order_id) if len(order_id) < 80 else None
+    if order is None:
+        raise not_found("No such order.")
+    vid = viewer_id(request)
+    if vid != order.viewer and order.show not in staff_shows(request):
+        raise not_found("No such order.")  # someone else's order is not disclosed
+    return order
+
+
+async def get_order(request: web.Request) -> web.Response:
+    order = await _own_order(request)
+    return web.json_response(order.public())
+
+
+async def sandbox_pay(request: web.Request) -> web.Response:
+    com = commerce(request.app)
+    if com.gateway is None or not com.gateway.sandbox:
+        raise not_found("Test-card payments exist only in sandbox mode.")
+    order = await _own_order(request)
+    body = await read_json(request)
+    number = body.get("card_number")
+    if not isinstance(number, str):
+        raise bad_request("card_number is required and must be a string.")
+    number = number.replace(" ", "").replace("-", "")
+    if not number.isdigit() or not 12 <= len(number) <= 19:
+        raise bad_request("card_number must be 12 to 19 digits.")
+    exp_month = _int(body, "exp_month", 1, 12)
+    exp_year = _int(body, "exp_year", 0, 2100)
+    if exp_year < 100:
+        exp_year += 2000
+    cvc = body.get("cvc")
+    if not isinstance(cvc, str) or not cvc.isdigit() or len(cvc) not in (3, 4):
+        raise bad_request("cvc must be 3 or 4 digits.")
+    if order.status not in (Status.PENDING_PAYMENT, Status.PAYMENT_FAILED):
+        raise conflict("conflict", f"This order is {order.status}; it cannot be paid now.")
+    if not order.payment_intent:
+        raise conflict("conflict", "This order has no payment yet.")
+    redis = _redis(request.app)
+    try:
+        status = await com.gateway.pay_with_card(
+            order.payment_intent, Card(number, exp_month, exp_year, cvc)
+        )
+    except PaymentDeclined as exc:
+        try:
+            await transition(redis, order.order_id, Status.PAYMENT_FAILED)
+        except TransitionError:
+            pass
+        else:
+            await com.publish_order(await load_order(redis, order.order_id))
+        raise ApiError(402, "card_declined", exc.message) from None
+    except PaymentUnavailable as exc:
+        raise ApiError(
+            503, "unavailable", f"The payment provider is unavailable ({exc})."
+        ) from None
+    current = await load_order(redis, order.order_id)
+    return web.json_response(
+        {"order_id": order.order_id, "status": str(current.status), "payment_status": status}
+    )
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    com = commerce(request.app)
+    if request.content_length is not None and request.content_length > WEBHOOK_MAX_BYTES:
+        raise ApiError(413, "too_large", "Webhook body too large.")
+    payload = await request.content.read(WEBHOOK_MAX_BYTES + 1)
+    if len(payload) > WEBHOOK_MAX_BYTES:
+        raise ApiError(413, "too_large", "Webhook body too large.")
+    if not com.webhook_secret:
+        raise bad_request("No webhook secret is configured (STRIPE_WEBHOOK_SECRET).")
+    try:
+        event = verify(payload, request.headers.get("Stripe-Signature"), com.webhook_secret)
+    except BadSignature as exc:
+        raise bad_request(f"Signature check failed: {exc}") from None
+    redis = _redis(request.app)
+    refund = com.gateway.refund if com.gateway else None
+    outcome = await handle_event(redis, event, refund)
+    if outcome.changed and outcome.order_id:
+        order = await load_order(redis, outcome.order_id)
+        if order is not None:
+            await com.publish_order(order)
+    return web.json_response({"received": True, "duplicate": outcome.duplicate})
+
+
+# --- host: drops and stock ----------------------------------------------------------------
+
+
+async def start_drop(request: web.Request) -> web.Response:
+    show = get_show(request)
+    require_host(request, show)
+    body = await read_json(request)
+    product = _product(show, body.get("sku"))
+    quantity = _int(body, "quantity", 1, 1_000_000)
+    duration = body.get("duration_s")
+    if (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 1 <= duration <= 86400
+    ):
+        raise bad_request("duration_s must be a number of seconds from 1 to 86400.")
+    limit = _int(body, "per_buyer_limit", 0, MAX_QUANTITY, default=0)
+    price = _price_cents(body["price"]) if body.get("price") is not None else None
+    req = drops.DropRequest(product.sku, quantity, float(duration), limit, price)
+    try:
+        drop = await drops.start_drop(_redis(request.app), show.id, req)
+    except drops.DropError as exc:
+        if exc.code == "drop_active":
+            raise conflict("conflict", "A drop is already running in this show.") from None
+        if exc.code == "insufficient":
+            raise conflict(
+                "sold_out", f"Only {exc.available} units of {product.sku} are in stock."
+            ) from None
+        raise not_found(f"No stock for {product.sku!r}.") from None
+    com = commerce(request.app)
+    view = com.drop_event_view(show.id, drop)
+    await request.app[keys.BUS].publish(show.id, {"type": "drop", "drop": view})
+    com.notifier.touch(show.id, product.sku)
+    return web.json_response({"drop": view}, status=201)
+
+
+async def get_drop(request: web.Request) -> web.Response:
+    show = get_show(request)
+    drop = await drops.current_drop(_redis(request.app), show.id)
+    return web.json_response({"drop": commerce(request.app).drop_event_view(show.id, drop)})
+
+
+async def put_stock(request: web.Request) -> web.Response:
+    show = get_show(request)
+    require_host(request, show)
+    body = await read_json(request)
+    product = _product(show, body.get("sku"))
+    available = _int(body, "available", 0, 10_000_000)
+    await set_stock(_redis(request.app), show.id, product.sku, available)
+    commerce(request.app).notifier.touch(show.id, product.sku)
+    return web.json_response({"sku": product.sku, "available": available})
+
+
+# --- wiring -----------------------------------------------------------------------------
+
+
+async def _state_hook(app: web.Application, show: ShowConfig, state: dict) -> None:
+    levels, drop = await availability(_redis(app), show.id)
+    for product in state.get("products", []):
+        if product["sku"] in levels:
+            product["available"] = levels[product["sku"]]
+    state["drop"] = commerce(app).drop_event_view(show.id, drop)
 
 
 def setup(app: web.Application) -> None:
-    pass
+    from server.routes.shows import add_state_hook
+
+    async def commerce_ctx(app: web.Application):
+        bus = app[keys.BUS]
+        redis = _blocking_client(app[keys.REDIS])
+        com = Commerce(redis, app[keys.SHOWS], app[keys.SETTINGS], bus.publish)
+        app[keys.EXTRA]["commerce"] = com
+        await com.start()
+
+        async def order_gauge() -> None:
+            for status, n in (await com.order_counts()).items():
+                app[keys.METRICS].orders.labels(status).set(n)
+
+        app[keys.METRICS].before_scrape.append(order_gauge)
+        yield
+        await com.stop()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(commerce_ctx)
+    add_state_hook(app, _state_hook)
+    r = app.router
+    r.add_get("/api/cart", get_cart)
+    r.add_post("/api/cart/items", add_item)
+    r.add_delete("/api/cart/items/{sku}", remove_item)
+    r.add_post("/api/checkout", checkout)
+    r.add_get("/api/orders/{order_id}", get_order)
+    r.add_post("/api/orders/{order_id}/sandbox-pay", sandbox_pay)
+    r.add_post("/webhooks/stripe", stripe_webhook)
+    r.add_post("/api/shows/{show}/drops", start_drop)
+    r.add_get("/api/shows/{show}/drop", get_drop)
+    r.add_post("/api/shows/{show}/stock", put_stock)

@@ -1,0 +1,111 @@
+"""Carts: per-viewer holds in Redis, taken and released by single Lua scripts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from checkout import keys, scripts
+
+
+@dataclass(frozen=True)
+class AddResult:
+    result: str  # ok | sold_out | limit_reached | not_found | other_show | source_changed
+    available: int
+
+
+@dataclass(frozen=True)
+class CartLine:
+    show: str
+    sku: str
+    quantity: int
+    unit_price_cents: int
+    drop_id: str
+    hold_expires_at: int  # epoch ms
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def add_item(
+    redis,
+    viewer: str,
+    show: str,
+    sku: str,
+    quantity: int,
+    *,
+    price_cents: int,
+    per_buyer_limit: int | None,
+    hold_seconds: float,
+    now: int | None = None,
+) -> AddResult:
+    now = now_ms() if now is None else now
+    result, available = await scripts.add_to_cart(
+        redis,
+        [
+            keys.stock(show),
+            keys.drop(show),
+            keys.cart(viewer),
+            keys.HOLDS_EXPIRY,
+            keys.bought(show, viewer),
+        ],
+        [
+            show,
+            sku,
+            quantity,
+            now,
+            now + int(hold_seconds * 1000),
+            per_buyer_limit or 0,
+            price_cents,
+            viewer,
+        ],
+    )
+    return AddResult(result.decode(), int(available))
+
+
+async def remove_item(redis, viewer: str, show: str, sku: str) -> int:
+    """Release a cart line; returns the units released (0 if there was none)."""
+    released = await scripts.remove_from_cart(
+        redis, [keys.cart(viewer), keys.HOLDS_EXPIRY], [viewer, f"{show}|{sku}", now_ms()]
+    )
+    return int(released)
+
+
+async def read_cart(redis, viewer: str, now: int | None = None) -> list[CartLine]:
+    """Live lines only: a line past its expiry is already gone for the buyer (the
+    reaper returns its stock within a moment)."""
+    now = now_ms() if now is None else now
+    raw = await redis.hgetall(keys.cart(viewer))
+    if not raw:
+        return []
+    fields = sorted(raw)
+    pipe = redis.pipeline(transaction=False)
+    for f in fields:
+        pipe.zscore(keys.HOLDS_EXPIRY, f"{viewer}|".encode() + f)
+    scores = await pipe.execute()
+    lines = []
+    for f, score in zip(fields, scores, strict=True):
+        if score is None or score <= now:
+            continue
+        show, sku = f.decode().split("|", 1)
+        qty, price, drop_id = raw[f].decode().split("|", 2)
+        lines.append(CartLine(show, sku, int(qty), int(price), drop_id, int(score)))
+    return lines
+
+
+async def cart_line_show(redis, viewer: str, sku: str) -> str | None:
+    for f in await redis.hkeys(keys.cart(viewer)):
+        show, line_sku = f.decode().split("|", 1)
+        if line_sku == sku:
+            return show
+    return None
+
+
+async def reap_expired_holds(
+    redis, batch: int = 500, now: int | None = None
+) -> list[tuple[str, str]]:
+    """Return expired holds' stock (safe to run in every process at once)."""
+    now = now_ms() if now is None else now
+    changed = await scripts.reap_holds(redis, [keys.HOLDS_EXPIRY], [now, batch])
+    return [tuple(c.decode().split("|", 1)) for c in changed]  # type: ignore[misc]

@@ -1,0 +1,27 @@
+"""The catalog in Redis: manifest stock is the *starting* stock of a show.
+
+``load_catalog`` only fills skus Redis does not know yet (HSETNX), so a restart never
+resets stock that was already sold; ``set_stock`` is the explicit way to change it.
+"""
+
+from __future__ import annotations
+
+from checkout import keys
+from server.config import ShowConfig
+
+
+async def load_catalog(redis, show: ShowConfig) -> None:
+    pipe = redis.pipeline(transaction=True)
+    for product in show.products:
+        pipe.hsetnx(keys.stock(show.id), product.sku, product.stock)
+    await pipe.execute()
+
+
+async def set_stock(redis, show_id: str, sku: str, available: int) -> None:
+    """Set how many units can still be added to carts (holds and sold units aside)."""
+    await redis.hset(keys.stock(show_id), sku, available)
+
+
+async def stock_levels(redis, show_id: str) -> dict[str, int]:
+    raw = await redis.hgetall(keys.stock(show_id))
+    return {k.decode(): int(v) for k, v in raw.items()}

@@ -1,0 +1,131 @@
+"""Stripe through the official ``stripe`` library (its async client over aiohttp).
+
+One ``PaymentGateway`` per app: a ``StripeClient`` pointed at api.stripe.com, or in
+sandbox mode at localstripe. PaymentIntents are created only at checkout (Stripe's rate
+limits make a per-click object impossible during a drop), with an idempotency key
+derived from the order id so a retried checkout never charges twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import stripe
+from stripe import AIOHTTPClient
+
+log = logging.getLogger("showroom.checkout")
+
+SANDBOX_SECRET_KEY = "sk_test_showroom_sandbox"
+SANDBOX_PUBLISHABLE_KEY = "pk_test_showroom_sandbox"
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: str
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class Card:
+    number: str
+    exp_month: int
+    exp_year: int
+    cvc: str
+
+
+class PaymentDeclined(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class PaymentUnavailable(Exception):
+    pass
+
+
+class PaymentGateway:
+    def __init__(
+        self,
+        secret_key: str,
+        publishable_key: str,
+        *,
+        api_base: str | None = None,
+        sandbox: bool = False,
+    ) -> None:
+        self.publishable_key = publishable_key
+        self.sandbox = sandbox
+        self.api_base = api_base
+        self._http = AIOHTTPClient(timeout=20)
+        self.client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=self._http,
+            max_network_retries=2,
+        )
+
+    async def close(self) -> None:
+        await self._http.close_async()
+
+    async def create_intent(
+        self, order_id: str, amount_cents: int, currency: str, show: str
+    ) -> Intent:
+        try:
+            pi = await self.client.v1.payment_intents.create_async(
+                params={
+                    "amount": amount_cents,
+                    "currency": currency,
+                    "metadata": {"order_id": order_id, "show": show},
+                },
+                options={"idempotency_key": f"showroom-order-{order_id}"},
+            )
+        except stripe.StripeError as exc:
+            log.warning("PaymentIntent for %s failed: %s", order_id, exc)
+            raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+        return Intent(pi.id, pi.client_secret or "")
+
+    async def pay_with_card(self, intent_id: str, card: Card) -> str:
+        """Sandbox test-card form: attach the card like Stripe.js would, then confirm.
+
+        Returns the PaymentIntent status; raises PaymentDeclined with Stripe's message.
+        The order itself moves when the webhook arrives (the same path as real payments).
+        """
+        try:
+            pm = await self.client.v1.payment_methods.create_async(
+                params={
+                    "type": "card",
+                    "card": {
+                        "number": card.number,
+                        "exp_month": card.exp_month,
+                        "exp_year": card.exp_year,
+                        "cvc": card.cvc,
+                    },
+                }
+            )
+            # Saving the card to a customer runs the card check that declines 4000...0002.
+            customer = await self.client.v1.customers.create_async(params={})
+            await self.client.v1.payment_methods.attach_async(
+                pm.id, params={"customer": customer.id}
+            )
+            await self.client.v1.payment_intents.update_async(
+                intent_id, params={"payment_method": pm.id, "customer": customer.id}
+            )
+            pi = await self.client.v1.payment_intents.confirm_async(intent_id)
+        except stripe.CardError as exc:
+            raise PaymentDeclined(
+                exc.code or "card_declined", exc.user_message or str(exc)
+            ) from exc
+        except stripe.InvalidRequestError as exc:
+            raise PaymentDeclined("invalid_card", exc.user_message or str(exc)) from exc
+        except stripe.StripeError as exc:
+            raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+        return pi.status
+
+    async def refund(self, intent_id: str) -> None:
+        try:
+            await self.client.v1.refunds.create_async(
+                params={"payment_intent": intent_id},
+                options={"idempotency_key": f"showroom-refund-{intent_id}"},
+            )
+        except stripe.StripeError as exc:
+            log.error("refund of %s failed: %s", intent_id, exc)

@@ -1,0 +1,266 @@
+"""Every stock change is one Lua script (atomic in Redis).
+
+Stock lives in exactly one place at a time: the product's ``stock:{show}`` hash, the
+drop's ``remaining``, a cart line, or a pending order's ``orderstock:{id}``. Each script
+moves units from one place to another and deletes the place it empties in the same
+step, so a unit can never be returned twice: an expiring hold and a checkout
+converting it both delete the same cart line, and only one of them finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+
+from redis.exceptions import NoScriptError
+
+# Return units to where they came from: the same drop while it still runs, else the product.
+_GIVE_BACK = """
+local function give_back(show, sku, qty, src, now)
+  if src ~= '' then
+    local dk = 'drop:' .. show
+    local ends = redis.call('HGET', dk, 'ends_at')
+    if redis.call('HGET', dk, 'id') == src and ends and tonumber(ends) > now then
+      redis.call('HINCRBY', dk, 'remaining', qty)
+      return
+    end
+  end
+  redis.call('HINCRBY', 'stock:' .. show, sku, qty)
+end
+local function parse_line(v)
+  local q, p, d = string.match(v, '^(%d+)|(%d+)|(.*)$')
+  return tonumber(q), p, d
+end
+"""
+
+# KEYS: stock, drop, cart, holds expiry, bought
+# ARGV: show, sku, qty, now_ms, expires_ms, per-buyer limit (0 = none), price cents, viewer
+# -> {result, available}
+ADD_TO_CART = (
+    _GIVE_BACK
+    + """
+local show, sku, qty, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, price, viewer = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local field = show .. '|' .. sku
+for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if string.sub(f, 1, #show + 1) ~= show .. '|' then return {'other_show', 0} end
+end
+local src = ''
+if redis.call('HGET', KEYS[2], 'sku') == sku then
+  local ends = tonumber(redis.call('HGET', KEYS[2], 'ends_at'))
+  if ends > now then
+    src = redis.call('HGET', KEYS[2], 'id')
+    limit = tonumber(redis.call('HGET', KEYS[2], 'limit'))
+    local dp = redis.call('HGET', KEYS[2], 'price')
+    if dp and dp ~= '' then price = dp end
+  end
+end
+local held = 0
+local cur = redis.call('HGET', KEYS[3], field)
+if cur then
+  local q, p, d = parse_line(cur)
+  if d ~= src then return {'source_changed', 0} end
+  held, price = q, p
+end
+if limit > 0 then
+  local b = tonumber(redis.call('HGET', KEYS[5], sku) or '0')
+  if held + b + qty > limit then return {'limit_reached', limit} end
+end
+local avail
+if src ~= '' then
+  avail = tonumber(redis.call('HGET', KEYS[2], 'remaining'))
+else
+  avail = tonumber(redis.call('HGET', KEYS[1], sku) or '-1')
+end
+if avail < 0 then return {'not_found', 0} end
+if avail < qty then return {'sold_out', avail} end
+if src ~= '' then
+  avail = redis.call('HINCRBY', KEYS[2], 'remaining', -qty)
+else
+  avail = redis.call('HINCRBY', KEYS[1], sku, -qty)
+end
+redis.call('HSET', KEYS[3], field, (held + qty) .. '|' .. price .. '|' .. src)
+redis.call('ZADD', KEYS[4], ARGV[5], viewer .. '|' .. field)
+return {'ok', avail}
+"""
+)
+
+# KEYS: cart, holds expiry; ARGV: viewer, "{show}|{sku}", now_ms -> units released (0 = none)
+REMOVE_FROM_CART = (
+    _GIVE_BACK
+    + """
+local v = redis.call('HGET', KEYS[1], ARGV[2])
+if not v then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1] .. '|' .. ARGV[2])
+local q, p, d = parse_line(v)
+local show, sku = string.match(ARGV[2], '^([^|]+)|(.+)$')
+give_back(show, sku, q, d, tonumber(ARGV[3]))
+return q
+"""
+)
+
+# KEYS: holds expiry; ARGV: now_ms, batch -> flat list of "{show}|{sku}" whose stock changed
+REAP_HOLDS = (
+    _GIVE_BACK
+    + """
+local now = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local changed = {}
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[1], m)
+  local viewer, show, sku = string.match(m, '^([^|]+)|([^|]+)|(.+)$')
+  local ck = 'cart:' .. viewer
+  local field = show .. '|' .. sku
+  local v = redis.call('HGET', ck, field)
+  if v then
+    redis.call('HDEL', ck, field)
+    local q, p, d = parse_line(v)
+    give_back(show, sku, q, d, now)
+    table.insert(changed, field)
+  end
+end
+return changed
+"""
+)
+
+# Turn the cart's live holds into a pending order's stock (expired lines go back).
+# KEYS: cart, holds expiry, order stock, orders pending
+# ARGV: viewer, now_ms, order id, payment deadline ms
+# -> {show, sku1, qty1, price1, drop1, sku2, ...} or {} when nothing is left to buy
+CHECKOUT = (
+    _GIVE_BACK
+    + """
+local viewer, now = ARGV[1], tonumber(ARGV[2])
+local lines = redis.call('HGETALL', KEYS[1])
+local out = {''}
+local show
+for i = 1, #lines, 2 do
+  local field, v = lines[i], lines[i + 1]
+  local member = viewer .. '|' .. field
+  local score = redis.call('ZSCORE', KEYS[2], member)
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('HDEL', KEYS[1], field)
+  local s, sku = string.match(field, '^([^|]+)|(.+)$')
+  local q, p, d = parse_line(v)
+  if (not score) or tonumber(score) <= now then
+    give_back(s, sku, q, d, now)
+  else
+    show = s
+    redis.call('HSET', KEYS[3], sku, q .. '|' .. d)
+    redis.call('HINCRBY', 'bought:' .. s .. ':' .. viewer, sku, q)
+    table.insert(out, sku); table.insert(out, q); table.insert(out, p); table.insert(out, d)
+  end
+end
+if not show then return {} end
+redis.call('HSET', KEYS[3], '_show', show, '_viewer', viewer)
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+out[1] = show
+return out
+"""
+)
+
+# Orders past their payment deadline (or told to expire now): expired + stock back, once.
+# KEYS: orders pending; ARGV: now_ms, batch -> flat list of {order_id, show, sku...} changed
+EXPIRE_ORDERS = (
+    _GIVE_BACK
+    + """
+local now = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local changed = {}
+for _, oid in ipairs(due) do
+  redis.call('ZREM', KEYS[1], oid)
+  local ok = 'order:' .. oid
+  local st = redis.call('HGET', ok, 'status')
+  if (not st) or st == 'pending_payment' or st == 'payment_failed' then
+    if st then redis.call('HSET', ok, 'status', 'expired') end
+    local sk = 'orderstock:' .. oid
+    local show = redis.call('HGET', sk, '_show')
+    local viewer = redis.call('HGET', sk, '_viewer')
+    local held = redis.call('HGETALL', sk)
+    table.insert(changed, oid)
+    for i = 1, #held, 2 do
+      local sku = held[i]
+      if string.sub(sku, 1, 1) ~= '_' then
+        local q, d = string.match(held[i + 1], '^(%d+)|(.*)$')
+        give_back(show, sku, tonumber(q), d, now)
+        redis.call('HINCRBY', 'bought:' .. show .. ':' .. viewer, sku, -tonumber(q))
+        table.insert(changed, show .. '|' .. sku)
+      end
+    end
+    redis.call('DEL', sk)
+  end
+end
+return changed
+"""
+)
+
+# KEYS: stock, drop, drops active
+# ARGV: show, sku, quantity, ends_at ms, price cents ('' = product price), limit, id, now
+START_DROP = """
+local now = tonumber(ARGV[8])
+local ends = redis.call('HGET', KEYS[2], 'ends_at')
+if ends then
+  if tonumber(ends) > now then return {'drop_active', 0} end
+  local old = redis.call('HGET', KEYS[2], 'sku')
+  redis.call('HINCRBY', KEYS[1], old, tonumber(redis.call('HGET', KEYS[2], 'remaining')))
+  redis.call('DEL', KEYS[2])
+end
+local avail = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '-1')
+if avail < 0 then return {'not_found', 0} end
+local qty = tonumber(ARGV[3])
+if avail < qty then return {'insufficient', avail} end
+redis.call('HINCRBY', KEYS[1], ARGV[2], -qty)
+redis.call('HSET', KEYS[2], 'id', ARGV[7], 'sku', ARGV[2], 'remaining', qty, 'quantity', qty,
+  'ends_at', ARGV[4], 'price', ARGV[5], 'limit', ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return {'ok', avail - qty}
+"""
+
+# Drops whose time is up: unsold units back to the product, exactly once (the hash goes).
+# KEYS: drops active; ARGV: now_ms -> flat list of "{show}|{sku}"
+END_DROPS = """
+local now = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local changed = {}
+for _, show in ipairs(due) do
+  redis.call('ZREM', KEYS[1], show)
+  local dk = 'drop:' .. show
+  local ends = redis.call('HGET', dk, 'ends_at')
+  if ends and tonumber(ends) <= now then
+    local sku = redis.call('HGET', dk, 'sku')
+    redis.call('HINCRBY', 'stock:' .. show, sku, tonumber(redis.call('HGET', dk, 'remaining')))
+    redis.call('DEL', dk)
+    table.insert(changed, show .. '|' .. sku)
+  end
+end
+return changed
+"""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script run by EVALSHA (loaded on first NOSCRIPT, e.g. after a Redis restart)."""
+
+    text: str
+
+    @cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.text.encode()).hexdigest()
+
+    async def __call__(self, redis, keys: list[str], args: list) -> object:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.text)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+add_to_cart = Script(ADD_TO_CART)
+remove_from_cart = Script(REMOVE_FROM_CART)
+reap_holds = Script(REAP_HOLDS)
+checkout = Script(CHECKOUT)
+expire_orders = Script(EXPIRE_ORDERS)
+start_drop = Script(START_DROP)
+end_drops = Script(END_DROPS)

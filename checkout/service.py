@@ -1,0 +1,201 @@
+"""The commerce runtime of one server process: payments, live stock events, the reaper.
+
+Processes keep no commerce state in memory: everything lives in Redis, so several
+processes on one Redis behave as one. Each process runs a reaper that returns expired
+holds, expires unpaid orders and ends drops; the Lua scripts make concurrent reapers
+safe (a unit is returned by whichever reaper deletes its place first, once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from checkout import keys
+from checkout.carts import reap_expired_holds
+from checkout.catalog import load_catalog
+from checkout.drops import end_due_drops
+from checkout.live import StockNotifier
+from checkout.ordering import expire_due_orders
+from checkout.orders import ORDERS_INDEX, Order, Status, cents_str, load_order
+from checkout.payments import SANDBOX_PUBLISHABLE_KEY, SANDBOX_SECRET_KEY, PaymentGateway
+
+if TYPE_CHECKING:
+    from server.config import Settings, ShowConfig
+
+log = logging.getLogger("showroom.checkout")
+
+REAP_INTERVAL_S = 0.25
+WEBHOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
+
+Publish = Callable[[str, dict], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class StripeSetup:
+    secret_key: str
+    publishable_key: str
+    api_base: str | None
+    webhook_secret: str | None
+    sandbox: bool
+
+
+def stripe_setup(settings: Settings) -> StripeSetup | None:
+    """Where payments go; None in sandbox mode when no sandbox server is known."""
+    env = os.environ
+    secret = getattr(settings, "stripe_secret_key", None) or env.get("STRIPE_SECRET_KEY")
+    base = getattr(settings, "stripe_api_base", None) or env.get("STRIPE_API_BASE")
+    hook = getattr(settings, "stripe_webhook_secret", None) or env.get("STRIPE_WEBHOOK_SECRET")
+    if secret:
+        return StripeSetup(secret, env.get("STRIPE_PUBLISHABLE_KEY", ""), base, hook, False)
+    if not base:
+        return None
+    return StripeSetup(SANDBOX_SECRET_KEY, SANDBOX_PUBLISHABLE_KEY, base, hook, True)
+
+
+class Commerce:
+    def __init__(
+        self,
+        redis,
+        shows: dict[str, ShowConfig],
+        settings: Settings,
+        publish: Publish,
+    ) -> None:
+        self.redis = redis
+        self.shows = shows
+        self.settings = settings
+        self.publish = publish
+        self.stripe = stripe_setup(settings)
+        self.gateway: PaymentGateway | None = None
+        self.webhook_secret: str | None = None
+        self.notifier = StockNotifier(redis, publish, self.drop_event_view)
+        self._reaper: asyncio.Task | None = None
+        self._webhook_id = f"showroom-{uuid.uuid4().hex[:12]}"
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        for show in self.shows.values():
+            await load_catalog(self.redis, show)
+        if self.stripe is not None:
+            self.gateway = PaymentGateway(
+                self.stripe.secret_key,
+                self.stripe.publishable_key,
+                api_base=self.stripe.api_base,
+                sandbox=self.stripe.sandbox,
+            )
+            self.webhook_secret = self.stripe.webhook_secret
+            if self.stripe.sandbox:
+                if not self.webhook_secret:
+                    # One secret per Redis, so every process verifies the same signatures.
+                    await self.redis.set(
+                        keys.SANDBOX_WEBHOOK_SECRET, "whsec_" + secrets.token_hex(24), nx=True
+                    )
+                    self.webhook_secret = (
+                        await self.redis.get(keys.SANDBOX_WEBHOOK_SECRET)
+                    ).decode()
+                await self._register_sandbox_webhook(list(WEBHOOK_EVENTS))
+                log.info("payments: Stripe sandbox (localstripe) at %s", self.stripe.api_base)
+        else:
+            log.warning("payments: no Stripe sandbox configured; checkout answers 503")
+        self.notifier.start()
+        self._reaper = asyncio.create_task(self._reap_forever(), name="checkout-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.notifier.stop()
+        if self.gateway is not None:
+            if self.stripe and self.stripe.sandbox:
+                with contextlib.suppress(Exception):
+                    # localstripe cannot delete a webhook: point this one at no event.
+                    await self._register_sandbox_webhook(["showroom.disabled"])
+            await self.gateway.close()
+
+    def webhook_url(self) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/") + "/webhooks/stripe"
+        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.settings.port}/webhooks/stripe"
+
+    async def _register_sandbox_webhook(self, events: list[str]) -> None:
+        assert self.stripe is not None and self.webhook_secret is not None
+        data = [("url", self.webhook_url()), ("secret", self.webhook_secret)]
+        data += [(f"events[{i}]", e) for i, e in enumerate(events)]
+        url = f"{self.stripe.api_base.rstrip('/')}/_config/webhooks/{self._webhook_id}"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.post(url, data=data) as resp,
+        ):
+            resp.raise_for_status()
+
+    # --- reaper ------------------------------------------------------------------------
+    async def _reap_forever(self) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: try again next tick
+                log.warning("checkout reaper: %s", exc)
+            await asyncio.sleep(REAP_INTERVAL_S)
+
+    async def reap_once(self) -> None:
+        for show, sku in await reap_expired_holds(self.redis):
+            self.notifier.touch(show, sku)
+        expired, changed = await expire_due_orders(self.redis)
+        for show, sku in changed:
+            self.notifier.touch(show, sku)
+        for order_id in expired:
+            order = await load_order(self.redis, order_id)
+            if order is not None:
+                await self.publish_order(order)
+        for show, sku in await end_due_drops(self.redis):
+            self.notifier.touch(show, sku)
+            await self.publish(show, {"type": "drop", "drop": None})
+
+    # --- views and events --------------------------------------------------------------
+    def drop_event_view(self, show_id: str, drop: dict | None) -> dict | None:
+        if drop is None:
+            return None
+        view = dict(drop)
+        if view.get("price") is None:
+            show = self.shows.get(show_id)
+            product = show.product(drop["sku"]) if show else None
+            view["price"] = cents_str(product.price_cents) if product else None
+        return view
+
+    async def publish_order(self, order: Order) -> None:
+        await self.publish(
+            order.show,
+            {
+                "type": "order",
+                "order_id": order.order_id,
+                "number": order.number,
+                "status": str(order.status),
+                "show": order.show,
+            },
+        )
+
+    async def order_counts(self) -> dict[str, int]:
+        counts = {str(s): 0 for s in Status}
+        for show_id in self.shows:
+            ids = await self.redis.zrange(ORDERS_INDEX.format(show=show_id), 0, -1)
+            for start in range(0, len(ids), 1000):
+                pipe = self.redis.pipeline(transaction=False)
+                for oid in ids[start : start + 1000]:
+                    pipe.hget(b"order:" + oid, "status")
+                for status in await pipe.execute():
+                    if status:
+                        counts[status.decode()] = counts.get(status.decode(), 0) + 1
+        return counts
