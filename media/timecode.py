@@ -4,17 +4,18 @@ The publisher stamps the capture time (epoch ms) into each frame; a viewer reads
 it back from the decoded, composed picture, so ``now - code`` is glass-to-glass
 latency on one clock.
 
-Layout: a 10x10 grid of cells in the top-left corner (the LIVE badge sits
-top-right and the lower third at the bottom, so overlays never cover it). The
-outer ring is a black/white checker: it proves a code is present and gives the
-reader its own black and white levels (an adaptive threshold that survives
-compression, scaling and range conversion). The inner 8x8 cells carry 64 bits:
-48 bits of time (ms) then a CRC-16 over them, row-major, MSB first; white = 1.
+Layout: one row of cells in the top margin, between 1 % and 4 % of the height and
+5 % to 95 % of the width. Overlays keep to the title-safe area (5 % margins, see
+``overlays/layout.py``), so nothing is ever drawn over the code. The row is
 
-Positions are fractions of the frame's width and height, so the code survives
-any rescale of the whole frame (including a change of aspect ratio). Cells are
-1/80 of the width by 1/45 of the height: 8 px at 640x360, 16 px at 1280x720,
-which is large enough for H.264 at 1.5 Mbps to keep every edge readable.
+    W B W B | 48 bits of time (ms) | CRC-16 of them | B W B W
+
+(white = 1, MSB first). The guard cells at both ends prove a code is present and give
+the reader its own black and white levels: an adaptive threshold that survives
+compression, scaling and range or colour conversion. Positions are fractions of the
+frame's width and height, so the code survives any rescale of the whole frame.
+Cells are 1.25 % of the width by 3 % of the height: 8x11 px at 640x360, 16x22 px at
+1280x720; H.264 at 1.5 Mbps keeps every one readable (see tests/test_timecode.py).
 """
 
 from __future__ import annotations
@@ -27,17 +28,27 @@ import numpy as np
 if TYPE_CHECKING:
     import av
 
-GRID = 10  # cells per side, including the guard ring
 DATA_BITS = 48
 CRC_BITS = 16
-CELLS_PER_WIDTH = 80
-CELLS_PER_HEIGHT = 45
-ORIGIN_CELLS = 1.0  # margin from the top-left corner, in cells
+START_GUARD = (1, 0, 1, 0)
+END_GUARD = (0, 1, 0, 1)
+CELLS = len(START_GUARD) + DATA_BITS + CRC_BITS + len(END_GUARD)
+X0, X1 = 0.05, 0.95  # strip extent, fractions of the width
+Y0, Y1 = 0.01, 0.04  # and of the height: inside the 5 % top margin
 BLACK, WHITE = 16, 235  # video-range luma
 MIN_CONTRAST = 40  # guard white minus guard black, in luma steps
-MIN_SIZE = 3  # pixels per cell below which the code cannot be read reliably
+MIN_CELL_PX = 3  # below this a cell cannot be read reliably
 
-_YUV_FORMATS = ("yuv420p", "yuvj420p", "nv12", "nv21", "yuv422p", "yuv444p", "gray")
+_LUMA_FIRST = ("yuv420p", "yuvj420p", "nv12", "nv21", "yuv422p", "yuv444p", "gray")
+_GUARD_WHITE = np.array(
+    [i for i, b in enumerate(START_GUARD) if b]
+    + [CELLS - len(END_GUARD) + i for i, b in enumerate(END_GUARD) if b]
+)
+_GUARD_BLACK = np.array(
+    [i for i, b in enumerate(START_GUARD) if not b]
+    + [CELLS - len(END_GUARD) + i for i, b in enumerate(END_GUARD) if not b]
+)
+_PAYLOAD = np.arange(len(START_GUARD), len(START_GUARD) + DATA_BITS + CRC_BITS)
 
 
 def crc16(data: bytes) -> int:
@@ -68,100 +79,98 @@ def decode_bits(bits: list[int]) -> int | None:
     return value
 
 
-def _guard_cells() -> list[tuple[int, int, int]]:
-    """(row, col, colour bit) of the outer ring: a checker, top-left cell white."""
-    ring = []
-    for r in range(GRID):
-        for c in range(GRID):
-            if r in (0, GRID - 1) or c in (0, GRID - 1):
-                ring.append((r, c, 1 if (r + c) % 2 == 0 else 0))
-    return ring
+def strip_cells(t_ms: int) -> list[int]:
+    """Every cell of the row, left to right (guards included)."""
+    return [*START_GUARD, *encode_bits(t_ms), *END_GUARD]
 
 
-_GUARD = _guard_cells()
-_DATA = [(1 + i // 8, 1 + i % 8) for i in range(DATA_BITS + CRC_BITS)]
-# Flat (row * GRID + col) indices for the vectorised reader.
-_GUARD_WHITE = np.array([r * GRID + c for r, c, b in _GUARD if b])
-_GUARD_BLACK = np.array([r * GRID + c for r, c, b in _GUARD if not b])
-_DATA_FLAT = np.array([r * GRID + c for r, c in _DATA])
+@functools.lru_cache(maxsize=32)
+def geometry(height: int, width: int) -> tuple[int, int, np.ndarray]:
+    """Pixel rows (y0, y1) of the strip and the CELLS + 1 column edges, for one size."""
+    xs = np.round(np.linspace(X0 * width, X1 * width, CELLS + 1)).astype(int)
+    return int(round(Y0 * height)), int(round(Y1 * height)), xs
 
 
-def _edges(n_pixels: int, cells_across: int) -> np.ndarray:
-    """Pixel boundaries of the grid's cells along one axis (GRID + 1 of them)."""
-    cell = n_pixels / cells_across
-    return (ORIGIN_CELLS + np.arange(GRID + 1)) * cell
-
-
-def _fits(height: int, width: int) -> bool:
-    return width / CELLS_PER_WIDTH >= MIN_SIZE and height / CELLS_PER_HEIGHT >= MIN_SIZE
+def fits(height: int, width: int) -> bool:
+    return (X1 - X0) * width / CELLS >= MIN_CELL_PX and (Y1 - Y0) * height >= MIN_CELL_PX
 
 
 def stamp_y(y: np.ndarray, t_ms: int) -> None:
     """Draw the code for ``t_ms`` into a luma plane (h, w) uint8, in place."""
     h, w = y.shape
-    if not _fits(h, w):
+    if not fits(h, w):
         raise ValueError(f"frame {w}x{h} is too small for a time code")
-    ys = np.round(_edges(h, CELLS_PER_HEIGHT)).astype(int)
-    xs = np.round(_edges(w, CELLS_PER_WIDTH)).astype(int)
-    cells = [(r, c, b) for r, c, b in _GUARD]
-    cells += [(r, c, b) for (r, c), b in zip(_DATA, encode_bits(t_ms), strict=True)]
-    for r, c, bit in cells:
-        y[ys[r] : ys[r + 1], xs[c] : xs[c + 1]] = WHITE if bit else BLACK
+    y0, y1, xs = geometry(h, w)
+    row = np.where(np.array(strip_cells(t_ms), dtype=bool), WHITE, BLACK).astype(np.uint8)
+    # Each cell's value repeated over its columns, then over the strip's rows.
+    y[y0:y1, xs[0] : xs[-1]] = np.repeat(row, np.diff(xs))[None, :]
 
 
 @functools.lru_cache(maxsize=32)
 def _sample_index(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the central half of every cell, for one frame size."""
+    """Rows and per-cell columns of the central half of every cell, for one size."""
+    y0, y1, xs = geometry(height, width)
+    span = y1 - y0
+    rows = np.arange(y0 + span // 4, max(y1 - span // 4, y0 + span // 4 + 1))
+    cell = (xs[-1] - xs[0]) / CELLS
+    size = max(1, round(cell / 2))
+    starts = np.floor(xs[:-1] + (cell - size) / 2).astype(int)
+    cols = np.clip(starts[:, None] + np.arange(size)[None, :], 0, width - 1)
+    return rows, cols
 
-    def axis(n_pixels: int, cells_across: int) -> np.ndarray:
-        edges = _edges(n_pixels, cells_across)
-        cell = n_pixels / cells_across
-        size = max(1, round(cell / 2))
-        starts = np.floor(edges[:-1] + (cell - size) / 2).astype(int)
-        return np.clip(starts[:, None] + np.arange(size)[None, :], 0, n_pixels - 1)
 
-    return axis(height, CELLS_PER_HEIGHT), axis(width, CELLS_PER_WIDTH)
-
-
-def _cell_means(y: np.ndarray) -> np.ndarray:
-    """Mean luma of the central half of every grid cell, shape (GRID, GRID)."""
+def cell_means(y: np.ndarray) -> np.ndarray:
+    """Mean luma of the central half of every cell, shape (CELLS,)."""
     rows, cols = _sample_index(*y.shape)
-    block = y[rows[:, :, None, None], cols[None, None, :, :]]  # (GRID, sy, GRID, sx)
-    return block.mean(axis=(1, 3), dtype=np.float32)
+    block = y[rows[:, None, None], cols[None, :, :]]  # (rows, CELLS, size)
+    return block.mean(axis=(0, 2), dtype=np.float32)
 
 
 def read_y(y: np.ndarray) -> int | None:
     """The time code in a luma plane (h, w), or None when absent or damaged."""
     h, w = y.shape
-    if not _fits(h, w):
+    if not fits(h, w):
         return None
-    means = _cell_means(y).ravel()
+    means = cell_means(y)
     whites, blacks = means[_GUARD_WHITE], means[_GUARD_BLACK]
     # Every guard white must be clearly brighter than every guard black.
     if whites.min() - blacks.max() < MIN_CONTRAST:
         return None
-    threshold = (float(np.median(whites)) + float(np.median(blacks))) / 2
-    return decode_bits((means[_DATA_FLAT] > threshold).tolist())
+    threshold = (float(whites.mean()) + float(blacks.mean())) / 2
+    return decode_bits((means[_PAYLOAD] > threshold).tolist())
 
 
-def _luma_view(frame: av.VideoFrame) -> np.ndarray:
-    """A writable (h, w) view of the frame's own luma plane (no copy)."""
-    if frame.format.name not in _YUV_FORMATS:
-        raise ValueError(f"cannot stamp a {frame.format.name} frame; use a YUV format")
-    plane = frame.planes[0]
+def _plane_view(frame: av.VideoFrame, index: int, height: int, width: int) -> np.ndarray:
+    plane = frame.planes[index]
     rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
-    return rows[: frame.height, : frame.width]
+    return rows[:height, :width]
 
 
 def stamp(frame: av.VideoFrame, t_ms: int) -> None:
-    """Stamp ``t_ms`` (epoch ms) into a YUV frame's luma plane, in place."""
-    stamp_y(_luma_view(frame), t_ms)
+    """Stamp ``t_ms`` (epoch ms) into a YUV frame, in place.
+
+    The strip's chroma is set to neutral too, so the code stays black and white
+    (no clipping when a browser converts it to RGB).
+    """
+    name = frame.format.name
+    if name not in _LUMA_FIRST:
+        raise ValueError(f"cannot stamp a {name} frame; use a YUV format")
+    h, w = frame.height, frame.width
+    stamp_y(_plane_view(frame, 0, h, w), t_ms)
+    y0, y1, xs = geometry(h, w)
+    if name in ("yuv420p", "yuvj420p"):
+        for index in (1, 2):
+            uv = _plane_view(frame, index, (h + 1) // 2, (w + 1) // 2)
+            uv[y0 // 2 : (y1 + 1) // 2, xs[0] // 2 : (xs[-1] + 1) // 2] = 128
+    elif name in ("nv12", "nv21"):
+        uv = _plane_view(frame, 1, (h + 1) // 2, 2 * ((w + 1) // 2))
+        uv[y0 // 2 : (y1 + 1) // 2, (xs[0] // 2) * 2 : ((xs[-1] + 1) // 2) * 2] = 128
 
 
 def read(frame: av.VideoFrame) -> int | None:
     """The time code in a decoded frame (any pixel format), or None."""
-    if frame.format.name in _YUV_FORMATS:
-        return read_y(_luma_view(frame))
+    if frame.format.name in _LUMA_FIRST:
+        return read_y(_plane_view(frame, 0, frame.height, frame.width))
     return read_y(frame.to_ndarray(format="gray"))
 
 
@@ -173,8 +182,9 @@ def rgb_to_luma(pixels: np.ndarray) -> np.ndarray:
 
 def read_rgb(pixels: bytes | bytearray | np.ndarray, width: int, height: int) -> int | None:
     """The time code in RGBA (canvas ``getImageData``) or RGB pixels, or None."""
-    arr = np.asarray(pixels, dtype=np.uint8) if isinstance(pixels, np.ndarray) else None
-    if arr is None:
+    if isinstance(pixels, np.ndarray):
+        arr = np.asarray(pixels, dtype=np.uint8)
+    else:
         arr = np.frombuffer(bytes(pixels), dtype=np.uint8)
     if arr.size == width * height * 4:
         arr = arr.reshape(height, width, 4)

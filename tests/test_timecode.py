@@ -102,18 +102,19 @@ def test_read_rgb_from_canvas_style_rgba_pixels():
 def test_absent_or_damaged_code_reads_as_none():
     rng = np.random.default_rng(5)
     # Plain pictures: flat, noise, and a real gradient never pass as a code.
-    assert timecode.read(av.VideoFrame(640, 360, "yuv420p")) is None
+    flat = np.full((540, 640), 128, np.uint8)
+    assert timecode.read(av.VideoFrame.from_ndarray(flat, "yuv420p")) is None
     for i in range(20):
         assert timecode.read(busy_frame(640, 360, i, rng)) is None
-    # One flipped data cell breaks the checksum.
+    # One flipped payload cell breaks the checksum.
     frame = busy_frame(640, 360, 0, rng)
     timecode.stamp(frame, T0)
     y = np.frombuffer(frame.planes[0], np.uint8).reshape(-1, frame.planes[0].line_size)
-    cell = 8  # 640 / 80
-    r0, c0 = (1 + 1) * cell, (1 + 3) * cell  # grid row 1, column 3 (a data cell)
-    y[r0 : r0 + cell, c0 : c0 + cell] = 255 - y[r0 + cell // 2, c0 + cell // 2]
+    y0, y1, xs = timecode.geometry(360, 640)
+    cell = len(timecode.START_GUARD) + 10
+    y[y0:y1, xs[cell] : xs[cell + 1]] = 255 - y[(y0 + y1) // 2, (xs[cell] + xs[cell + 1]) // 2]
     assert timecode.read(frame) is None
-    # A checker without valid data (e.g. a picture of a chessboard) is not a code.
+    # Guards without a valid payload are not a code.
     flipped = timecode.encode_bits(T0)
     flipped[-1] ^= 1
     assert timecode.decode_bits(flipped) is None
@@ -132,3 +133,29 @@ def test_too_small_frames_are_refused_to_stamp_and_read_as_none():
     assert timecode.read(tiny) is None
     with pytest.raises(ValueError):
         timecode.stamp(av.VideoFrame(640, 360, "rgb24"), T0)
+
+
+def test_code_stays_in_the_top_margin_outside_every_overlay():
+    """Overlays keep to the 5 % title-safe area; the code must never be under one."""
+    from overlays.layout import make_layout
+
+    for w, h in ((640, 360), (1280, 720), (1920, 1080), (720, 1280)):
+        y0, y1, xs = timecode.geometry(h, w)
+        layout = make_layout(w, h)
+        assert y1 <= layout.safe.y
+        assert 0 < xs[0] and xs[-1] < w
+        frame = av.VideoFrame.from_ndarray(np.zeros((h * 3 // 2, w), np.uint8), "yuv420p")
+        timecode.stamp(frame, T0)
+        assert timecode.read(frame) == T0
+        # Nothing below the margin was touched.
+        y = frame.to_ndarray()[:h]
+        assert not y[layout.safe.y :].any()
+
+
+def test_chroma_under_the_code_is_neutral_so_rgb_stays_black_and_white():
+    frame = busy_frame(640, 360, 3, np.random.default_rng(6))
+    v = np.frombuffer(frame.planes[2], np.uint8).reshape(-1, frame.planes[2].line_size)
+    v[:] = 230  # a strongly coloured picture
+    timecode.stamp(frame, T0 + 5)
+    rgb = frame.to_ndarray(format="rgb24")
+    assert timecode.read_rgb(rgb, 640, 360) == T0 + 5
