@@ -170,8 +170,7 @@ $("drop-form").addEventListener("submit", async (ev) => {
     return;
   }
   showNotice(notice, "Drop started.", "ok");
-  if (resp.data && resp.data.sku) setDrop(resp.data);
-  else if (resp.data && resp.data.drop) setDrop(resp.data.drop);
+  if (resp.data && resp.data.drop) onEvent({ type: "drop", drop: resp.data.drop });
 });
 
 function setDrop(drop) {
@@ -307,6 +306,15 @@ async function loadState() {
   if ("ticker" in s) setText("ticker-current", s.ticker || "nothing");
 }
 
+// Add-to-carts are counted from the live stock levels: a level going down is units held
+// by buyers, going up is units released.
+function observeLevel(p, level, count) {
+  if (count && level < p.available) state.adds += p.available - level;
+  p.available = level;
+  renderProducts();
+  renderNumbers();
+}
+
 let ordersTimer = null;
 function onEvent(ev) {
   switch (ev.type) {
@@ -316,17 +324,25 @@ function onEvent(ev) {
     case "stock": {
       const p = state.products.get(ev.sku);
       if (p) {
-        // Stock going down is someone's add-to-cart (a hold); going up is a release.
-        if (ev.available < p.available) state.adds += p.available - ev.available;
-        p.available = ev.available;
-        renderProducts();
-        renderNumbers();
+        observeLevel(p, ev.available, !p.rebase);
+        p.rebase = false;
       }
       break;
     }
-    case "drop":
-      setDrop(ev.drop);
+    case "drop": {
+      const prev = state.drop;
+      const next = ev.drop;
+      const same = prev && next && prev.sku === next.sku && prev.ends_at === next.ends_at;
+      if (next) {
+        const p = state.products.get(next.sku);
+        // A new drop sets units aside (no one bought them); within a drop, fewer remaining is buying.
+        if (p) observeLevel(p, next.remaining, Boolean(same));
+      } else if (prev && state.products.get(prev.sku)) {
+        state.products.get(prev.sku).rebase = true; // back to normal stock: not a sale
+      }
+      setDrop(next);
       break;
+    }
     case "live":
       setLive(ev.live);
       break;

@@ -40,6 +40,8 @@ function renderStage(playerState) {
     sub = "Getting the live picture.";
   }
   box.hidden = !title;
+  // A playing picture while offline is the server's own slate: keep it visible.
+  box.classList.toggle("compact", Boolean(title) && player.playing);
   setText("stage-title", title);
   setText("stage-sub", sub);
 }
@@ -105,7 +107,7 @@ function renderDrop() {
   if (!active) return;
   setText("drop-left", d.remaining);
   setText("drop-time", clock(endsAt - Date.now()));
-  setText("drop-price", d.price ? ` · ${money(d.price, cfg.currency)}` : "");
+  setText("drop-price", d.price ? ` at ${money(d.price, cfg.currency)}` : "");
 }
 
 function applyFeatured(sku) {
@@ -281,6 +283,8 @@ $("buyer-form").addEventListener("submit", async (ev) => {
     return;
   }
   const checkout = resp.data;
+  // The cart became the order: its holds now belong to the order until it is paid.
+  api("GET", "/api/cart").then((cart) => cart.ok && setCart(cart.data));
   state.order = { order_id: checkout.order_id, amount: checkout.amount, currency: checkout.currency, status: "pending_payment", number: checkout.number };
   localStorage.setItem(ORDER_KEY, checkout.order_id);
   $("buyer-form").hidden = true;
@@ -321,8 +325,9 @@ $("card-form").addEventListener("submit", async (ev) => {
   });
   button.disabled = false;
   button.textContent = label;
-  const status = resp.data && resp.data.status;
-  if (resp.status === 402 || resp.data.error === "card_declined" || status === "payment_failed") {
+  // Only the payment's own answer says "declined": the order's status may still show an
+  // earlier decline until the provider's webhook has arrived.
+  if (resp.status === 402 || resp.data.error === "card_declined") {
     const detail = (resp.data && resp.data.detail) || "Your card was declined.";
     out.textContent = `Payment declined: ${detail} Try another card.`;
     showNotice(notice, "Payment declined — nothing was charged. Your items are still held for you.", "bad");
@@ -376,8 +381,9 @@ async function startStripe(checkout) {
 
 function paymentDone() {
   $("checkout").hidden = true;
-  setCart({ items: [], total: "0.00", currency: state.cart.currency });
+  $("card-error").textContent = "";
   showNotice(notice, "Payment received — thank you! Your order is being prepared.", "ok");
+  state.order.status = "processing"; // until the provider confirms it (webhook)
   showOrder();
   refreshOrder();
 }
@@ -385,6 +391,7 @@ function paymentDone() {
 // --- order status -------------------------------------------------------------------
 const STATUS_TEXT = {
   pending_payment: "Waiting for payment…",
+  processing: "Payment received — confirming…",
   paid: "Paid — printing your label…",
   printed: "Ready for pickup",
   fulfilled: "Fulfilled — picked up. Enjoy!",
@@ -392,6 +399,8 @@ const STATUS_TEXT = {
   expired: "This order expired before it was paid.",
   refunded: "Refunded.",
 };
+// Before payment succeeds the checkout form speaks for the order.
+const SHOWN_STATUSES = new Set(["paid", "printed", "fulfilled", "expired", "refunded"]);
 const STEP_ORDER = ["paid", "printed", "ready", "fulfilled"];
 const STEPS_DONE = { paid: 1, printed: 3, fulfilled: 4 };
 
@@ -420,10 +429,7 @@ async function refreshOrder() {
   const resp = await api("GET", `/api/orders/${encodeURIComponent(state.order.order_id)}`);
   if (resp.ok) {
     state.order = { ...state.order, ...resp.data };
-    if (resp.data.status === "pending_payment" && $("checkout").hidden && $("card-form").hidden) {
-      // Reloaded mid-checkout: nothing to show until it is paid.
-    }
-    if (resp.data.status !== "pending_payment") showOrder();
+    if (SHOWN_STATUSES.has(resp.data.status)) showOrder();
   } else if (resp.status === 404 || resp.status === 401) {
     localStorage.removeItem(ORDER_KEY);
     state.order = null;
@@ -500,7 +506,7 @@ function onEvent(ev) {
       if (state.order && ev.order_id === state.order.order_id) {
         state.order.status = ev.status;
         if (ev.number) state.order.number = ev.number;
-        if (ev.status !== "pending_payment") showOrder();
+        if (SHOWN_STATUSES.has(ev.status)) showOrder();
         refreshOrder();
       }
       break;

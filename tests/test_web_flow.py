@@ -1,0 +1,162 @@
+"""The whole show in real browsers: the host goes live from Chromium's fake camera, a
+phone-sized viewer watches over WHEP, buys in one tap, pays with sandbox test cards
+(localstripe), the label arrives at a loopback printer socket, staff fulfil the order."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.conftest import wait_until
+from tests.test_web_support import (
+    DESKTOP,
+    PHONE,
+    JsErrors,
+    PrinterSocket,
+    chromium,
+    new_page,
+    printer_toml,
+    staff_login,
+)
+
+# Mean colour of the top-right area of the picture, where the composed product card sits.
+CARD_REGION_JS = """
+() => {
+  const v = document.getElementById('video');
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  const g = c.getContext('2d');
+  g.drawImage(v, 0, 0);
+  const x = Math.round(c.width * 0.72), y = Math.round(c.height * 0.12);
+  const w = Math.round(c.width * 0.18), h = Math.round(c.height * 0.3);
+  const d = g.getImageData(x, y, w, h).data;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < d.length; i += 4) { sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; }
+  const n = d.length / 4;
+  return sum.map((s) => s / n);
+}
+"""
+
+
+def colour_distance(a: list[float], b: list[float]) -> float:
+    return sum(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+async def picture_card(page: Page) -> list[float]:
+    return await page.evaluate(CARD_REGION_JS)
+
+
+async def wait_for_picture_change(page: Page, before: list[float], within_s: float = 8.0) -> None:
+    async def changed() -> bool:
+        return colour_distance(await picture_card(page), before) > 40
+
+    await wait_until(changed, timeout=within_s, interval=0.2)
+
+
+@pytest.mark.timeout(240)
+async def test_watch_buy_pay_print_fulfil(make_app, write_manifest, stripe_sandbox, artifacts):
+    printer = await PrinterSocket().start()
+    try:
+        manifest = write_manifest("demo", printers=printer_toml(printer.url))
+        app = await make_app([manifest], stripe_api_base=stripe_sandbox.url)
+        errors = JsErrors()
+        async with chromium() as browser:
+            await run_show(app, browser, errors, printer, artifacts)
+        # The only errors: the browser's own log line for the declined card's 402 answer.
+        assert errors.unexpected("status of 402") == []
+    finally:
+        await printer.stop()
+
+
+async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artifacts) -> None:
+    _, host = await new_page(browser, errors, "host", DESKTOP)
+    await staff_login(host, app.url, "/shows/demo/host")
+    await host.get_by_role("button", name="Go live from this camera").click()
+    await expect(host.locator("#video-status")).to_have_text(re.compile("live"), timeout=20000)
+
+    _, viewer = await new_page(browser, errors, "viewer", PHONE, is_mobile=True, has_touch=True)
+    await viewer.goto(f"{app.url}/shows/demo")
+    await expect(viewer.locator("#live-badge")).to_have_text("Live", timeout=15000)
+    await viewer.wait_for_function(
+        "() => { const v = document.getElementById('video');"
+        " return v.videoWidth > 0 && v.currentTime > 0.5; }",
+        timeout=30000,
+    )
+    assert await viewer.locator("#video").evaluate("v => v.muted") is True
+    await expect(viewer.locator("#stage-state")).to_be_hidden()
+    await viewer.get_by_role("button", name=re.compile("tap to unmute")).tap()
+    assert await viewer.locator("#video").evaluate("v => v.muted") is False
+    await expect(viewer.locator("#featured")).to_be_hidden()
+
+    # The host features a product: the viewer's card appears, then switches.
+    await host.get_by_role("button", name="Feature Stoneware mug").click()
+    await expect(viewer.locator("#f-name")).to_have_text("Stoneware mug", timeout=8000)
+    await viewer.screenshot(path=artifacts / "web_viewer_featured_mug.png")
+    await host.get_by_role("button", name="Feature Crewneck tee").click()
+    await expect(viewer.locator("#f-name")).to_have_text("Crewneck tee", timeout=8000)
+    await expect(host.get_by_role("button", name="Unfeature Crewneck tee")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+
+    # A drop: the countdown shows on both pages.
+    await host.get_by_label("Product", exact=True).select_option("TEE-02")
+    await host.get_by_label("Quantity").fill("3")
+    await host.get_by_label("Duration (s)").fill("120")
+    await host.get_by_label("Per buyer").fill("1")
+    await host.get_by_role("button", name="Start drop").click()
+    await expect(host.locator("#drop-status")).to_contain_text(
+        re.compile(r"Crewneck tee: 3 left · ends in 1:5\d|2:00")
+    )
+    await expect(viewer.locator("#drop")).to_be_visible(timeout=8000)
+    await expect(viewer.locator("#drop-time")).to_have_text(re.compile(r"^[12]:\d\d$"))
+    await host.screenshot(path=artifacts / "web_host_live_drop.png", full_page=True)
+
+    # One tap: the featured product is held in the cart with a timer.
+    await viewer.locator("#f-buy").tap()
+    item = viewer.locator(".cart-item")
+    await expect(item).to_contain_text("1 × Crewneck tee")
+    await expect(item.locator(".hold")).to_have_text(re.compile(r"Held for you · (10:00|9:\d\d)"))
+    await expect(viewer.locator("#drop-left")).to_have_text("2", timeout=8000)
+    await expect(host.locator("#n-adds")).to_have_text("1", timeout=8000)
+    await viewer.screenshot(path=artifacts / "web_viewer_drop_cart.png", full_page=True)
+
+    # Checkout in the page: a declined test card first, then the good one.
+    await viewer.get_by_role("button", name="Checkout").tap()
+    await viewer.get_by_label("Name (for pickup)").fill("Ada Lovelace")
+    await viewer.get_by_label("Email (for your receipt)").fill("ada@example.com")
+    await viewer.get_by_role("button", name="Continue to payment").tap()
+    await expect(viewer.locator(".test-banner")).to_contain_text("TEST MODE")
+    await viewer.get_by_label("Test card number").fill("4000 0000 0000 0002")
+    await viewer.get_by_label("Expiry (MM/YY)").fill("12/34")
+    await viewer.get_by_label("CVC").fill("123")
+    await viewer.locator("#card-pay").tap()
+    await expect(viewer.locator("#card-error")).to_contain_text("Payment declined", timeout=15000)
+    await viewer.screenshot(path=artifacts / "web_viewer_declined.png", full_page=True)
+    assert b"Ada Lovelace" not in printer.received  # status probes only, no label
+
+    await viewer.get_by_label("Test card number").fill("4242 4242 4242 4242")
+    await viewer.locator("#card-pay").tap()
+    status = viewer.locator("#order-status")
+    await expect(status).to_have_attribute("data-status", "printed", timeout=30000)
+    await expect(status).to_have_text("Ready for pickup")
+    number = (await viewer.locator("#order-number").text_content()).strip()
+    assert re.fullmatch(r"#\d+", number)
+    await wait_until(lambda: b"Ada Lovelace" in printer.received, timeout=10)
+    assert number.encode() in printer.received
+    await viewer.screenshot(path=artifacts / "web_viewer_ready.png", full_page=True)
+    await expect(host.locator("#n-orders")).to_have_text("1", timeout=20000)
+    await expect(host.locator("#n-revenue")).to_have_text("$32.00")
+
+    # Staff see it ready to pick and mark it fulfilled; the viewer sees that live.
+    await host.goto(f"{app.url}/staff")
+    card = host.locator("#q-printed .order-card")
+    await expect(card).to_contain_text(number)
+    await expect(card).to_contain_text("Ada Lovelace")
+    await host.screenshot(path=artifacts / "web_staff_ready.png", full_page=True)
+    await card.get_by_role("button", name=re.compile("Mark order .* fulfilled")).click()
+    await expect(host.locator("#q-fulfilled .order-card")).to_contain_text(number)
+    await expect(status).to_have_attribute("data-status", "fulfilled", timeout=10000)
+    await expect(status).to_contain_text("Fulfilled")
+    await viewer.screenshot(path=artifacts / "web_viewer_fulfilled.png", full_page=True)
