@@ -87,10 +87,12 @@ class TcpConnection(Connection):
             except OSError as exc:
                 raise PrinterError(f"printer stopped taking data: {_why(exc)}") from None
             # sendall only filled our kernel buffer; wait until the printer acknowledged it.
+            pause = 0.0002
             while _outq(sock.fileno()) > 0:
                 if time.monotonic() > deadline:
                     raise PrinterError(f"printer did not take the label within {timeout:.0f} s")
-                time.sleep(0.005)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
         finally:
             with contextlib.suppress(OSError):
                 sock.close()

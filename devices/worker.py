@@ -146,6 +146,7 @@ class PrintWorker:
         self.inflight: dict[str, Task] = {}
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._finishing: set[asyncio.Task] = set()
         self._unknown_logged: set[str] = set()
         for show in shows.values():
             for printer in show.printers:
@@ -181,6 +182,8 @@ class PrintWorker:
         lanes = [lane.task for lane in self.lanes.values() if lane.task]
         if lanes:
             await asyncio.wait(lanes, timeout=self.opts.send_timeout_s + 1)
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -363,39 +366,67 @@ class PrintWorker:
                     return
 
     async def _printed(self, lane: Lane, part: Part) -> None:
+        """Record the label (one round trip), then let the lane move on to the next one."""
         task = part.task
         lane.attempts = 0
+        if lane.parked == task.entry_id:
+            lane.parked = None
+        came_back = lane.online is not True
+        lane.online, lane.last_error = True, None
         pipe = self.redis.pipeline(transaction=False)
         pipe.sadd(store.done_key(task.entry_id), lane.name)
         pipe.expire(store.done_key(task.entry_id), store.DONE_TTL_S)
         pipe.hincrby(store.printer_key(lane.name), "printed", 1)
         pipe.hincrby(store.STATS, "printed", 1)
-        pipe.hset(store.printer_key(lane.name), "queued", len(lane.queue))
+        pipe.hset(
+            store.printer_key(lane.name),
+            mapping={
+                "online": "1",
+                "last_error": "",
+                "queued": len(lane.queue),
+                "checked_at": repr(time.time()),
+            },
+        )
         pipe.hdel(store.PARKED, task.entry_id)  # also one parked by a worker that died
         await pipe.execute()
-        if lane.parked == task.entry_id:
-            lane.parked = None
-        await self._set_status(lane, True, None)
+        if came_back:
+            await self._announce(lane)
         task.remaining.discard(lane.name)
         if not task.remaining:
-            await self._finish(task)
+            self._background(self._finish(task))
+
+    def _background(self, coro) -> None:
+        t = asyncio.create_task(coro)
+        self._finishing.add(t)
+        t.add_done_callback(self._finishing.discard)
 
     async def _finish(self, task: Task) -> None:
+        """Every label of the job is out: order -> printed, then XACK.
+
+        The status moves first: if the worker dies between the two, the job is taken over
+        and skipped (the order is already printed) rather than printed twice.
+        """
         order = task.order
-        await self._ack(task.entry_id)
-        self.inflight.pop(task.entry_id, None)
-        await self.redis.delete(store.done_key(task.entry_id))
         status = order.status
-        if not task.job.reprint:
-            try:
-                await transition(self.redis, order.order_id, Status.PRINTED)
-                status = Status.PRINTED
-            except TransitionError as exc:  # fulfilled or refunded meanwhile: leave it
-                status = Status(exc.current) if exc.current else status
-            if self.metrics is not None:
-                self.metrics.label_latency.observe(max(0.0, time.time() - task.job.enqueued_at))
-        if order.print_error:
-            await self.redis.hset(order_key(order.order_id), "print_error", "")
+        try:
+            if not task.job.reprint:
+                try:
+                    await transition(self.redis, order.order_id, Status.PRINTED)
+                    status = Status.PRINTED
+                except TransitionError as exc:  # fulfilled or refunded meanwhile: leave it
+                    status = Status(exc.current) if exc.current else status
+                if self.metrics is not None:
+                    self.metrics.label_latency.observe(max(0.0, time.time() - task.job.enqueued_at))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(PRINT_STREAM, store.GROUP, task.entry_id)
+            pipe.delete(store.done_key(task.entry_id))
+            if order.print_error:
+                pipe.hset(order_key(order.order_id), "print_error", "")
+            await pipe.execute()
+        except Exception as exc:  # Redis hiccup: the job stays pending and is taken over
+            log.warning("could not record job %s as printed: %s", task.entry_id, exc)
+            return
+        self.inflight.pop(task.entry_id, None)
         await self._emit(
             order.show,
             {
@@ -477,11 +508,20 @@ class PrintWorker:
                 },
             )
         if changed:
-            if online:
-                log.info("printer %s is online", lane.name)
-            event = {"type": "printer", "name": lane.name, "online": online, "last_error": error}
-            for show_id in lane.shows:
-                await self._emit(show_id, dict(event))
+            await self._announce(lane)
+
+    async def _announce(self, lane: Lane) -> None:
+        """A ``printer`` event for the staff page of every show using this printer."""
+        if lane.online:
+            log.info("printer %s is online", lane.name)
+        event = {
+            "type": "printer",
+            "name": lane.name,
+            "online": bool(lane.online),
+            "last_error": lane.last_error,
+        }
+        for show_id in lane.shows:
+            await self._emit(show_id, dict(event))
 
     async def _report_queue(self, lane: Lane) -> None:
         with contextlib.suppress(Exception):
