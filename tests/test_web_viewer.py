@@ -1,0 +1,129 @@
+"""The viewer page on a phone: clear messages when buying fails, the show's states as the
+publisher comes and goes, and leaving the page ends the WHEP session."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import pytest
+from playwright.async_api import expect
+
+from media.client import WhipPublisher
+from media.testsrc import TestPatternTrack
+from tests.conftest import STREAM_KEY, wait_until
+from tests.test_web_support import PHONE, JsErrors, chromium, new_page
+
+PRODUCTS = """
+[[products]]
+sku = "MUG-01"
+name = "Stoneware mug"
+price = "18.00"
+stock = 40
+per_buyer_limit = 1
+
+[[products]]
+sku = "LAST-1"
+name = "Last lamp"
+price = "90.00"
+stock = 1
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_sold_out_limit_and_expired_hold_are_explained(make_app, write_manifest, artifacts):
+    app = await make_app([write_manifest("demo", products=PRODUCTS)], hold_seconds=5)
+    errors = JsErrors()
+    async with chromium() as browser:
+        ctx, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True, has_touch=True)
+        # This phone's live events are lost (a flaky connection), so its page still
+        # offers the lamp after someone else took the last one.
+        await ctx.route("**/api/shows/demo/events", lambda route: route.abort())
+        await page.goto(f"{app.url}/shows/demo?sku=LAST-1")
+        lamp = page.locator("#product-LAST-1")
+        await expect(lamp).to_have_class(re.compile("highlight"))
+        await expect(lamp).to_have_attribute("aria-current", "true")
+
+        await page.get_by_role("button", name="Add Stoneware mug to cart").tap()
+        notice = page.locator("#notice")
+        await expect(notice).to_contain_text("Added Stoneware mug")
+        await page.get_by_role("button", name="Add one more Stoneware mug").tap()
+        await expect(notice).to_contain_text("Limit reached: You can buy at most 1")
+        await expect(page.locator(".cart-item")).to_have_count(1)
+
+        async with aiohttp.ClientSession(
+            app.url, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        ) as other:
+            async with other.post(
+                "/api/cart/items", json={"show": "demo", "sku": "LAST-1", "quantity": 1}
+            ) as r:
+                assert r.status == 200
+        await page.get_by_role("button", name="Add Last lamp to cart").tap()
+        await expect(notice).to_contain_text("just sold out")
+        await expect(lamp.get_by_role("button")).to_be_disabled()
+        await expect(lamp).to_contain_text("Sold out")
+        await page.screenshot(path=artifacts / "web_viewer_sold_out.png", full_page=True)
+
+        # The mug's hold runs out: the page says so and the cart empties.
+        await expect(page.locator(".cart-item .hold")).to_have_text(
+            re.compile(r"Held for you · 0:0\d")
+        )
+        await expect(notice).to_contain_text("Your hold expired", timeout=10000)
+        await expect(page.locator(".cart-item")).to_have_count(0, timeout=10000)
+        await expect(page.locator("#cart-empty")).to_be_visible()
+    assert errors.unexpected("status of 409", "ERR_FAILED") == []
+
+
+@pytest.mark.timeout(120)
+async def test_show_states_follow_the_publisher_and_leaving_ends_the_session(
+    make_app, write_manifest, artifacts
+):
+    app = await make_app([write_manifest("demo", width=320, height=180, fps=15)])
+    errors = JsErrors()
+
+    async def viewers() -> int:
+        async with app.session.get("/api/shows/demo") as r:
+            return (await r.json())["viewers"]
+
+    async def no_viewers() -> bool:
+        return await viewers() == 0
+
+    async with chromium() as browser:
+        _, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True)
+        # Remember (in storage that outlives the page) each DELETE the page sends.
+        await page.add_init_script(
+            "const f = window.fetch; window.fetch = (u, o) => {"
+            " if (o && o.method === 'DELETE') localStorage.setItem('sr-delete',"
+            " String(u) + ' keepalive=' + Boolean(o.keepalive)); return f(u, o); };"
+        )
+        await page.goto(f"{app.url}/shows/demo")
+        title = page.locator("#stage-title")
+        await expect(title).to_have_text("Starting soon")
+        await expect(page.locator("#live-badge")).to_have_text("Offline")
+
+        publisher = WhipPublisher(
+            f"{app.url}/whip/demo", STREAM_KEY, TestPatternTrack(320, 180, 15)
+        )
+        await publisher.start(app.session)
+        try:
+            await expect(page.locator("#live-badge")).to_have_text("Live", timeout=15000)
+            await page.wait_for_function(
+                "() => document.getElementById('video').currentTime > 0.3", timeout=20000
+            )
+            await expect(page.locator("#stage-state")).to_be_hidden()
+            await page.screenshot(path=artifacts / "web_viewer_live.png")
+        finally:
+            await publisher.close(app.session)
+        await expect(title).to_have_text("We'll be right back", timeout=15000)
+        await expect(page.locator("#live-badge")).to_have_text("Offline")
+        # The slate keeps playing, so the notice shrinks to a banner instead of covering it.
+        await expect(page.locator("#stage-state")).to_have_class(re.compile("compact"))
+        await page.screenshot(path=artifacts / "web_viewer_right_back.png")
+
+        assert await wait_until(lambda: viewers(), timeout=10) == 1
+        await page.goto("about:blank")  # leaving: pagehide sends the WHEP DELETE
+        await wait_until(no_viewers, timeout=10)
+        await page.goto(f"{app.url}/")
+        sent = await page.evaluate("localStorage.getItem('sr-delete')")
+        assert re.search(r"/whep/demo/[^/ ]+ keepalive=true$", sent or ""), sent
+    assert errors.unexpected() == []
