@@ -81,7 +81,7 @@ def make_layout(width: int, height: int) -> Layout:
     qr_w, qr_h = u(150), u(176)
     if not vertical:
         card_w = min(u(300), safe.w // 3)
-        card = Box(_even(safe.right - card_w), my, card_w, u(372))
+        card = Box(_even(safe.right - card_w), my, card_w, u(344))
         qr = Box(_even(safe.right - qr_w), card.bottom + u(12), qr_w, qr_h)
         title_h = u(88)
         title = Box(mx, _even(safe.bottom - title_h), min(u(720), _even(safe.w * 0.6)), title_h)

@@ -26,7 +26,17 @@ import numpy as np
 from overlays import layers
 from overlays.layers import DropInfo, ProductInfo
 from overlays.layout import Box, Layout, make_layout
-from overlays.yuv import Sprite, blend_sprite, frame_planes, sprite_from_rgba
+from overlays.yuv import (
+    BlendPlan,
+    Sprite,
+    blend_sprite,
+    flat_view,
+    frame_planes,
+    geometry,
+    make_plan,
+    run_plan,
+    sprite_from_rgba,
+)
 
 ANIM_MS = 250
 DROP_LINGER_MS = 3000  # keep showing 00:00 briefly after a drop ends, then hide
@@ -117,6 +127,7 @@ class Scene:
         self._shown_version = -1
         self._shown: deque[tuple[int, int]] = deque(maxlen=128)  # (version, first now_ms)
         self._waiters: list[tuple[int, Callable[[int], None]]] = []
+        self._plan: BlendPlan | None = None
         self.last_blend_wall: float = 0.0  # time.monotonic() of the last blend
         self.last_render_ms: dict[str, float] = {}
         self.render_now()
@@ -386,52 +397,79 @@ class Scene:
 
     def blend_planes(self, planes: Planes, now_ms: int) -> None:
         sprites = self._sprites  # one read: a consistent set even if a swap happens now
-        for sp in sprites.static:
-            blend_sprite(planes, sp)
-        if sprites.drop is not None:
-            self._blend_drop(planes, sprites.drop, now_ms)
+        flats = (
+            tuple(flat_view(p) for p in planes) if all(p.strides[1] == 1 for p in planes) else None
+        )
+        still: list[Sprite] = list(sprites.static)
+        drop = self._drop_sprite_for(sprites.drop, now_ms)
+        if drop is not None:
+            still.append(drop)
+        moving: list[tuple[_CardSlot, float]] = []
         if sprites.leaving is not None:
             slot = sprites.leaving
             if slot.t0 is None:
                 slot.t0 = now_ms
             p = (now_ms - slot.t0) / ANIM_MS
             if p < 1.0:
-                self._blend_card(planes, slot, 1.0 - p * p)
+                moving.append((slot, 1.0 - p * p))
         if sprites.card is not None:
             slot = sprites.card
             if slot.t0 is None:
                 slot.t0 = now_ms
             # start a little in, so the first frame already shows the card
-            p = min(1.0, 0.2 + (now_ms - slot.t0) / ANIM_MS)
-            self._blend_card(planes, slot, _ease_out(p))
+            e = _ease_out(min(1.0, 0.2 + (now_ms - slot.t0) / ANIM_MS))
+            if e >= 1.0:
+                still += [slot.card, slot.qr]
+            else:
+                moving.append((slot, e))
+        self._blend_still(tuple(still), planes, flats)
+        for slot, e in moving:
+            self._blend_card(planes, slot, e, flats)
         self.last_blend_wall = time.monotonic()
         if sprites.version > self._shown_version:
             self._mark_shown(sprites.version, now_ms)
 
-    def _blend_card(self, planes: Planes, slot: _CardSlot, e: float) -> None:
+    def _blend_still(self, still: tuple[Sprite, ...], planes: Planes, flats) -> None:
+        """Layers at rest: one merged plan (rebuilt only when a layer or the frame
+        geometry changes), else layer by layer."""
+        plan = self._plan
+        if flats is not None:
+            if (
+                plan is None
+                or plan.geometry != geometry(planes)
+                or len(plan.sprites) != len(still)
+                or any(a is not b for a, b in zip(plan.sprites, still, strict=True))
+            ):
+                plan = self._plan = make_plan(still, planes)
+            if plan is not None:
+                run_plan(plan, planes, flats)
+                return
+        for sp in still:
+            blend_sprite(planes, sp, flats=flats)
+
+    def _blend_card(self, planes: Planes, slot: _CardSlot, e: float, flats=None) -> None:
         opacity = int(256 * e)
         if opacity <= 0:
             return
         shift = _even((1.0 - e) * self.layout.px(56))
         dx, dy = (0, shift) if self.layout.vertical else (shift, 0)
-        blend_sprite(planes, slot.card, opacity, dx, dy)
-        blend_sprite(planes, slot.qr, opacity, dx, dy)
+        blend_sprite(planes, slot.card, opacity, dx, dy, flats)
+        blend_sprite(planes, slot.qr, opacity, dx, dy, flats)
 
-    def _blend_drop(self, planes: Planes, slot: _DropSlot, now_ms: int) -> None:
-        ms_left = slot.info.ends_at_ms - now_ms
-        if ms_left < -DROP_LINGER_MS:
-            return
+    def _drop_sprite_for(self, slot: _DropSlot | None, now_ms: int) -> Sprite | None:
+        """The drop banner for this second; the next seconds are rendered ahead on the
+        render thread, so the countdown never renders text on the compositor's time."""
+        if slot is None or slot.info.ends_at_ms - now_ms < -DROP_LINGER_MS:
+            return None
         secs = _secs_left(slot.info, now_ms)
-        sprite = slot.sprites.get(secs)
         want = [s for s in (secs, secs - 1) if s >= 0 and s not in slot.sprites]
         if want and not (set(want) <= slot.pending):
-            slot.pending.update(want)  # render ahead, off this thread
+            slot.pending.update(want)
             _RENDERER.submit(self._prerender_drop, slot, [secs, secs - 1] if secs > 0 else [0])
-        if sprite is None:  # not rendered yet: show the nearest we have (one frame late)
-            if not slot.sprites:
-                return
+        sprite = slot.sprites.get(secs)
+        if sprite is None and slot.sprites:  # not rendered yet: nearest second (a frame late)
             sprite = slot.sprites[min(slot.sprites, key=lambda k: abs(k - secs))]
-        blend_sprite(planes, sprite)
+        return sprite
 
     # --- media_ts -------------------------------------------------------------------------
     def _mark_shown(self, version: int, now_ms: int) -> None:

@@ -1,14 +1,237 @@
-"""The on-screen scene for each show (overlays), kept in step with the show's events."""
+"""The on-screen scene of each show, kept in step with the show's live events.
+
+- Each show gets an ``overlays.scene.Scene`` at setup (the compositor looks it up at its
+  own startup under ``app[keys.EXTRA]["scenes"]``).
+- A bus interceptor per show applies ``featured``/``stock``/``drop``/``ticker``/
+  ``viewers``/``live`` events to the scene, and re-emits ``featured``/``drop``/``stock``
+  locally with ``media_ts``: the ``now_ms`` of the first composed frame showing the
+  change (or the current time when no compositor is running in this process).
+- At startup the scene is loaded from the show state (featured product, availability,
+  running drop, ticker).
+- ``POST /api/shows/{show}/ticker`` sets the host's message line; the feature endpoint
+  calls ``apply_featured`` so the card is rendered before the API answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import logging
+import time
+from decimal import Decimal, InvalidOperation
+
 from aiohttp import web
 
-from overlays.scene import Scene
+from overlays.layers import DropInfo
+from overlays.scene import Scene, product_info
 from server import keys
+from server.auth import get_show, require_host
+from server.config import ShowConfig
+from server.errors import bad_request, read_json
+
+log = logging.getLogger("showroom.scene")
+
+SCENE_EVENTS = ("featured", "stock", "drop", "ticker", "viewers", "live")
+MEDIA_TS_EVENTS = ("featured", "drop", "stock")
+TICKER_MAX_CHARS = 140
+# Without a frame showing a change this soon (no compositor, or it stalled), the event
+# goes out anyway, stamped with the time it was ready.
+EMIT_FALLBACK_S = 1.0
+
+
+def ticker_key(show_id: str) -> str:
+    return f"show:{show_id}:ticker"
+
+
+def scenes(app: web.Application) -> dict[str, Scene]:
+    return app[keys.EXTRA]["scenes"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SceneSync:
+    """Applies one show's events to its scene (thin async shell around ``Scene``)."""
+
+    def __init__(self, app: web.Application, show: ShowConfig, scene: Scene) -> None:
+        self.app = app
+        self.show = show
+        self.scene = scene
+        self.available: dict[str, int] = {p.sku: p.stock for p in show.products}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # --- event -> scene ----------------------------------------------------------------
+    def apply(self, event: dict) -> concurrent.futures.Future | None:
+        """Apply an event to the scene; returns a future resolved with the scene version
+        once rendered (None for events the scene does not show)."""
+        kind = event.get("type")
+        scene = self.scene
+        if kind == "featured":
+            return self.apply_featured(event.get("sku"))
+        if kind == "stock":
+            sku, available = event.get("sku"), event.get("available")
+            if not isinstance(sku, str) or not isinstance(available, int):
+                return None
+            self.available[sku] = available
+            return scene.set_stock(sku, available)
+        if kind == "drop":
+            return scene.set_drop(self.drop_info(event.get("drop")))
+        if kind == "ticker":
+            text = event.get("text")
+            return scene.set_ticker(text if isinstance(text, str) else None)
+        if kind == "viewers" and isinstance(event.get("viewers"), int):
+            return scene.set_viewers(event["viewers"])
+        if kind == "live" and isinstance(event.get("live"), bool):
+            return scene.set_live(event["live"])
+        return None
+
+    def apply_featured(self, sku: str | None) -> concurrent.futures.Future:
+        product = self.show.product(sku) if isinstance(sku, str) else None
+        info = product_info(product, self.available.get(product.sku)) if product else None
+        return self.scene.set_featured(info)
+
+    def drop_info(self, drop: dict | None) -> DropInfo | None:
+        if not isinstance(drop, dict):
+            return None
+        product = self.show.product(str(drop.get("sku")))
+        if product is None:
+            return None
+        try:
+            price = Decimal(str(drop["price"])) if drop.get("price") else product.price
+            return DropInfo(
+                sku=product.sku,
+                name=product.name,
+                price=price,
+                remaining=int(drop.get("remaining", 0)),
+                ends_at_ms=int(drop["ends_at"]),
+                quantity=int(drop.get("quantity", 0)),
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation):
+            log.warning("show %s: unreadable drop %r", self.show.id, drop)
+            return None
+
+    async def load(self) -> None:
+        """Bring the scene up to date with the show state (at startup)."""
+        from server.routes.shows import show_state
+
+        state = await show_state(self.app, self.show)
+        for p in state.get("products", []):
+            if isinstance(p.get("available"), int):
+                self.available[p["sku"]] = p["available"]
+        raw = await self.app[keys.REDIS].get(ticker_key(self.show.id))
+        futures = [
+            self.apply_featured(state.get("featured")),
+            self.scene.set_drop(self.drop_info(state.get("drop"))),
+            self.scene.set_ticker(raw.decode() if raw else None),
+        ]
+        for fut in futures:
+            await asyncio.wrap_future(fut)
+
+    # --- the bus interceptor -------------------------------------------------------------
+    def intercept(self, show_id: str, event: dict) -> None:
+        bus = self.app[keys.BUS]
+        if event.get("type") not in SCENE_EVENTS:
+            bus.emit_local(show_id, event)
+            return
+        try:
+            fut = self.apply(event)
+        except Exception:  # a bad event must not stop the show's events
+            log.exception("show %s: could not apply %r", show_id, event.get("type"))
+            fut = None
+        if fut is None or event.get("type") not in MEDIA_TS_EVENTS:
+            bus.emit_local(show_id, event)
+            return
+        self._emit_when_shown(show_id, event, fut)
+
+    def _emit_when_shown(self, show_id: str, event: dict, fut: concurrent.futures.Future) -> None:
+        loop = self.loop or asyncio.get_running_loop()
+        bus = self.app[keys.BUS]
+        sent = False
+
+        def emit(media_ts: int) -> None:  # on the loop
+            nonlocal sent
+            if not sent:
+                sent = True
+                bus.emit_local(show_id, {**event, "media_ts": media_ts})
+
+        def shown(ms: int) -> None:  # on the compositor's thread
+            loop.call_soon_threadsafe(emit, ms)
+
+        def rendered(f: concurrent.futures.Future) -> None:  # on the render thread
+            try:
+                version = f.result()
+            except Exception:
+                loop.call_soon_threadsafe(emit, _now_ms())
+                return
+            if self.scene.is_compositing():
+                self.scene.when_shown(version, shown)
+            else:
+                loop.call_soon_threadsafe(emit, _now_ms())
+
+        def fallback() -> None:
+            if not sent:
+                emit(_now_ms())
+
+        handle = loop.call_later(EMIT_FALLBACK_S, fallback)
+        self._timers.add(handle)
+        loop.call_later(EMIT_FALLBACK_S + 0.1, self._timers.discard, handle)
+        fut.add_done_callback(rendered)
+
+    def close(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        self.scene.cancel_waiters()
+
+
+def syncs(app: web.Application) -> dict[str, SceneSync]:
+    return app[keys.EXTRA]["scene_sync"]
+
+
+async def apply_featured(app: web.Application, show: ShowConfig, sku: str | None) -> None:
+    """Render the featured card now (called by the feature endpoint before it answers,
+    so the next composed frame already shows it)."""
+    sync = app[keys.EXTRA].get("scene_sync", {}).get(show.id)
+    if sync is not None:
+        await asyncio.wrap_future(sync.apply_featured(sku))
+
+
+async def post_ticker(request: web.Request) -> web.Response:
+    show = get_show(request)
+    require_host(request, show)
+    body = await read_json(request)
+    if "text" not in body:
+        raise bad_request('Send {"text": "<message>"} or {"text": null}.')
+    text = body["text"]
+    if text is not None and not isinstance(text, str):
+        raise bad_request("text must be a string or null.")
+    if text is not None:
+        text = " ".join(text.split())  # one line: newlines and tabs become spaces
+        if len(text) > TICKER_MAX_CHARS:
+            raise bad_request(f"text is limited to {TICKER_MAX_CHARS} characters.")
+        text = text or None
+    redis = request.app[keys.REDIS]
+    if text is None:
+        await redis.delete(ticker_key(show.id))
+    else:
+        await redis.set(ticker_key(show.id), text)
+    sync = syncs(request.app).get(show.id)
+    if sync is not None:
+        await asyncio.wrap_future(sync.scene.set_ticker(text))
+    await request.app[keys.BUS].publish(show.id, {"type": "ticker", "text": text})
+    return web.json_response({"ticker": text})
+
+
+async def _state_hook(app: web.Application, show: ShowConfig, state: dict) -> None:
+    raw = await app[keys.REDIS].get(ticker_key(show.id))
+    state["ticker"] = raw.decode() if raw else None
 
 
 def setup(app: web.Application) -> None:
+    from server.routes.shows import add_state_hook
+
     settings = app[keys.SETTINGS]
     # Created at setup (not startup) so the media runtime finds them in its startup hook.
     app[keys.EXTRA]["scenes"] = {
@@ -22,3 +245,33 @@ def setup(app: web.Application) -> None:
         )
         for show in app[keys.SHOWS].values()
     }
+    app[keys.EXTRA]["scene_sync"] = {}
+    app[keys.EXTRA].setdefault("feature_hooks", []).append(apply_featured)
+
+    async def scene_ctx(app: web.Application):
+        # A cleanup context runs before the media one: our interceptors come first.
+        bus = app[keys.BUS]
+        loop = asyncio.get_running_loop()
+        for show in app[keys.SHOWS].values():
+            sync = SceneSync(app, show, scenes(app)[show.id])
+            sync.loop = loop
+            syncs(app)[show.id] = sync
+            bus.set_interceptor(show.id, sync.intercept)
+        yield
+        for show_id, sync in syncs(app).items():
+            bus.set_interceptor(show_id, None)
+            sync.close()
+
+    async def load_scenes(app: web.Application) -> None:
+        # on_startup runs after every cleanup context: the show state (with the checkout
+        # area's availability and drop) is complete by now.
+        for sync in syncs(app).values():
+            try:
+                await sync.load()
+            except Exception:
+                log.exception("show %s: could not load the scene state", sync.show.id)
+
+    app.cleanup_ctx.append(scene_ctx)
+    app.on_startup.append(load_scenes)
+    add_state_hook(app, _state_hook)
+    app.router.add_post("/api/shows/{show}/ticker", post_ticker)
