@@ -283,7 +283,12 @@ class PrintWorker:
             log.info("order %s is already %s; not printing it again", order.order_id, order.status)
             await self._ack(entry_id)
             return
-        planned = await asyncio.to_thread(plan_labels, order, show, self.base_url, job.reprint)
+        try:
+            planned = await asyncio.to_thread(plan_labels, order, show, self.base_url, job.reprint)
+        except Exception as exc:  # a label we cannot lay out: keep the job, tell staff
+            log.exception("order %s: cannot lay out its label; job left pending", order.order_id)
+            await self._set_print_error(order, f"cannot lay out the label: {exc}")
+            return
         planned = [p for p in planned if p.printer.name in self.lanes]
         if not planned:
             await self._set_print_error(order, "the show has no printer for this order")
