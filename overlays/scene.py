@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -130,6 +130,7 @@ class Scene:
         self._plan: BlendPlan | None = None
         self.last_blend_wall: float = 0.0  # time.monotonic() of the last blend
         self.last_render_ms: dict[str, float] = {}
+        self.renders: Counter[str] = Counter()  # layer renders so far (never per frame)
         self.render_now()
 
     # --- state changes (any thread) -----------------------------------------------------
@@ -255,6 +256,7 @@ class Scene:
         t = time.perf_counter()
         out = fn()
         self.last_render_ms[name] = (time.perf_counter() - t) * 1000
+        self.renders[name] += 1
         return out
 
     def render_now(self) -> None:
@@ -385,7 +387,7 @@ class Scene:
     def _prerender_drop(self, slot: _DropSlot, seconds: list[int]) -> None:
         for s in seconds:
             if s not in slot.sprites:
-                slot.sprites[s] = self._drop_sprite(slot.info, s)
+                slot.sprites[s] = self._timed("drop", lambda s=s: self._drop_sprite(slot.info, s))
             slot.pending.discard(s)
         for s in [k for k in slot.sprites if k > max(seconds) + 1]:
             slot.sprites.pop(s, None)
