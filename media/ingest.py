@@ -16,7 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
@@ -42,6 +43,13 @@ async def add_trickle(pc: RTCPeerConnection, remote_ufrag: str | None, frag: Sdp
         candidate.sdpMid = mid if mid is not None else (mids[0] if mids else None)
         with contextlib.suppress(Exception):  # a candidate we cannot use is not an error
             await pc.addIceCandidate(candidate)
+
+
+def shorten_audio_jitter_buffer(receiver: RTCRtpReceiver) -> None:
+    """aiortc holds 4 audio packets (80 ms) before decoding; on the media path that puts
+    audio 50 ms behind the video it belongs to. One packet is enough on a LAN/loopback
+    ingest, and the show's own audio FIFO absorbs jitter."""
+    receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=1)  # type: ignore[attr-defined]
 
 
 class Publisher:
@@ -71,6 +79,9 @@ class Publisher:
         """Apply the WHIP offer; return the SDP answer (ICE candidates included)."""
         self.remote_ufrag = remote_ufrag
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio":
+                shorten_audio_jitter_buffer(transceiver.receiver)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp

@@ -176,3 +176,10 @@ async def test_many_joins_and_plis_force_at_most_one_keyframe_per_second(app):
             await v.close(http)
         await pub.close(http)
         await http.close()
+
+
+def test_audio_fifo_sheds_backlog_to_stay_in_sync():
+    fifo = AudioFifo(capacity=48000, resume_at=1920, high_water=3840)
+    fifo.push(np.ones(960 * 10 * 2, np.int16))  # 200 ms arrived in a burst
+    out, real = fifo.pop(960)
+    assert real and fifo.buffered == 1920, "keeps only ~40 ms queued behind the live edge"
