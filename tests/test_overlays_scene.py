@@ -220,8 +220,8 @@ def test_when_shown_reports_the_first_frame_with_the_change():
 def test_vertical_scene_blends_card_in_lower_half():
     scene = Scene(720, 1280, title="Vertical", show_id="demo", threaded=False)
     scene.set_featured(MUG)
+    scene.blend_into(grey_frame(720, 1280), 0)
     f = grey_frame(720, 1280)
-    scene.blend_into(f, 0)
     scene.blend_into(f, 1000)
     y = frame_planes(f)[0]
     card = scene.layout.card
