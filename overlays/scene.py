@@ -150,17 +150,20 @@ class Scene:
         new sprites are in place. No-op changes resolve at once with the current version."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
-            if not apply(self._state):
-                if self._scheduled or self._dirty:
-                    self._futures.append((self._version, fut))
-                else:
-                    fut.set_result(self._version)
-                return fut
-            self._version += 1
-            self._dirty |= layers_
-            self._futures.append((self._version, fut))
-            schedule = not self._scheduled
-            self._scheduled = True
+            changed = apply(self._state)
+            if changed:
+                self._version += 1
+                self._dirty |= layers_
+            now_done = not changed and not (self._scheduled or self._dirty)
+            if not now_done:
+                self._futures.append((self._version, fut))
+            schedule = changed and not self._scheduled
+            if schedule:
+                self._scheduled = True
+            version = self._version
+        if now_done:  # results are set outside the lock: their callbacks may call back in
+            fut.set_result(version)
+            return fut
         if schedule:
             if self.threaded:
                 _RENDERER.submit(self.render_now)
@@ -261,6 +264,7 @@ class Scene:
 
     def render_now(self) -> None:
         """Render every dirty layer from the current state and swap the sprites in."""
+        done: list[tuple[list[concurrent.futures.Future], int]] = []
         with self._render_lock:
             while True:
                 with self._lock:
@@ -269,8 +273,8 @@ class Scene:
                     version = self._version
                     if not dirty:
                         self._scheduled = False
-                        self._resolve(self._sprites.version)
-                        return
+                        ready = self._take_ready(self._sprites.version)
+                        break
                 try:
                     new = self._render(dirty, state, version)
                 except Exception as exc:  # keep the old picture; report to waiters
@@ -283,17 +287,23 @@ class Scene:
                     raise
                 self._sprites = new  # the atomic swap the compositor sees
                 with self._lock:
-                    self._resolve(version)
+                    done.append((self._take_ready(version), version))
+            done.append((ready, self._sprites.version))
+        # outside both locks: a future's callbacks may change the scene again
+        for futures, v in done:
+            self._set_results(futures, v)
 
-    def _resolve(self, version: int) -> None:
-        keep = []
-        for v, f in self._futures:
-            if v <= version:
-                if not f.done():
-                    f.set_result(version)
-            else:
-                keep.append((v, f))
-        self._futures = keep
+    def _take_ready(self, version: int) -> list[concurrent.futures.Future]:
+        """Futures of changes up to version (under the lock; resolved outside it)."""
+        ready = [f for v, f in self._futures if v <= version]
+        self._futures = [(v, f) for v, f in self._futures if v > version]
+        return ready
+
+    @staticmethod
+    def _set_results(futures: list[concurrent.futures.Future], version: int) -> None:
+        for f in futures:
+            if not f.done():
+                f.set_result(version)
 
     def _render(self, dirty: set[str], state: SceneState, version: int) -> _Sprites:
         lay = self.layout

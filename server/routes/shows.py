@@ -80,6 +80,9 @@ async def feature(request: web.Request) -> web.Response:
         await redis.delete(featured_key(show.id))
     else:
         await redis.set(featured_key(show.id), sku)
+    # e.g. the overlays render the card now, so the next composed frame already shows it
+    for hook in request.app[keys.EXTRA].get("feature_hooks", []):
+        await hook(request.app, show, sku)
     await request.app[keys.BUS].publish(show.id, {"type": "featured", "sku": sku})
     return web.json_response(await show_state(request.app, show))
 
