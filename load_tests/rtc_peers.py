@@ -123,10 +123,19 @@ class ViewerStats:
         return [lat for t, lat in self.samples if start <= t <= end]
 
 
-async def run_viewer(base: str, show: str, stats: ViewerStats, stop: asyncio.Event) -> None:
-    """Watch ``show`` over WHEP until ``stop`` is set, reading every decoded frame's code."""
+async def run_viewer(
+    base: str, show: str, stats: ViewerStats, stop: asyncio.Event, decode: bool = True
+) -> None:
+    """Watch ``show`` over WHEP until ``stop`` is set, reading every decoded frame's code.
+
+    With ``decode=False`` the viewer decodes only its first frame (its join time), then
+    keeps receiving and decrypting every packet but drops them before the decoder: the
+    server's cost is the same, and one measuring process can hold many viewers on a
+    small machine without its own backlog polluting the figures.
+    """
     pc = RTCPeerConnection()
-    prefer_h264(pc.addTransceiver("video", direction="recvonly"))
+    transceiver = pc.addTransceiver("video", direction="recvonly")
+    prefer_h264(transceiver)
     track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
 
     @pc.on("track")
@@ -160,6 +169,11 @@ async def run_viewer(base: str, show: str, stats: ViewerStats, stop: asyncio.Eve
                 arrived = time.time()
                 if stats.join_ms is None:
                     stats.join_ms = (time.perf_counter() - t0) * 1000
+                    if not decode:
+                        # aiortc's own switch for a receiver that must ignore media.
+                        transceiver.receiver._enabled = False
+                        await stop.wait()
+                        break
                 stats.frames += 1
                 code = timecode.read(frame)
                 if code is None:
