@@ -30,8 +30,8 @@ def now_ms() -> int:
 class Events:
     """A real SSE client on /api/shows/{show}/events."""
 
-    def __init__(self, session: aiohttp.ClientSession, show: str = "demo") -> None:
-        self.session, self.show = session, show
+    def __init__(self, app, show: str = "demo") -> None:
+        self.app, self.session, self.show = app, app.session, show
         self.queue: asyncio.Queue[dict] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
@@ -46,6 +46,8 @@ class Events:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        # the server notices a gone SSE client on its next write: give it one now
+        await self.app.app[keys.BUS].publish(self.show, {"type": "bye"})
 
     async def _run(self) -> None:
         async with self.session.get(f"/api/shows/{self.show}/events") as resp:
@@ -83,7 +85,7 @@ def grey(w: int = 640, h: int = 360) -> av.VideoFrame:
 async def test_feature_renders_card_before_answering_and_events_carry_media_ts(app):
     scene = scene_of(app)
     await wait_until(scene.is_compositing, 5)  # the show's compositor is ticking (slate)
-    async with Events(app.session) as events:
+    async with Events(app) as events:
         before = now_ms()
         resp = await app.session.post(
             "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth(STREAM_KEY)
@@ -117,7 +119,7 @@ async def test_bad_input_is_rejected_and_changes_nothing(app):
     assert ok.status == 200
     scene.flush()
     version = scene.version
-    async with Events(app.session) as events:
+    async with Events(app) as events:
         cases = [
             ("feature", {"json": {"sku": "NOPE"}}, app.auth(), 404, "not_found"),
             ("feature", {"json": {"sku": "TEE-02"}}, {}, 401, "unauthorized"),
@@ -155,7 +157,7 @@ async def test_ticker_line_is_set_shown_and_cleared(app):
     empty = grey()
     scene.blend_into(empty, now_ms())
     empty_region = frame_planes(empty)[0][box.y : box.bottom, box.x : box.right].copy()
-    async with Events(app.session) as events:
+    async with Events(app) as events:
         resp = await app.session.post(
             "/api/shows/demo/ticker",
             json={"text": "  Free shipping\ntonight — ¡Olé!  "},
@@ -184,7 +186,7 @@ async def test_stock_and_drop_changes_reach_the_card_within_a_second(app):
     scene = scene_of(app)
     await app.session.post("/api/shows/demo/feature", json={"sku": "TEE-02"}, headers=app.auth())
     assert scene.state.featured.available == 5
-    async with Events(app.session) as events:
+    async with Events(app) as events:
         t0 = time.monotonic()
         resp = await app.session.post(
             "/api/shows/demo/stock", json={"sku": "TEE-02", "available": 0}, headers=app.auth()
