@@ -110,4 +110,4 @@ class Publisher:
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(Exception):
-            await self.pc.close()
+            await asyncio.wait_for(self.pc.close(), 5)

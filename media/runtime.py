@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -80,10 +81,14 @@ class ShowRuntime:
         self.frames_out = 0
         self.slate_frames = 0
         self._frame_callbacks: list[Callable[[int], None]] = []
+        # (wall ms, seconds) of recent frames: source frame arrival -> packets in the fan-out
+        self.latency_samples: deque[tuple[int, float]] = deque(maxlen=3000)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"compose-{show.id}")
         self._tasks: list[asyncio.Task] = []
         self._t0 = time.monotonic()
         self._last_pts = -1
+        self._tokens = 1.0
+        self._token_time = time.monotonic()
         self._source: SourceFrame | None = None
         self._source_yuv: np.ndarray | None = None
 
@@ -101,16 +106,31 @@ class ShowRuntime:
         ]
 
     async def stop(self) -> None:
-        for viewer in list(self.viewers.values()):
-            await viewer.close()
+        for task in self._tasks:
+            task.cancel()
+        sessions = [v.close() for v in list(self.viewers.values())]
         if self.publisher is not None:
-            await self.publisher.close()
+            sessions.append(self.publisher.close())
+        await asyncio.gather(*sessions, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def stats(self) -> dict:
+        """Operator view of the media path (served at /api/shows/{show}/media)."""
+        return {
+            "live": self.live,
+            "viewers": len(self.viewers),
+            "codecs": sorted(self._encoders),
+            "frames_out": self.frames_out,
+            "slate_frames": self.slate_frames,
+            "server_latency_ms": [
+                [wall, round(sec * 1000, 3)] for wall, sec in self.latency_samples
+            ],
+        }
 
     # --- publisher -------------------------------------------------------------------
     async def set_publisher(self, publisher: Publisher) -> None:
@@ -191,23 +211,32 @@ class ShowRuntime:
                 await asyncio.sleep(period)
 
     async def _wait_for_tick(self, last_out: float, period: float) -> float:
-        """Compose as soon as a fresh frame arrives (no slot wait, lower latency), but no
-        faster than ~fps; without fresh frames, repeat/slate at the show's fps."""
+        """Compose as soon as a fresh frame arrives (no waiting in the slot: lower
+        latency), rate-limited to the show's fps by a small token bucket so a jittery
+        publisher is not delayed and a faster one is not passed through; without fresh
+        frames, repeat the last one (or the slate) at the show's fps."""
         while True:
             now = time.monotonic()
-            earliest = last_out + 0.7 * period
+            # Refilled a little faster than the fps: a publisher at the show's own rate
+            # (with clock drift and jitter) never waits; a much faster one is capped.
+            self._tokens = min(3.0, self._tokens + 1.15 * (now - self._token_time) / period)
+            self._token_time = now
             latest = last_out + period * (1.25 if self._publisher_active(now) else 1.0)
-            if now >= latest or (now >= earliest and self.slot.has_new()):
+            if self.slot.has_new() and self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return now
+            if now >= latest:
                 missed = int((now - last_out) / period) - 1
                 if missed > 1 and self.metrics:  # the loop stalled: those ticks are lost
                     self.metrics.dropped_frames.labels(self.show.id, "late").inc(missed)
+                self._tokens = max(0.0, self._tokens - 1.0)
                 return now
-            wake = earliest if self.slot.has_new() else latest
-            if self.slot.has_new():
-                await asyncio.sleep(max(0.0, wake - now))
+            if self.slot.has_new():  # too soon after the previous frame: wait for a token
+                wake = now + (1.0 - self._tokens) * period / 1.15
+                await asyncio.sleep(max(0.0, min(wake, latest) - now))
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.slot.fresh.wait(), max(0.0, wake - now))
+                    await asyncio.wait_for(self.slot.fresh.wait(), max(0.0, latest - now))
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         tick_start = time.monotonic()
@@ -270,7 +299,8 @@ class ShowRuntime:
         self.frames_out += 1
         if fresh is not None and active and self.metrics:
             self.metrics.server_latency.labels(self.show.id).observe(handed - fresh.arrival)
-        self.last_server_latency = handed - fresh.arrival if fresh is not None else None
+        if fresh is not None and active:
+            self.latency_samples.append((wall, handed - fresh.arrival))
 
     def _encode(
         self, frame: av.VideoFrame, pts: int, force: bool, codecs: list[str]

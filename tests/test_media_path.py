@@ -123,6 +123,9 @@ async def test_encoded_once_for_all_viewers(app):
         await asyncio.sleep(1.0)
         assert fanout.seq - seq0 == runtime.frames_out - frames0, "one packet per frame"
         assert set(runtime._encoders) == {"H264"}
+        # A fresh publisher frame is composed and encoded without waiting for a tick.
+        latencies = sorted(sec for _, sec in runtime.latency_samples)
+        assert latencies[len(latencies) // 2] < 0.015, f"median {latencies[len(latencies) // 2]}"
         received = [p.stats.video_frames for p in players]
         assert min(received) > 20
     finally:

@@ -192,6 +192,11 @@ async def _trickle(request: web.Request, session: Publisher | Viewer) -> web.Res
     return web.Response(status=204)
 
 
+async def media_stats(request: web.Request) -> web.Response:
+    """Live media figures for operators and benchmarks (recent server-added latency)."""
+    return web.json_response(_runtime(request).stats())
+
+
 async def options(request: web.Request) -> web.Response:
     get_show(request)
     return web.Response(status=204, headers={"Accept-Post": SDP, "Accept-Patch": SDPFRAG})
@@ -299,5 +304,6 @@ def setup(app: web.Application) -> None:
     r.add_patch("/whep/{show}/{session}", whep_patch)
     r.add_delete("/whep/{show}/{session}", whep_delete)
     r.add_route("OPTIONS", "/whep/{show}/{session}", options)
+    r.add_get("/api/shows/{show}/media", media_stats)
     app.on_response_prepare.append(_cors)
     app.cleanup_ctx.append(media_ctx)
