@@ -199,19 +199,22 @@ def render_card(product: ProductInfo, w: int, h: int, currency: str, unit: float
     card.paste(picture.convert("RGB"), img_box, mask)
 
     draw = ImageDraw.Draw(card)
-    y = pad if wide else pad + img_h + u(10)
     name_size = u(24)
     lines = wrap_lines(product.name, text_w, name_size, 2, bold=True)
+    price = fit_text(format_price(product.price, currency), text_w, u(34), bold=True)
+    stock = stock_line(product.available)
+    s = fit_text(stock[0], text_w - u(18), u(20), bold=True) if stock else None
+    block = len(lines) * int(name_size * 1.15) + int(price.size * 1.25)
+    block += int(s.size * 1.5) if s else 0
+    # wide card: text block centred beside the picture; tall card: under the picture
+    y = pad + max(0, (img_h - block) // 2) if wide else pad + img_h + u(10)
     for line in lines:
         y += int(name_size * 1.15)
         draw.text((text_x, y), line, font=font(name_size, True), fill=INK, anchor="ls")
-    price = fit_text(format_price(product.price, currency), text_w, u(34), bold=True)
     y += int(price.size * 1.25)
     draw.text((text_x, y), price.text, font=font(price.size, True), fill=INK, anchor="ls")
-    stock = stock_line(product.available)
-    if stock is not None:
-        text, colour = stock
-        s = fit_text(text, text_w - u(18), u(20), bold=True)
+    if stock is not None and s is not None:
+        colour = stock[1]
         y += int(s.size * 1.5)
         dot = u(6)
         cy = y - s.size * 0.36
