@@ -72,6 +72,8 @@ class PhaseResult:
     viewers: int
     latencies: list[float] = field(default_factory=list)
     joins: list[float] = field(default_factory=list)
+    answers: list[float] = field(default_factory=list)  # WHEP POST -> answer
+    connects: list[float] = field(default_factory=list)  # WHEP POST -> connected
     frames: int = 0
     unreadable: int = 0
     failed: int = 0
@@ -288,6 +290,10 @@ async def viewer_phase(
     result.publisher_cpu = cpu["publisher"]
     for s in stats:
         result.latencies += s.latencies(start, end)
+        if s.answer_ms is not None:
+            result.answers.append(s.answer_ms)
+        if s.connected_ms is not None:
+            result.connects.append(s.connected_ms)
         if s.join_ms is not None:
             result.joins.append(s.join_ms)
         else:
@@ -466,6 +472,18 @@ def render(opts: Options, floors: Floors, phases: list[PhaseResult], server_view
             f"the two Chromium rows differ by {extra:.0f} ms of join time, which is the "
             "server resolving those names before it answers the WHEP offer."
         )
+    join_rows = [
+        [
+            f"{p.name} x{p.viewers}",
+            percentile(p.answers, 50),
+            percentile(p.connects, 50),
+            percentile(p.joins, 50),
+            percentile(p.answers, 95),
+            percentile(p.connects, 95),
+            percentile(p.joins, 95),
+        ]
+        for p in viewer_phases
+    ]
     g2g_view = server_view.get("glass_to_glass_ms", {})
     join_view = server_view.get("join_ms", {})
     publisher_cpu = median([p.publisher_cpu for p in phases if p.publisher_cpu == p.publisher_cpu])
@@ -492,6 +510,26 @@ def render(opts: Options, floors: Floors, phases: list[PhaseResult], server_view
             "Floors measured in the same run (the comparison):",
             "",
             table(["floor", "p50 ms", "p99 ms"], floor_rows),
+            "",
+            "Where join time goes (aiortc viewers; ms from the WHEP POST):",
+            "",
+            table(
+                [
+                    "row",
+                    "answer p50",
+                    "connected p50",
+                    "first frame p50",
+                    "answer p95",
+                    "connected p95",
+                    "first frame p95",
+                ],
+                join_rows,
+            ),
+            "",
+            "Between 'connected' and 'first frame' a viewer waits for the shared encoder's "
+            "next keyframe; the server forces at most one per second per show (coalescing "
+            "every join and PLI), so while viewers keep arriving a join can wait up to "
+            "~1 s for its keyframe.",
             "",
             "aiortc's receiver releases a frame only when the next frame's first packet "
             "arrives, so aiortc figures include up to one frame interval "

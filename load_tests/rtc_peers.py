@@ -114,6 +114,8 @@ class ViewerStats:
     """What one viewer saw: its join time and (arrival wall s, latency ms) per frame."""
 
     join_ms: float | None = None
+    answer_ms: float | None = None  # WHEP POST -> answer received
+    connected_ms: float | None = None  # WHEP POST -> ICE+DTLS connected
     samples: list[tuple[float, float]] = field(default_factory=list)
     frames: int = 0
     unreadable: int = 0
@@ -144,6 +146,13 @@ async def run_viewer(
             track_ready.set_result(track)
 
     location = None
+    t0 = time.perf_counter()
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState == "connected" and stats.connected_ms is None:
+            stats.connected_ms = (time.perf_counter() - t0) * 1000
+
     timeout = aiohttp.ClientTimeout(total=15)
     async with aiohttp.ClientSession(base, timeout=timeout) as http:
         try:
@@ -159,6 +168,7 @@ async def run_viewer(
                     stats.error = f"WHEP answered {resp.status}: {body[:120]}"
                     return
                 location = resp.headers.get("Location")
+            stats.answer_ms = (time.perf_counter() - t0) * 1000
             await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
             async with asyncio.timeout(10):
                 track = await track_ready
