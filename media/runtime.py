@@ -278,6 +278,11 @@ class ShowRuntime:
 
         pts = max(self._last_pts + 1, int((time.monotonic() - self._t0) * 90000))
         self._last_pts = pts
+        self.frames_out += 1
+        if not self.viewers:
+            # Nobody watches: compose (the scene's timing still holds) but do not encode.
+            # The first viewer's join forces a keyframe when encoding resumes.
+            return
         force = self.gate.should_force(time.monotonic())
         codecs = self.codecs_in_use()
         results = await loop.run_in_executor(
@@ -296,7 +301,6 @@ class ShowRuntime:
                     self.metrics.encode_time.labels(self.show.id, codec).observe(enc.seconds)
         if keyframe:
             self.gate.produced(handed)
-        self.frames_out += 1
         if fresh is not None and active and self.metrics:
             self.metrics.server_latency.labels(self.show.id).observe(handed - fresh.arrival)
         if fresh is not None and active:

@@ -121,7 +121,9 @@ async def test_encoded_once_for_all_viewers(app):
         fanout = runtime.video["H264"]
         seq0, frames0 = fanout.seq, runtime.frames_out
         await asyncio.sleep(1.0)
-        assert fanout.seq - seq0 == runtime.frames_out - frames0, "one packet per frame"
+        assert abs((fanout.seq - seq0) - (runtime.frames_out - frames0)) <= 1, (
+            "one packet per frame"
+        )
         assert set(runtime._encoders) == {"H264"}
         # A fresh publisher frame is composed and encoded without waiting for a tick.
         latencies = sorted(sec for _, sec in runtime.latency_samples)
