@@ -81,6 +81,7 @@ class PhaseResult:
     server_cpu: float = float("nan")  # % of one core
     client_cpu: float = float("nan")
     publisher_cpu: float = float("nan")
+    machine_busy: float = float("nan")  # % of all cores, everything on the machine
     note: str = ""
 
 
@@ -221,17 +222,35 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine, all cores, from /proc/stat."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [int(v) for v in first.split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 class CpuMeter:
+    """CPU use of some processes (% of one core) and of the whole machine (% of all)."""
+
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
         self.t0 = time.monotonic()
         self.c0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.m0 = machine_jiffies()
 
     def percent(self) -> dict[str, float]:
         wall = time.monotonic() - self.t0
-        return {
+        out = {
             name: 100 * (cpu_seconds(pid) - self.c0[name]) / wall for name, pid in self.pids.items()
         }
+        m1 = machine_jiffies()
+        busy, total = m1[0] - self.m0[0], m1[1] - self.m0[1]
+        out["machine"] = 100 * busy / total if total else float("nan")
+        return out
 
 
 # --- phases -------------------------------------------------------------------------------
@@ -287,7 +306,7 @@ async def viewer_phase(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
     result.server_cpu, result.client_cpu = cpu["server"], cpu["measuring"]
-    result.publisher_cpu = cpu["publisher"]
+    result.publisher_cpu, result.machine_busy = cpu["publisher"], cpu["machine"]
     for s in stats:
         result.latencies += s.latencies(start, end)
         if s.answer_ms is not None:
@@ -327,6 +346,7 @@ async def browser_phase(
     result.latencies, result.frames, result.unreadable = got.latencies, got.frames, got.unreadable
     result.joins = [got.join_ms] if got.join_ms is not None else []
     result.server_cpu, result.publisher_cpu = cpu["server"], cpu["publisher"]
+    result.machine_busy = cpu["machine"]
     result.note = got.error or ""
     if got.page == "none":
         result.errors.append(got.error or "browser failed")
@@ -352,7 +372,8 @@ async def measure_floors(opts: Options) -> Floors:
     p2p.latencies, p2p.unreadable = floor.latencies, floor.unreadable
     p2p.joins = [floor.join_ms] if floor.join_ms is not None else []
     p2p.frames = len(floor.latencies) + floor.unreadable
-    p2p.client_cpu = meter.percent()["measuring"]
+    cpu = meter.percent()
+    p2p.client_cpu, p2p.machine_busy = cpu["measuring"], cpu["machine"]
     return Floors(rtt, codec, p2p)
 
 
@@ -408,6 +429,7 @@ def _row(p: PhaseResult, floor_p50: float) -> list[object]:
         percentile(p.joins, 95),
         p.server_cpu,
         p.client_cpu,
+        p.machine_busy,
     ]
 
 
@@ -423,6 +445,7 @@ HEADERS = [
     "join p95 ms",
     "server CPU %",
     "measuring proc CPU %",
+    "whole machine busy %",
 ]
 
 
@@ -500,8 +523,10 @@ def render(opts: Options, floors: Floors, phases: list[PhaseResult], server_view
             "Chromium: `requestVideoFrameCallback` expected display time) minus the capture "
             "time stamped into the publisher's pixels; join = WHEP POST -> first decoded frame "
             "(Chromium: -> first `playing`). Every process runs on this one machine; "
-            "the measuring process decodes every viewer's video itself, so its CPU "
-            "(last column) competes with the server's.",
+            "the measuring process decodes the probe viewers' video itself, so its CPU "
+            "competes with the server's. The last column is the whole machine's CPU use "
+            "(all cores, anything running) during the row: p95/p99 are sensitive to "
+            "other load on a 2-core machine, the medians much less.",
             "",
             table(HEADERS, rows),
             "",
