@@ -81,8 +81,9 @@ class ShowRuntime:
         self.frames_out = 0
         self.slate_frames = 0
         self._frame_callbacks: list[Callable[[int], None]] = []
-        # (wall ms, seconds) of recent frames: source frame arrival -> packets in the fan-out
-        self.latency_samples: deque[tuple[int, float]] = deque(maxlen=3000)
+        # (wall ms, seconds from source frame arrival to packets in the fan-out, of which
+        # encoding) for recent frames
+        self.latency_samples: deque[tuple[int, float, float]] = deque(maxlen=3000)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"compose-{show.id}")
         self._tasks: list[asyncio.Task] = []
         self._t0 = time.monotonic()
@@ -128,8 +129,9 @@ class ShowRuntime:
             "frames_out": self.frames_out,
             "slate_frames": self.slate_frames,
             "server_latency_ms": [
-                [wall, round(sec * 1000, 3)] for wall, sec in self.latency_samples
+                [wall, round(sec * 1000, 3)] for wall, sec, _enc in self.latency_samples
             ],
+            "encode_ms": [[wall, round(enc * 1000, 3)] for wall, _sec, enc in self.latency_samples],
         }
 
     # --- publisher -------------------------------------------------------------------
@@ -304,7 +306,8 @@ class ShowRuntime:
         if fresh is not None and active and self.metrics:
             self.metrics.server_latency.labels(self.show.id).observe(handed - fresh.arrival)
         if fresh is not None and active:
-            self.latency_samples.append((wall, handed - fresh.arrival))
+            encode_s = sum(e.seconds for _c, encs in results for e in encs[:1])
+            self.latency_samples.append((wall, handed - fresh.arrival, encode_s))
 
     def _encode(
         self, frame: av.VideoFrame, pts: int, force: bool, codecs: list[str]

@@ -126,7 +126,7 @@ async def test_encoded_once_for_all_viewers(app):
         )
         assert set(runtime._encoders) == {"H264"}
         # A fresh publisher frame is composed and encoded without waiting for a tick.
-        latencies = sorted(sec for _, sec in runtime.latency_samples)
+        latencies = sorted(sec for _, sec, _enc in runtime.latency_samples)
         assert latencies[len(latencies) // 2] < 0.015, f"median {latencies[len(latencies) // 2]}"
         received = [p.stats.video_frames for p in players]
         assert min(received) > 20
