@@ -90,12 +90,23 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     assert await viewer.locator("#video").evaluate("v => v.muted") is False
     await expect(viewer.locator("#featured")).to_be_hidden()
 
-    # The host features a product: the viewer's card appears, then switches.
+    # The host features a product: the viewer's card appears and the composed picture
+    # shows the product card too; featuring another switches both.
+    before = await picture_card(viewer)
     await host.get_by_role("button", name="Feature Stoneware mug").click()
     await expect(viewer.locator("#f-name")).to_have_text("Stoneware mug", timeout=8000)
+    await wait_for_picture_change(viewer, before)
     await viewer.screenshot(path=artifacts / "web_viewer_featured_mug.png")
+    mug = await picture_card(viewer)
     await host.get_by_role("button", name="Feature Crewneck tee").click()
     await expect(viewer.locator("#f-name")).to_have_text("Crewneck tee", timeout=8000)
+    await wait_for_picture_change(viewer, mug)
+
+    # The host's ticker message reaches the viewer page.
+    await host.get_by_label("Message on the video").fill("Free gift wrap tonight")
+    await host.get_by_role("button", name="Show message").click()
+    await expect(host.locator("#ticker-current")).to_have_text("Free gift wrap tonight")
+    await expect(viewer.locator("#ticker")).to_have_text("Free gift wrap tonight")
     await expect(host.get_by_role("button", name="Unfeature Crewneck tee")).to_have_attribute(
         "aria-pressed", "true"
     )
