@@ -111,6 +111,9 @@ async def reprint(request: web.Request) -> web.Response:
     order = await _staff_order(request)
     if order.status not in PRINTABLE:
         raise conflict("conflict", f"Order is {order.status}; only paid orders have a label.")
+    show = request.app[keys.SHOWS].get(order.show)
+    if show is None or not show.printers:
+        raise conflict("conflict", "This show has no printer to print the label on.")
     await enqueue_reprint(request.app[keys.REDIS], order)
     return web.json_response(
         {"order_id": order.order_id, "number": order.number, "reprint": "queued"}, status=202
