@@ -587,6 +587,13 @@ def save_results(opts: Options, floors: Floors, phases: list[PhaseResult]) -> Pa
     return path
 
 
+def _short(p: PhaseResult) -> str:
+    name = p.name.replace("server, ", "").replace("aiortc viewers", "aiortc")
+    name = name.replace("Chromium (viewer page, no mDNS candidates)", "Chromium\nno mDNS")
+    name = name.replace("Chromium (viewer page)", "Chromium")
+    return f"{name}\nx{p.viewers}"
+
+
 def plot(opts: Options, floors: Floors, phases: list[PhaseResult]) -> Path:
     import matplotlib
 
@@ -606,7 +613,7 @@ def plot(opts: Options, floors: Floors, phases: list[PhaseResult]) -> Path:
     ax1.set_ylabel("fraction of frames")
     ax1.set_title("Glass-to-glass latency (CDF)")
     ax1.legend(fontsize=7)
-    labels = [f"{p.name.replace('server, ', '')}\nx{p.viewers}" for p in phases if p.joins]
+    labels = [_short(p) for p in phases if p.joins]
     data = [p.joins for p in phases if p.joins]
     if data:
         ax2.boxplot(data, whis=(5, 95))
