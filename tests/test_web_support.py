@@ -86,8 +86,8 @@ class PrinterSocket:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
-    async def start(self) -> PrinterSocket:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> PrinterSocket:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
