@@ -225,18 +225,24 @@ def render_card(product: ProductInfo, w: int, h: int, currency: str, unit: float
     return card
 
 
+@lru_cache(maxsize=128)
+def qr_matrix(url: str) -> tuple[tuple[bool, ...], ...]:
+    """The QR modules for a URL (cached: a show features the same few products often)."""
+    qr = qrcode.QRCode(border=0, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(url)
+    qr.make(fit=True)
+    return tuple(tuple(row) for row in qr.get_matrix())
+
+
 def render_qr(url: str, w: int, h: int, unit: float, label: str = "Scan to buy") -> Image.Image:
     """QR code of the buy URL on a white panel, with a short label under it."""
     panel = _panel(w, h, WHITE, max(1, int(round(12 * unit))))
     pad = max(4, int(round(10 * unit)))
     label_h = max(10, int(round(24 * unit)))
-    qr = qrcode.QRCode(border=0, error_correction=qrcode.constants.ERROR_CORRECT_M)
-    qr.add_data(url)
-    qr.make(fit=True)
-    modules = qr.modules_count
+    matrix = qr_matrix(url)
+    modules = len(matrix)
     side = min(w - 2 * pad, h - 2 * pad - label_h)
     scale = max(1, side // modules)  # whole pixels per module: crisp edges for scanners
-    matrix = qr.get_matrix()
     code = Image.new("L", (modules, modules), 255)
     code.putdata([0 if cell else 255 for row in matrix for cell in row])
     code = code.resize((modules * scale, modules * scale), Image.Resampling.NEAREST)

@@ -35,6 +35,7 @@ class Events:
         self.queue: asyncio.Queue[dict] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self.held: list[dict] = []
 
     async def __aenter__(self) -> Events:
         self._task = asyncio.create_task(self._run())
@@ -58,16 +59,19 @@ class Events:
                     await self.queue.put(json.loads(line[6:]))
 
     async def next(self, kind: str, within: float = 5.0) -> dict:
+        """The next event of this type; others stay queued (in their order) for later."""
+
         async def find() -> dict:
             while True:
-                event = await self.queue.get()
-                if event.get("type") == kind:
-                    return event
+                for i, event in enumerate(self.held):
+                    if event.get("type") == kind:
+                        return self.held.pop(i)
+                self.held.append(await self.queue.get())
 
         return await asyncio.wait_for(find(), within)
 
     def drain(self) -> list[dict]:
-        out = []
+        out, self.held = self.held, []
         while not self.queue.empty():
             out.append(self.queue.get_nowait())
         return out
@@ -111,15 +115,19 @@ async def test_feature_renders_card_before_answering_and_events_carry_media_ts(a
 
 async def test_bad_input_is_rejected_and_changes_nothing(app):
     scene = scene_of(app)
-    ok = await app.session.post(
-        "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth()
-    )
-    assert ok.status == 200
-    ok = await app.session.post("/api/shows/demo/ticker", json={"text": "Hi"}, headers=app.auth())
-    assert ok.status == 200
-    scene.flush()
-    version = scene.version
     async with Events(app) as events:
+        ok = await app.session.post(
+            "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth()
+        )
+        assert ok.status == 200
+        ok = await app.session.post(
+            "/api/shows/demo/ticker", json={"text": "Hi"}, headers=app.auth()
+        )
+        assert ok.status == 200
+        await events.next("featured")
+        await events.next("ticker")
+        scene.flush()
+        version = scene.version
         cases = [
             ("feature", {"json": {"sku": "NOPE"}}, app.auth(), 404, "not_found"),
             ("feature", {"json": {"sku": "TEE-02"}}, {}, 401, "unauthorized"),
