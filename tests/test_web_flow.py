@@ -9,7 +9,9 @@ import re
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.conftest import wait_until
+from media.client import WhipPublisher
+from media.testsrc import TestPatternTrack
+from tests.conftest import STREAM_KEY, wait_until
 from tests.test_web_support import (
     DESKTOP,
     PHONE,
@@ -171,3 +173,34 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await expect(status).to_have_attribute("data-status", "fulfilled", timeout=10000)
     await expect(status).to_contain_text("Fulfilled")
     await viewer.screenshot(path=artifacts / "web_viewer_fulfilled.png", full_page=True)
+
+
+@pytest.mark.timeout(90)
+async def test_host_previews_the_composed_output_of_a_pocketcam(
+    make_app, write_manifest, artifacts
+):
+    app = await make_app([write_manifest("demo", width=320, height=180, fps=15)])
+    publisher = WhipPublisher(f"{app.url}/whip/demo", STREAM_KEY, TestPatternTrack(320, 180, 15))
+    await publisher.start(app.session)
+    errors = JsErrors()
+    try:
+        async with chromium() as browser:
+            _, host = await new_page(browser, errors, "host", DESKTOP)
+            await staff_login(host, app.url, "/shows/demo/host")
+            await expect(host.locator("#live-badge")).to_have_text("Live", timeout=15000)
+            preview = host.get_by_role("button", name="Preview the show output")
+            await preview.click()
+            await host.wait_for_function(
+                "() => { const v = document.getElementById('preview');"
+                " return v.videoWidth === 320 && v.currentTime > 0.3; }",
+                timeout=20000,
+            )
+            await expect(host.locator("#video-status")).to_have_text("Previewing what viewers see.")
+            await host.screenshot(path=artifacts / "web_host_preview.png")
+            await host.get_by_role("button", name="Stop the preview").click()
+            await expect(host.locator("#video-status")).to_have_text(
+                "Not broadcasting from this browser."
+            )
+    finally:
+        await publisher.close(app.session)
+    assert errors.unexpected() == []
