@@ -87,10 +87,14 @@ class EncodedPattern(MediaStreamTrack):
         return out[0].packet
 
 
+DELIVERED = [0]  # complete video frames reassembled by all load-generator viewers
+
+
 class _NoDecode:
-    """Load-generator viewers receive and depacketise, but do not decode."""
+    """Load-generator viewers receive and reassemble frames, but do not decode."""
 
     def decode(self, encoded_frame) -> list:
+        DELIVERED[0] += 1
         return []
 
 
@@ -197,6 +201,8 @@ class Point:
     viewers: int
     cpu_cores: float  # server CPU seconds per wall second
     kpps_per_viewer: float  # RTP packets/s each viewer received (x1000)
+    fps_per_viewer: float = 0.0  # video frames/s each viewer received (mean)
+    full_rate_viewers: float = 0.0  # viewers x received fps / show fps
     latency_ms: list[float] = field(default_factory=list)
     encode_ms: list[float] = field(default_factory=list)
 
@@ -207,10 +213,12 @@ class Series:
     points: list[Point] = field(default_factory=list)
 
     def slope(self) -> tuple[float, float]:
-        """Least-squares (base cores, cores per viewer) over the points with viewers
-        (with none, neither path encodes at all)."""
+        """Least-squares (base cores, cores per full-rate viewer) over the points with
+        viewers (with none, neither path encodes at all). A viewer counts by the share of
+        the show's frames it received, so a starved naive encoder that skips frames is
+        not mistaken for a cheap one."""
         pts = [p for p in self.points if p.viewers > 0]
-        xs = [p.viewers for p in pts]
+        xs = [p.full_rate_viewers for p in pts]
         ys = [p.cpu_cores for p in pts]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mx) ** 2 for x in xs) or 1.0
@@ -282,13 +290,18 @@ async def measure(kind: str, cfg: Config, folder: Path, redis_url: str) -> Serie
                     viewers.append(await start_viewer(http, base))
                 await asyncio.sleep(cfg.warmup_s)
                 pk0 = [await packets_received(pc) for pc, _ in viewers]
+                f0 = DELIVERED[0]
                 c0, t0 = cpu_seconds(proc.pid), time.monotonic()
                 wall0 = time.time() * 1000
                 await asyncio.sleep(cfg.window_s)
                 c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+                f1 = DELIVERED[0]
                 pk1 = [await packets_received(pc) for pc, _ in viewers]
                 rates = [(b - a) / (t1 - t0) for a, b in zip(pk0, pk1, strict=True)]
                 point = Point(count, (c1 - c0) / (t1 - t0), median(rates) / 1000 if rates else 0)
+                if count:
+                    point.fps_per_viewer = (f1 - f0) / (t1 - t0) / count
+                    point.full_rate_viewers = count * min(1.0, point.fps_per_viewer / cfg.fps)
                 if kind == "ours":
                     async with http.get(f"{base}/api/shows/demo/media") as resp:
                         stats = await resp.json()
@@ -299,7 +312,8 @@ async def measure(kind: str, cfg: Config, folder: Path, redis_url: str) -> Serie
                 series.points.append(point)
                 print(
                     f"  {kind:5} viewers={count:3d} cpu={point.cpu_cores:.3f} cores "
-                    f"rx={point.kpps_per_viewer * 1000:.0f} pkt/s/viewer",
+                    f"rx={point.kpps_per_viewer * 1000:.0f} pkt/s/viewer "
+                    f"{point.fps_per_viewer:.1f} fps/viewer",
                     flush=True,
                 )
         finally:
@@ -379,12 +393,13 @@ def report(cfg: Config, ours: Series, naive: Series) -> tuple[str, bool]:
                 else ["-", "-"]
             )
             rows.append(
-                [series.name, p.viewers, f"{p.cpu_cores:.3f}", f"{p.kpps_per_viewer * 1000:.0f}"]
+                [series.name, p.viewers, f"{p.cpu_cores:.3f}", f"{p.fps_per_viewer:.1f}",
+                 f"{p.kpps_per_viewer * 1000:.0f}"]
                 + lat_cells
-            )
+            )  # fmt: skip
     points = table(
-        ["path", "viewers", "server CPU (cores)", "RTP pkt/s per viewer", "latency p50 ms",
-         "latency p99 ms"],
+        ["path", "viewers", "server CPU (cores)", "fps per viewer", "RTP pkt/s per viewer",
+         "latency p50 ms", "latency p99 ms"],
         rows,
     )  # fmt: skip
     summary = table(
