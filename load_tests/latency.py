@@ -85,6 +85,7 @@ class PhaseResult:
     client_cpu: float = float("nan")
     publisher_cpu: float = float("nan")
     machine_busy: float = float("nan")  # % of all cores, everything on the machine
+    server_added: list[float] = field(default_factory=list)  # server's own per-frame ms
     note: str = ""
 
 
@@ -281,6 +282,24 @@ async def wait_for_picture(base: str, limit_s: float = 30) -> None:
         )
 
 
+async def server_added_ms(base: str, start: float, end: float) -> list[float]:
+    """The server's own per-frame figures (source frame in -> packets handed to the
+    fan-out, ms) for frames composed between ``start`` and ``end`` (epoch s)."""
+    try:
+        async with aiohttp.ClientSession(base, timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.get(f"/api/shows/{SHOW}/media") as resp:
+                if resp.status != 200:
+                    return []
+                data = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return []
+    return [
+        float(ms)
+        for wall, ms in data.get("server_latency_ms", [])
+        if start * 1000 <= wall <= end * 1000
+    ]
+
+
 async def viewer_phase(
     base: str, n: int, opts: Options, pids: dict[str, int | None]
 ) -> PhaseResult:
@@ -309,6 +328,7 @@ async def viewer_phase(
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+    result.server_added = await server_added_ms(base, start, end)
     result.server_cpu, result.client_cpu = cpu["server"], cpu["measuring"]
     result.publisher_cpu, result.machine_busy = cpu["publisher"], cpu["machine"]
     for s in stats:
@@ -345,12 +365,15 @@ async def browser_phase(
     except TimeoutError:
         got = BrowserResult(page="none", error="Chromium measurement timed out")
     cpu = meter.percent()
+    end = time.time()
     label = got.page if mdns else f"{got.page}, no mDNS candidates"
     result = PhaseResult(name=f"server, Chromium ({label})", viewers=1)
     result.latencies, result.frames, result.unreadable = got.latencies, got.frames, got.unreadable
     result.joins = [got.join_ms] if got.join_ms is not None else []
     result.server_cpu, result.publisher_cpu = cpu["server"], cpu["publisher"]
     result.machine_busy = cpu["machine"]
+    # The page measures over the last `seconds` of this window.
+    result.server_added = await server_added_ms(base, end - opts.seconds, end)
     result.note = got.error or ""
     if got.page == "none":
         result.errors.append(got.error or "browser failed")
@@ -429,6 +452,8 @@ def _row(p: PhaseResult, floor_p50: float) -> list[object]:
         percentile(p.latencies, 95),
         percentile(p.latencies, 99),
         p50 - floor_p50,
+        percentile(p.server_added, 50),
+        percentile(p.server_added, 95),
         percentile(p.joins, 50),
         percentile(p.joins, 95),
         p.server_cpu,
@@ -445,6 +470,8 @@ HEADERS = [
     "g2g p95 ms",
     "g2g p99 ms",
     "added over p2p floor (p50) ms",
+    "in server p50 ms",
+    "in server p95 ms",
     "join p50 ms",
     "join p95 ms",
     "server CPU %",
@@ -560,11 +587,17 @@ def render(opts: Options, floors: Floors, phases: list[PhaseResult], server_view
             "every join and PLI), so while viewers keep arriving a join can wait up to "
             "~1 s for its keyframe.",
             "",
+            "'in server' is the server's own per-frame figure for the same window (source "
+            "frame received -> its packets handed to the fan-out: decode wait, compose, "
+            "one shared encode), from `GET /api/shows/{show}/media`.",
+            "",
             "aiortc's receiver releases a frame only when the next frame's first packet "
-            "arrives, so aiortc figures include up to one frame interval "
-            f"({1000 / opts.fps:.0f} ms) that a browser does not add; the peer-to-peer "
-            "floor has the same, so the 'added over floor' column is the server's own "
-            "share (decode, compose, one shared encode, fan-out).",
+            "arrives, so every aiortc receiver holds a frame for up to one frame interval "
+            f"({1000 / opts.fps:.0f} ms) that a browser does not. The peer-to-peer floor "
+            "pays that once; the server path pays it twice, because the server's WHIP "
+            "ingest is an aiortc receiver too. So 'added over floor' is that second hold "
+            "plus the server's decode, and the 'in server' columns (compose + one shared "
+            "encode + fan-out) are the rest.",
             "",
             f"Server's own view from viewer reports (`GET /api/shows/{{show}}/stats`, "
             f"per-viewer medians): g2g p50 {g2g_view.get('p50')} ms, p95 {g2g_view.get('p95')} ms "
