@@ -205,6 +205,7 @@ class Point:
     full_rate_viewers: float = 0.0  # viewers x received fps / show fps
     latency_ms: list[float] = field(default_factory=list)
     encode_ms: list[float] = field(default_factory=list)
+    skips: int = 0  # viewers that fell behind and skipped to a keyframe (cumulative)
 
 
 @dataclass
@@ -309,11 +310,12 @@ async def measure(kind: str, cfg: Config, folder: Path, redis_url: str) -> Serie
                         ms for wall, ms in stats["server_latency_ms"] if wall >= wall0
                     ]
                     point.encode_ms = [ms for wall, ms in stats["encode_ms"] if wall >= wall0]
+                    point.skips = stats["viewer_skips"]
                 series.points.append(point)
                 print(
                     f"  {kind:5} viewers={count:3d} cpu={point.cpu_cores:.3f} cores "
                     f"rx={point.kpps_per_viewer * 1000:.0f} pkt/s/viewer "
-                    f"{point.fps_per_viewer:.1f} fps/viewer",
+                    f"{point.fps_per_viewer:.1f} fps/viewer skips={point.skips}",
                     flush=True,
                 )
         finally:
@@ -420,7 +422,9 @@ def report(cfg: Config, ours: Series, naive: Series) -> tuple[str, bool]:
         f"encode-once points: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(lat)} frames); of "
         f"which the H.264 encode: p50 {percentile(enc, 50):.1f} ms, p99 "
         f"{percentile(enc, 99):.1f} ms. Load average (all processes on the machine) "
-        f"{cfg.load_before} before the run, {load_average()} after.\n\n"
+        f"{cfg.load_before} before the run, {load_average()} after. Times a viewer fell "
+        f"behind and skipped ahead to a keyframe: {ours.points[-1].skips if ours.points else 0}."
+        f"\n\n"
         f"Targets: >= 100 viewers/core: {'met' if ok_core else 'NOT met'}; >= 20x naive: "
         f"{'met' if ok_ratio else 'NOT met'}; p99 < 40 ms: {'met' if ok_lat else 'NOT met'}.\n\n"
         f"{points}\n"

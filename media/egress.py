@@ -56,9 +56,12 @@ class FanoutTrack(MediaStreamTrack):
             self.cursor = self.fanout.cursor(now_ms=now_ms())
             if self.cursor.waiting_for_keyframe:
                 self.runtime.request_keyframe("join")
+        skipped = self.cursor.skipped
         entry = await self.cursor.next()
         if self.readyState != "live":
             raise MediaStreamError
+        if self.cursor.skipped != skipped:
+            self.runtime.viewer_skipped(self.kind)
         self.packets += 1
         if self.first_packet_at is None:
             self.first_packet_at = time.monotonic()

@@ -80,6 +80,7 @@ class ShowRuntime:
         self.live = False
         self.frames_out = 0
         self.slate_frames = 0
+        self.viewer_skips = 0
         self._frame_callbacks: list[Callable[[int], None]] = []
         # (wall ms, seconds from source frame arrival to packets in the fan-out, of which
         # encoding) for recent frames
@@ -128,6 +129,7 @@ class ShowRuntime:
             "codecs": sorted(self._encoders),
             "frames_out": self.frames_out,
             "slate_frames": self.slate_frames,
+            "viewer_skips": self.viewer_skips,
             "server_latency_ms": [
                 [wall, round(sec * 1000, 3)] for wall, sec, _enc in self.latency_samples
             ],
@@ -189,6 +191,12 @@ class ShowRuntime:
         self.gate.request()
         if self.metrics:
             self.metrics.keyframes.labels(self.show.id).inc()
+
+    def viewer_skipped(self, kind: str) -> None:
+        """A viewer fell behind and skipped ahead (to a keyframe, for video)."""
+        self.viewer_skips += 1
+        if self.metrics:
+            self.metrics.dropped_frames.labels(self.show.id, f"viewer_behind_{kind}").inc()
 
     def after_next_frame(self, fn: Callable[[int], None]) -> None:
         """Call ``fn(wall_ms)`` once the next composed frame exists (for ``media_ts``)."""
