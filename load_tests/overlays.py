@@ -18,6 +18,7 @@ premultiplied YUVA), and the per-frame cost while the card slides in.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from decimal import Decimal
 
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     n_fast, n_naive, n_render = (200, 10, 3) if args.quick else (3000, 150, 30)
     suffix = "-quick" if args.quick else ""
 
+    load_before = os.getloadavg()[0]
     results = [measure_size(w, h, n_fast, n_naive) for w, h in SIZES]
     renders = {f"{w}x{h}": measure_renders(w, h, n_render) for w, h in SIZES}
 
@@ -319,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     check_lines = "\n".join(f"{text}: {'met' if ok else 'NOT met'}" for text, ok in checks)
+    load_after = os.getloadavg()[0]
     pictures = save_frames(results, suffix)
     chart = plot(results, renders, suffix)
     body = "\n\n".join(
@@ -333,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             "(Pillow drawing + conversion to premultiplied YUVA at its position):",
             render_table,
             check_lines,
+            f"Load average during the run: {load_before:.1f} -> {load_after:.1f} on "
+            f"{os.cpu_count()} cores (shared with other work: p99s include preemption).",
             f"Plot: `{chart}`. Composed frames: " + ", ".join(f"`{p}`" for p in pictures) + ".",
         ]
     )
