@@ -159,7 +159,7 @@ export class WhepPlayer {
       const stats = await this.pc.getStats();
       for (const report of stats.values()) {
         if (report.type === "inbound-rtp" && report.kind === "video" && report.jitterBufferEmittedCount) {
-          return (1000 * report.jitterBufferDelay) / report.jitterBufferEmittedCount + 30;
+          return (1000 * report.jitterBufferDelay) / report.jitterBufferEmittedCount + 16;
         }
       }
     } catch (_) { /* closed meanwhile */ }
