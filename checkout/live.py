@@ -8,7 +8,6 @@ current value of each dirty sku at most ``per_second`` times a second per proces
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -45,6 +44,7 @@ class StockNotifier:
         self._dirty: dict[str, set[str]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._closing = False
 
     def touch(self, show_id: str, sku: str) -> None:
         self._dirty.setdefault(show_id, set()).add(sku)
@@ -54,15 +54,20 @@ class StockNotifier:
         self._task = asyncio.create_task(self._run(), name="stock-notifier")
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): a cancellation that lands inside the Redis client
+        # can be swallowed there, and the loop must still end.
+        self._closing = True
+        self._wake.set()
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.flush()
             except Exception as exc:  # Redis hiccup: the next change retries

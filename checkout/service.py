@@ -79,6 +79,7 @@ class Commerce:
         self.webhook_secret: str | None = None
         self.notifier = StockNotifier(redis, publish, self.drop_event_view)
         self._reaper: asyncio.Task | None = None
+        self._closing = asyncio.Event()
         self._webhook_id = f"showroom-{uuid.uuid4().hex[:12]}"
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -110,10 +111,11 @@ class Commerce:
         self._reaper = asyncio.create_task(self._reap_forever(), name="checkout-reaper")
 
     async def stop(self) -> None:
+        self._closing.set()
         if self._reaper:
+            # The flag ends the loop even if a cancellation is swallowed inside Redis I/O.
             self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+            await asyncio.wait({self._reaper}, timeout=5)
         await self.notifier.stop()
         if self.gateway is not None:
             if self.stripe and self.stripe.sandbox:
@@ -141,14 +143,15 @@ class Commerce:
 
     # --- reaper ------------------------------------------------------------------------
     async def _reap_forever(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 await self.reap_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: try again next tick
                 log.warning("checkout reaper: %s", exc)
-            await asyncio.sleep(REAP_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), REAP_INTERVAL_S)
 
     async def reap_once(self) -> None:
         for show, sku in await reap_expired_holds(self.redis):
