@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -292,6 +293,12 @@ def report(
         rows,
     )
     body += "\n\n" + "\n".join(f"- {n}" for n in notes)
+    load = os.getloadavg()[0]
+    body += (
+        f"\n\nLoad average (1 min) at the end of the run: {load:.1f} on {os.cpu_count()} cores; "
+        "a busy machine delays frames irregularly, and the browser's default jitter buffer "
+        "then grows by itself, which the page's playout estimate follows."
+    )
     body += f"\n\nPlot: `{path.relative_to(RESULTS.parents[1])}`.\n"
     return body
 
