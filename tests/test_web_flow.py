@@ -161,6 +161,12 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await viewer.screenshot(path=artifacts / "web_viewer_ready.png", full_page=True)
     await expect(host.locator("#n-orders")).to_have_text("1", timeout=20000)
     await expect(host.locator("#n-revenue")).to_have_text("$32.00")
+    # Conversion of the segment the order was paid in: 1 order from 1 viewer.
+    segment = host.locator("#segments tr").first
+    await expect(segment).to_contain_text("Crewneck tee (now)")
+    await expect(segment.locator("td").nth(3)).to_have_text("1")
+    await expect(segment.locator("td").nth(4)).to_have_text("100.0%", timeout=10000)
+    await expect(host.locator("#segments tr").nth(1)).to_contain_text("Stoneware mug")
 
     # Staff see it ready to pick and mark it fulfilled; the viewer sees that live.
     await host.goto(f"{app.url}/staff")
