@@ -127,3 +127,34 @@ async def test_show_states_follow_the_publisher_and_leaving_ends_the_session(
         sent = await page.evaluate("localStorage.getItem('sr-delete')")
         assert re.search(r"/whep/demo/[^/ ]+ keepalive=true$", sent or ""), sent
     assert errors.unexpected() == []
+
+
+@pytest.mark.timeout(90)
+async def test_reload_mid_checkout_resumes_the_test_card_payment(
+    make_app, write_manifest, stripe_sandbox, artifacts
+):
+    app = await make_app([write_manifest("demo")], stripe_api_base=stripe_sandbox.url)
+    errors = JsErrors()
+    async with chromium() as browser:
+        _, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True, has_touch=True)
+        await page.goto(f"{app.url}/shows/demo")
+        await page.get_by_role("button", name="Add Crewneck tee to cart").tap()
+        await page.get_by_role("button", name="Checkout").tap()
+        await page.get_by_label("Name (for pickup)").fill("Reload Rita")
+        await page.get_by_label("Email (for your receipt)").fill("rita@example.com")
+        await page.get_by_role("button", name="Continue to payment").tap()
+        await expect(page.get_by_label("Test card number")).to_be_visible()
+
+        await page.reload()
+        await expect(page.get_by_label("Test card number")).to_be_visible()
+        await expect(page.locator("#card-pay")).to_have_text("Pay $32.00 (test)")
+        await page.get_by_label("Test card number").fill("4242424242424242")
+        await page.get_by_label("Expiry (MM/YY)").fill("1/2034")
+        await page.get_by_label("CVC").fill("123")
+        await page.locator("#card-pay").tap()
+        status = page.locator("#order-status")
+        await expect(status).to_have_attribute("data-status", "paid", timeout=20000)
+        await expect(status).to_contain_text("Paid")
+        await expect(page.locator("#checkout")).to_be_hidden()
+        await page.screenshot(path=artifacts / "web_viewer_resumed_paid.png", full_page=True)
+    assert errors.unexpected() == []

@@ -424,12 +424,23 @@ function showOrder() {
 }
 
 let orderPoll = null;
-async function refreshOrder() {
+function resumePayment(order) {
+  $("checkout").hidden = false;
+  $("buyer-form").hidden = true;
+  $("card-form").hidden = false;
+  setText("card-pay", `Pay ${money(order.amount, order.currency)} (test)`);
+}
+
+async function refreshOrder(resume = false) {
   if (!state.order) return;
   const resp = await api("GET", `/api/orders/${encodeURIComponent(state.order.order_id)}`);
   if (resp.ok) {
     state.order = { ...state.order, ...resp.data };
     if (SHOWN_STATUSES.has(resp.data.status)) showOrder();
+    if (["expired", "refunded"].includes(resp.data.status)) $("checkout").hidden = true;
+    if (resume && ["pending_payment", "payment_failed"].includes(resp.data.status) && cfg.sandbox) {
+      resumePayment(state.order); // reloaded mid-checkout: its items are still held for it
+    }
   } else if (resp.status === 404 || resp.status === 401) {
     localStorage.removeItem(ORDER_KEY);
     state.order = null;
@@ -437,7 +448,7 @@ async function refreshOrder() {
   }
   clearTimeout(orderPoll);
   // Events bring changes instantly; the slow poll covers a dropped event stream.
-  if (state.order && !["fulfilled", "expired", "refunded"].includes(state.order.status)) orderPoll = setTimeout(refreshOrder, 5000);
+  if (state.order && !["fulfilled", "expired", "refunded"].includes(state.order.status)) orderPoll = setTimeout(() => refreshOrder(), 5000);
 }
 
 // --- live events ----------------------------------------------------------------------
@@ -529,7 +540,7 @@ async function main() {
   const saved = localStorage.getItem(ORDER_KEY);
   if (saved) {
     state.order = { order_id: saved, status: "pending_payment" };
-    refreshOrder();
+    refreshOrder(true);
   }
   $("f-buy").addEventListener("click", () => state.featured && buy(state.featured));
   player.start();
