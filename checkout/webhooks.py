@@ -64,16 +64,18 @@ async def _order_for_intent(redis, intent: dict) -> str | None:
 async def handle_event(
     redis, event: dict, refund: Callable[[str], Awaitable[None]] | None = None
 ) -> Outcome:
-    """Apply one verified event. Idempotent: a replay returns duplicate=True."""
-    first = await redis.set(keys.WEBHOOK_SEEN.format(id=event["id"]), 1, nx=True, ex=SEEN_TTL_S)
-    if not first:
+    """Apply one verified event. Idempotent: a replay returns duplicate=True.
+
+    The event id is remembered only after the event was applied: if Redis fails half
+    way, Stripe's retry applies it again (the forward-only state machine makes a second
+    application harmless), instead of being skipped as already seen.
+    """
+    seen = keys.WEBHOOK_SEEN.format(id=event["id"])
+    if await redis.exists(seen):
         return Outcome(None, None, changed=False, duplicate=True)
-    try:
-        return await _apply(redis, event, refund)
-    except Exception:
-        # Not applied: forget the id so Stripe's retry gets another chance.
-        await redis.delete(keys.WEBHOOK_SEEN.format(id=event["id"]))
-        raise
+    outcome = await _apply(redis, event, refund)
+    await redis.set(seen, 1, ex=SEEN_TTL_S)
+    return outcome
 
 
 async def _apply(redis, event: dict, refund) -> Outcome:
