@@ -64,7 +64,7 @@ async def test_watch_buy_pay_print_fulfil(make_app, write_manifest, stripe_sandb
         manifest = write_manifest("demo", printers=printer_toml(printer.url))
         app = await make_app([manifest], stripe_api_base=stripe_sandbox.url)
         errors = JsErrors()
-        async with chromium() as browser:
+        async with chromium(app) as browser:
             await run_show(app, browser, errors, printer, artifacts)
         # The only errors: the browser's own log line for the declined card's 402 answer.
         assert errors.unexpected("status of 402") == []
@@ -190,7 +190,7 @@ async def test_host_previews_the_composed_output_of_a_pocketcam(
     await publisher.start(app.session)
     errors = JsErrors()
     try:
-        async with chromium() as browser:
+        async with chromium(app) as browser:
             _, host = await new_page(browser, errors, "host", DESKTOP)
             await staff_login(host, app.url, "/shows/demo/host")
             await expect(host.locator("#live-badge")).to_have_text("Live", timeout=15000)

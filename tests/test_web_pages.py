@@ -154,7 +154,7 @@ async def test_names_buyers_and_ticker_are_shown_as_text_never_run(make_app, tmp
     ) as r:
         assert r.status == 200
     errors = JsErrors()
-    async with chromium() as browser:
+    async with chromium(app) as browser:
         _, viewer = await new_page(browser, errors, "viewer", PHONE)
         await viewer.goto(f"{app.url}/shows/demo")
         await viewer.locator("#f-name").filter(has_text="<script>").wait_for()
@@ -191,7 +191,7 @@ async def test_every_page_loads_without_javascript_errors(make_app, artifacts):
     app = await make_app()
     order = await make_order(app)
     errors = JsErrors()
-    async with chromium() as browser:
+    async with chromium(app) as browser:
         _, page = await new_page(browser, errors, "pages", DESKTOP)
         await page.goto(f"{app.url}/")
         await page.get_by_role("link", name="Test Show demo").click()

@@ -46,7 +46,7 @@ async def test_printer_down_order_needs_attention_then_prints_and_is_fulfilled(
     app = await make_app([manifest], stripe_api_base=stripe_sandbox.url)
     errors = JsErrors()
     printer = PrinterSocket()
-    async with chromium() as browser:
+    async with chromium(app) as browser:
         _, staff = await new_page(browser, errors, "staff", DESKTOP)
         await staff_login(staff, app.url, "/staff")
         order = await buy_and_pay(app, "Linus Floor")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from server import keys
 from tests.conftest import STAFF_PASSWORD
 
 CHROMIUM = "/usr/bin/chromium"
@@ -31,13 +32,19 @@ DESKTOP = {"width": 1280, "height": 900}
 
 
 @contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
+async def chromium(app=None) -> AsyncIterator[Browser]:
+    """Chromium for one test. With the test's app: once the browser is gone, one event
+    goes to every show so the server's event streams notice their closed clients now
+    (a stream only learns that when it next writes) and the app stops without waiting."""
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
             await browser.close()
+            if app is not None:
+                for show_id in app.app[keys.SHOWS]:
+                    await app.app[keys.BUS].publish(show_id, {"type": "closing"})
 
 
 @dataclass

@@ -34,7 +34,7 @@ stock = 1
 async def test_sold_out_limit_and_expired_hold_are_explained(make_app, write_manifest, artifacts):
     app = await make_app([write_manifest("demo", products=PRODUCTS)], hold_seconds=5)
     errors = JsErrors()
-    async with chromium() as browser:
+    async with chromium(app) as browser:
         ctx, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True, has_touch=True)
         # This phone's live events are lost (a flaky connection), so its page still
         # offers the lamp after someone else took the last one.
@@ -88,7 +88,7 @@ async def test_show_states_follow_the_publisher_and_leaving_ends_the_session(
     async def no_viewers() -> bool:
         return await viewers() == 0
 
-    async with chromium() as browser:
+    async with chromium(app) as browser:
         _, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True)
         # Remember (in storage that outlives the page) each DELETE the page sends.
         await page.add_init_script(
@@ -135,7 +135,7 @@ async def test_reload_mid_checkout_resumes_the_test_card_payment(
 ):
     app = await make_app([write_manifest("demo")], stripe_api_base=stripe_sandbox.url)
     errors = JsErrors()
-    async with chromium() as browser:
+    async with chromium(app) as browser:
         _, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True, has_touch=True)
         await page.goto(f"{app.url}/shows/demo")
         await page.get_by_role("button", name="Add Crewneck tee to cart").tap()
@@ -158,3 +158,34 @@ async def test_reload_mid_checkout_resumes_the_test_card_payment(
         await expect(page.locator("#checkout")).to_be_hidden()
         await page.screenshot(path=artifacts / "web_viewer_resumed_paid.png", full_page=True)
     assert errors.unexpected() == []
+
+
+@pytest.mark.timeout(120)
+async def test_full_show_retries_and_plays_when_a_seat_frees(make_app, write_manifest, artifacts):
+    app = await make_app(
+        [write_manifest("demo", width=320, height=180, fps=15)], max_viewers_per_show=1
+    )
+    publisher = WhipPublisher(f"{app.url}/whip/demo", STREAM_KEY, TestPatternTrack(320, 180, 15))
+    await publisher.start(app.session)
+    errors = JsErrors()
+    playing = "() => document.getElementById('video').currentTime > 0.3"
+    try:
+        async with chromium(app) as browser:
+            _, first = await new_page(browser, errors, "first", PHONE)
+            await first.goto(f"{app.url}/shows/demo")
+            await first.wait_for_function(playing, timeout=20000)
+
+            _, second = await new_page(browser, errors, "second", PHONE)
+            await second.goto(f"{app.url}/shows/demo")
+            # The show is at capacity (503): the page says it is connecting and retries.
+            await expect(second.locator("#stage-title")).to_have_text("Connecting…")
+            await second.wait_for_timeout(2500)
+            assert await second.locator("#video").evaluate("v => v.currentTime") == 0
+
+            await first.goto("about:blank")  # a seat frees up
+            await second.wait_for_function(playing, timeout=30000)
+            await expect(second.locator("#stage-state")).to_be_hidden()
+            await second.screenshot(path=artifacts / "web_viewer_after_retry.png")
+    finally:
+        await publisher.close(app.session)
+    assert errors.unexpected("status of 503") == []
