@@ -2,7 +2,8 @@
 
     python -m load_tests.report [--quick] [--only latency,labels] [--skip fanout]
 
-Runs each benchmark that exists (fanout, overlays, flash_drop, labels, latency) as
+Runs each benchmark that exists (fanout, overlays, card_sync, flash_drop, labels,
+latency) as
 ``python -m load_tests.NAME`` in its own process, one at a time (the machine has two
 cores; benchmarks never share it with each other). Each full run writes its own
 BENCHMARKS.md section; this one adds a summary section at the top (machine, command,
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from load_tests.common import BENCHMARKS, RESULTS, ROOT, machine, table
 
-BENCHES = ("fanout", "overlays", "flash_drop", "labels", "latency")
+BENCHES = ("fanout", "overlays", "card_sync", "flash_drop", "labels", "latency")
 FULL_TIMEOUT_S = 1200
 QUICK_TIMEOUT_S = 300
 SUMMARY = "summary"
