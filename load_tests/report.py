@@ -3,9 +3,8 @@
     python -m load_tests.report [--quick] [--only latency,labels] [--skip fanout]
 
 Runs each benchmark that exists (fanout, overlays, card_sync, flash_drop, labels,
-latency) as
-``python -m load_tests.NAME`` in its own process, one at a time (the machine has two
-cores; benchmarks never share it with each other). Each full run writes its own
+latency) as ``python -m load_tests.NAME`` in its own process, one at a time (the
+machine has two cores; benchmarks never share it with each other). Each full run writes its own
 BENCHMARKS.md section; this one adds a summary section at the top (machine, command,
 each benchmark's main table with its comparison column, and its target lines) and a
 summary plot under ``load_tests/results/``: glass-to-glass latency distributions,
