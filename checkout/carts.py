@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from checkout import keys, scripts
-
-
-@dataclass(frozen=True)
-class AddResult:
-    result: str  # ok | sold_out | limit_reached | not_found | other_show | source_changed
-    available: int
 
 
 @dataclass(frozen=True)
@@ -22,6 +16,19 @@ class CartLine:
     unit_price_cents: int
     drop_id: str
     hold_expires_at: int  # epoch ms
+
+
+@dataclass(frozen=True)
+class AddResult:
+    result: str  # ok | sold_out | limit_reached | not_found | other_show | source_changed
+    available: int
+    cart: list[CartLine] = field(default_factory=list)  # on success: the live cart
+
+
+def _line(f: bytes, value: bytes, score: float) -> CartLine:
+    show, sku = f.decode().split("|", 1)
+    qty, price, drop_id = value.decode().split("|", 2)
+    return CartLine(show, sku, int(qty), int(price), drop_id, int(score))
 
 
 def now_ms() -> int:
@@ -41,7 +48,7 @@ async def add_item(
     now: int | None = None,
 ) -> AddResult:
     now = now_ms() if now is None else now
-    result, available = await scripts.add_to_cart(
+    out = await scripts.add_to_cart(
         redis,
         [
             keys.stock(show),
@@ -61,7 +68,12 @@ async def add_item(
             viewer,
         ],
     )
-    return AddResult(result.decode(), int(available))
+    lines = [
+        _line(out[i], out[i + 1], float(out[i + 2]))
+        for i in range(2, len(out), 3)
+        if float(out[i + 2]) > now
+    ]
+    return AddResult(out[0].decode(), int(out[1]), sorted(lines, key=lambda x: (x.show, x.sku)))
 
 
 async def remove_item(redis, viewer: str, show: str, sku: str) -> int:
@@ -86,11 +98,8 @@ async def read_cart(redis, viewer: str, now: int | None = None) -> list[CartLine
     scores = await pipe.execute()
     lines = []
     for f, score in zip(fields, scores, strict=True):
-        if score is None or score <= now:
-            continue
-        show, sku = f.decode().split("|", 1)
-        qty, price, drop_id = raw[f].decode().split("|", 2)
-        lines.append(CartLine(show, sku, int(qty), int(price), drop_id, int(score)))
+        if score is not None and score > now:
+            lines.append(_line(f, raw[f], score))
     return lines
 
 

@@ -36,7 +36,7 @@ end
 
 # KEYS: stock, drop, cart, holds expiry, bought
 # ARGV: show, sku, qty, now_ms, expires_ms, per-buyer limit (0 = none), price cents, viewer
-# -> {result, available}
+# -> {result, available, then on success the cart: field, line, expiry ms, ...}
 ADD_TO_CART = (
     _GIVE_BACK
     + """
@@ -82,7 +82,15 @@ else
 end
 redis.call('HSET', KEYS[3], field, (held + qty) .. '|' .. price .. '|' .. src)
 redis.call('ZADD', KEYS[4], ARGV[5], viewer .. '|' .. field)
-return {'ok', avail}
+-- The whole cart comes back with the answer: the buyer sees it without another round trip.
+local out = {'ok', avail}
+local lines = redis.call('HGETALL', KEYS[3])
+for i = 1, #lines, 2 do
+  table.insert(out, lines[i])
+  table.insert(out, lines[i + 1])
+  table.insert(out, redis.call('ZSCORE', KEYS[4], viewer .. '|' .. lines[i]) or '0')
+end
+return out
 """
 )
 

@@ -103,9 +103,12 @@ def _price_cents(value: Any) -> int:
 # --- cart -----------------------------------------------------------------------------
 
 
-async def cart_view(request: web.Request, viewer: str) -> dict:
+async def cart_view(
+    request: web.Request, viewer: str, lines: list[carts.CartLine] | None = None
+) -> dict:
     shows = request.app[keys.SHOWS]
-    lines = await carts.read_cart(_redis(request.app), viewer)
+    if lines is None:
+        lines = await carts.read_cart(_redis(request.app), viewer)
     items = []
     for line in lines:
         show = shows.get(line.show)
@@ -187,7 +190,7 @@ async def add_item(request: web.Request) -> web.Response:
             )
             raise ApiError(status, code, detail)
         commerce(request.app).notifier.touch(show.id, product.sku)
-        return web.json_response(await cart_view(request, viewer))
+        return web.json_response(await cart_view(request, viewer, added.cart))
     except ApiError as exc:
         if result == "bad_request":
             result = exc.code

@@ -1,0 +1,496 @@
+"""Flash-drop benchmark: add-to-cart over HTTP against ``showroom serve``, next to the
+raw limit of the same Redis running the same Lua script.
+
+    python -m load_tests.flash_drop [--quick]
+
+- **HTTP add-to-cart** (Showroom): one ``showroom serve`` process on its own Redis;
+  N concurrent buyers, each with its own cookie jar, press Buy in a closed loop for a
+  fixed window (every add takes a hold through the add-to-cart Lua script). Latency is
+  measured at the client, so it includes the client's own event loop on this machine.
+- **raw limit**: ``redis-benchmark`` running the same script via EVALSHA against the
+  same Redis in the same run: what Redis alone can do with no HTTP, JSON or Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from checkout import scripts
+from load_tests.common import RESULTS, median, percentile, table, write_section
+from server.embedded import EmbeddedRedis, free_port
+
+MANIFEST = """
+[show]
+id = "bench"
+title = "Flash drop benchmark"
+stream_key = "bench-stream-key"
+currency = "usd"
+
+[[products]]
+sku = "BAG-07"
+name = "Canvas tote"
+price = "25.00"
+stock = 100000000
+
+[staff]
+password = "bench-staff"
+"""
+
+
+@dataclass
+class Config:
+    concurrency: tuple[int, ...] = (200, 1000)
+    window_s: float = 8.0
+    warmup_s: float = 1.0
+    redis_requests: int = 200_000
+    paced_rate: float = 1000.0
+    burst_rounds: int = 5
+    quick: bool = False
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    ops: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int = 0
+    server_cpu_s: float | None = None  # CPU time the server process used in the window
+
+    @property
+    def capacity(self) -> float | None:
+        """Adds per second one server process could do at 100% of one core."""
+        if not self.server_cpu_s:
+            return None
+        return self.ops / self.server_cpu_s
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+def start_server(manifest: Path, redis_url: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--manifest",
+            str(manifest),
+            "--port",
+            str(port),
+            "--redis",
+            redis_url,
+            "--data-dir",
+            str(data_dir),
+            "--no-print-worker",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"showroom listening on (http://\S+)", line)
+        if m:
+            # Keep draining its output so the pipe never fills and blocks the server.
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, m.group(1)
+    raise RuntimeError("server did not start:\n" + "".join(lines))
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def _buyers(url: str, n: int) -> tuple[aiohttp.TCPConnector, list[aiohttp.ClientSession]]:
+    """n buyers, each with its own cookie jar and viewer cookie."""
+    connector = aiohttp.TCPConnector(limit=0)
+    sessions = [
+        aiohttp.ClientSession(
+            url,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            connector=connector,
+            connector_owner=False,
+        )
+        for _ in range(n)
+    ]
+
+    async def cookie(s: aiohttp.ClientSession) -> None:
+        async with s.get("/api/cart") as r:
+            await r.read()
+
+    for i in range(0, n, 100):
+        await asyncio.gather(*(cookie(s) for s in sessions[i : i + 100]))
+    return connector, sessions
+
+
+async def _close(connector, sessions) -> None:
+    for s in sessions:
+        await s.close()
+    await connector.close()
+
+
+BODY = {"show": "bench", "sku": "BAG-07", "quantity": 1}
+
+
+async def burst_run(url: str, buyers: int, rounds: int) -> Result:
+    """The flash-drop moment: every buyer presses Buy at the same instant."""
+    connector, sessions = await _buyers(url, buyers)
+    latencies: list[float] = []
+    errors = 0
+    total = 0.0
+
+    async def buy(s: aiohttp.ClientSession, gate: asyncio.Event, released: list[float]) -> None:
+        nonlocal errors
+        await gate.wait()
+        async with s.post("/api/cart/items", json=BODY) as r:
+            await r.read()
+            if r.status != 200:
+                errors += 1
+        latencies.append((time.perf_counter() - released[0]) * 1000)
+
+    for _ in range(rounds):
+        gate, released = asyncio.Event(), [0.0]
+        tasks = [asyncio.create_task(buy(s, gate, released)) for s in sessions]
+        await asyncio.sleep(0.2)
+        released[0] = time.perf_counter()
+        gate.set()
+        await asyncio.gather(*tasks)
+        total += time.perf_counter() - released[0]
+        await asyncio.sleep(0.3)
+    await _close(connector, sessions)
+    return Result(
+        "HTTP burst: all press Buy at once", buyers, len(latencies), total, latencies, errors
+    )
+
+
+async def paced_run(url: str, buyers: int, rate: float, window_s: float) -> Result:
+    """Open loop: buyers together offer ``rate`` adds/s; latency counts from the moment
+    each press was due, so queueing in the server is not hidden."""
+    connector, sessions = await _buyers(url, buyers)
+    latencies: list[float] = []
+    errors = 0
+    interval = buyers / rate
+    start = time.perf_counter() + 0.2
+    end = start + window_s
+
+    async def buyer(i: int, s: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        due = start + interval * i / buyers
+        while due < end:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            async with s.post("/api/cart/items", json=BODY) as r:
+                await r.read()
+                if r.status != 200:
+                    errors += 1
+            latencies.append((time.perf_counter() - due) * 1000)
+            due += interval
+
+    await asyncio.gather(*(buyer(i, s) for i, s in enumerate(sessions)))
+    await _close(connector, sessions)
+    return Result(
+        f"HTTP paced: {rate:.0f} adds/s offered",
+        buyers,
+        len(latencies),
+        window_s,
+        latencies,
+        errors,
+    )
+
+
+async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Result:
+    connector = aiohttp.TCPConnector(limit=0)
+    sessions = [
+        aiohttp.ClientSession(
+            url,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            connector=connector,
+            connector_owner=False,
+        )
+        for _ in range(buyers)
+    ]
+    body = {"show": "bench", "sku": "BAG-07", "quantity": 1}
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop = False
+
+    async def buyer(s: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        async with s.get("/api/cart") as r:  # the viewer cookie
+            await r.read()
+        while not stop:
+            t0 = time.perf_counter()
+            async with s.post("/api/cart/items", json=body) as r:
+                await r.read()
+                ok = r.status == 200
+            if measuring:
+                if ok:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                else:
+                    errors += 1
+
+    tasks = [asyncio.create_task(buyer(s)) for s in sessions]
+    await asyncio.sleep(cfg.warmup_s)
+    measuring = True
+    started, cpu0 = time.perf_counter(), cpu_seconds(server_pid)
+    await asyncio.sleep(cfg.window_s)
+    measuring = False
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(server_pid) - cpu0
+    stop = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for s in sessions:
+        await s.close()
+    await connector.close()
+    return Result(
+        "HTTP closed loop (saturation)",
+        buyers,
+        len(latencies),
+        elapsed,
+        latencies,
+        errors,
+        server_cpu_s=cpu,
+    )
+
+
+def redis_benchmark(port: int, clients: int, requests: int) -> Result:
+    """The add-to-cart script itself, via EVALSHA, from redis-benchmark's C clients."""
+    import redis as redis_sync
+
+    client = redis_sync.Redis(port=port)
+    client.hset("stock:rawbench", "BAG-07", 10**12)
+    sha = client.script_load(scripts.ADD_TO_CART)
+    assert sha == scripts.add_to_cart.sha
+    client.close()
+    now = int(time.time() * 1000)
+    argv = [
+        "redis-benchmark",
+        "-p",
+        str(port),
+        "-c",
+        str(clients),
+        "-n",
+        str(requests),
+        "-r",
+        "100000",
+        "--csv",
+        "EVALSHA",
+        sha,
+        "5",
+        "stock:rawbench",
+        "drop:rawbench",
+        "cart:__rand_int__",
+        "holds:rawbench",
+        "bought:rawbench:__rand_int__",
+        "rawbench",
+        "BAG-07",
+        "1",
+        str(now),
+        str(now + 600_000),
+        "0",
+        "2500",
+        "__rand_int__",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300).stdout
+    row = next(r for r in csv.DictReader(io.StringIO(out)) if r.get("rps"))
+    rps = float(row["rps"])
+    lat = [float(row["p50_latency_ms"]), float(row["p99_latency_ms"])]
+    res = Result(
+        f"raw limit: redis-benchmark EVALSHA ({clients} conns)",
+        clients,
+        requests,
+        requests / rps,
+        [],
+    )
+    res.latencies_ms = lat  # p50, p99 as reported by redis-benchmark
+    return res
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = [
+        f"{'HTTP' if r.name.startswith('HTTP') else 'Redis EVALSHA'}\n{r.concurrency}"
+        for r in results
+    ]
+    ax1.bar(labels, [r.rate for r in results], color="#4a7")
+    ax1.set_ylabel("add-to-cart per second")
+    ax1.set_yscale("log")
+    ax1.set_title("Throughput")
+    ax2.bar(labels, [_p(r, 99) for r in results], color="#c64")
+    ax2.axhline(25, ls="--", color="gray", label="target p99 at 200 buyers")
+    ax2.set_ylabel("p99 latency (ms)")
+    ax2.set_title("p99 latency")
+    ax2.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def _short(r: Result) -> str:
+    for prefix, short in (
+        ("HTTP closed", "closed"),
+        ("HTTP paced", "paced"),
+        ("HTTP burst", "burst"),
+        ("raw", "Redis"),
+    ):
+        if r.name.startswith(prefix):
+            return short
+    return r.name
+
+
+def _p(r: Result, q: float) -> float:
+    if r.name.startswith("raw"):
+        return r.latencies_ms[0] if q == 50 else r.latencies_ms[1]
+    return median(r.latencies_ms) if q == 50 else percentile(r.latencies_ms, q)
+
+
+async def run(cfg: Config) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="flashdrop-") as tmp:
+        tmp_path = Path(tmp)
+        redis_server = EmbeddedRedis(tmp_path / "redis")
+        redis_server.start()
+        manifest = tmp_path / "bench.toml"
+        manifest.write_text(MANIFEST)
+        proc, url = start_server(manifest, redis_server.url, tmp_path / "var")
+        try:
+            for n in cfg.concurrency:
+                results.append(await http_run(url, n, cfg, proc.pid))
+            for n in cfg.concurrency:
+                results.append(await paced_run(url, n, cfg.paced_rate, cfg.window_s))
+            for n in cfg.concurrency:
+                results.append(await burst_run(url, n, cfg.burst_rounds))
+            for clients in sorted({50, min(cfg.concurrency)}):
+                results.append(
+                    await asyncio.to_thread(
+                        redis_benchmark, redis_server.port, clients, cfg.redis_requests
+                    )
+                )
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            redis_server.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
+    args = parser.parse_args(argv)
+    cfg = Config()
+    if args.quick:
+        cfg = Config(
+            concurrency=(20, 50),
+            window_s=1.0,
+            warmup_s=0.3,
+            redis_requests=5000,
+            paced_rate=200.0,
+            burst_rounds=2,
+            quick=True,
+        )
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover
+        runner = asyncio.Runner()
+    with runner:
+        results = runner.run(run(cfg))
+    rows = [
+        [
+            r.name,
+            r.concurrency,
+            round(r.rate),
+            f"{_p(r, 50):.2f}",
+            f"{_p(r, 99):.2f}",
+            r.errors,
+            f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s else "-",
+            round(r.capacity) if r.capacity else "-",
+        ]
+        for r in results
+    ]
+    body = table(
+        [
+            "path",
+            "concurrent",
+            "adds/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "server CPU ms/add",
+            "adds/s per server core",
+        ],
+        rows,
+    )
+    low = min(cfg.concurrency)
+    closed = [r for r in results if r.name.startswith("HTTP closed")]
+    paced = next(r for r in results if r.name.startswith("HTTP paced") and r.concurrency == low)
+    burst = next(r for r in results if r.name.startswith("HTTP burst") and r.concurrency == low)
+    verdict = (
+        f"Targets: p99 <= 25 ms at {low} concurrent buyers: {_p(paced, 99):.1f} ms paced at "
+        f"{cfg.paced_rate:.0f} adds/s, {_p(burst, 99):.1f} ms when all {low} press at the same "
+        f"instant, {_p(closed[0], 99):.1f} ms in a saturating closed loop. "
+        f">= 3,000 add-to-cart/s per server process: {max(r.rate for r in closed):.0f}/s measured "
+        f"with the load generator on the same cores, {max(r.capacity or 0 for r in closed):.0f}/s "
+        "per core of server CPU."
+    )
+    print(body)
+    print(verdict)
+    png = RESULTS / "flash_drop.png"
+    plot(results, png)
+    if not cfg.quick:
+        notes = (
+            "One `showroom serve` process (uvloop) and its Redis; the load generator (aiohttp, "
+            "one cookie jar per buyer) runs on the same machine and shares its cores, so HTTP "
+            "figures are a floor. *closed loop*: every buyer presses again as soon as it has "
+            "its answer (saturation: throughput). *paced*: the buyers together press at a "
+            "fixed rate, latency counted from when each press was due. *burst*: every buyer "
+            "presses once at the same instant (the drop moment), latency from that instant. Every add is a real hold through the "
+            "add-to-cart Lua script. The raw-limit rows run the same script via EVALSHA "
+            "from `redis-benchmark` against the same Redis in the same run (p50/p99 as "
+            "reported by redis-benchmark). *adds/s per server core* = adds completed / CPU "
+            "seconds the server process used in the window (from /proc): the rate one "
+            "process reaches when it has a core to itself."
+        )
+        write_section(
+            "flash_drop",
+            "python -m load_tests.flash_drop",
+            f"{body}\n\n{verdict}\n\n{notes}\n\n![flash drop](load_tests/results/flash_drop.png)",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
