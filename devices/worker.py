@@ -189,9 +189,32 @@ class PrintWorker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._hand_back()
         log.info(
             "print worker %s stopped; %d job(s) left pending", self.consumer, len(self.inflight)
         )
+
+    async def _hand_back(self) -> None:
+        """Mark unfinished jobs long idle, so the next worker takes them over at once
+        instead of waiting claim_idle_ms (what a worker that dies cannot do)."""
+        with contextlib.suppress(Exception):
+            # Everything delivered to this worker, including entries read but not yet
+            # laid out when the stop came.
+            pending = await self.redis.xpending_range(
+                PRINT_STREAM, store.GROUP, "-", "+", 10_000, consumername=self.consumer
+            )
+            ids = [p["message_id"] for p in pending]
+            if not ids:
+                return
+            await self.redis.xclaim(
+                PRINT_STREAM,
+                store.GROUP,
+                self.consumer,
+                0,
+                ids,
+                idle=24 * 3600 * 1000,  # older than any worker waits
+                justid=True,
+            )
 
     # --- reading the stream ----------------------------------------------------------
     async def _read_loop(self) -> None:
@@ -254,9 +277,16 @@ class PrintWorker:
             ids = list(self.inflight)
             if not ids:
                 continue
+            # A minimum idle time: never take back a job another worker just took over
+            # (possible only if this process stalled for longer than claim_idle_ms).
             with contextlib.suppress(Exception):
                 await self.redis.xclaim(
-                    PRINT_STREAM, store.GROUP, self.consumer, 0, ids, justid=True
+                    PRINT_STREAM,
+                    store.GROUP,
+                    self.consumer,
+                    self.opts.claim_idle_ms // 4,
+                    ids,
+                    justid=True,
                 )
 
     async def _accept(self, entry_id: str, fields: dict) -> None:
