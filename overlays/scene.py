@@ -131,6 +131,7 @@ class Scene:
         self.last_blend_wall: float = 0.0  # time.monotonic() of the last blend
         self.last_render_ms: dict[str, float] = {}
         self.renders: Counter[str] = Counter()  # layer renders so far (never per frame)
+        self.render_threads: set[str] = set()  # where they ran (the render thread, normally)
         self.render_now()
 
     # --- state changes (any thread) -----------------------------------------------------
@@ -260,6 +261,7 @@ class Scene:
         out = fn()
         self.last_render_ms[name] = (time.perf_counter() - t) * 1000
         self.renders[name] += 1
+        self.render_threads.add(threading.current_thread().name)
         return out
 
     def render_now(self) -> None:

@@ -182,6 +182,7 @@ def test_sold_out_stamp_and_low_stock_line():
 
 def test_drop_countdown_ticks_every_second_without_rendering_on_the_frame():
     scene = Scene(1280, 720, title="Show", show_id="demo", threaded=True)
+    scene.render_threads.clear()  # the constructor renders its first layers in place
     now = int(time.time() * 1000)
     ends = now + 65_000
     scene.set_drop(DropInfo("MUG-01", "Mug", Decimal("12"), 7, ends, 20))
@@ -194,6 +195,10 @@ def test_drop_countdown_ticks_every_second_without_rendering_on_the_frame():
         shots.append(region(f, box))
         time.sleep(0.05)  # the render thread prepares the next seconds meanwhile
     assert np.array_equal(shots[0], shots[1]), "same second, same banner"
+    assert scene.renders["drop"] >= 4, "each second's banner is rendered..."
+    assert scene.render_threads and all(
+        name.startswith("overlay-render") for name in scene.render_threads
+    ), "...on the render thread, never inside blend_into"
     assert not np.array_equal(shots[1], shots[2]), "the countdown moved on a second"
     assert not np.array_equal(shots[2], shots[3])
     f = grey_frame(1280, 720)
