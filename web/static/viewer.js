@@ -87,15 +87,23 @@ function renderFeatured() {
   const img = $("f-img");
   if (img.getAttribute("src") !== p.image_url) img.src = p.image_url;
   setText("f-name", p.name);
-  setText("f-price", money(p.price, p.currency));
   const stock = stockText(p);
   const stockNode = setText("f-stock", stock.text);
   stockNode.className = stock.cls;
+  // During a drop its price (if it has one) is what the buyer pays.
+  const price = activeDrop(p.sku)?.price || p.price;
+  setText("f-price", money(price, p.currency));
   const buyBtn = $("f-buy");
   buyBtn.disabled = p.available <= 0;
-  buyBtn.textContent = p.available <= 0 ? "Sold out" : `Buy · ${money(p.price, p.currency)}`;
+  buyBtn.textContent = p.available <= 0 ? "Sold out" : `Buy · ${money(price, p.currency)}`;
   buyBtn.setAttribute("aria-label", p.available <= 0 ? `${p.name} is sold out` : `Buy ${p.name}`);
   renderDrop();
+}
+
+function activeDrop(sku) {
+  const d = state.drop;
+  const endsAt = d ? epochMs(d.ends_at) : null;
+  return d && d.sku === sku && endsAt && endsAt > Date.now() ? d : null;
 }
 
 function renderDrop() {
@@ -498,7 +506,7 @@ function onEvent(ev) {
     case "drop":
       scheduleAtPicture(ev, () => {
         state.drop = ev.drop;
-        renderDrop();
+        renderFeatured();
       });
       break;
     case "live":
