@@ -159,6 +159,16 @@ async def _close(connector, sessions) -> None:
 BODY = {"show": "bench", "sku": "BAG-07", "quantity": 1}
 
 
+async def press(s: aiohttp.ClientSession) -> bool:
+    """One add-to-cart; False on an error answer or a failed connection (counted)."""
+    try:
+        async with s.post("/api/cart/items", json=BODY) as r:
+            await r.read()
+            return r.status == 200
+    except (aiohttp.ClientError, OSError):
+        return False
+
+
 async def burst_run(url: str, buyers: int, rounds: int) -> Result:
     """The flash-drop moment: every buyer presses Buy at the same instant."""
     connector, sessions = await _buyers(url, buyers)
@@ -169,10 +179,8 @@ async def burst_run(url: str, buyers: int, rounds: int) -> Result:
     async def buy(s: aiohttp.ClientSession, gate: asyncio.Event, released: list[float]) -> None:
         nonlocal errors
         await gate.wait()
-        async with s.post("/api/cart/items", json=BODY) as r:
-            await r.read()
-            if r.status != 200:
-                errors += 1
+        if not await press(s):
+            errors += 1
         latencies.append((time.perf_counter() - released[0]) * 1000)
 
     for _ in range(rounds):
@@ -205,10 +213,8 @@ async def paced_run(url: str, buyers: int, rate: float, window_s: float) -> Resu
         due = start + interval * i / buyers
         while due < end:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            async with s.post("/api/cart/items", json=BODY) as r:
-                await r.read()
-                if r.status != 200:
-                    errors += 1
+            if not await press(s):
+                errors += 1
             latencies.append((time.perf_counter() - due) * 1000)
             due += interval
 
@@ -235,7 +241,6 @@ async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Resul
         )
         for _ in range(buyers)
     ]
-    body = {"show": "bench", "sku": "BAG-07", "quantity": 1}
     latencies: list[float] = []
     errors = 0
     measuring = False
@@ -247,9 +252,7 @@ async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Resul
             await r.read()
         while not stop:
             t0 = time.perf_counter()
-            async with s.post("/api/cart/items", json=body) as r:
-                await r.read()
-                ok = r.status == 200
+            ok = await press(s)
             if measuring:
                 if ok:
                     latencies.append((time.perf_counter() - t0) * 1000)

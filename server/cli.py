@@ -83,7 +83,8 @@ async def serve(
     stop = _stop_event()  # before we announce ourselves: an early SIGTERM still stops cleanly
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    # A drop brings thousands of new connections in a second: a deep accept queue.
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
     await site.start()
     url = f"http://{settings.host}:{settings.port}"
     print(f"showroom listening on {url}", flush=True)
