@@ -14,6 +14,7 @@ from server.config import ShowConfig
 from server.errors import bad_request, not_found, read_json
 
 SSE_HEARTBEAT_S = 15
+SSE_POLL_S = 1.0
 
 
 def featured_key(show_id: str) -> str:
@@ -98,18 +99,29 @@ async def events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    closing: asyncio.Event = request.app[keys.EXTRA]["sse_closing"]
     try:
         await resp.prepare(request)
         await resp.write(b"retry: 2000\n\n")
-        while True:
+        idle = 0.0
+        # Wake up every second: a client that went away (or a server shutting down)
+        # frees its subscription promptly instead of at the next heartbeat.
+        while not closing.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
             try:
-                event = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
+                event = await asyncio.wait_for(queue.get(), SSE_POLL_S)
             except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
+                idle += SSE_POLL_S
+                if idle >= SSE_HEARTBEAT_S:
+                    idle = 0.0
+                    await resp.write(b": keep-alive\n\n")
                 continue
+            idle = 0.0
             data = json.dumps(event, separators=(",", ":"), default=str)
             await resp.write(f"data: {data}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
+    except (ConnectionResetError, ConnectionError):
         pass
     finally:
         bus.unsubscribe(show.id, queue)
@@ -118,7 +130,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _close_event_streams(app: web.Application) -> None:
+    app[keys.EXTRA]["sse_closing"].set()
+
+
 def setup(app: web.Application) -> None:
+    app[keys.EXTRA]["sse_closing"] = asyncio.Event()
+    app.on_shutdown.append(_close_event_streams)
     app.router.add_get("/api/shows/{show}", get_state)
     app.router.add_get("/api/shows/{show}/events", events)
     app.router.add_post("/api/shows/{show}/feature", feature)
