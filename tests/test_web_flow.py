@@ -118,12 +118,14 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await host.get_by_label("Quantity").fill("3")
     await host.get_by_label("Duration (s)").fill("120")
     await host.get_by_label("Per buyer").fill("1")
+    await host.get_by_label(re.compile("Drop price")).fill("25")
     await host.get_by_role("button", name="Start drop").click()
     await expect(host.locator("#drop-status")).to_contain_text(
-        re.compile(r"Crewneck tee: 3 left · ends in 1:5\d|2:00")
+        re.compile(r"Crewneck tee at \$25\.00: 3 left · ends in (1:5\d|2:00)")
     )
     await expect(viewer.locator("#drop")).to_be_visible(timeout=8000)
     await expect(viewer.locator("#drop-time")).to_have_text(re.compile(r"^[12]:\d\d$"))
+    await expect(viewer.locator("#f-buy")).to_have_text("Buy · $25.00")
     await host.screenshot(path=artifacts / "web_host_live_drop.png", full_page=True)
 
     # One tap: the featured product is held in the cart with a timer.
@@ -160,7 +162,7 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     assert number.encode() in printer.received
     await viewer.screenshot(path=artifacts / "web_viewer_ready.png", full_page=True)
     await expect(host.locator("#n-orders")).to_have_text("1", timeout=20000)
-    await expect(host.locator("#n-revenue")).to_have_text("$32.00")
+    await expect(host.locator("#n-revenue")).to_have_text("$25.00")
     # Conversion of the segment the order was paid in: 1 order from 1 viewer.
     segment = host.locator("#segments tr").first
     await expect(segment).to_contain_text("Crewneck tee (now)")

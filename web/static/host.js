@@ -164,6 +164,15 @@ $("drop-form").addEventListener("submit", async (ev) => {
       return;
     }
   }
+  const price = $("drop-price").value.trim();
+  if (price) {
+    if (!/^\d+(\.\d{1,2})?$/.test(price) || Number(price) <= 0) {
+      out.textContent = "The drop price must be an amount like 25 or 25.00.";
+      $("drop-price").focus();
+      return;
+    }
+    body.price = Number(price).toFixed(2);
+  }
   const resp = await api("POST", `${showPath}/drops`, body);
   if (!resp.ok) {
     out.textContent = resp.data.detail || "Could not start the drop.";
@@ -186,7 +195,8 @@ function renderDrop() {
   box.hidden = !active;
   if (!active) return;
   const p = state.products.get(d.sku);
-  box.textContent = `Drop on ${p ? p.name : d.sku}: ${d.remaining} left · ends in ${clock(endsAt - Date.now())}`;
+  const price = d.price ? ` at ${money(d.price, cfg.currency)}` : "";
+  box.textContent = `Drop on ${p ? p.name : d.sku}${price}: ${d.remaining} left · ends in ${clock(endsAt - Date.now())}`;
 }
 setInterval(renderDrop, 1000);
 
