@@ -197,6 +197,18 @@ async def test_every_page_loads_without_javascript_errors(make_app, artifacts):
         await page.get_by_role("link", name="Test Show demo").click()
         await page.wait_for_url("**/shows/demo")
         await page.locator("#stage-title").filter(has_text="Starting soon").wait_for()
+        # Keyboard only: Tab from the top reaches the mug's Add button, with a visible
+        # focus ring, and Enter puts it in the cart.
+        for _ in range(20):
+            await page.keyboard.press("Tab")
+            label = await page.evaluate("document.activeElement.getAttribute('aria-label')")
+            if label == "Add Stoneware mug to cart":
+                break
+        assert label == "Add Stoneware mug to cart"
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline == "solid"
+        await page.keyboard.press("Enter")
+        await page.locator(".cart-item").filter(has_text="1 × Stoneware mug").wait_for()
         await staff_login(page, app.url, "/staff")
         await page.locator(f'.order-card[data-order="{order.order_id}"]').wait_for()
         await page.screenshot(path=artifacts / "web_staff.png", full_page=True)
