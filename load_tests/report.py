@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,7 +65,16 @@ def parse_tables(text: str) -> list[list[list[str]]]:
                 current.append(cells)
             continue
         if len(current) >= 2:
-            tables.append(current)
+            # A cell holding a "|" (e.g. in code) must not shift the columns: pad or fold.
+            width = len(current[0])
+            tables.append(
+                [
+                    (r + [""] * width)[:width]
+                    if len(r) <= width
+                    else r[: width - 1] + [" | ".join(r[width - 1 :])]
+                    for r in current
+                ]
+            )
         current = []
     return tables
 
@@ -170,7 +179,7 @@ def render(runs: list[Run], plot_path: Path | None, missing: list[str]) -> str:
 
 
 def _short_verdict(line: str) -> str:
-    line = re.sub(r"^targets?[^:]*:\s*", "", line, flags=re.I)
+    line = re.sub(r"^targets?\s*(\([^)]*\))?:\s*", "", line, flags=re.I)
     return line if len(line) <= 160 else line[:157] + "..."
 
 
@@ -209,7 +218,7 @@ def cpu_points(runs: list[Run], latency: dict | None) -> dict[str, list[tuple[fl
         if r.name != "fanout":
             continue
         for t in r.tables:
-            v, c = column(t[0], r"^viewers"), column(t[0], r"CPU \(cores\)")
+            v, c = column(t[0], r"^viewers$"), column(t[0], r"^server CPU \(cores\)")
             if v is None or c is None or column(t[0], r"^path") is None:
                 continue
             for row in t[1:]:
@@ -223,13 +232,15 @@ def cpu_points(runs: list[Run], latency: dict | None) -> dict[str, list[tuple[fl
             if "aiortc" in p["name"] and p["server_cpu"] == p["server_cpu"]
         ]
         if pts:
-            series["latency run: showroom serve"] = pts
+            o = latency.get("options", {})
+            series[f"latency run: showroom serve, {o.get('width')}x{o.get('height')}"] = pts
     return series
 
 
-def cart_points(runs: list[Run]) -> dict[str, list[tuple[float, float]]]:
-    """Add-to-cart latency (ms) against concurrency, from the flash drop's tables."""
-    series: dict[str, list[tuple[float, float]]] = {}
+def cart_points(runs: list[Run]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Add-to-cart latency (ms) against concurrency, per path and percentile, from the
+    flash drop's tables."""
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for r in runs:
         if r.name != "flash_drop":
             continue
@@ -237,15 +248,15 @@ def cart_points(runs: list[Run]) -> dict[str, list[tuple[float, float]]]:
             x = column(t[0], r"concurren", r"buyers", r"clients", r"^users")
             if x is None:
                 continue
-            for label, pat in (("p50", r"p50"), ("p99", r"p99"), ("p95", r"p95")):
-                y = column(t[0], pat)
+            for label in ("p50", "p99"):
+                y = column(t[0], label)
                 if y is None:
                     continue
                 for row in t[1:]:
                     xv, yv = number(row[x]), number(row[y])
                     if xv is not None and yv is not None:
-                        name = f"{row[0]} {label}" if column(t[0], r"^path") == 0 else label
-                        series.setdefault(name, []).append((xv, yv))
+                        path = row[0] if column(t[0], r"^path") == 0 else "add-to-cart"
+                        series.setdefault(path, {}).setdefault(label, []).append((xv, yv))
     return series
 
 
@@ -285,14 +296,20 @@ def plot(runs: list[Run], latency: dict | None, quick: bool) -> Path:
 
     ax = axes[2]
     cart = cart_points(runs)
-    for name, pts in cart.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+    for i, (path, by_pct) in enumerate(cart.items()):
+        colour = f"C{i % 10}"
+        for pct, style in (("p50", "o-"), ("p99", "s--")):
+            pts = sorted(by_pct.get(pct, []))
+            if pts:
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], style, color=colour,
+                    label=f"{path} {pct}",
+                )  # fmt: skip
     if cart:
-        ax.legend(fontsize=7)
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
     else:
         _no_data(ax, "flash drop benchmark: no table with concurrency")
-    ax.set_ylim(bottom=0)
     ax.set(xlabel="concurrent buyers", ylabel="add-to-cart latency (ms)")
     ax.set_title("Add-to-cart latency vs concurrency")
     fig.tight_layout()
@@ -325,12 +342,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated benchmark names")
     p.add_argument("--skip", default="", help="comma-separated benchmark names")
     p.add_argument("--output", type=Path, default=None, help="write the summary here")
+    p.add_argument(
+        "--from-saved", action="store_true", help="rebuild the summary from the last run's outputs"
+    )
     args = p.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     skip = set(filter(None, args.skip.split(",")))
     names = available(only, skip)
     missing = [n for n in BENCHES if n not in names and (not only or n in only) and n not in skip]
-    runs = [run_one(name, args.quick) for name in names]
+    saved = RESULTS / ("report-runs-quick.json" if args.quick else "report-runs.json")
+    if args.from_saved:
+        runs = [Run(**r) for r in json.loads(saved.read_text())]
+        names = [r.name for r in runs]
+    else:
+        runs = []
+        for name in names:
+            runs.append(run_one(name, args.quick))
+            # Kept after every run, so a summary can be rebuilt without re-running.
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps([asdict(r) for r in runs]))
     latency = load_latency(args.quick) if "latency" in names else None
     png = plot(runs, latency, args.quick)
     command = "python -m load_tests.report" + (" --quick" if args.quick else "")
