@@ -471,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     print(verdict)
-    png = RESULTS / "flash_drop.png"
+    # A quick (smoke) run must not overwrite the plot of the full run.
+    png = RESULTS / ("flash_drop_quick.png" if cfg.quick else "flash_drop.png")
     plot(results, png)
     if not cfg.quick:
         notes = (
