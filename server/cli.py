@@ -139,6 +139,36 @@ def cmd_pocketcam(args: argparse.Namespace) -> int:
     return run(pocketcam_main(args))
 
 
+def cmd_stock(args: argparse.Namespace) -> int:
+    """Set a product's available stock explicitly (manifest stock is only the start)."""
+    import redis.asyncio as aioredis
+
+    from checkout.catalog import set_stock
+
+    try:
+        show = next(iter(load_shows([Path(args.manifest)]).values()))
+    except ManifestError as exc:
+        print(f"showroom: bad manifest: {exc}", file=sys.stderr)
+        return 2
+    if show.product(args.sku) is None:
+        print(f"showroom: no product {args.sku!r} in show {show.id!r}", file=sys.stderr)
+        return 2
+    if args.set < 0:
+        print("showroom: --set must not be negative", file=sys.stderr)
+        return 2
+
+    async def apply() -> None:
+        redis = aioredis.Redis.from_url(args.redis)
+        try:
+            await set_stock(redis, show.id, args.sku, args.set)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(apply())
+    print(f"{show.id} {args.sku}: {args.set} available")
+    return 0
+
+
 def cmd_printer_worker(args: argparse.Namespace) -> int:
     from devices.worker import main as worker_main
 
@@ -186,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--codec", default="h264", choices=["h264", "vp8"])
     p.set_defaults(func=cmd_pocketcam)
+
+    p = sub.add_parser("stock", help="set a product's available stock in Redis")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--sku", required=True)
+    p.add_argument("--set", type=int, required=True, help="units available to buy")
+    p.add_argument(
+        "--redis",
+        default=os.environ.get("SHOWROOM_REDIS_URL"),
+        required=not os.environ.get("SHOWROOM_REDIS_URL"),
+    )
+    p.set_defaults(func=cmd_stock)
 
     p = sub.add_parser("printer-worker", help="print station: consume paid orders and print labels")
     p.add_argument("--manifest", action="append", required=True)

@@ -162,3 +162,56 @@ async def test_stock_survives_restart_and_host_can_set_it(make_app, redis_url):
     ) as r:
         assert r.status == 200
     assert available(await state(app2), "TEE-02") == 9
+
+
+def test_stock_command_sets_available_stock(write_manifest, redis_url):
+    import subprocess
+    import sys
+
+    import redis as redis_sync
+
+    manifest = write_manifest("demo")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "stock",
+            "--manifest",
+            str(manifest),
+            "--sku",
+            "TEE-02",
+            "--set",
+            "12",
+            "--redis",
+            redis_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    client = redis_sync.Redis.from_url(redis_url)
+    assert int(client.hget("stock:demo", "TEE-02")) == 12
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "stock",
+            "--manifest",
+            str(manifest),
+            "--sku",
+            "NOPE",
+            "--set",
+            "1",
+            "--redis",
+            redis_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "no product" in bad.stderr
+    assert int(client.hget("stock:demo", "TEE-02")) == 12
+    client.close()
