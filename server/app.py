@@ -23,6 +23,8 @@ from server.routes import cart, health, media, pages, scene, shows, staff, stats
 log = logging.getLogger("showroom")
 
 # Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
+REDIS_POOL_SIZE = 1024
+
 ROUTE_MODULES = (health, shows, scene, cart, staff, media, stats, pages)
 
 
@@ -38,7 +40,14 @@ def create_app(
     app[keys.EXTRA] = {}
 
     async def core_ctx(app: web.Application):
-        redis = aioredis.Redis.from_url(redis_url, decode_responses=False, health_check_interval=10)
+        # A flash drop puts hundreds of requests on Redis at once; redis-py's default pool
+        # (100) would raise "Too many connections". Areas bound their own concurrency.
+        redis = aioredis.Redis.from_url(
+            redis_url,
+            decode_responses=False,
+            health_check_interval=10,
+            max_connections=REDIS_POOL_SIZE,
+        )
         app[keys.REDIS] = redis
         app[keys.SECRET] = await auth.load_secret(redis)
         bus = EventBus(redis)

@@ -7,6 +7,8 @@ in-process imitations.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
@@ -14,11 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("showroom.embedded")
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -55,6 +59,10 @@ class ManagedProcess:
 
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        # Own session: a Ctrl+C in the terminal reaches only us, and we stop the services
+        # in order. The death signal makes a SIGKILLed parent take its services with it
+        # (it fires when the forking *thread* ends, so only when forked from the main one).
+        main = threading.current_thread() is threading.main_thread()
         self.proc = subprocess.Popen(
             self.argv,
             cwd=self.cwd,
@@ -62,6 +70,7 @@ class ManagedProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if main else None,  # noqa: PLW1509
         )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -78,6 +87,12 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def redis_server_binary() -> str:

@@ -94,3 +94,29 @@ def test_serve_prints_listening_line_and_stops_on_sigterm(write_manifest, redis_
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_killed_server_takes_its_embedded_redis_with_it(tmp_path):
+    """kill -9 of showroom must not leave an orphan redis-server holding the data dir."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from server.embedded import EmbeddedRedis; import sys, time;"
+        f"r = EmbeddedRedis({str(tmp_path)!r}); r.start(); print(r.proc.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("redis-server outlived its SIGKILLed parent")

@@ -11,7 +11,6 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from checkout import carts, drops
@@ -30,7 +29,6 @@ from server.errors import ApiError, bad_request, conflict, not_found, read_json
 log = logging.getLogger("showroom.checkout")
 
 MAX_QUANTITY = 99
-POOL_SIZE = 1024
 REDIS_SLOTS = 256  # each request holds at most one connection at a time
 WEBHOOK_MAX_BYTES = 512 * 1024
 
@@ -41,21 +39,6 @@ def commerce(app: web.Application) -> Commerce:
 
 def _redis(app: web.Application):
     return commerce(app).redis
-
-
-def _client(shared) -> aioredis.Redis:
-    """A client of the same Redis with a pool for this area. The pool itself does not
-    wait (redis-py's waiting pool costs a condition variable per command); instead
-    ``_limited`` bounds how many requests use Redis at once, so the pool never runs out
-    (the shared default pool raises "Too many connections" under a flash drop)."""
-    pool = shared.connection_pool
-    return aioredis.Redis(
-        connection_pool=aioredis.ConnectionPool(
-            connection_class=pool.connection_class,
-            max_connections=POOL_SIZE,
-            **pool.connection_kwargs,
-        )
-    )
 
 
 def _slots(app: web.Application) -> asyncio.Semaphore:
@@ -453,7 +436,7 @@ def setup(app: web.Application) -> None:
     async def commerce_ctx(app: web.Application):
         bus = app[keys.BUS]
         app[keys.EXTRA]["commerce_slots"] = asyncio.Semaphore(REDIS_SLOTS)
-        redis = _client(app[keys.REDIS])
+        redis = app[keys.REDIS]
         com = Commerce(redis, app[keys.SHOWS], app[keys.SETTINGS], bus.publish)
         app[keys.EXTRA]["commerce"] = com
         await com.start()
