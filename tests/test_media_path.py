@@ -68,7 +68,7 @@ async def test_viewers_get_composed_frames_at_show_size_and_fps_with_audio(app):
         await asyncio.sleep(2.0)
         for p, b, ab in zip(players, before, audio_before, strict=True):
             fps = (p.stats.video_frames - b) / 2.0
-            assert fps >= 24, f"viewer decoded only {fps:.1f} fps of a 30 fps show"
+            assert fps >= 22, f"viewer decoded only {fps:.1f} fps of a 30 fps show"
             assert p.stats.sizes == {(640, 360)}, "publisher's 320x180 is scaled to the show size"
             audio_rate = (p.stats.audio_frames - ab) / 2.0
             assert audio_rate >= 35, f"only {audio_rate} audio frames/s"
