@@ -25,6 +25,8 @@ from server.errors import ApiError, not_found, unauthorized
 VIEWER_COOKIE = "sr_viewer"
 STAFF_COOKIE = "sr_staff"
 STAFF_SESSION_S = 12 * 3600
+VIEWER_ID: web.RequestKey[str] = web.RequestKey("viewer_id")
+VIEWER_NEW: web.RequestKey[bool] = web.RequestKey("viewer_new")
 
 
 async def load_secret(redis) -> bytes:
@@ -61,8 +63,8 @@ def constant_eq(a: str, b: str) -> bool:
 
 def viewer_id(request: web.Request) -> str | None:
     """The viewer's id from the signed cookie, or None for a new visitor."""
-    if "viewer_id" in request:
-        return request["viewer_id"]
+    if VIEWER_ID in request:
+        return request[VIEWER_ID]
     return unsign(request.app[keys.SECRET], request.cookies.get(VIEWER_COOKIE))
 
 
@@ -71,8 +73,8 @@ def ensure_viewer(request: web.Request) -> str:
     vid = viewer_id(request)
     if vid is None:
         vid = uuid.uuid4().hex
-        request["viewer_id"] = vid
-        request["viewer_new"] = True
+        request[VIEWER_ID] = vid
+        request[VIEWER_NEW] = True
     return vid
 
 
@@ -80,13 +82,13 @@ def ensure_viewer(request: web.Request) -> str:
 async def viewer_cookie(request: web.Request, handler):
     response = await handler(request)
     if (
-        request.get("viewer_new")
+        request.get(VIEWER_NEW)
         and isinstance(response, web.StreamResponse)
         and not response.prepared
     ):
         response.set_cookie(
             VIEWER_COOKIE,
-            sign(request.app[keys.SECRET], request["viewer_id"]),
+            sign(request.app[keys.SECRET], request[VIEWER_ID]),
             max_age=30 * 86400,
             httponly=True,
             samesite="Lax",

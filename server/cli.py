@@ -61,7 +61,7 @@ def start_embedded(settings: Settings, services: Services) -> str:
     """Start what the settings do not point elsewhere; returns the Redis URL."""
     redis_url = settings.redis_url or os.environ.get("SHOWROOM_REDIS_URL")
     if not redis_url:
-        redis = EmbeddedRedis(settings.data_dir / "redis")
+        redis = EmbeddedRedis(settings.data_dir / "redis", appendfsync=settings.redis_appendfsync)
         redis.start()
         services.add(redis)
         redis_url = redis.url
@@ -109,6 +109,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         max_viewers_per_show=getattr(args, "max_viewers", 500),
         print_worker=not getattr(args, "no_print_worker", False),
         public_url=getattr(args, "public_url", None),
+        redis_appendfsync=getattr(args, "appendfsync", None)
+        or os.environ.get("SHOWROOM_REDIS_APPENDFSYNC", "everysec"),
     )
 
 
@@ -189,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="Redis URL (default: embedded redis-server under --data-dir)")
     p.add_argument(
         "--data-dir", default="var", help="data folder for embedded services (default ./var)"
+    )
+    p.add_argument(
+        "--appendfsync",
+        choices=["everysec", "always"],
+        help="embedded Redis AOF fsync policy (default everysec; env SHOWROOM_REDIS_APPENDFSYNC)",
     )
     p.add_argument(
         "--hold-seconds", type=int, default=600, help="how long an add-to-cart holds stock"

@@ -105,6 +105,8 @@ class Settings:
     stripe_api_base: str | None = None
     stripe_secret_key: str | None = None
     stripe_webhook_secret: str | None = None
+    # Embedded Redis AOF policy: everysec (a machine crash may lose ~1 s) or always.
+    redis_appendfsync: str = "everysec"
 
     @property
     def base_url(self) -> str:
