@@ -287,8 +287,8 @@ def report(
             "median offset ms",
             "p1 ms",
             "p99 ms",
-            "median |offset| ms",
-            "p99 |offset| ms",
+            "median abs offset ms",
+            "p99 abs offset ms",
         ],
         rows,
     )
