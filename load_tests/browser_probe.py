@@ -16,19 +16,13 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from load_tests.chromium import CHROMIUM
+from load_tests.chromium import CHROMIUM_ARGS as _ALL_ARGS
 from media import timecode
 from server.embedded import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
+# A viewer only: no fake camera needed.
+CHROMIUM_ARGS = [a for a in _ALL_ARGS if "fake" not in a]
 
 # Records when the first <video> starts playing (join = that - the WHEP POST's start).
 INIT_JS = """

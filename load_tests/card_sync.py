@@ -32,23 +32,12 @@ import aiohttp
 from aiohttp import web
 from playwright.async_api import async_playwright
 
+from load_tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from load_tests.common import RESULTS, median, percentile, table, write_section
 from server.app import create_app
 from server.config import Settings, load_shows
 from server.embedded import EmbeddedRedis, free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 STAFF = "bench-staff"
 PRODUCTS = [("A-RED", "Red scarf"), ("B-BLUE", "Blue mug"), ("C-GOLD", "Gold ring")]
 

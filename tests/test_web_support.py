@@ -11,22 +11,10 @@ from dataclasses import dataclass, field
 
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from load_tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from server import keys
 from tests.conftest import STAFF_PASSWORD
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # The host page's "go live" uses Chromium's built-in fake camera and microphone.
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
