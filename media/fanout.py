@@ -16,6 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# A joining viewer starts at the newest keyframe still in the ring if it is at most this
+# old (receiving the packets since then in one short burst), instead of waiting for the
+# next one. Forced keyframes come at most once a second per show, so a join otherwise
+# waits up to (1 s - this): 600 ms keeps that wait, plus ICE and DTLS, under 500 ms
+# while the burst stays under ~20 frames.
+JOIN_KEYFRAME_MAX_AGE_MS = 600
+
 
 @dataclass(slots=True)
 class Entry:
@@ -71,7 +78,9 @@ class Fanout:
     async def wait(self) -> None:
         await self._changed.wait()
 
-    def cursor(self, join_keyframe_max_age_ms: int = 500, now_ms: int = 0) -> Cursor:
+    def cursor(
+        self, join_keyframe_max_age_ms: int = JOIN_KEYFRAME_MAX_AGE_MS, now_ms: int = 0
+    ) -> Cursor:
         return Cursor(self, join_keyframe_max_age_ms, now_ms)
 
 

@@ -81,7 +81,6 @@ class ShowRuntime:
         self.frames_out = 0
         self.slate_frames = 0
         self.viewer_skips = 0
-        self._frame_callbacks: list[Callable[[int], None]] = []
         # (wall ms, seconds from source frame arrival to packets in the fan-out, of which
         # encoding) for recent frames
         self.latency_samples: deque[tuple[int, float, float]] = deque(maxlen=3000)
@@ -198,10 +197,6 @@ class ShowRuntime:
         if self.metrics:
             self.metrics.dropped_frames.labels(self.show.id, f"viewer_behind_{kind}").inc()
 
-    def after_next_frame(self, fn: Callable[[int], None]) -> None:
-        """Call ``fn(wall_ms)`` once the next composed frame exists (for ``media_ts``)."""
-        self._frame_callbacks.append(fn)
-
     # --- video -----------------------------------------------------------------------
     def _publisher_active(self, now: float) -> bool:
         return self.publisher is not None and now - self.slot.last_arrival < STALE_AFTER_S
@@ -279,12 +274,6 @@ class ShowRuntime:
             scene.blend_into(frame, wall)
         if self.metrics:
             self.metrics.frame_time.labels(self.show.id).observe(time.perf_counter() - blend_start)
-        callbacks, self._frame_callbacks = self._frame_callbacks, []
-        for fn in callbacks:
-            try:
-                fn(wall)
-            except Exception:
-                log.exception("frame callback failed")
 
         pts = max(self._last_pts + 1, int((time.monotonic() - self._t0) * 90000))
         self._last_pts = pts

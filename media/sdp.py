@@ -109,6 +109,29 @@ def choose_view_codec(offer: Offer) -> str:
     raise SdpError(422, "The offer's video must accept H264 or VP8.")
 
 
+def drop_mdns_candidates(sdp: str) -> str:
+    """``sdp`` (an offer or a trickle fragment) without ``a=candidate`` lines whose address
+    is an mDNS name (``*.local``).
+
+    Chromium hides its host addresses behind such names; aioice would spend up to a second
+    resolving each one before the offer is answered. The browser's other candidates, and
+    the peer-reflexive candidate learned from its checks once our candidates reach it,
+    connect just as well, so these lines are dropped before aiortc sees them. Line
+    endings and every other line are kept as they are.
+    """
+    kept = []
+    for line in sdp.splitlines(keepends=True):
+        fields = line.strip().split()
+        if (
+            line.startswith("a=candidate:")
+            and len(fields) >= 5
+            and fields[4].rstrip(".").lower().endswith(".local")
+        ):
+            continue
+        kept.append(line)
+    return "".join(kept)
+
+
 @dataclass
 class SdpFrag:
     ufrag: str | None

@@ -11,9 +11,15 @@ import pytest
 
 from media.audio import AudioFifo
 from media.client import WhepPlayer, WhipPublisher
-from media.fanout import Fanout
+from media.fanout import JOIN_KEYFRAME_MAX_AGE_MS, Fanout
 from media.keyframes import KeyframeGate
-from media.sdp import SdpError, choose_view_codec, parse_offer, parse_sdpfrag
+from media.sdp import (
+    SdpError,
+    choose_view_codec,
+    drop_mdns_candidates,
+    parse_offer,
+    parse_sdpfrag,
+)
 from media.testsrc import TestPatternTrack
 from server import keys
 from tests.conftest import STREAM_KEY
@@ -38,6 +44,46 @@ async def test_joining_viewer_starts_at_a_keyframe():
     assert old.waiting_for_keyframe and old.take() is None
     publish(f, 8, keyframe_every=10)  # 14..21, keyframe at 21
     assert old.take().packet == "p21"
+
+
+def gop(f: Fanout, frames: int, keyframe_at_ms: int, frame_ms: int = 33) -> None:
+    """One keyframe at ``keyframe_at_ms`` followed by delta frames every ``frame_ms``."""
+    for i in range(frames):
+        f.publish(f"p{f.seq + 1}", keyframe=i == 0, wall_ms=keyframe_at_ms + i * frame_ms)
+
+
+async def test_join_within_the_window_starts_at_the_cached_keyframe():
+    f = Fanout(capacity=60)
+    gop(f, 30, keyframe_at_ms=0)  # p1 keyframe, p2..p30 deltas (~1 s)
+    gop(f, 10, keyframe_at_ms=1000)  # p31 keyframe at 1000 ms, p32..p40 up to 1297 ms
+    now = 1000 + JOIN_KEYFRAME_MAX_AGE_MS  # the cached keyframe is just young enough
+    c = f.cursor(now_ms=now)
+    assert not c.waiting_for_keyframe
+    burst = []
+    while (e := c.take()) is not None:
+        burst.append(e.packet)
+    assert burst == [f"p{i}" for i in range(31, 41)], "the GOP since the keyframe, then live"
+    gop(f, 1, keyframe_at_ms=now)  # live again: the next packet comes straight through
+    assert c.take().packet == "p41"
+
+
+async def test_join_outside_the_window_waits_for_the_next_keyframe():
+    f = Fanout(capacity=60)
+    gop(f, 20, keyframe_at_ms=0)
+    c = f.cursor(now_ms=JOIN_KEYFRAME_MAX_AGE_MS + 1)  # cached keyframe too old
+    assert c.waiting_for_keyframe and c.take() is None
+    f.publish("delta", keyframe=False, wall_ms=700)
+    assert c.take() is None, "deltas before the next keyframe are not sent"
+    f.publish("kf", keyframe=True, wall_ms=733)
+    assert c.take().packet == "kf"
+
+
+async def test_join_cache_is_bounded_by_the_ring():
+    f = Fanout(capacity=8)
+    gop(f, 12, keyframe_at_ms=0, frame_ms=1)  # the keyframe has left the ring
+    assert len(f.ring) == 8 and f.latest_keyframe() is None
+    c = f.cursor(now_ms=12)
+    assert c.waiting_for_keyframe and c.take() is None
 
 
 async def test_slow_viewer_skips_to_next_keyframe_and_never_blocks_others():
@@ -129,6 +175,38 @@ def test_sdp_parsing_rules():
     assert frag.end_of_candidates
     with pytest.raises(SdpError):
         parse_sdpfrag("a=candidate:bad\r\n")
+
+
+def test_mdns_candidates_are_dropped_from_offers_and_fragments():
+    offer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 H264/90000\r\n"
+        "a=candidate:1 1 udp 2113937151 0b1c7e4e-8a2f-4d6b-9c1e-2f3a4b5c6d7e.local 54321"
+        " typ host generation 0\r\n"
+        "a=candidate:2 1 udp 1677729535 203.0.113.7 54321 typ srflx raddr 0.0.0.0 rport 0\r\n"
+        "a=candidate:3 1 UDP 2113937151 HOST-A.LOCAL. 5000 typ host\r\n"
+        "a=candidate:4 1 udp 2113937151 192.0.2.10 5000 typ host\r\n"
+        "a=end-of-candidates\r\n"
+    )
+    kept = drop_mdns_candidates(offer)
+    assert ".local" not in kept.lower()
+    assert kept == offer.replace(
+        "a=candidate:1 1 udp 2113937151 0b1c7e4e-8a2f-4d6b-9c1e-2f3a4b5c6d7e.local 54321"
+        " typ host generation 0\r\n",
+        "",
+    ).replace("a=candidate:3 1 UDP 2113937151 HOST-A.LOCAL. 5000 typ host\r\n", "")
+    assert parse_offer(kept).section("video").codecs == ["H264"]
+    # A name that merely contains "local" elsewhere, and non-candidate lines, are kept.
+    other = "a=candidate:5 1 udp 1 10.0.0.1 9 typ host\na=ice-ufrag:local\n"
+    assert drop_mdns_candidates(other) == other
+    frag = parse_sdpfrag(
+        drop_mdns_candidates(
+            "a=ice-ufrag:abcd\r\na=mid:0\r\n"
+            "a=candidate:1 1 udp 1 abc.local 5000 typ host\r\n"
+            "a=candidate:2 1 udp 1 127.0.0.1 5001 typ host\r\n"
+        )
+    )
+    assert frag.candidates == [("0", "candidate:2 1 udp 1 127.0.0.1 5001 typ host")]
 
 
 async def test_many_joins_and_plis_force_at_most_one_keyframe_per_second(app):

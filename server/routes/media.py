@@ -22,6 +22,7 @@ from media.sdp import (
     SdpError,
     check_publish_offer,
     choose_view_codec,
+    drop_mdns_candidates,
     parse_offer,
     parse_sdpfrag,
 )
@@ -93,6 +94,7 @@ async def whip_post(request: web.Request) -> web.Response:
         check_publish_offer(offer)
     except SdpError as exc:
         raise _sdp_error(exc) from None
+    text = drop_mdns_candidates(text)  # resolving them would delay the answer ~1 s
     runtime = runtimes(request.app)[show.id]
     publisher = Publisher(runtime)
     try:
@@ -138,6 +140,7 @@ async def whep_post(request: web.Request) -> web.Response:
         codec = choose_view_codec(offer)
     except SdpError as exc:
         raise _sdp_error(exc) from None
+    text = drop_mdns_candidates(text)  # resolving them would delay the answer ~1 s
     runtime = runtimes(request.app)[show.id]
     cap = request.app[keys.SETTINGS].max_viewers_per_show
     if len(runtime.viewers) >= cap:
@@ -183,7 +186,7 @@ async def _trickle(request: web.Request, session: Publisher | Viewer) -> web.Res
         raise ApiError(412, "conflict", "ETag does not match this session.")
     text = await _read_sdp(request, SDPFRAG)
     try:
-        frag = parse_sdpfrag(text)
+        frag = parse_sdpfrag(drop_mdns_candidates(text))
         await add_trickle(session.pc, session.remote_ufrag, frag)
     except SdpError as exc:
         raise _sdp_error(exc) from None
@@ -243,29 +246,8 @@ def _status_publisher(app: web.Application, show_id: str):
     return publish
 
 
-MEDIA_TS_EVENTS = ("featured", "drop", "stock")
-
-
-def _interceptor(app: web.Application, runtime: ShowRuntime):
-    """Hold featured/drop/stock events until a composed frame shows them (``media_ts``)."""
-    bus = app[keys.BUS]
-
-    def intercept(show_id: str, event: dict) -> None:
-        if event.get("type") not in MEDIA_TS_EVENTS:
-            bus.emit_local(show_id, event)
-            return
-        scene = runtime.scene_lookup()
-        handler = getattr(scene, "handle_event", None) if scene is not None else None
-        if handler is not None:
-            handler(event)
-        runtime.after_next_frame(lambda ts: bus.emit_local(show_id, {**event, "media_ts": ts}))
-
-    return intercept
-
-
 async def media_ctx(app: web.Application):
     metrics = app[keys.METRICS]
-    bus = app[keys.BUS]
     extra = app[keys.EXTRA]
     shows: dict[str, ShowRuntime] = {}
     extra["media"] = shows
@@ -278,9 +260,6 @@ async def media_ctx(app: web.Application):
         )
         shows[show_id] = runtime
         runtime.start()
-        # Another area may already line events up with the picture; do not displace it.
-        if show_id not in getattr(bus, "_interceptors", {}):
-            bus.set_interceptor(show_id, _interceptor(app, runtime))
     status = asyncio.create_task(_report_status(app), name="media-status")
     yield
     status.cancel()
