@@ -9,24 +9,13 @@ import pytest
 from aiohttp import web
 from playwright.async_api import async_playwright
 
+from load_tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from server import keys
 from server.embedded import free_port
 from tests.conftest import STREAM_KEY, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 
 COMMON_JS = """
 async function gathered(pc) {
@@ -118,9 +107,7 @@ async def test_chromium_publishes_via_whip_and_plays_via_whep(app, artifacts):
     runner, origin = await other_origin_site()
     try:
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-            )
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 publisher = await browser.new_page()
                 await publisher.goto(f"{origin}/publish.html")
