@@ -6,6 +6,8 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +74,55 @@ def write_section(name: str, command: str, body: str) -> None:
         else text.rstrip() + "\n\n" + section + "\n"
     )
     BENCHMARKS.write_text(text)
+
+
+LISTENING = re.compile(r"showroom listening on (http://\S+)")
+
+
+def spawn_serve(
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    timeout: float = 60,
+) -> tuple[subprocess.Popen, str]:
+    """``showroom serve ARGS`` as a child process; returns it and its URL once it listens.
+
+    Its output keeps being drained (into ``log_path``, or nowhere) so a full pipe never
+    blocks the server; a server that hangs without a word is killed after ``timeout``.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            m = LISTENING.search(line)
+            if m:
+                threading.Thread(target=_drain, args=(proc, log_path), daemon=True).start()
+                return proc, m.group(1)
+    finally:
+        watchdog.cancel()
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("showroom serve did not start:\n" + "".join(lines[-30:]))
+
+
+def _drain(proc: subprocess.Popen, log_path: Path | None) -> None:
+    assert proc.stdout is not None
+    if log_path is None:
+        for _ in proc.stdout:
+            pass
+        return
+    with log_path.open("a") as out:
+        for line in proc.stdout:
+            out.write(line)

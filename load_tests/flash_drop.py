@@ -19,7 +19,6 @@ import contextlib
 import csv
 import io
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import aiohttp
 
 from checkout import scripts
-from load_tests.common import RESULTS, median, percentile, table, write_section
+from load_tests.common import RESULTS, median, percentile, spawn_serve, table, write_section
 from server.embedded import EmbeddedRedis, free_port
 
 MANIFEST = """
@@ -85,39 +84,8 @@ class Result:
 
 
 def start_server(manifest: Path, redis_url: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--manifest",
-            str(manifest),
-            "--port",
-            str(port),
-            "--redis",
-            redis_url,
-            "--data-dir",
-            str(data_dir),
-            "--no-print-worker",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"showroom listening on (http://\S+)", line)
-        if m:
-            # Keep draining its output so the pipe never fills and blocks the server.
-            import threading
-
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, m.group(1)
-    raise RuntimeError("server did not start:\n" + "".join(lines))
+    args = ["--manifest", str(manifest), "--port", str(free_port()), "--redis", redis_url]
+    return spawn_serve([*args, "--data-dir", str(data_dir), "--no-print-worker"])
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

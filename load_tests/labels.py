@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 
 from checkout.orders import Order, OrderItem, Status, load_order, mark_paid, save_new_order
 from devices.routing import plan_labels
-from load_tests.common import RESULTS, ROOT, median, percentile, table, write_section
+from load_tests.common import RESULTS, ROOT, median, percentile, spawn_serve, table, write_section
 from server.config import load_manifest
 from server.embedded import EmbeddedRedis, EmbeddedStripe, free_port
 
@@ -153,42 +153,9 @@ def manifest(printer_port: int) -> str:
 
 
 def start_server(manifest_path: Path, redis_url: str, stripe_url: str, data: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--manifest",
-            str(manifest_path),
-            "--redis",
-            redis_url,
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "STRIPE_API_BASE": stripe_url,
-            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        },
-    )
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        m = re.search(r"showroom listening on (http://\S+)", line)
-        if m:
-            # keep draining the log so the server never blocks on a full pipe
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, m.group(1)
-    raise RuntimeError("server did not start:\n" + "".join(seen))
+    args = ["--manifest", str(manifest_path), "--redis", redis_url, "--port", str(free_port())]
+    env = {**os.environ, "STRIPE_API_BASE": stripe_url, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    return spawn_serve([*args, "--data-dir", str(data)], env=env)
 
 
 def signed(event: dict) -> tuple[bytes, str]:

@@ -21,13 +21,11 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +33,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from load_tests.common import RESULTS, ROOT, median, percentile, table, write_section
+from load_tests.common import RESULTS, ROOT, median, percentile, spawn_serve, table, write_section
 from load_tests.rtc_peers import (
     StampedSource,
     ViewerStats,
@@ -122,52 +120,8 @@ def start_server(workdir: Path, opts: Options) -> tuple[subprocess.Popen, str]:
     path = workdir / f"{SHOW}.toml"
     path.write_text(manifest(opts))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWROOM_", "STRIPE_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--manifest",
-            str(path),
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(workdir / "var"),
-            "--no-print-worker",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    # A server that hangs without a word is killed, which ends the read loop below.
-    watchdog = threading.Timer(60, proc.kill)
-    watchdog.start()
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            m = re.search(r"showroom listening on (http://\S+)", line)
-            if m:
-                # Keep draining its output so the pipe never fills and blocks the server.
-                _drain(proc, workdir / "server.log")
-                return proc, m.group(1)
-    finally:
-        watchdog.cancel()
-    stop_process(proc)
-    raise RuntimeError("showroom serve did not start:\n" + "".join(lines[-30:]))
-
-
-def _drain(proc: subprocess.Popen, log_path: Path) -> None:
-    def pump() -> None:
-        with log_path.open("a") as out:
-            for line in proc.stdout:  # type: ignore[union-attr]
-                out.write(line)
-
-    threading.Thread(target=pump, daemon=True).start()
+    args = ["--manifest", str(path), "--port", str(free_port()), "--data-dir", str(workdir / "var")]
+    return spawn_serve([*args, "--no-print-worker"], env=env, log_path=workdir / "server.log")
 
 
 def start_publisher(base: str, opts: Options, workdir: Path) -> subprocess.Popen:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
-import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import pytest
 import redis as redis_sync
 from aiohttp import web
 
+from load_tests.common import spawn_serve
 from server.app import create_app
 from server.config import Settings, load_shows
 from server.embedded import EmbeddedRedis, EmbeddedStripe, free_port
@@ -183,34 +182,9 @@ def start_server_process(
     manifests: list[Path], redis_url: str, data_dir: Path, env: dict | None = None
 ) -> tuple[subprocess.Popen, str]:
     """``showroom serve`` as a child process; returns it and its base URL once listening."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--redis",
-            redis_url,
-            "--data-dir",
-            str(data_dir),
-            *sum((["--manifest", str(m)] for m in manifests), []),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"showroom listening on (http://\S+)", line)
-        if m:
-            return proc, m.group(1)
-    raise RuntimeError("server did not start:\n" + "".join(lines))
+    args = ["--port", str(free_port()), "--redis", redis_url, "--data-dir", str(data_dir)]
+    args += sum((["--manifest", str(m)] for m in manifests), [])
+    return spawn_serve(args, env={**os.environ, **(env or {})})
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.05):
