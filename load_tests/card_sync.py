@@ -33,29 +33,21 @@ from aiohttp import web
 from playwright.async_api import async_playwright
 
 from load_tests.chromium import CHROMIUM, CHROMIUM_ARGS
-from load_tests.common import RESULTS, median, percentile, table, write_section
+from load_tests.common import (
+    RESULTS,
+    VideoSize,
+    manifest_toml,
+    median,
+    percentile,
+    table,
+    write_section,
+)
 from server.app import create_app
 from server.config import Settings, load_shows
 from server.embedded import EmbeddedRedis, free_port
 
 STAFF = "bench-staff"
 PRODUCTS = [("A-RED", "Red scarf"), ("B-BLUE", "Blue mug"), ("C-GOLD", "Gold ring")]
-
-MANIFEST = """
-[show]
-id = "bench"
-title = "Card sync bench"
-stream_key = "bench-stream-key"
-currency = "usd"
-[show.video]
-width = 640
-height = 360
-fps = 30
-bitrate_kbps = 1000
-{products}
-[staff]
-password = "{staff}"
-"""
 
 # Keeps the page's peer connections reachable, to deepen the jitter buffer like a phone's.
 CAPTURE_PC_JS = """
@@ -109,7 +101,14 @@ def manifest_text() -> str:
         f'\n[[products]]\nsku = "{sku}"\nname = "{name}"\nprice = "10.00"\nstock = 100\n'
         for sku, name in PRODUCTS
     )
-    return MANIFEST.format(products=products, staff=STAFF)
+    return manifest_toml(
+        "bench",
+        title="Card sync bench",
+        stream_key="bench-stream-key",
+        staff_password=STAFF,
+        video=VideoSize(640, 360, 30, 1000),
+        products=products,
+    )
 
 
 def picture_switch(frames: list[list[float]], t0: float, threshold: float = 25.0) -> float | None:

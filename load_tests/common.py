@@ -7,7 +7,9 @@ import re
 import statistics
 import subprocess
 import sys
+import textwrap
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +128,37 @@ def _drain(proc: subprocess.Popen, log_path: Path | None) -> None:
     with log_path.open("a") as out:
         for line in proc.stdout:
             out.write(line)
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    width: int = 640
+    height: int = 360
+    fps: int = 30
+    bitrate_kbps: int = 1000
+
+
+def manifest_toml(
+    show_id: str,
+    *,
+    title: str,
+    stream_key: str,
+    staff_password: str,
+    products: str,
+    video: VideoSize | None = None,
+    printers: str = "",
+    show_extra: str = "",
+) -> str:
+    """A show manifest for tests and benchmarks; ``products``/``printers`` are TOML tables."""
+    parts = [
+        f'[show]\nid = "{show_id}"\ntitle = "{title}"\nstream_key = "{stream_key}"\ncurrency = "usd"\n',
+        textwrap.dedent(show_extra).strip() + "\n" if show_extra.strip() else "",
+    ]
+    if video is not None:
+        parts.append(
+            f"[show.video]\nwidth = {video.width}\nheight = {video.height}\n"
+            f"fps = {video.fps}\nbitrate_kbps = {video.bitrate_kbps}\n"
+        )
+    parts += [textwrap.dedent(products), textwrap.dedent(printers)]
+    parts.append(f'\n[staff]\npassword = "{staff_password}"\n')
+    return "\n".join(parts)

@@ -36,7 +36,16 @@ import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
-from load_tests.common import RESULTS, ROOT, median, percentile, table, write_section
+from load_tests.common import (
+    RESULTS,
+    ROOT,
+    VideoSize,
+    manifest_toml,
+    median,
+    percentile,
+    table,
+    write_section,
+)
 from media.client import WhipPublisher, delete_session, negotiate, prefer_codec
 from media.encoders import VideoEncoder
 from media.testsrc import TestPatternTrack
@@ -227,30 +236,22 @@ class Series:
         return my - k * mx, k
 
 
-def write_manifest(folder: Path, cfg: Config) -> Path:
-    path = folder / "bench.toml"
-    path.write_text(
-        f"""[show]
-id = "demo"
-title = "Fan-out benchmark"
-stream_key = "{STREAM_KEY}"
-currency = "usd"
-[show.video]
-width = {cfg.width}
-height = {cfg.height}
-fps = {cfg.fps}
-bitrate_kbps = {cfg.bitrate_kbps}
-
+PRODUCT = """
 [[products]]
 sku = "MUG-01"
 name = "Stoneware mug"
 price = "18.00"
 stock = 40
-
-[staff]
-password = "bench-staff"
 """
-    )
+
+
+def write_manifest(folder: Path, cfg: Config) -> Path:
+    path = folder / "bench.toml"
+    video = VideoSize(cfg.width, cfg.height, cfg.fps, cfg.bitrate_kbps)
+    path.write_text(
+        manifest_toml("demo", title="Fan-out benchmark", stream_key=STREAM_KEY,
+                      staff_password="bench-staff", video=video, products=PRODUCT)
+    )  # fmt: skip
     return path
 
 

@@ -29,25 +29,24 @@ from pathlib import Path
 import aiohttp
 
 from checkout import scripts
-from load_tests.common import RESULTS, median, percentile, spawn_serve, table, write_section
+from load_tests.common import (
+    RESULTS,
+    manifest_toml,
+    median,
+    percentile,
+    spawn_serve,
+    table,
+    write_section,
+)
 from server.embedded import EmbeddedRedis, free_port
 
-MANIFEST = """
-[show]
-id = "bench"
-title = "Flash drop benchmark"
-stream_key = "bench-stream-key"
-currency = "usd"
-
-[[products]]
-sku = "BAG-07"
-name = "Canvas tote"
-price = "25.00"
-stock = 100000000
-
-[staff]
-password = "bench-staff"
-"""
+MANIFEST = manifest_toml(
+    "bench",
+    title="Flash drop benchmark",
+    stream_key="bench-stream-key",
+    staff_password="bench-staff",
+    products='[[products]]\nsku = "BAG-07"\nname = "Canvas tote"\nprice = "25.00"\nstock = 100000000\n',
+)
 
 
 @dataclass

@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import uuid
@@ -41,7 +40,16 @@ import redis.asyncio as aioredis
 
 from checkout.orders import Order, OrderItem, Status, load_order, mark_paid, save_new_order
 from devices.routing import plan_labels
-from load_tests.common import RESULTS, ROOT, median, percentile, spawn_serve, table, write_section
+from load_tests.common import (
+    RESULTS,
+    ROOT,
+    manifest_toml,
+    median,
+    percentile,
+    spawn_serve,
+    table,
+    write_section,
+)
 from server.config import load_manifest
 from server.embedded import EmbeddedRedis, EmbeddedStripe, free_port
 
@@ -119,15 +127,7 @@ class SocketPrinter:
 # --- the server ----------------------------------------------------------------------
 
 
-def manifest(printer_port: int) -> str:
-    return textwrap.dedent(f"""
-        [show]
-        id = "{SHOW}"
-        title = "Label benchmark"
-        stream_key = "labels-bench-key"
-        currency = "usd"
-        pickup_note = "Pick up at the counter"
-
+PRODUCTS = """
         [[products]]
         sku = "MUG-01"
         name = "Stoneware mug"
@@ -139,17 +139,26 @@ def manifest(printer_port: int) -> str:
         name = "Crewneck tee — Café édition"
         price = "32.00"
         stock = 100000
+"""
 
+
+def manifest(printer_port: int) -> str:
+    return manifest_toml(
+        SHOW,
+        title="Label benchmark",
+        stream_key="labels-bench-key",
+        staff_password="labels-bench-staff",
+        show_extra='pickup_note = "Pick up at the counter"',
+        products=PRODUCTS,
+        printers=f"""
         [[printers]]
         name = "counter"
         connection = "tcp://127.0.0.1:{printer_port}"
         profile = "TM-T88V"
         paper_mm = 80
         default = true
-
-        [staff]
-        password = "labels-bench-staff"
-    """)
+        """,
+    )
 
 
 def start_server(manifest_path: Path, redis_url: str, stripe_url: str, data: Path):

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,17 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from load_tests.common import RESULTS, ROOT, median, percentile, spawn_serve, table, write_section
+from load_tests.common import (
+    RESULTS,
+    ROOT,
+    VideoSize,
+    manifest_toml,
+    median,
+    percentile,
+    spawn_serve,
+    table,
+    write_section,
+)
 from load_tests.rtc_peers import (
     StampedSource,
     ViewerStats,
@@ -93,27 +102,14 @@ class PhaseResult:
 
 
 def manifest(opts: Options) -> str:
-    return textwrap.dedent(f"""
-        [show]
-        id = "{SHOW}"
-        title = "Latency bench"
-        stream_key = "{STREAM_KEY}"
-        currency = "usd"
-        [show.video]
-        width = {opts.width}
-        height = {opts.height}
-        fps = {opts.fps}
-        bitrate_kbps = 1500
-
-        [[products]]
-        sku = "MUG-01"
-        name = "Stoneware mug"
-        price = "18.00"
-        stock = 40
-
-        [staff]
-        password = "latency-bench-staff"
-        """)
+    return manifest_toml(
+        SHOW,
+        title="Latency bench",
+        stream_key=STREAM_KEY,
+        staff_password="latency-bench-staff",
+        video=VideoSize(opts.width, opts.height, opts.fps, 1500),
+        products='[[products]]\nsku = "MUG-01"\nname = "Stoneware mug"\nprice = "18.00"\nstock = 40\n',
+    )
 
 
 def start_server(workdir: Path, opts: Options) -> tuple[subprocess.Popen, str]:

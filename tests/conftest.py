@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import redis as redis_sync
 from aiohttp import web
 
-from load_tests.common import spawn_serve
+from load_tests.common import VideoSize, manifest_toml, spawn_serve
 from server.app import create_app
 from server.config import Settings, load_shows
 from server.embedded import EmbeddedRedis, EmbeddedStripe, free_port
@@ -85,26 +84,15 @@ def manifest_text(
         price = "32.00"
         stock = 5
         """
-    return (
-        textwrap.dedent(f"""
-        [show]
-        id = "{show_id}"
-        title = "Test Show {show_id}"
-        stream_key = "{STREAM_KEY}"
-        currency = "usd"
-        {extra_show}
-        [show.video]
-        width = {width}
-        height = {height}
-        fps = {fps}
-        bitrate_kbps = 800
-        """)
-        + textwrap.dedent(products)
-        + textwrap.dedent(printers)
-        + textwrap.dedent(f"""
-        [staff]
-        password = "{STAFF_PASSWORD}"
-        """)
+    return manifest_toml(
+        show_id,
+        title=f"Test Show {show_id}",
+        stream_key=STREAM_KEY,
+        staff_password=STAFF_PASSWORD,
+        video=VideoSize(width, height, fps, 800),
+        products=products,
+        printers=printers,
+        show_extra=extra_show,
     )
 
 
