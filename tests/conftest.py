@@ -106,6 +106,20 @@ def write_manifest(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def buyer_session(
+    url: str, connector: aiohttp.BaseConnector | None = None, **kwargs
+) -> aiohttp.ClientSession:
+    """A browser-like client with its own cookie jar (its own viewer id); buyers may
+    share one connector so thousands of them do not each open a connection pool."""
+    return aiohttp.ClientSession(
+        url,
+        cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies on 127.0.0.1
+        connector=connector,
+        connector_owner=connector is None,
+        **kwargs,
+    )
+
+
 @dataclass
 class RunningApp:
     url: str
@@ -138,8 +152,7 @@ async def start_app(
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     url = f"http://127.0.0.1:{port}"
-    jar = aiohttp.CookieJar(unsafe=True)  # cookies on 127.0.0.1
-    return RunningApp(url, app, runner, settings, aiohttp.ClientSession(url, cookie_jar=jar))
+    return RunningApp(url, app, runner, settings, buyer_session(url))
 
 
 @pytest.fixture

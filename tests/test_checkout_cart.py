@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import STREAM_KEY, wait_until
+from tests.conftest import STREAM_KEY, buyer_session, wait_until
 
 
 async def stock_of(redis_url: str, sku: str, show: str = "demo") -> int:
@@ -72,7 +72,7 @@ async def test_per_buyer_limit_and_sold_out(app):
         "/api/cart/items", json={"show": "demo", "sku": "TEE-02", "quantity": 5}
     ) as r:
         assert r.status == 200
-    async with aiohttp.ClientSession(app.url, cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
+    async with buyer_session(app.url) as other:
         async with other.post(
             "/api/cart/items", json={"show": "demo", "sku": "TEE-02", "quantity": 1}
         ) as r:
@@ -85,15 +85,7 @@ async def test_per_buyer_limit_and_sold_out(app):
 async def test_concurrent_adds_of_one_buyer_respect_the_limit(app, redis_url):
     """20 buyers each fire 5 adds at once; limit 2 each: exactly 2 held per buyer."""
     connector = aiohttp.TCPConnector(limit=100)
-    sessions = [
-        aiohttp.ClientSession(
-            app.url,
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=connector,
-            connector_owner=False,
-        )
-        for _ in range(20)
-    ]
+    sessions = [buyer_session(app.url, connector) for _ in range(20)]
     try:
         # First call gives each buyer its cookie.
         for s in sessions:

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from checkout.orders import PRINT_STREAM, PrintJob
 from server.embedded import EmbeddedRedis
-from tests.conftest import manifest_text, start_app
+from tests.conftest import buyer_session, manifest_text, start_app
 from tests.stripe_helpers import event, signed
 
 SECRET = "whsec_durability_test"
@@ -52,9 +52,7 @@ async def test_no_paid_order_lost_when_redis_is_killed(tmp_path, stripe_sandbox)
         # 40 buyers check out; their payments then arrive as one burst of webhooks.
         orders: list[tuple[str, str]] = []
         for _ in range(ORDERS):
-            async with aiohttp.ClientSession(
-                app.url, cookie_jar=aiohttp.CookieJar(unsafe=True)
-            ) as s:
+            async with buyer_session(app.url) as s:
                 async with s.post(
                     "/api/cart/items", json={"show": "demo", "sku": "BAG-07", "quantity": 1}
                 ) as r:

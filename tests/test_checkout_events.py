@@ -9,6 +9,8 @@ import time
 import aiohttp
 import pytest
 
+from tests.conftest import buyer_session
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -29,15 +31,7 @@ async def test_stock_events_are_coalesced_and_end_on_the_true_value(app):
         await sse.content.readline()
         reader = asyncio.create_task(read_events(sse, events, stop))
         connector = aiohttp.TCPConnector(limit=50)
-        sessions = [
-            aiohttp.ClientSession(
-                app.url,
-                cookie_jar=aiohttp.CookieJar(unsafe=True),
-                connector=connector,
-                connector_owner=False,
-            )
-            for _ in range(40)
-        ]
+        sessions = [buyer_session(app.url, connector) for _ in range(40)]
 
         async def buy(s):
             async with s.post(

@@ -13,7 +13,7 @@ import pytest
 import redis as redis_sync
 import redis.asyncio as aioredis
 
-from tests.conftest import STREAM_KEY, start_server_process
+from tests.conftest import STREAM_KEY, buyer_session, start_server_process
 
 PRODUCTS = """
 [[products]]
@@ -65,11 +65,9 @@ async def race(urls: list[str], buyers: int) -> tuple[list[tuple[int, str | None
     """Every buyer (own cookie jar) presses Buy once, all at the same time."""
     connectors = {u: aiohttp.TCPConnector(limit=300) for u in urls}
     sessions = [
-        aiohttp.ClientSession(
+        buyer_session(
             urls[i % len(urls)],
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=connectors[urls[i % len(urls)]],
-            connector_owner=False,
+            connectors[urls[i % len(urls)]],
             timeout=aiohttp.ClientTimeout(total=60),
         )
         for i in range(buyers)

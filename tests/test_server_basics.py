@@ -6,9 +6,7 @@ import asyncio
 import json
 import signal
 
-import aiohttp
-
-from tests.conftest import STREAM_KEY, start_server_process
+from tests.conftest import STREAM_KEY, buyer_session, start_server_process
 
 
 async def test_healthz_and_metrics(app):
@@ -71,7 +69,7 @@ async def test_featured_event_reaches_sse_subscriber(app):
 
 
 async def test_staff_login_sets_session(app):
-    async with aiohttp.ClientSession(app.url, cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+    async with buyer_session(app.url) as s:
         async with s.post(
             "/login", data={"password": "wrong", "next": "/staff"}, allow_redirects=False
         ) as r:

@@ -12,14 +12,14 @@ from PIL import Image
 
 from checkout.orders import Order, OrderItem, Status, save_new_order
 from server import keys
-from tests.conftest import STAFF_PASSWORD, manifest_text
+from tests.conftest import STAFF_PASSWORD, buyer_session, manifest_text
 from tests.test_web_support import DESKTOP, PHONE, JsErrors, chromium, new_page, staff_login
 
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
 
 def stranger(app) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(app.url, cookie_jar=aiohttp.CookieJar(unsafe=True))
+    return buyer_session(app.url)
 
 
 async def make_order(app, show: str = "demo", buyer: str = "Grace Hopper", status=Status.PAID):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 
-import aiohttp
 import pytest
 from playwright.async_api import expect
 
 from media.client import WhipPublisher
 from media.testsrc import TestPatternTrack
-from tests.conftest import STREAM_KEY, wait_until
+from tests.conftest import STREAM_KEY, buyer_session, wait_until
 from tests.test_web_support import PHONE, JsErrors, chromium, new_page
 
 PRODUCTS = """
@@ -51,9 +50,7 @@ async def test_sold_out_limit_and_expired_hold_are_explained(make_app, write_man
         await expect(notice).to_contain_text("Limit reached: You can buy at most 1")
         await expect(page.locator(".cart-item")).to_have_count(1)
 
-        async with aiohttp.ClientSession(
-            app.url, cookie_jar=aiohttp.CookieJar(unsafe=True)
-        ) as other:
+        async with buyer_session(app.url) as other:
             async with other.post(
                 "/api/cart/items", json={"show": "demo", "sku": "LAST-1", "quantity": 1}
             ) as r:
