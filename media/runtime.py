@@ -28,8 +28,9 @@ from media.audio import AudioFifo
 from media.encoders import AUDIO_SAMPLES, AudioEncoder, Encoded, VideoEncoder
 from media.fanout import Fanout
 from media.keyframes import KeyframeGate
-from media.slate import slate_yuv
+from media.slate import slate_frame
 from media.slot import LatestFrame, SourceFrame
+from overlays.yuv import frame_planes
 
 if TYPE_CHECKING:
     from media.egress import Viewer
@@ -47,11 +48,23 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def to_show_size(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-    """A publisher frame as a yuv420p array at the show's size (a new array)."""
+def to_show_size(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """A publisher frame as yuv420p at the show's size (the frame itself when it already is).
+
+    Never blended into: it stays clean so the compositor can repeat it under new overlays."""
     if frame.width != width or frame.height != height or frame.format.name != "yuv420p":
         frame = frame.reformat(width=width, height=height, format="yuv420p")
-    return frame.to_ndarray()
+    return frame
+
+
+def blend_target(source: av.VideoFrame) -> av.VideoFrame:
+    """A fresh frame holding a copy of ``source``'s pixels, for the overlays to blend into.
+
+    One plane-by-plane copy per composed frame (no ndarray round trip)."""
+    frame = av.VideoFrame(source.width, source.height, "yuv420p")
+    for dst, src in zip(frame_planes(frame), frame_planes(source), strict=True):
+        dst[:] = src
+    return frame
 
 
 class ShowRuntime:
@@ -91,7 +104,7 @@ class ShowRuntime:
         self._tokens = 1.0
         self._token_time = time.monotonic()
         self._source: SourceFrame | None = None
-        self._source_yuv: np.ndarray | None = None
+        self._source_yuv: av.VideoFrame | None = None
 
     def _new_fanout(self, codec: str) -> Fanout:
         fanout = Fanout(capacity=max(8, 2 * self.fps), keyframes=True)
@@ -263,9 +276,9 @@ class ShowRuntime:
             base = self._source_yuv
         else:
             self._source = self._source_yuv = None
-            base = slate_yuv(self.width, self.height)
+            base = slate_frame(self.width, self.height)
             self.slate_frames += 1
-        frame = av.VideoFrame.from_ndarray(base, format="yuv420p")  # a copy to blend into
+        frame = blend_target(base)
 
         wall = now_ms()
         scene = self.scene_lookup()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import av
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 BACKGROUND = (22, 26, 38)
@@ -17,8 +16,8 @@ TEXT = "We'll be right back"
 
 
 @lru_cache(maxsize=8)
-def slate_yuv(width: int, height: int) -> np.ndarray:
-    """The slate as a yuv420p array of shape (height * 3 // 2, width); read-only."""
+def slate_frame(width: int, height: int) -> av.VideoFrame:
+    """The slate as a yuv420p frame; shared, so never blended into (copy it first)."""
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=max(12, height // 12))
@@ -26,7 +25,4 @@ def slate_yuv(width: int, height: int) -> np.ndarray:
     x = (width - (box[2] - box[0])) // 2 - box[0]
     y = (height - (box[3] - box[1])) // 2 - box[1] - height // 10
     draw.text((x, y), TEXT, font=font, fill=(235, 238, 245))
-    frame = av.VideoFrame.from_image(img).reformat(format="yuv420p")
-    arr = frame.to_ndarray()
-    arr.setflags(write=False)
-    return arr
+    return av.VideoFrame.from_image(img).reformat(format="yuv420p")
