@@ -120,6 +120,17 @@ class Order:
             print_error=d.get("print_error") or None,
         )
 
+    def event(self, status: Status | None = None, **extra: Any) -> dict[str, Any]:
+        """The ``order`` live event (staff pages, the buyer's status)."""
+        return {
+            "type": "order",
+            "order_id": self.order_id,
+            "number": self.number,
+            "status": str(status or self.status),
+            "show": self.show,
+            **extra,
+        }
+
     def public(self) -> dict[str, Any]:
         """The API.md view of an order."""
         return {

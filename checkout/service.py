@@ -179,16 +179,7 @@ class Commerce:
         return view
 
     async def publish_order(self, order: Order) -> None:
-        await self.publish(
-            order.show,
-            {
-                "type": "order",
-                "order_id": order.order_id,
-                "number": order.number,
-                "status": str(order.status),
-                "show": order.show,
-            },
-        )
+        await self.publish(order.show, order.event())
 
     async def order_counts(self) -> dict[str, int]:
         counts = {str(s): 0 for s in Status}

@@ -464,15 +464,7 @@ class PrintWorker:
         self.inflight.pop(task.entry_id, None)
         await self._emit(
             order.show,
-            {
-                "type": "order",
-                "order_id": order.order_id,
-                "number": order.number,
-                "status": str(status),
-                "show": order.show,
-                "printed": True,
-                "reprint": task.job.reprint,
-            },
+            order.event(status, printed=True, reprint=task.job.reprint),
         )
 
     async def _ack(self, entry_id: str) -> None:

@@ -59,13 +59,25 @@ def error_response(
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body, or 413 past ``max_bytes``. Reads until EOF: one ``read(n)`` may
+    return only the first chunk of a body that arrives in several."""
+    too_large = ApiError(413, "too_large", f"Body is larger than {max_bytes} bytes.")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(max_bytes + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+    return b"".join(chunks)
+
+
 async def read_json(request: web.Request, max_bytes: int = 16 * 1024) -> dict[str, Any]:
     """Parse a JSON object body: 413 when too large, 400 when not a JSON object."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(413, "too_large", f"Body is larger than {max_bytes} bytes.")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise ApiError(413, "too_large", f"Body is larger than {max_bytes} bytes.")
+    raw = await read_body(request, max_bytes)
     try:
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):

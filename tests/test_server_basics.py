@@ -118,3 +118,25 @@ def test_killed_server_takes_its_embedded_redis_with_it(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("redis-server outlived its SIGKILLed parent")
+
+
+async def test_body_arriving_in_pieces_is_read_whole(app):
+    """A slow client (chunked upload) must not have its body cut at the first piece."""
+
+    async def slow_body():
+        yield b'{"sku": '
+        await asyncio.sleep(0.2)
+        yield b'"MUG-01"}'
+
+    hdr = {"Authorization": f"Bearer {STREAM_KEY}", "Content-Type": "application/json"}
+    async with app.session.post("/api/shows/demo/feature", data=slow_body(), headers=hdr) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["featured"] == "MUG-01"
+
+    async def endless():
+        for _ in range(40):
+            yield b" " * 1024
+
+    async with app.session.post("/api/shows/demo/feature", data=endless(), headers=hdr) as r:
+        assert r.status == 413
+        assert (await r.json())["error"] == "too_large"

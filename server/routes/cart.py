@@ -24,7 +24,7 @@ from checkout.webhooks import BadSignature, handle_event, verify
 from server import keys
 from server.auth import ensure_viewer, get_show, require_host, staff_shows, viewer_id
 from server.config import SKU, ShowConfig
-from server.errors import ApiError, bad_request, conflict, not_found, read_json
+from server.errors import ApiError, bad_request, conflict, not_found, read_body, read_json
 
 log = logging.getLogger("showroom.checkout")
 
@@ -344,11 +344,7 @@ async def sandbox_pay(request: web.Request) -> web.Response:
 
 async def stripe_webhook(request: web.Request) -> web.Response:
     com = commerce(request.app)
-    if request.content_length is not None and request.content_length > WEBHOOK_MAX_BYTES:
-        raise ApiError(413, "too_large", "Webhook body too large.")
-    payload = await request.content.read(WEBHOOK_MAX_BYTES + 1)
-    if len(payload) > WEBHOOK_MAX_BYTES:
-        raise ApiError(413, "too_large", "Webhook body too large.")
+    payload = await read_body(request, WEBHOOK_MAX_BYTES)
     if not com.webhook_secret:
         raise bad_request("No webhook secret is configured (STRIPE_WEBHOOK_SECRET).")
     try:

@@ -28,7 +28,7 @@ from media.sdp import (
 )
 from server import keys, presence
 from server.auth import get_show, require_stream_key
-from server.errors import ApiError, bad_request, not_found
+from server.errors import ApiError, bad_request, not_found, read_body
 
 log = logging.getLogger("showroom.media")
 
@@ -58,11 +58,7 @@ async def _read_sdp(request: web.Request, expected: str = SDP) -> str:
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype != expected:
         raise ApiError(415, "bad_request", f"Content-Type must be {expected}.")
-    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-        raise ApiError(413, "too_large", f"Body is larger than {MAX_SDP_BYTES} bytes.")
-    raw = await request.content.read(MAX_SDP_BYTES + 1)
-    if len(raw) > MAX_SDP_BYTES:
-        raise ApiError(413, "too_large", f"Body is larger than {MAX_SDP_BYTES} bytes.")
+    raw = await read_body(request, MAX_SDP_BYTES)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

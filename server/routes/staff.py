@@ -56,16 +56,7 @@ async def _staff_order(request: web.Request) -> Order:
 
 
 async def _publish_order(app: web.Application, order: Order, status: Status) -> None:
-    await app[keys.BUS].publish(
-        order.show,
-        {
-            "type": "order",
-            "order_id": order.order_id,
-            "number": order.number,
-            "status": str(status),
-            "show": order.show,
-        },
-    )
+    await app[keys.BUS].publish(order.show, order.event(status))
 
 
 async def list_orders(request: web.Request) -> web.Response:
