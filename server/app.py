@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from server import auth, keys
@@ -18,6 +17,7 @@ from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
 from server.metrics import Metrics
+from server.redis_pipelining import CoalescingRedis
 from server.routes import cart, health, media, pages, scene, shows, staff, stats
 
 log = logging.getLogger("showroom")
@@ -42,7 +42,8 @@ def create_app(
     async def core_ctx(app: web.Application):
         # A flash drop puts hundreds of requests on Redis at once; redis-py's default pool
         # (100) would raise "Too many connections". Areas bound their own concurrency.
-        redis = aioredis.Redis.from_url(
+        # Lua scripts (every stock change) share round trips: see redis_pipelining.
+        redis = CoalescingRedis.from_url(
             redis_url,
             decode_responses=False,
             health_check_interval=10,

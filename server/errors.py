@@ -62,17 +62,20 @@ def error_response(
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The whole body, or 413 past ``max_bytes``. Reads until EOF: one ``read(n)`` may
     return only the first chunk of a body that arrives in several."""
-    too_large = ApiError(413, "too_large", f"Body is larger than {max_bytes} bytes.")
     if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(max_bytes + 1 - size):
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
-            raise too_large
+            raise _too_large(max_bytes)
     return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, "too_large", f"Body is larger than {max_bytes} bytes.")
 
 
 async def read_json(request: web.Request, max_bytes: int = 16 * 1024) -> dict[str, Any]:
