@@ -4,9 +4,11 @@ raw limit of the same Redis running the same Lua script.
     python -m load_tests.flash_drop [--quick]
 
 - **HTTP add-to-cart** (Showroom): one ``showroom serve`` process on its own Redis;
-  N concurrent buyers, each with its own cookie jar, press Buy in a closed loop for a
-  fixed window (every add takes a hold through the add-to-cart Lua script). Latency is
-  measured at the client, so it includes the client's own event loop on this machine.
+  N concurrent buyers, each with its own connection and cookie jar, press Buy in a closed
+  loop for a fixed window (every add takes a hold through the add-to-cart Lua script).
+  Latency is measured at the client, so it includes the client's own event loop on this
+  machine. The client is the lean one in ``http_buyers.py``: aiohttp's client costs about
+  as much CPU per request as the server, and on two cores would cap what it measures.
 - **raw limit**: ``redis-benchmark`` running the same script via EVALSHA against the
   same Redis in the same run: what Redis alone can do with no HTTP, JSON or Python.
 """
@@ -19,14 +21,13 @@ import contextlib
 import csv
 import io
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
 
 from checkout import scripts
 from load_tests.common import (
@@ -38,6 +39,7 @@ from load_tests.common import (
     table,
     write_section,
 )
+from load_tests.http_buyers import Buyer, HttpError
 from server.embedded import EmbeddedRedis, free_port
 
 MANIFEST = manifest_toml(
@@ -69,6 +71,7 @@ class Result:
     latencies_ms: list[float]
     errors: int = 0
     server_cpu_s: float | None = None  # CPU time the server process used in the window
+    client_cpu_s: float | None = None  # and the load generator (this process)
 
     @property
     def capacity(self) -> float | None:
@@ -95,71 +98,59 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-async def _buyers(url: str, n: int) -> tuple[aiohttp.TCPConnector, list[aiohttp.ClientSession]]:
-    """n buyers, each with its own cookie jar and viewer cookie."""
-    connector = aiohttp.TCPConnector(limit=0)
-    sessions = [
-        aiohttp.ClientSession(
-            url,
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=connector,
-            connector_owner=False,
-        )
-        for _ in range(n)
-    ]
-
-    async def cookie(s: aiohttp.ClientSession) -> None:
-        async with s.get("/api/cart") as r:
-            await r.read()
-
+async def _buyers(url: str, n: int) -> list[Buyer]:
+    """n buyers, each with its own connection, cookie jar and viewer cookie."""
+    buyers = [Buyer.for_url(url) for _ in range(n)]
     for i in range(0, n, 100):
-        await asyncio.gather(*(cookie(s) for s in sessions[i : i + 100]))
-    return connector, sessions
+        await asyncio.gather(*(b.request("GET", "/api/cart") for b in buyers[i : i + 100]))
+    return buyers
 
 
-async def _close(connector, sessions) -> None:
-    for s in sessions:
-        await s.close()
-    await connector.close()
+def _close(buyers: list[Buyer]) -> None:
+    for b in buyers:
+        b.close()
 
 
 BODY = {"show": "bench", "sku": "BAG-07", "quantity": 1}
 
 
-async def press(s: aiohttp.ClientSession) -> bool:
+async def press(b: Buyer) -> bool:
     """One add-to-cart; False on an error answer or a failed connection (counted)."""
     try:
-        async with s.post("/api/cart/items", json=BODY) as r:
-            await r.read()
-            return r.status == 200
-    except (aiohttp.ClientError, OSError):
+        return (await b.request("POST", "/api/cart/items", BODY)).status == 200
+    except (HttpError, OSError):
         return False
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def burst_run(url: str, buyers: int, rounds: int) -> Result:
     """The flash-drop moment: every buyer presses Buy at the same instant."""
-    connector, sessions = await _buyers(url, buyers)
+    sessions = await _buyers(url, buyers)
     latencies: list[float] = []
     errors = 0
     total = 0.0
 
-    async def buy(s: aiohttp.ClientSession, gate: asyncio.Event, released: list[float]) -> None:
+    async def buy(b: Buyer, gate: asyncio.Event, released: list[float]) -> None:
         nonlocal errors
         await gate.wait()
-        if not await press(s):
+        if not await press(b):
             errors += 1
         latencies.append((time.perf_counter() - released[0]) * 1000)
 
     for _ in range(rounds):
         gate, released = asyncio.Event(), [0.0]
-        tasks = [asyncio.create_task(buy(s, gate, released)) for s in sessions]
+        tasks = [asyncio.create_task(buy(b, gate, released)) for b in sessions]
         await asyncio.sleep(0.2)
         released[0] = time.perf_counter()
         gate.set()
         await asyncio.gather(*tasks)
         total += time.perf_counter() - released[0]
         await asyncio.sleep(0.3)
-    await _close(connector, sessions)
+    _close(sessions)
     return Result(
         "HTTP burst: all press Buy at once", buyers, len(latencies), total, latencies, errors
     )
@@ -168,25 +159,25 @@ async def burst_run(url: str, buyers: int, rounds: int) -> Result:
 async def paced_run(url: str, buyers: int, rate: float, window_s: float) -> Result:
     """Open loop: buyers together offer ``rate`` adds/s; latency counts from the moment
     each press was due, so queueing in the server is not hidden."""
-    connector, sessions = await _buyers(url, buyers)
+    sessions = await _buyers(url, buyers)
     latencies: list[float] = []
     errors = 0
     interval = buyers / rate
     start = time.perf_counter() + 0.2
     end = start + window_s
 
-    async def buyer(i: int, s: aiohttp.ClientSession) -> None:
+    async def buyer(i: int, b: Buyer) -> None:
         nonlocal errors
         due = start + interval * i / buyers
         while due < end:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            if not await press(s):
+            if not await press(b):
                 errors += 1
             latencies.append((time.perf_counter() - due) * 1000)
             due += interval
 
-    await asyncio.gather(*(buyer(i, s) for i, s in enumerate(sessions)))
-    await _close(connector, sessions)
+    await asyncio.gather(*(buyer(i, b) for i, b in enumerate(sessions)))
+    _close(sessions)
     return Result(
         f"HTTP paced: {rate:.0f} adds/s offered",
         buyers,
@@ -198,46 +189,34 @@ async def paced_run(url: str, buyers: int, rate: float, window_s: float) -> Resu
 
 
 async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Result:
-    connector = aiohttp.TCPConnector(limit=0)
-    sessions = [
-        aiohttp.ClientSession(
-            url,
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=connector,
-            connector_owner=False,
-        )
-        for _ in range(buyers)
-    ]
+    sessions = await _buyers(url, buyers)
     latencies: list[float] = []
     errors = 0
     measuring = False
     stop = False
 
-    async def buyer(s: aiohttp.ClientSession) -> None:
+    async def buyer(b: Buyer) -> None:
         nonlocal errors
-        async with s.get("/api/cart") as r:  # the viewer cookie
-            await r.read()
         while not stop:
             t0 = time.perf_counter()
-            ok = await press(s)
+            ok = await press(b)
             if measuring:
                 if ok:
                     latencies.append((time.perf_counter() - t0) * 1000)
                 else:
                     errors += 1
 
-    tasks = [asyncio.create_task(buyer(s)) for s in sessions]
+    tasks = [asyncio.create_task(buyer(b)) for b in sessions]
     await asyncio.sleep(cfg.warmup_s)
     measuring = True
-    started, cpu0 = time.perf_counter(), cpu_seconds(server_pid)
+    started, cpu0, own0 = time.perf_counter(), cpu_seconds(server_pid), own_cpu_seconds()
     await asyncio.sleep(cfg.window_s)
     measuring = False
-    elapsed, cpu = time.perf_counter() - started, cpu_seconds(server_pid) - cpu0
+    elapsed = time.perf_counter() - started
+    cpu, own = cpu_seconds(server_pid) - cpu0, own_cpu_seconds() - own0
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
-    for s in sessions:
-        await s.close()
-    await connector.close()
+    _close(sessions)
     return Result(
         "HTTP closed loop (saturation)",
         buyers,
@@ -246,6 +225,58 @@ async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Resul
         latencies,
         errors,
         server_cpu_s=cpu,
+        client_cpu_s=own,
+    )
+
+
+async def python_client_run(redis_url: str, coalesced: bool, callers: int, cfg: Config) -> Result:
+    """The add-to-cart script from Python with no HTTP: redis-py one call at a time (each
+    takes a pooled connection) next to the coalescing client the server uses."""
+    import redis.asyncio as aioredis
+
+    from checkout import carts
+    from server.redis_pipelining import CoalescingRedis
+
+    client_class = CoalescingRedis if coalesced else aioredis.Redis
+    client = client_class.from_url(redis_url, max_connections=callers + 8)
+    await client.hset("stock:pybench", "BAG-07", 10**12)
+    latencies: list[float] = []
+    measuring = stop = False
+
+    async def caller(i: int) -> None:
+        while not stop:
+            t0 = time.perf_counter()
+            await carts.add_item(
+                client,
+                f"py{i}",
+                "pybench",
+                "BAG-07",
+                1,
+                price_cents=2500,
+                per_buyer_limit=None,
+                hold_seconds=600,
+            )
+            if measuring:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(callers)]
+    await asyncio.sleep(cfg.warmup_s)
+    measuring = True
+    started, own0 = time.perf_counter(), own_cpu_seconds()
+    await asyncio.sleep(cfg.window_s / 2)
+    measuring = False
+    elapsed, own = time.perf_counter() - started, own_cpu_seconds() - own0
+    stop = True
+    await asyncio.gather(*tasks)
+    await client.aclose()
+    how = "coalesced pipelines (Showroom)" if coalesced else "one EVALSHA per call (plain redis-py)"
+    return Result(
+        f"Python client, no HTTP: {how}",
+        callers,
+        len(latencies),
+        elapsed,
+        latencies,
+        client_cpu_s=own,
     )
 
 
@@ -308,11 +339,8 @@ def plot(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    labels = [
-        f"{'HTTP' if r.name.startswith('HTTP') else 'Redis EVALSHA'}\n{r.concurrency}"
-        for r in results
-    ]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5))
+    labels = [f"{_short(r)}\n{r.concurrency}" for r in results]
     ax1.bar(labels, [r.rate for r in results], color="#4a7")
     ax1.set_ylabel("add-to-cart per second")
     ax1.set_yscale("log")
@@ -332,6 +360,8 @@ def _short(r: Result) -> str:
         ("HTTP closed", "closed"),
         ("HTTP paced", "paced"),
         ("HTTP burst", "burst"),
+        ("Python client, no HTTP: one", "redis-py"),
+        ("Python client, no HTTP: coalesced", "coalesced"),
         ("raw", "Redis"),
     ):
         if r.name.startswith(prefix):
@@ -361,6 +391,9 @@ async def run(cfg: Config) -> list[Result]:
                 results.append(await paced_run(url, n, n * cfg.presses_per_buyer_s, cfg.window_s))
             for n in cfg.concurrency:
                 results.append(await burst_run(url, n, cfg.burst_rounds))
+            for coalesced in (False, True):
+                low = min(cfg.concurrency)
+                results.append(await python_client_run(redis_server.url, coalesced, low, cfg))
             for clients in sorted({50, min(cfg.concurrency)}):
                 results.append(
                     await asyncio.to_thread(
@@ -407,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{_p(r, 99):.2f}",
             r.errors,
             f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s else "-",
+            f"{r.client_cpu_s / r.ops * 1000:.3f}" if r.client_cpu_s else "-",
             round(r.capacity) if r.capacity else "-",
         ]
         for r in results
@@ -420,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             "p99 ms",
             "errors",
             "server CPU ms/add",
+            "client CPU ms/add",
             "adds/s per server core",
         ],
         rows,
@@ -443,13 +478,18 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, png)
     if not cfg.quick:
         notes = (
-            "One `showroom serve` process (uvloop) and its Redis; the load generator (aiohttp, "
-            "one cookie jar per buyer) runs on the same machine and shares its cores, so HTTP "
-            "figures are a floor. *closed loop*: every buyer presses again as soon as it has "
+            "One `showroom serve` process (uvloop) and its Redis; the load generator "
+            "(`load_tests/http_buyers.py`: one keep-alive connection and cookie jar per buyer, "
+            "its CPU per add in the *client* column) runs on the same machine and shares its "
+            "cores, so HTTP figures are a floor. *closed loop*: every buyer presses again as soon as it has "
             "its answer (saturation: throughput). *paced*: each buyer presses "
             "once a second (open loop), latency counted from when each press was due. *burst*: every buyer "
             "presses once at the same instant (the drop moment), latency from that instant. Every add is a real hold through the "
-            "add-to-cart Lua script. The raw-limit rows run the same script via EVALSHA "
+            "add-to-cart Lua script. The *Python client* rows call the same script from Python "
+            "with no HTTP, the way the server does: plain redis-py one call at a time (a "
+            "pooled connection, timeout and reply parse each) against the coalescing client "
+            "the server uses (scripts ready in the same loop turn share one pipeline); their "
+            "CPU column is this process. The raw-limit rows run the same script via EVALSHA "
             "from `redis-benchmark` against the same Redis in the same run (p50/p99 as "
             "reported by redis-benchmark). *adds/s per server core* = adds completed / CPU "
             "seconds the server process used in the window (from /proc): the rate one "
