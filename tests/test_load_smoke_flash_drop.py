@@ -23,7 +23,7 @@ def test_flash_drop_benchmark_quick():
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")][1:]
     kinds = {r.split("|")[1].strip().split(" (")[0].split(":")[0] for r in rows}
-    assert {"HTTP closed loop", "HTTP paced", "HTTP burst", "raw limit"} <= kinds
+    assert {"HTTP closed loop", "HTTP paced", "HTTP burst", "Python client", "raw limit"} <= kinds
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[2]) > 0, row  # adds/s
