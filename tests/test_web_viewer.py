@@ -186,3 +186,40 @@ async def test_full_show_retries_and_plays_when_a_seat_frees(make_app, write_man
     finally:
         await publisher.close(app.session)
     assert errors.unexpected("status of 503") == []
+
+
+@pytest.mark.timeout(90)
+async def test_a_drop_on_a_product_not_on_screen_counts_down_in_the_list(
+    make_app, write_manifest, artifacts
+):
+    """The host may run a drop on a product that is not the featured one: the phone still
+    shows its countdown, remaining units and drop price where the product is listed."""
+    app = await make_app([write_manifest("demo", products=PRODUCTS)])
+    errors = JsErrors()
+    async with chromium(app) as browser:
+        _, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True, has_touch=True)
+        await page.goto(f"{app.url}/shows/demo")
+        mug = page.locator("#product-MUG-01")
+        await expect(mug).to_contain_text("18.00")
+        await expect(page.locator("#pdrop-MUG-01")).to_have_count(0)
+
+        drop = {"sku": "MUG-01", "quantity": 5, "duration_s": 90, "price": "12.00"}
+        async with app.session.post(
+            "/api/shows/demo/drops", json=drop, headers={"Authorization": f"Bearer {STREAM_KEY}"}
+        ) as r:
+            assert r.status == 201, await r.text()
+        line = page.locator("#pdrop-MUG-01")
+        await expect(line).to_contain_text("5 left")
+        await expect(mug).to_contain_text("12.00")
+        await expect(page.locator("#featured")).to_be_hidden()
+        clock = line.locator("time")
+        await expect(clock).to_have_text(re.compile(r"^1:[23]\d$"))
+        first = await clock.text_content()
+        await expect(clock).not_to_have_text(first or "", timeout=3000)  # it ticks
+
+        await mug.get_by_role("button", name="Add Stoneware mug to cart").tap()
+        await expect(page.locator(".cart-item")).to_have_count(1)
+        await expect(page.locator("#cart-total")).to_contain_text("12.00")  # the drop price
+        await expect(line).to_contain_text("4 left", timeout=8000)
+        await page.screenshot(path=artifacts / "web_viewer_drop_in_list.png", full_page=True)
+    assert errors.unexpected() == []

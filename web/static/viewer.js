@@ -67,11 +67,20 @@ function renderProducts() {
   for (const p of state.products.values()) {
     const stock = stockText(p);
     const highlighted = cfg.highlight === p.sku;
+    // A drop shows on its product here too: the host may run it on a product that is
+    // not the one on screen.
+    const drop = activeDrop(p.sku);
     const item = el(
       "li",
       { class: `product${highlighted ? " highlight" : ""}${state.featured === p.sku ? " on-screen" : ""}`, id: `product-${p.sku}`, "aria-current": highlighted ? "true" : null },
       el("img", { src: p.image_url, alt: "", width: 56, height: 56, loading: "lazy" }),
-      el("div", {}, el("div", { class: "name" }, p.name), el("div", {}, money(p.price, p.currency), " · ", el("span", { class: stock.cls }, stock.text))),
+      el(
+        "div",
+        {},
+        el("div", { class: "name" }, p.name),
+        el("div", {}, money(drop?.price || p.price, p.currency), " · ", el("span", { class: stock.cls }, stock.text)),
+        drop ? el("div", { class: "drop drop-line", id: `pdrop-${p.sku}` }, "Drop: ", el("strong", {}, String(drop.remaining)), " left · ends in ", el("time", {}, clock(epochMs(drop.ends_at) - Date.now()))) : null,
+      ),
       el("button", { type: "button", class: "small", "data-sku": p.sku, disabled: p.available <= 0, "aria-label": `Add ${p.name} to cart`, onclick: () => buy(p.sku) }, p.available <= 0 ? "Sold out" : "Add"),
     );
     list.append(item);
@@ -110,12 +119,28 @@ function renderDrop() {
   const box = $("drop");
   const d = state.drop;
   const endsAt = d ? epochMs(d.ends_at) : null;
-  const active = d && endsAt && endsAt > Date.now() && (!state.featured || d.sku === state.featured);
+  const running = Boolean(d && endsAt && endsAt > Date.now());
+  const active = running && (!state.featured || d.sku === state.featured);
+  renderDropLine(running ? d : null, endsAt);
   box.hidden = !active;
   if (!active) return;
   setText("drop-left", d.remaining);
   setText("drop-time", clock(endsAt - Date.now()));
   setText("drop-price", d.price ? ` at ${money(d.price, cfg.currency)}` : "");
+}
+
+// The product list's drop line: its countdown ticks in place; the list is rebuilt only
+// when a drop starts or ends (rebuilding every second would steal keyboard focus).
+function renderDropLine(d, endsAt) {
+  const lines = document.querySelectorAll(".drop-line");
+  const line = d ? document.getElementById(`pdrop-${d.sku}`) : null;
+  if ((d && !line && state.products.has(d.sku)) || lines.length > (line ? 1 : 0)) {
+    renderProducts();
+    return;
+  }
+  if (!line) return;
+  setText(line.querySelector("strong"), d.remaining);
+  setText(line.querySelector("time"), clock(endsAt - Date.now()));
 }
 
 function applyFeatured(sku) {
@@ -507,6 +532,7 @@ function onEvent(ev) {
       scheduleAtPicture(ev, () => {
         state.drop = ev.drop;
         renderFeatured();
+        renderProducts();
       });
       break;
     case "live":
