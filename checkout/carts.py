@@ -56,6 +56,7 @@ async def add_item(
             keys.cart(viewer),
             keys.HOLDS_EXPIRY,
             keys.bought(show, viewer),
+            keys.cart_adds(show),
         ],
         [
             show,
@@ -101,6 +102,12 @@ async def read_cart(redis, viewer: str, now: int | None = None) -> list[CartLine
         if score is not None and score > now:
             lines.append(_line(f, raw[f], score))
     return lines
+
+
+async def cart_adds(redis, show: str) -> dict[str, int]:
+    """Units added to carts in this show, per sku (released holds are not taken back)."""
+    raw = await redis.hgetall(keys.cart_adds(show))
+    return {k.decode(): int(v) for k, v in sorted(raw.items())}
 
 
 async def cart_line_show(redis, viewer: str, sku: str) -> str | None:

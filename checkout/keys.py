@@ -14,6 +14,11 @@ def stock(show: str) -> str:
     return f"stock:{show}"
 
 
+def cart_adds(show: str) -> str:
+    """hash sku -> units buyers have added to carts in this show (the host's tally)."""
+    return f"cartadds:{show}"
+
+
 def drop(show: str) -> str:
     return f"drop:{show}"
 

@@ -34,7 +34,7 @@ local function parse_line(v)
 end
 """
 
-# KEYS: stock, drop, cart, holds expiry, bought
+# KEYS: stock, drop, cart, holds expiry, bought, cart adds tally
 # ARGV: show, sku, qty, now_ms, expires_ms, per-buyer limit (0 = none), price cents, viewer
 # -> {result, available, then on success the cart: field, line, expiry ms, ...}
 ADD_TO_CART = (
@@ -82,6 +82,7 @@ else
 end
 redis.call('HSET', KEYS[3], field, (held + qty) .. '|' .. price .. '|' .. src)
 redis.call('ZADD', KEYS[4], ARGV[5], viewer .. '|' .. field)
+redis.call('HINCRBY', KEYS[6], sku, qty)
 -- The whole cart comes back with the answer: the buyer sees it without another round trip.
 local out = {'ok', avail}
 local lines = redis.call('HGETALL', KEYS[3])

@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from server.routes.stats import nearest_rank, summarise
+from tests.conftest import STREAM_KEY, buyer_session
 
 
 async def post(app, body, session=None):
@@ -118,3 +119,24 @@ def test_summary_keeps_only_the_recent_window():
     assert (s.count, s.p50, s.p95) == (1, 100.0, 100.0)
     assert nearest_rank([], 50) is None
     assert nearest_rank([1, 2, 3, 4], 50) == 2
+
+
+async def test_host_sees_the_add_to_cart_tally_viewers_do_not(app):
+    """Every unit added to a cart counts once, kept in Redis (so a reloaded host page and
+    every server process agree); refused adds do not count; viewers never see it."""
+    for quantity in (1, 2):  # two buyers: 1 mug, then 2 mugs
+        async with buyer_session(app.url) as buyer:
+            async with buyer.post(
+                "/api/cart/items", json={"show": "demo", "sku": "MUG-01", "quantity": quantity}
+            ) as r:
+                assert r.status == 200, await r.text()
+            async with buyer.post(
+                "/api/cart/items", json={"show": "demo", "sku": "MUG-01", "quantity": 5}
+            ) as r:
+                assert r.status == 409  # over the per-buyer limit: not an add-to-cart
+    assert "cart_adds" not in await summary(app)
+    auth = {"Authorization": f"Bearer {STREAM_KEY}"}
+    async with app.session.get("/api/shows/demo/stats", headers=auth) as r:
+        assert r.status == 200
+        tally = (await r.json())["cart_adds"]
+    assert tally == {"total": 3, "by_sku": {"MUG-01": 3}}

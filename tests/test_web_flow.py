@@ -135,6 +135,11 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await expect(item.locator(".hold")).to_have_text(re.compile(r"Held for you · (10:00|9:\d\d)"))
     await expect(viewer.locator("#drop-left")).to_have_text("2", timeout=8000)
     await expect(host.locator("#n-adds")).to_have_text("1", timeout=8000)
+    # The tally is the server's: another host page (or a reload) shows the same number.
+    second_host = await host.context.new_page()
+    await second_host.goto(host.url)
+    await expect(second_host.locator("#n-adds")).to_have_text("1", timeout=8000)
+    await second_host.close()
     await viewer.screenshot(path=artifacts / "web_viewer_drop_cart.png", full_page=True)
 
     # Checkout in the page: a declined test card first, then the good one.

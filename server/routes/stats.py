@@ -3,7 +3,8 @@
 ``POST /api/shows/{show}/stats`` takes one viewer's measurements, observes them
 into the Prometheus histograms (``/metrics``) and keeps them in a short ring in
 Redis, so every server process agrees on ``GET /api/shows/{show}/stats`` (the
-current p50/p95 the host page shows).
+current p50/p95 the host page shows). The host also gets the show's add-to-cart tally
+there, kept in Redis by the add-to-cart script, so it survives a reload of the page.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from checkout.carts import cart_adds
 from server import keys
-from server.auth import ensure_viewer, get_show
+from server.auth import ensure_viewer, get_show, is_host
 from server.errors import ApiError, bad_request, read_json
 
 FIELDS = ("glass_to_glass_ms", "join_ms")
@@ -130,7 +132,11 @@ async def stats_summary(app: web.Application, show_id: str) -> dict:
 
 async def get_stats(request: web.Request) -> web.Response:
     show = get_show(request)
-    return web.json_response(await stats_summary(request.app, show.id))
+    summary = await stats_summary(request.app, show.id)
+    if is_host(request, show):  # sales figures are the host's, not every viewer's
+        by_sku = await cart_adds(request.app[keys.REDIS], show.id)
+        summary["cart_adds"] = {"total": sum(by_sku.values()), "by_sku": by_sku}
+    return web.json_response(summary)
 
 
 def setup(app: web.Application) -> None:

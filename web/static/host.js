@@ -275,9 +275,14 @@ async function loadOrders() {
   }
 }
 
-async function loadLatency() {
+// Viewer latency and the add-to-cart tally (kept by the server, so a reload keeps it).
+async function loadStats() {
   const resp = await api("GET", `${showPath}/stats`);
   if (!resp.ok) return;
+  if (resp.data.cart_adds) {
+    state.adds = resp.data.cart_adds.total;
+    renderNumbers();
+  }
   const g2g = resp.data.glass_to_glass_ms || {};
   const join = resp.data.join_ms || {};
   if (g2g.p50 !== null && g2g.p50 !== undefined) setText("n-latency", `${Math.round(g2g.p50)} ms`);
@@ -316,13 +321,13 @@ async function loadState() {
   if ("ticker" in s) setText("ticker-current", s.ticker || "nothing");
 }
 
-// Add-to-carts are counted from the live stock levels: a level going down is units held
-// by buyers, going up is units released.
-function observeLevel(p, level, count) {
-  if (count && level < p.available) state.adds += p.available - level;
+let statsTimer = null;
+function observeLevel(p, level) {
   p.available = level;
   renderProducts();
-  renderNumbers();
+  // Stock moves when buyers add to carts: refresh the tally (once for a burst).
+  clearTimeout(statsTimer);
+  statsTimer = setTimeout(loadStats, 500);
 }
 
 let ordersTimer = null;
@@ -334,22 +339,14 @@ function onEvent(ev) {
     case "stock": {
       const p = state.products.get(ev.sku);
       if (p) {
-        observeLevel(p, ev.available, !p.rebase);
-        p.rebase = false;
+        observeLevel(p, ev.available);
       }
       break;
     }
     case "drop": {
-      const prev = state.drop;
       const next = ev.drop;
-      const same = prev && next && prev.sku === next.sku && prev.ends_at === next.ends_at;
-      if (next) {
-        const p = state.products.get(next.sku);
-        // A new drop sets units aside (no one bought them); within a drop, fewer remaining is buying.
-        if (p) observeLevel(p, next.remaining, Boolean(same));
-      } else if (prev && state.products.get(prev.sku)) {
-        state.products.get(prev.sku).rebase = true; // back to normal stock: not a sale
-      }
+      const p = next ? state.products.get(next.sku) : null;
+      if (p) observeLevel(p, next.remaining);
       setDrop(next);
       break;
     }
@@ -379,8 +376,8 @@ liveEvents(cfg.id, onEvent, () => {
 });
 loadState();
 loadOrders();
-loadLatency();
-setInterval(loadLatency, 5000);
+loadStats();
+setInterval(loadStats, 5000);
 setInterval(loadOrders, 15000);
 setInterval(loadState, 5000); // viewers and live come from presence, refreshed each second
 setInterval(renderNumbers, 1000);
