@@ -1,17 +1,22 @@
 """The JSON error shape of API.md, and the middleware that guarantees it.
 
 Handlers raise ``ApiError`` (or aiohttp's HTTP exceptions); anything under ``/api``,
-``/webhooks``, ``/whip`` and ``/whep`` leaves as ``{"error", "detail"}``. An unexpected
-exception is logged and answered 500 with the same shape, never an HTML trace.
+``/webhooks``, ``/whip`` and ``/whep`` leaves as ``{"error", "detail"}``. Redis being
+unreachable (restarting, loading its AOF) is a 503 with Retry-After, which browsers and
+Stripe retry; any other unexpected exception is logged and answered 500 with the same
+shape, never an HTML trace.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("showroom.http")
 
@@ -109,8 +114,28 @@ async def json_errors(request: web.Request, handler):
             if k.lower() not in ("content-type", "content-length")
         }
         return error_response(exc.status, code, detail, headers)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        _log_outage(exc)
+        return error_response(
+            503,
+            "unavailable",
+            "The shop is briefly unavailable; please try again in a moment.",
+            {"Retry-After": "1"},
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(
             500, "internal", "Something went wrong on our side; it has been logged."
         )
+
+
+_outage = {"logged_at": 0.0, "since_log": 0}
+
+
+def _log_outage(exc: Exception) -> None:
+    """One line a second while Redis is unreachable, not one per request of a flash drop."""
+    _outage["since_log"] += 1
+    now = time.monotonic()
+    if now - _outage["logged_at"] >= 1.0:
+        log.warning("Redis unavailable (%d requests answered 503): %s", _outage["since_log"], exc)
+        _outage["logged_at"], _outage["since_log"] = now, 0

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from checkout.orders import PRINT_STREAM, PrintJob
 from server.embedded import EmbeddedRedis
-from tests.conftest import buyer_session, manifest_text, start_app
+from tests.conftest import buyer_session, manifest_text, start_app, wait_until
 from tests.stripe_helpers import event, signed
 
 SECRET = "whsec_durability_test"
@@ -118,6 +118,43 @@ async def test_no_paid_order_lost_when_redis_is_killed(tmp_path, stripe_sandbox)
         jobs = [PrintJob.unpack(e[b"job"]).order_id for _, e in await check.xrange(PRINT_STREAM)]
         assert sorted(jobs) == sorted(oid for oid, _ in orders)  # exactly one job each
         await check.aclose()
+    finally:
+        await app.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_while_redis_is_down_buyers_get_503_and_it_recovers_by_itself(tmp_path):
+    """A Redis restart at the wrong moment: buyers get a clear "try again" (503 with
+    Retry-After, the JSON error shape), never a 500; once Redis is back the same server
+    process sells again without a restart."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    manifest = tmp_path / "demo.toml"
+    manifest.write_text(manifest_text("demo", products=PRODUCTS))
+    app = await start_app([manifest], server.url, tmp_path)
+    add = {"show": "demo", "sku": "BAG-07", "quantity": 1}
+    try:
+        async with buyer_session(app.url) as buyer:
+            async with buyer.post("/api/cart/items", json=add) as r:
+                assert r.status == 200
+            server.kill(signal.SIGKILL)
+            for method, path, body in (
+                ("POST", "/api/cart/items", add),
+                ("GET", "/api/cart", None),
+                ("GET", "/api/shows/demo", None),
+            ):
+                async with buyer.request(method, path, json=body) as r:
+                    assert r.status == 503, (path, r.status, await r.text())
+                    assert r.headers.get("Retry-After") == "1"
+                    assert (await r.json())["error"] == "unavailable"
+            server.start()  # the AOF brings back the first hold
+
+            async def sells_again() -> bool:
+                async with buyer.post("/api/cart/items", json=add) as r:
+                    return r.status == 200 and (await r.json())["items"][0]["quantity"] == 2
+
+            assert await wait_until(sells_again, timeout=20, interval=0.5)
     finally:
         await app.stop()
         server.stop()
