@@ -66,6 +66,8 @@ class CoalescingRedis(aioredis.Redis):
         self._in_flight += 1
         task = asyncio.ensure_future(self._flush(batch))
         task.add_done_callback(self._flushed)
+        if self._queue:  # more than one batch waiting: the next may go out at once
+            self._schedule(task.get_loop())
 
     def _flushed(self, _task: asyncio.Future) -> None:
         self._in_flight -= 1

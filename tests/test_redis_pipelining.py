@@ -134,3 +134,15 @@ async def test_redis_down_fails_every_caller_quickly():
     finally:
         await client.aclose()
     assert all(isinstance(r, RedisConnectionError) for r in results), results
+
+
+async def test_more_callers_than_one_batch_all_get_answers(redis_url):
+    callers = 3 * CoalescingRedis.MAX_BATCH + 7
+    client = CoalescingRedis.from_url(redis_url, client_name="big")
+    try:
+        results = await asyncio.wait_for(_flash_drop(client, buyers=callers, stock=1000), 30)
+        connections = await _connections(redis_url, "big")
+    finally:
+        await client.aclose()
+    assert results.count("ok") == 1000 and results.count("sold_out") == callers - 1000
+    assert connections <= CoalescingRedis.MAX_IN_FLIGHT
