@@ -174,6 +174,14 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await expect(segment.locator("td").nth(3)).to_have_text("1")
     await expect(segment.locator("td").nth(4)).to_have_text("100.0%", timeout=10000)
     await expect(host.locator("#segments tr").nth(1)).to_contain_text("Stoneware mug")
+    # The segments are the server's: a host page reloaded with nothing kept in the
+    # browser (another device) shows the same table.
+    await host.evaluate("localStorage.clear()")
+    await host.reload()
+    segment = host.locator("#segments tr").first
+    await expect(segment).to_contain_text("Crewneck tee (now)", timeout=10000)
+    await expect(segment.locator("td").nth(4)).to_have_text("100.0%", timeout=10000)
+    await expect(host.locator("#segments tr").nth(1)).to_contain_text("Stoneware mug")
 
     # Staff see it ready to pick and mark it fulfilled; the viewer sees that live.
     await host.goto(f"{app.url}/staff")

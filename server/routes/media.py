@@ -26,7 +26,7 @@ from media.sdp import (
     parse_offer,
     parse_sdpfrag,
 )
-from server import keys, presence
+from server import keys, presence, segments
 from server.auth import get_show, require_stream_key
 from server.errors import ApiError, bad_request, not_found, read_body
 
@@ -222,6 +222,8 @@ async def _report_status(app: web.Application) -> None:
                 if last_viewers.get(show_id) != n:
                     last_viewers[show_id] = n
                     await bus.publish(show_id, {"type": "viewers", "viewers": n})
+                    _, everyone = await presence.read(redis, show_id)
+                    await segments.viewers_seen(redis, show_id, everyone)
             except Exception as exc:  # Redis hiccup: the media path keeps going
                 log.warning("status report for %s failed: %s", show_id, exc)
         await asyncio.sleep(STATUS_INTERVAL_S)

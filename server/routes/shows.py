@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 
 from aiohttp import web
 
-from server import keys, presence
+from server import keys, presence, segments
 from server.auth import get_show, require_host
 from server.config import ShowConfig
 from server.errors import bad_request, not_found, read_json
@@ -81,6 +82,8 @@ async def feature(request: web.Request) -> web.Response:
         await redis.delete(featured_key(show.id))
     else:
         await redis.set(featured_key(show.id), sku)
+    _, viewers = await presence.read(redis, show.id)
+    await segments.featured_changed(redis, show.id, sku, int(time.time() * 1000), viewers)
     # e.g. the overlays render the card now, so the next composed frame already shows it
     for hook in request.app[keys.EXTRA].get("feature_hooks", []):
         await hook(request.app, show, sku)

@@ -4,7 +4,8 @@
 into the Prometheus histograms (``/metrics``) and keeps them in a short ring in
 Redis, so every server process agrees on ``GET /api/shows/{show}/stats`` (the
 current p50/p95 the host page shows). The host also gets the show's add-to-cart tally
-there, kept in Redis by the add-to-cart script, so it survives a reload of the page.
+and featured segments there (server/segments.py), kept in Redis, so they survive a
+reload of the page.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from checkout.carts import cart_adds
-from server import keys
+from server import keys, segments
 from server.auth import ensure_viewer, get_show, is_host
 from server.errors import ApiError, bad_request, read_json
 
@@ -134,8 +135,10 @@ async def get_stats(request: web.Request) -> web.Response:
     show = get_show(request)
     summary = await stats_summary(request.app, show.id)
     if is_host(request, show):  # sales figures are the host's, not every viewer's
-        by_sku = await cart_adds(request.app[keys.REDIS], show.id)
+        redis = request.app[keys.REDIS]
+        by_sku = await cart_adds(redis, show.id)
         summary["cart_adds"] = {"total": sum(by_sku.values()), "by_sku": by_sku}
+        summary["segments"] = [s.public() for s in await segments.load(redis, show.id)]
     return web.json_response(summary)
 
 

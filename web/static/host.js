@@ -7,7 +7,6 @@ const cfg = pageData();
 const $ = (id) => document.getElementById(id);
 const notice = $("notice");
 const showPath = `/api/shows/${encodeURIComponent(cfg.id)}`;
-const SEGMENTS_KEY = `showroom:segments:${cfg.id}`;
 
 const state = {
   products: new Map(cfg.products.map((p) => [p.sku, { ...p, available: p.stock }])),
@@ -16,8 +15,9 @@ const state = {
   viewers: 0,
   adds: 0,
   orders: [],
-  segments: loadSegments(),
+  segments: [], // featured segments, kept by the server: { sku, start_ms, end_ms, peak_viewers }
 };
+let statsTimer = null;
 
 // --- video ---------------------------------------------------------------------------
 const preview = $("preview");
@@ -127,20 +127,13 @@ async function feature(sku) {
     showNotice(notice, resp.data.detail || "Could not change the featured product.", "bad");
     return;
   }
-  setFeatured(resp.data.featured, Date.now());
+  setFeatured(resp.data.featured);
 }
 $("unfeature").addEventListener("click", () => feature(null));
 
-function setFeatured(sku, atMs) {
+function setFeatured(sku) {
   sku = sku || null;
-  const open = state.segments.find((s) => !s.end);
-  // After a reload the stored open segment continues if the same product is still on.
-  if (sku !== state.featured && !(open && open.sku === sku)) {
-    if (open) open.end = atMs;
-    if (sku) state.segments.push({ sku, start: atMs, end: null, peak: state.viewers });
-    state.segments = state.segments.slice(-50);
-    saveSegments();
-  }
+  if (sku !== state.featured) refreshStatsSoon(); // the server closed and opened segments
   state.featured = sku;
   renderProducts();
   renderNumbers();
@@ -222,18 +215,6 @@ $("ticker-clear").addEventListener("click", () => {
 });
 
 // --- numbers -------------------------------------------------------------------------
-function loadSegments() {
-  try {
-    const saved = JSON.parse(localStorage.getItem(SEGMENTS_KEY) || "[]");
-    return Array.isArray(saved) ? saved : [];
-  } catch (_) {
-    return [];
-  }
-}
-function saveSegments() {
-  localStorage.setItem(SEGMENTS_KEY, JSON.stringify(state.segments));
-}
-
 const COUNTED = new Set(["paid", "printed", "fulfilled"]);
 
 function renderNumbers() {
@@ -246,20 +227,23 @@ function renderNumbers() {
   body.replaceChildren();
   const now = Date.now();
   for (const seg of [...state.segments].reverse().slice(0, 12)) {
-    const end = seg.end || now;
+    const open = seg.end_ms === null;
+    const end = open ? now : seg.end_ms;
     const count = paid.filter((o) => {
       const t = epochMs(o.paid_at);
-      return t && t >= seg.start && t < end;
+      return t && t >= seg.start_ms && t < end;
     }).length;
     const p = state.products.get(seg.sku);
-    const rate = seg.peak > 0 ? `${((100 * count) / seg.peak).toFixed(1)}%` : "–";
+    // The server raises the peak about once a second; show the live count meanwhile.
+    const peak = open ? Math.max(seg.peak_viewers, state.viewers) : seg.peak_viewers;
+    const rate = peak > 0 ? `${((100 * count) / peak).toFixed(1)}%` : "–";
     body.append(
       el(
         "tr",
-        { class: seg.end ? "" : "current" },
-        el("td", {}, p ? p.name : seg.sku, seg.end ? "" : " (now)"),
-        el("td", { class: "num" }, clock(end - seg.start)),
-        el("td", { class: "num" }, seg.peak),
+        { class: open ? "current" : "" },
+        el("td", {}, p ? p.name : seg.sku, open ? " (now)" : ""),
+        el("td", { class: "num" }, clock(end - seg.start_ms)),
+        el("td", { class: "num" }, peak),
         el("td", { class: "num" }, count),
         el("td", { class: "num" }, rate),
       ),
@@ -279,10 +263,9 @@ async function loadOrders() {
 async function loadStats() {
   const resp = await api("GET", `${showPath}/stats`);
   if (!resp.ok) return;
-  if (resp.data.cart_adds) {
-    state.adds = resp.data.cart_adds.total;
-    renderNumbers();
-  }
+  if (resp.data.cart_adds) state.adds = resp.data.cart_adds.total;
+  if (Array.isArray(resp.data.segments)) state.segments = resp.data.segments;
+  renderNumbers();
   const g2g = resp.data.glass_to_glass_ms || {};
   const join = resp.data.join_ms || {};
   if (g2g.p50 !== null && g2g.p50 !== undefined) setText("n-latency", `${Math.round(g2g.p50)} ms`);
@@ -298,11 +281,6 @@ function setLive(live) {
 
 function setViewers(n) {
   state.viewers = n;
-  const open = state.segments.find((s) => !s.end);
-  if (open && n > open.peak) {
-    open.peak = n;
-    saveSegments();
-  }
   renderNumbers();
 }
 
@@ -316,25 +294,27 @@ async function loadState() {
   }
   setLive(s.live);
   setViewers(s.viewers);
-  setFeatured(s.featured, Date.now());
+  setFeatured(s.featured);
   setDrop(s.drop);
   if ("ticker" in s) setText("ticker-current", s.ticker || "nothing");
 }
 
-let statsTimer = null;
+function refreshStatsSoon() {
+  clearTimeout(statsTimer); // once for a burst of changes
+  statsTimer = setTimeout(loadStats, 500);
+}
+
 function observeLevel(p, level) {
   p.available = level;
   renderProducts();
-  // Stock moves when buyers add to carts: refresh the tally (once for a burst).
-  clearTimeout(statsTimer);
-  statsTimer = setTimeout(loadStats, 500);
+  refreshStatsSoon(); // stock moves when buyers add to carts: the tally changed
 }
 
 let ordersTimer = null;
 function onEvent(ev) {
   switch (ev.type) {
     case "featured":
-      setFeatured(ev.sku, Number(ev.media_ts || ev.ts) || Date.now());
+      setFeatured(ev.sku);
       break;
     case "stock": {
       const p = state.products.get(ev.sku);
