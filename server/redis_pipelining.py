@@ -2,9 +2,10 @@
 
 In a flash drop hundreds of buyers' add-to-cart scripts become ready in the same turn of
 the loop. One by one, each pays for a pooled connection, a timeout and a reply parse of
-its own (~90 us of CPU); coalesced into one non-transactional pipeline they share the
-connection and the round trip (~40 us each, measured in load_tests/flash_drop.py). Every
-script is still atomic on its own: only the trip to Redis is shared.
+its own (100-130 us of CPU); coalesced into one non-transactional pipeline they share
+the connection and the round trip (45-55 us each; the "Python client" rows of
+``python -m load_tests.flash_drop``). Every script is still atomic on its own: only the
+trip to Redis is shared.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ Call = tuple[tuple[Any, ...], asyncio.Future]
 
 
 class CoalescingRedis(aioredis.Redis):
-    """``evalsha`` and ``script_load`` calls are queued and flushed on the next loop turn as one pipeline.
+    """``evalsha`` and ``script_load`` calls are queued and go out on the next loop turn
+    as one pipeline.
 
     At most ``MAX_IN_FLIGHT`` pipelines are on the wire at once; while they are, new calls
     wait in the queue and go out together with the next flush, so a burst makes bigger
