@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from server import auth, keys
@@ -22,9 +23,12 @@ from server.routes import cart, health, media, pages, scene, shows, staff, stats
 
 log = logging.getLogger("showroom")
 
-# Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
-REDIS_POOL_SIZE = 1024
+# At most this many Redis connections per process; a request beyond them waits its turn
+# (in a flash drop) and is answered 503 only after REDIS_WAIT_S without one.
+REDIS_POOL_SIZE = 256
+REDIS_WAIT_S = 5.0
 
+# Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
 ROUTE_MODULES = (health, shows, scene, cart, staff, media, stats, pages)
 
 
@@ -40,15 +44,17 @@ def create_app(
     app[keys.EXTRA] = {}
 
     async def core_ctx(app: web.Application):
-        # A flash drop puts hundreds of requests on Redis at once; redis-py's default pool
-        # (100) would raise "Too many connections". Areas bound their own concurrency.
+        # A flash drop puts hundreds of requests on Redis at once: redis-py's default pool
+        # raises "Too many connections" past its size, the blocking one makes them queue.
         # Lua scripts (every stock change) share round trips: see redis_pipelining.
-        redis = CoalescingRedis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             redis_url,
             decode_responses=False,
             health_check_interval=10,
             max_connections=REDIS_POOL_SIZE,
+            timeout=REDIS_WAIT_S,
         )
+        redis = CoalescingRedis.from_pool(pool)
         app[keys.REDIS] = redis
         app[keys.SECRET] = await auth.load_secret(redis)
         bus = EventBus(redis)

@@ -5,7 +5,6 @@ Parsing and authorisation only; the rules live in ``checkout``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from decimal import Decimal, InvalidOperation
@@ -29,7 +28,6 @@ from server.errors import ApiError, bad_request, conflict, not_found, read_body,
 log = logging.getLogger("showroom.checkout")
 
 MAX_QUANTITY = 99
-REDIS_SLOTS = 256  # each request holds at most one connection at a time
 WEBHOOK_MAX_BYTES = 512 * 1024
 
 
@@ -39,21 +37,6 @@ def commerce(app: web.Application) -> Commerce:
 
 def _redis(app: web.Application):
     return commerce(app).redis
-
-
-def _slots(app: web.Application) -> asyncio.Semaphore:
-    return app[keys.EXTRA]["commerce_slots"]
-
-
-def _limited(handler):
-    """At most REDIS_SLOTS requests of this area talk to Redis at once; the rest queue
-    here, in order, at almost no cost."""
-
-    async def limited(request: web.Request) -> web.StreamResponse:
-        async with _slots(request.app):
-            return await handler(request)
-
-    return limited
 
 
 # --- input checks ---------------------------------------------------------------------
@@ -418,8 +401,7 @@ async def put_stock(request: web.Request) -> web.Response:
 
 
 async def _state_hook(app: web.Application, show: ShowConfig, state: dict) -> None:
-    async with _slots(app):
-        levels, drop = await availability(_redis(app), show.id)
+    levels, drop = await availability(_redis(app), show.id)
     for product in state.get("products", []):
         if product["sku"] in levels:
             product["available"] = levels[product["sku"]]
@@ -431,7 +413,6 @@ def setup(app: web.Application) -> None:
 
     async def commerce_ctx(app: web.Application):
         bus = app[keys.BUS]
-        app[keys.EXTRA]["commerce_slots"] = asyncio.Semaphore(REDIS_SLOTS)
         redis = app[keys.REDIS]
         com = Commerce(redis, app[keys.SHOWS], app[keys.SETTINGS], bus.publish)
         app[keys.EXTRA]["commerce"] = com
@@ -449,15 +430,13 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(commerce_ctx)
     add_state_hook(app, _state_hook)
     r = app.router
-    r.add_get("/api/cart", _limited(get_cart))
-    # No slot for adds: their one Redis call is a Lua script, and scripts share pipelines
-    # whose number on the wire is bounded (server/redis_pipelining.py).
+    r.add_get("/api/cart", get_cart)
     r.add_post("/api/cart/items", add_item)
-    r.add_delete("/api/cart/items/{sku}", _limited(remove_item))
-    r.add_post("/api/checkout", _limited(checkout))
-    r.add_get("/api/orders/{order_id}", _limited(get_order))
-    r.add_post("/api/orders/{order_id}/sandbox-pay", _limited(sandbox_pay))
-    r.add_post("/webhooks/stripe", _limited(stripe_webhook))
-    r.add_post("/api/shows/{show}/drops", _limited(start_drop))
-    r.add_get("/api/shows/{show}/drop", _limited(get_drop))
-    r.add_post("/api/shows/{show}/stock", _limited(put_stock))
+    r.add_delete("/api/cart/items/{sku}", remove_item)
+    r.add_post("/api/checkout", checkout)
+    r.add_get("/api/orders/{order_id}", get_order)
+    r.add_post("/api/orders/{order_id}/sandbox-pay", sandbox_pay)
+    r.add_post("/webhooks/stripe", stripe_webhook)
+    r.add_post("/api/shows/{show}/drops", start_drop)
+    r.add_get("/api/shows/{show}/drop", get_drop)
+    r.add_post("/api/shows/{show}/stock", put_stock)
