@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import functools
 import io
 import os
 import resource
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,45 +190,63 @@ async def paced_run(url: str, buyers: int, rate: float, window_s: float) -> Resu
     )
 
 
-async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Result:
-    sessions = await _buyers(url, buyers)
+async def closed_loop(
+    name: str,
+    presses: list[Callable[[], Awaitable[bool]]],
+    window_s: float,
+    warmup_s: float,
+    server_pid: int | None = None,
+) -> Result:
+    """Each press function runs again as soon as it returns (True = the add succeeded);
+    after a warm-up, count adds, latencies and CPU (this process's, and the server's when
+    its pid is given) over the window."""
     latencies: list[float] = []
     errors = 0
-    measuring = False
-    stop = False
+    measuring = stop = False
 
-    async def buyer(b: Buyer) -> None:
+    async def loop(press_once: Callable[[], Awaitable[bool]]) -> None:
         nonlocal errors
         while not stop:
             t0 = time.perf_counter()
-            ok = await press(b)
+            ok = await press_once()
             if measuring:
                 if ok:
                     latencies.append((time.perf_counter() - t0) * 1000)
                 else:
                     errors += 1
 
-    tasks = [asyncio.create_task(buyer(b)) for b in sessions]
-    await asyncio.sleep(cfg.warmup_s)
+    tasks = [asyncio.create_task(loop(p)) for p in presses]
+    await asyncio.sleep(warmup_s)
     measuring = True
-    started, cpu0, own0 = time.perf_counter(), cpu_seconds(server_pid), own_cpu_seconds()
-    await asyncio.sleep(cfg.window_s)
+    started, own0 = time.perf_counter(), own_cpu_seconds()
+    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
+    await asyncio.sleep(window_s)
     measuring = False
-    elapsed = time.perf_counter() - started
-    cpu, own = cpu_seconds(server_pid) - cpu0, own_cpu_seconds() - own0
+    elapsed, own = time.perf_counter() - started, own_cpu_seconds() - own0
+    server_cpu = cpu_seconds(server_pid) - cpu0 if server_pid else None
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
-    _close(sessions)
     return Result(
-        "HTTP closed loop (saturation)",
-        buyers,
+        name,
+        len(presses),
         len(latencies),
         elapsed,
         latencies,
         errors,
-        server_cpu_s=cpu,
+        server_cpu_s=server_cpu,
         client_cpu_s=own,
     )
+
+
+async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Result:
+    sessions = await _buyers(url, buyers)
+    presses = [functools.partial(press, b) for b in sessions]
+    try:
+        return await closed_loop(
+            "HTTP closed loop (saturation)", presses, cfg.window_s, cfg.warmup_s, server_pid
+        )
+    finally:
+        _close(sessions)
 
 
 async def python_client_run(redis_url: str, coalesced: bool, callers: int, cfg: Config) -> Result:
@@ -240,44 +260,22 @@ async def python_client_run(redis_url: str, coalesced: bool, callers: int, cfg: 
     client_class = CoalescingRedis if coalesced else aioredis.Redis
     client = client_class.from_url(redis_url, max_connections=callers + 8)
     await client.hset("stock:pybench", "BAG-07", 10**12)
-    latencies: list[float] = []
-    measuring = stop = False
 
-    async def caller(i: int) -> None:
-        while not stop:
-            t0 = time.perf_counter()
-            await carts.add_item(
-                client,
-                f"py{i}",
-                "pybench",
-                "BAG-07",
-                1,
-                price_cents=2500,
-                per_buyer_limit=None,
-                hold_seconds=600,
-            )
-            if measuring:
-                latencies.append((time.perf_counter() - t0) * 1000)
+    async def add(buyer: str) -> bool:
+        added = await carts.add_item(
+            client, buyer, "pybench", "BAG-07", 1,
+            price_cents=2500, per_buyer_limit=None, hold_seconds=600,
+        )  # fmt: skip
+        return added.result == "ok"
 
-    tasks = [asyncio.create_task(caller(i)) for i in range(callers)]
-    await asyncio.sleep(cfg.warmup_s)
-    measuring = True
-    started, own0 = time.perf_counter(), own_cpu_seconds()
-    await asyncio.sleep(cfg.window_s / 2)
-    measuring = False
-    elapsed, own = time.perf_counter() - started, own_cpu_seconds() - own0
-    stop = True
-    await asyncio.gather(*tasks)
-    await client.aclose()
     how = "coalesced pipelines (Showroom)" if coalesced else "one EVALSHA per call (plain redis-py)"
-    return Result(
-        f"Python client (no HTTP): {how}",
-        callers,
-        len(latencies),
-        elapsed,
-        latencies,
-        client_cpu_s=own,
-    )
+    presses = [functools.partial(add, f"py{i}") for i in range(callers)]
+    try:
+        return await closed_loop(
+            f"Python client (no HTTP): {how}", presses, cfg.window_s / 2, cfg.warmup_s
+        )
+    finally:
+        await client.aclose()
 
 
 def redis_benchmark(port: int, clients: int, requests: int) -> Result:
