@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,21 @@ def start_server_process(
     args = ["--port", str(free_port()), "--redis", redis_url, "--data-dir", str(data_dir)]
     args += sum((["--manifest", str(m)] for m in manifests), [])
     return spawn_serve(args, env={**os.environ, **(env or {})})
+
+
+def run_benchmark(module: str, *args: str, timeout: float) -> str:
+    """``python -m load_tests.MODULE ARGS`` as a user runs it; its output (stdout, then
+    stderr). Fails with that output if the benchmark exits non-zero."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"load_tests.{module}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    return out
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.05):

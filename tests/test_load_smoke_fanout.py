@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
 from load_tests.common import ROOT
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.timeout(180)
 def test_fanout_benchmark_quick_run_measures_both_paths():
-    proc = subprocess.run(
-        [sys.executable, "-m", "load_tests.fanout", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    out = run_benchmark("fanout", "--quick", timeout=170)
     assert "| encode once (Showroom) " in out and "| naive: MediaRelay + encoder per viewer " in out
     # Every viewer of both paths actually received video at the show's frame rate or more.
     rows = re.findall(r"^\| (ours|naive) +\| (\d+) +\| [\d.]+ +\| ([\d.]+) +\| (\d+) ", out, re.M)

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from load_tests.common import ROOT
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.timeout(150)
 def test_labels_benchmark_quick_run_prints_every_label_once():
-    proc = subprocess.run(
-        [sys.executable, "-m", "load_tests.labels", "--quick", "--orders", "10"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=140,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    out = run_benchmark("labels", "--quick", "--orders", "10", timeout=140)
     assert "| webhook -> first label byte, one at a time " in out
     assert "| 10/10 " in out and "duplicate labels at the printer: 0" in out
     assert "Target p99 one at a time <= 250 ms: met" in out

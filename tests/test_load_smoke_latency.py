@@ -4,25 +4,16 @@ headless Chromium reading the time code back from the composed picture."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from load_tests.common import RESULTS, ROOT
+from load_tests.common import RESULTS
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.timeout(170)
 def test_latency_benchmark_quick_run_reads_the_time_code_at_every_viewer():
-    proc = subprocess.run(
-        [sys.executable, "-m", "load_tests.latency", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=160,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    out = run_benchmark("latency", "--quick", timeout=160)
     assert "| direct aiortc peer-to-peer (no server)" in out
     assert "| server, aiortc viewers" in out and "| server, Chromium (viewer page)" in out
     assert "Targets (loopback): g2g p95 <= 150 ms" in out

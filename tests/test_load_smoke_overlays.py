@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from load_tests.common import RESULTS, ROOT
+from load_tests.common import RESULTS
 from overlays.layout import make_layout
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.timeout(120)
 def test_overlay_benchmark_quick_run():
-    proc = subprocess.run(
-        [sys.executable, "-m", "load_tests.overlays", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    out = run_benchmark("overlays", "--quick", timeout=110)
     for size in ("1280x720", "1920x1080"):
         row = next(line for line in out.splitlines() if line.startswith(f"| {size} "))
         speedup = float(re.search(r"\|\s*([\d.]+)x\s*\|\s*$", row).group(1))

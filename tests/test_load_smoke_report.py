@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from load_tests.common import RESULTS, ROOT
+from load_tests.common import RESULTS
 from load_tests.report import parse_tables, verdict_lines, write_summary
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.timeout(150)
@@ -17,12 +15,7 @@ def test_quick_report_summarises_a_real_benchmark_at_the_top(tmp_path):
     out_md.write_text(
         "# Benchmarks\n\nIntro.\n\n<!-- bench:labels -->\n## labels\nold\n<!-- /bench:labels -->\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "load_tests.report", "--quick", "--only", "labels",
-         "--output", str(out_md)],
-        cwd=ROOT, capture_output=True, text=True, timeout=140,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_benchmark("report", "--quick", "--only", "labels", "--output", str(out_md), timeout=140)
     text = out_md.read_text()
     # The summary sits above every benchmark's own section, which is left alone.
     assert text.index("<!-- bench:summary -->") < text.index("<!-- bench:labels -->")
