@@ -95,6 +95,16 @@ async def read_json(request: web.Request, max_bytes: int = 16 * 1024) -> dict[st
     return data
 
 
+def string_or_null(body: dict[str, Any], name: str, example: str) -> str | None:
+    """A field that must be present and be a string or null (null clears a setting)."""
+    if name not in body:
+        raise bad_request(f'Send {{"{name}": "{example}"}} or {{"{name}": null}}.')
+    value = body[name]
+    if value is not None and not isinstance(value, str):
+        raise bad_request(f"{name} must be a string or null.")
+    return value
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler):
     if not request.path.startswith(JSON_PREFIXES):

@@ -27,7 +27,7 @@ from overlays.scene import Scene, product_info
 from server import keys
 from server.auth import get_show, require_host
 from server.config import ShowConfig
-from server.errors import bad_request, read_json
+from server.errors import bad_request, read_json, string_or_null
 
 log = logging.getLogger("showroom.scene")
 
@@ -202,11 +202,7 @@ async def post_ticker(request: web.Request) -> web.Response:
     show = get_show(request)
     require_host(request, show)
     body = await read_json(request)
-    if "text" not in body:
-        raise bad_request('Send {"text": "<message>"} or {"text": null}.')
-    text = body["text"]
-    if text is not None and not isinstance(text, str):
-        raise bad_request("text must be a string or null.")
+    text = string_or_null(body, "text", "<message>")
     if text is not None:
         text = " ".join(text.split())  # one line: newlines and tabs become spaces
         if len(text) > TICKER_MAX_CHARS:

@@ -12,7 +12,7 @@ from aiohttp import web
 from server import keys, presence, segments
 from server.auth import get_show, require_host
 from server.config import ShowConfig
-from server.errors import bad_request, not_found, read_json
+from server.errors import not_found, read_json, string_or_null
 
 SSE_HEARTBEAT_S = 15
 SSE_POLL_S = 1.0
@@ -70,11 +70,7 @@ async def feature(request: web.Request) -> web.Response:
     show = get_show(request)
     require_host(request, show)
     body = await read_json(request)
-    if "sku" not in body:
-        raise bad_request('Send {"sku": "<sku>"} or {"sku": null}.')
-    sku = body["sku"]
-    if sku is not None and not isinstance(sku, str):
-        raise bad_request("sku must be a string or null.")
+    sku = string_or_null(body, "sku", "<sku>")
     if sku is not None and show.product(sku) is None:
         raise not_found(f"No product {sku!r} in this show.")
     redis = request.app[keys.REDIS]
