@@ -49,17 +49,7 @@ def plan_labels(
     routes = route_items(order, show)
     out = []
     for i, (printer, items) in enumerate(routes, start=1):
-        label = build_label(
-            order,
-            show_title=show.title,
-            pickup_note=show.pickup_note,
-            base_url=base_url,
-            paper_mm=printer.paper_mm,
-            profile_columns=profile_columns(printer.profile),
-            items=items,
-            part=(i, len(routes)),
-            reprint=reprint,
-        )
+        label = _label(order, show, base_url, printer, items, (i, len(routes)), reprint)
         out.append(PlannedLabel(printer, label, render_escpos(label, printer.profile)))
     return out
 
@@ -73,13 +63,27 @@ def preview_label(
         return None
     index = next((i for i, (p, _) in enumerate(routes) if p.name == printer), 0)
     chosen, items = routes[index]
+    return _label(order, show, base_url, chosen, items, (index + 1, len(routes)))
+
+
+def _label(
+    order: Order,
+    show: ShowConfig,
+    base_url: str,
+    printer: PrinterConfig,
+    items: list[OrderItem],
+    part: tuple[int, int],
+    reprint: bool = False,
+) -> Label:
+    """The label one printer prints for its share of the order (part n of m)."""
     return build_label(
         order,
         show_title=show.title,
         pickup_note=show.pickup_note,
         base_url=base_url,
-        paper_mm=chosen.paper_mm,
-        profile_columns=profile_columns(chosen.profile),
+        paper_mm=printer.paper_mm,
+        profile_columns=profile_columns(printer.profile),
         items=items,
-        part=(index + 1, len(routes)),
+        part=part,
+        reprint=reprint,
     )
