@@ -6,14 +6,16 @@ resets stock that was already sold; ``set_stock`` is the explicit way to change 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from checkout import keys
-from server.config import ShowConfig
 
 
-async def load_catalog(redis, show: ShowConfig) -> None:
+async def load_catalog(redis, show_id: str, starting_stock: Mapping[str, int]) -> None:
+    """``starting_stock``: sku -> the manifest's stock."""
     pipe = redis.pipeline(transaction=True)
-    for product in show.products:
-        pipe.hsetnx(keys.stock(show.id), product.sku, product.stock)
+    for sku, stock in starting_stock.items():
+        pipe.hsetnx(keys.stock(show_id), sku, stock)
     await pipe.execute()
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-
-from server.config import Settings
-from server.embedded import EmbeddedStripe
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("showroom.checkout")
 
 
-def start_sandbox_if_needed(settings: Settings, services) -> None:
+def start_sandbox_if_needed(settings: Any, services: Any, make_server: Callable[..., Any]) -> None:
+    """``settings`` are the server's; ``make_server(log_dir=...)`` builds the embedded
+    localstripe (a managed process with ``start``, ``stop`` and ``url``), added to
+    ``services`` so it is stopped with them."""
     if settings.stripe_secret_key or os.environ.get("STRIPE_SECRET_KEY"):
         settings.sandbox = False
         log.info("payments: live Stripe keys from the environment")
@@ -27,7 +30,7 @@ def start_sandbox_if_needed(settings: Settings, services) -> None:
         settings.stripe_api_base = base
         log.info("sandbox mode: no STRIPE_SECRET_KEY; using the Stripe sandbox at %s", base)
         return
-    stripe_server = EmbeddedStripe(log_dir=settings.data_dir / "localstripe")
+    stripe_server = make_server(log_dir=Path(settings.data_dir) / "localstripe")
     stripe_server.start()
     services.add(stripe_server)
     settings.stripe_api_base = stripe_server.url

@@ -85,7 +85,7 @@ class Commerce:
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         for show in self.shows.values():
-            await load_catalog(self.redis, show)
+            await load_catalog(self.redis, show.id, {p.sku: p.stock for p in show.products})
         if self.stripe is not None:
             self.gateway = PaymentGateway(
                 self.stripe.secret_key,

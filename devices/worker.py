@@ -34,7 +34,6 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from checkout.orders import (
@@ -570,27 +569,13 @@ def _s(value: Any) -> str:
 # --- ``showroom printer-worker`` ----------------------------------------------------
 
 
-async def main(args) -> int:
-    """A print station: the worker alone, on the same Redis as the servers."""
-    import redis.asyncio as aioredis
-
-    from server.config import ManifestError, load_shows
-    from server.events import EventBus
-
-    try:
-        shows = load_shows([Path(m) for m in args.manifest])
-    except ManifestError as exc:
-        print(f"showroom: bad manifest: {exc}", flush=True)
-        return 2
-    base_url = (
-        getattr(args, "public_url", None)
-        or os.environ.get("SHOWROOM_PUBLIC_URL")
-        or "http://127.0.0.1:8080"
-    )
-    redis = aioredis.Redis.from_url(args.redis, decode_responses=False)
-    bus = EventBus(redis)  # publishing needs no subscription
+async def run_station(
+    redis, shows: dict, base_url: str, publish: Callable[[str, dict], Awaitable[None]]
+) -> int:
+    """A print station: the worker alone, on the same Redis as the servers, until
+    SIGINT/SIGTERM. The caller (the CLI) loads the manifests and wires the event bus."""
     worker = PrintWorker(
-        redis, shows, base_url=base_url, publish=bus.publish, options=WorkerOptions.from_env()
+        redis, shows, base_url=base_url, publish=publish, options=WorkerOptions.from_env()
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -602,5 +587,4 @@ async def main(args) -> int:
         await stop.wait()
     finally:
         await worker.stop()
-        await redis.aclose()
     return 0

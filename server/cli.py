@@ -66,8 +66,9 @@ def start_embedded(settings: Settings, services: Services) -> str:
         services.add(redis)
         redis_url = redis.url
     from checkout.sandbox import start_sandbox_if_needed
+    from server.embedded import EmbeddedStripe
 
-    start_sandbox_if_needed(settings, services)
+    start_sandbox_if_needed(settings, services, EmbeddedStripe)
     return redis_url
 
 
@@ -172,9 +173,27 @@ def cmd_stock(args: argparse.Namespace) -> int:
 
 
 def cmd_printer_worker(args: argparse.Namespace) -> int:
-    from devices.worker import main as worker_main
+    import redis.asyncio as aioredis
 
-    return run(worker_main(args))
+    from devices.worker import run_station
+    from server.events import EventBus
+
+    try:
+        shows = load_shows([Path(m) for m in args.manifest])
+    except ManifestError as exc:
+        print(f"showroom: bad manifest: {exc}", flush=True)
+        return 2
+    base_url = args.public_url or os.environ.get("SHOWROOM_PUBLIC_URL") or "http://127.0.0.1:8080"
+
+    async def station() -> int:
+        redis = aioredis.Redis.from_url(args.redis, decode_responses=False)
+        try:
+            # Publishing needs no subscription: the bus is not started.
+            return await run_station(redis, shows, base_url, EventBus(redis).publish)
+        finally:
+            await redis.aclose()
+
+    return run(station())
 
 
 def build_parser() -> argparse.ArgumentParser:
