@@ -112,6 +112,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         public_url=getattr(args, "public_url", None),
         redis_appendfsync=getattr(args, "appendfsync", None)
         or os.environ.get("SHOWROOM_REDIS_APPENDFSYNC", "everysec"),
+        allow_loopback_candidates=getattr(args, "allow_loopback_candidates", None),
+        allow_private_candidates=getattr(args, "allow_private_candidates", None),
     )
 
 
@@ -224,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-print-worker", action="store_true", help="do not print in this process")
     p.add_argument("--public-url", help="base URL for links on labels (default http://HOST:PORT)")
+    for kind in ("loopback", "private"):
+        p.add_argument(
+            f"--allow-{kind}-candidates",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"send ICE checks to {kind} addresses a peer offers "
+            "(default: only when --host is a loopback address)",
+        )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -7,6 +7,7 @@ key and the problem (``ManifestError``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -107,6 +108,25 @@ class Settings:
     stripe_webhook_secret: str | None = None
     # Embedded Redis AOF policy: everysec (a machine crash may lose ~1 s) or always.
     redis_appendfsync: str = "everysec"
+    # Remote ICE candidates the server checks toward (None: allowed only when serving on
+    # a loopback host, i.e. a development or test box; a public server never checks
+    # toward them unless told to).
+    allow_loopback_candidates: bool | None = None
+    allow_private_candidates: bool | None = None
+
+    @property
+    def loopback_host(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def candidate_allowed(self, kind: str) -> bool:
+        """``kind``: "loopback" or "private"."""
+        explicit = getattr(self, f"allow_{kind}_candidates")
+        return self.loopback_host if explicit is None else explicit
 
     @property
     def base_url(self) -> str:

@@ -11,9 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 
 from aiohttp import web
 
+from media.candidates import (
+    MAX_CANDIDATES,
+    CandidatePolicy,
+    TrickleBudget,
+    count_offer_candidates,
+    screen_candidates,
+    screen_offer,
+)
 from media.egress import Viewer
 from media.ingest import IceRestartRequired, Publisher, add_trickle
 from media.runtime import ShowRuntime
@@ -69,6 +78,32 @@ def _sdp_error(exc: SdpError) -> ApiError:
     return ApiError(exc.status, "bad_request", exc.detail)
 
 
+# Trickle budgets of live sessions (a session's entry goes with it).
+_budgets: weakref.WeakKeyDictionary[object, TrickleBudget] = weakref.WeakKeyDictionary()
+
+
+def _policy(request: web.Request) -> CandidatePolicy:
+    settings = request.app[keys.SETTINGS]
+    return CandidatePolicy(
+        allow_loopback=settings.candidate_allowed("loopback"),
+        allow_private=settings.candidate_allowed("private"),
+    )
+
+
+def _screened_offer(request: web.Request, text: str) -> tuple[str, int]:
+    """The offer without mDNS names (resolving them would delay the answer ~1 s) and
+    without candidates we never check toward; and how many candidates it brought."""
+    text = drop_mdns_candidates(text)
+    try:
+        return screen_offer(text, _policy(request)), count_offer_candidates(text)
+    except SdpError as exc:
+        raise _sdp_error(exc) from None
+
+
+def _track_budget(session: object, offered: int) -> None:
+    _budgets[session] = TrickleBudget(candidates=offered)
+
+
 def _created(answer: str, location: str, etag: str) -> web.Response:
     return web.Response(
         status=201,
@@ -90,9 +125,10 @@ async def whip_post(request: web.Request) -> web.Response:
         check_publish_offer(offer)
     except SdpError as exc:
         raise _sdp_error(exc) from None
-    text = drop_mdns_candidates(text)  # resolving them would delay the answer ~1 s
+    text, offered = _screened_offer(request, text)
     runtime = runtimes(request.app)[show.id]
     publisher = Publisher(runtime)
+    _track_budget(publisher, offered)
     try:
         answer = await publisher.accept(text, offer.ice_ufrag)
     except Exception as exc:  # aiortc rejected it: nothing was published
@@ -136,7 +172,7 @@ async def whep_post(request: web.Request) -> web.Response:
         codec = choose_view_codec(offer)
     except SdpError as exc:
         raise _sdp_error(exc) from None
-    text = drop_mdns_candidates(text)  # resolving them would delay the answer ~1 s
+    text, offered = _screened_offer(request, text)
     runtime = runtimes(request.app)[show.id]
     cap = request.app[keys.SETTINGS].max_viewers_per_show
     if len(runtime.viewers) >= cap:
@@ -149,6 +185,7 @@ async def whep_post(request: web.Request) -> web.Response:
     audio = offer.section("audio")
     with_audio = audio is not None and audio.direction in ("recvonly", "sendrecv")
     viewer = Viewer(runtime, codec)
+    _track_budget(viewer, offered)
     try:
         answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
     except Exception as exc:
@@ -180,9 +217,19 @@ async def _trickle(request: web.Request, session: Publisher | Viewer) -> web.Res
     if_match = request.headers.get("If-Match")
     if if_match and if_match not in ("*", session.etag):
         raise ApiError(412, "conflict", "ETag does not match this session.")
+    budget = _budgets.setdefault(session, TrickleBudget())
+    if not budget.take_request():
+        raise ApiError(429, "rate_limited", "Too many trickle ICE requests.", {"Retry-After": "1"})
     text = await _read_sdp(request, SDPFRAG)
     try:
         frag = parse_sdpfrag(drop_mdns_candidates(text))
+        keep = screen_candidates([line for _mid, line in frag.candidates], _policy(request))
+        if budget.candidates + len(frag.candidates) > MAX_CANDIDATES:
+            raise SdpError(
+                400, f"Too many ICE candidates for this session (at most {MAX_CANDIDATES})."
+            )
+        budget.candidates += len(frag.candidates)
+        frag.candidates = [c for c, ok in zip(frag.candidates, keep, strict=True) if ok]
         await add_trickle(session.pc, session.remote_ufrag, frag)
     except SdpError as exc:
         raise _sdp_error(exc) from None
