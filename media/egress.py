@@ -1,12 +1,17 @@
 """Viewers (mediasoup's Consumers): WHEP PeerConnections that send the shared packets.
 
-A viewer's tracks never encode. ``recv()`` returns the show's shared ``av.Packet``s, and
-the sender's packetiser is replaced by ``SharedPacketiser``, which hands back the RTP
-payloads the show packetised once for everybody. The viewer's own cost is RTP headers,
-SRTP and the socket write.
+Two ways to send, chosen per show (``ShowRuntime.egress``):
 
-Keyframes: aiortc ignores PLI/FIR for pre-encoded packets, so each sender's keyframe hook
-is pointed at the show's coalescing ``KeyframeGate``.
+- ``lean`` (the default): aiortc negotiates ICE, DTLS and SDP, then each of the viewer's
+  senders is taken over by a ``media.lean.LeanSender``; the show's ``Broadcast`` writes
+  every frame to all its viewers in one pass (RTP header, SRTP, socket write per packet).
+- ``aiortc`` (kept for comparison): each viewer's aiortc ``RTCRtpSender`` runs its own
+  loop; its track's ``recv()`` returns the show's shared ``av.Packet``s and its
+  packetiser is replaced by ``SharedPacketiser``, which hands back the RTP payloads the
+  show packetised once for everybody.
+
+Keyframes: aiortc ignores PLI/FIR for pre-encoded packets, so either way PLI/FIR go to the
+show's coalescing ``KeyframeGate``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
 
 from media.fanout import Cursor, Fanout
+from media.lean import LeanSender
 
 if TYPE_CHECKING:
     from media.runtime import ShowRuntime
@@ -68,6 +74,19 @@ class FanoutTrack(MediaStreamTrack):
         return entry.packet
 
 
+class NegotiationTrack(MediaStreamTrack):
+    """The track a lean viewer's transceiver is negotiated with (its id is the SDP msid).
+
+    Never read: the ``LeanSender`` replaces the sender's loop before it starts."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self):
+        raise MediaStreamError
+
+
 def _capabilities(kind: str, mime: str):
     caps = RTCRtpSender.getCapabilities(kind).codecs
     return [c for c in caps if c.mimeType.lower() in (mime.lower(), f"{kind}/rtx")]
@@ -106,8 +125,14 @@ class Viewer:
         self.etag = f'"{secrets.token_hex(8)}"'
         self.pc = RTCPeerConnection()
         self.remote_ufrag: str | None = None
-        self.video_track = FanoutTrack("video", runtime.video_fanout(codec), runtime)
-        self.audio_track: FanoutTrack | None = None
+        self.lean = runtime.egress == "lean"
+        self.video_track: MediaStreamTrack = (
+            NegotiationTrack("video")
+            if self.lean
+            else FanoutTrack("video", runtime.video_fanout(codec), runtime)
+        )
+        self.audio_track: MediaStreamTrack | None = None
+        self.senders: list[LeanSender] = []
         self._closed = False
 
         @self.pc.on("connectionstatechange")
@@ -121,13 +146,26 @@ class Viewer:
         # their codec preferences decide the answer (the shared encoder's codec only).
         video = self.pc.addTransceiver(self.video_track, direction="sendonly")
         video.setCodecPreferences(_capabilities("video", f"video/{self.codec}"))
-        video.sender._send_keyframe = lambda: self.runtime.request_keyframe("pli")
-        _share_packetiser(video.sender, self.video_track.fanout, self.codec)
+        fanout = self.runtime.video_fanout(self.codec)
+        if self.lean:
+            broadcast = self.runtime.broadcast(fanout, "video")
+            pli = lambda: self.runtime.request_keyframe("pli")  # noqa: E731
+            self.senders.append(LeanSender(video.sender, broadcast, pli))
+        else:
+            video.sender._send_keyframe = lambda: self.runtime.request_keyframe("pli")
+            _share_packetiser(video.sender, fanout, self.codec)
         if with_audio:
-            self.audio_track = FanoutTrack("audio", self.runtime.audio, self.runtime)
+            if self.lean:
+                self.audio_track = NegotiationTrack("audio")
+            else:
+                self.audio_track = FanoutTrack("audio", self.runtime.audio, self.runtime)
             audio = self.pc.addTransceiver(self.audio_track, direction="sendonly")
             audio.setCodecPreferences(_capabilities("audio", "audio/opus"))
-            _share_packetiser(audio.sender, self.audio_track.fanout, "opus")
+            if self.lean:
+                broadcast = self.runtime.broadcast(self.runtime.audio, "audio")
+                self.senders.append(LeanSender(audio.sender, broadcast))
+            else:
+                _share_packetiser(audio.sender, self.runtime.audio, "opus")
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
@@ -139,6 +177,8 @@ class Viewer:
             return
         self._closed = True
         self.runtime.remove_viewer(self)
+        for sender in self.senders:
+            sender.stop()
         for track in (self.video_track, self.audio_track):
             if track is not None:
                 track.stop()

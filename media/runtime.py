@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from media.audio import AudioFifo
 from media.encoders import AUDIO_SAMPLES, AudioEncoder, Encoded, VideoEncoder
 from media.fanout import Fanout
 from media.keyframes import KeyframeGate
+from media.lean import Broadcast
 from media.slate import slate_frame
 from media.slot import LatestFrame, SourceFrame
 from overlays.yuv import frame_planes
@@ -42,6 +44,9 @@ log = logging.getLogger("showroom.media")
 
 STALE_AFTER_S = 1.0  # no publisher frame for this long: show the slate
 AUDIO_PERIOD_S = AUDIO_SAMPLES / 48000
+# How viewers are sent to: "lean" (one pass per frame for all viewers, media/lean.py) or
+# "aiortc" (aiortc's own sender loop per viewer; kept as the benchmark's comparison row).
+EGRESS_PATHS = ("lean", "aiortc")
 
 
 def now_ms() -> int:
@@ -90,6 +95,10 @@ class ShowRuntime:
         self._audio_encoder = AudioEncoder()
         self.publisher: Publisher | None = None
         self.viewers: dict[str, Viewer] = {}
+        self.egress = os.environ.get("SHOWROOM_EGRESS", "lean")
+        if self.egress not in EGRESS_PATHS:
+            raise ValueError(f"SHOWROOM_EGRESS must be one of {EGRESS_PATHS}, not {self.egress!r}")
+        self.broadcasts: dict[int, Broadcast] = {}  # id(fanout) -> its lean broadcast
         self.live = False
         self.frames_out = 0
         self.slate_frames = 0
@@ -128,6 +137,8 @@ class ShowRuntime:
         await asyncio.gather(*sessions, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
+        for broadcast in self.broadcasts.values():
+            broadcast.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -142,6 +153,7 @@ class ShowRuntime:
             "frames_out": self.frames_out,
             "slate_frames": self.slate_frames,
             "viewer_skips": self.viewer_skips,
+            "egress": self.egress,
             "server_latency_ms": [
                 [wall, round(sec * 1000, 3)] for wall, sec, _enc in self.latency_samples
             ],
@@ -176,6 +188,16 @@ class ShowRuntime:
         if codec not in self.video:
             self.video[codec] = self._new_fanout(codec)
         return self.video[codec]
+
+    def broadcast(self, fanout: Fanout, kind: str) -> Broadcast:
+        """The lean broadcast of one fan-out (created on its first viewer)."""
+        broadcast = self.broadcasts.get(id(fanout))
+        if broadcast is None:
+            clock_rate = 90000 if kind == "video" else 48000
+            broadcast = self.broadcasts[id(fanout)] = Broadcast(
+                fanout, kind, clock_rate, self.request_keyframe, self.viewer_skipped
+            )
+        return broadcast
 
     def add_viewer(self, viewer: Viewer) -> None:
         self.viewers[viewer.id] = viewer

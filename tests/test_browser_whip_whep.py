@@ -77,6 +77,16 @@ window.videoState = () => {{
   const v = document.getElementById('v');
   return {{w: v.videoWidth, h: v.videoHeight, t: v.currentTime, state: window.pc.connectionState}};
 }};
+window.rtpStats = async () => {{
+  const out = {{audio: {{}}, video: {{}}, sr: []}};
+  (await window.pc.getStats()).forEach(s => {{
+    if (s.type === 'inbound-rtp') out[s.kind] = {{packets: s.packetsReceived,
+        samples: s.totalSamplesReceived || 0, concealed: s.concealedSamples || 0,
+        decoded: s.framesDecoded || 0}};
+    if (s.type === 'remote-outbound-rtp') out.sr.push(s.kind);
+  }});
+  return out;
+}};
 window.codec = async () => {{
   const stats = await window.pc.getStats();
   let mime = null;
@@ -134,6 +144,15 @@ async def test_chromium_publishes_via_whip_and_plays_via_whep(app, artifacts):
                 assert len(runtime.viewers) == 1
                 codec = await viewer.evaluate("window.codec()")
                 assert codec in ("video/H264", "video/VP8")
+                # Audio plays too, and the server's RTCP sender reports arrive for both.
+                rtp0 = await viewer.evaluate("window.rtpStats()")
+                await asyncio.sleep(1.0)
+                rtp1 = await viewer.evaluate("window.rtpStats()")
+                heard = rtp1["audio"]["samples"] - rtp0["audio"]["samples"]
+                hidden = rtp1["audio"]["concealed"] - rtp0["audio"]["concealed"]
+                assert heard > 30000 and hidden < 0.2 * heard, f"audio {rtp0} -> {rtp1}"
+                assert rtp1["video"]["decoded"] > rtp0["video"]["decoded"] + 15
+                assert sorted(rtp1["sr"]) == ["audio", "video"], rtp1
                 await viewer.screenshot(path=str(artifacts / "whep_viewer.png"))
                 await publisher.screenshot(path=str(artifacts / "whip_publisher.png"))
 

@@ -1,0 +1,519 @@
+"""The lean viewer path: one pass per frame sends it to every viewer of a show.
+
+aiortc's ``RTCRtpSender`` runs one ``_run_rtp`` coroutine per viewer that awaits
+``track.recv()``, builds an ``RtpPacket`` object per packet, serialises it and awaits a
+chain of coroutines down to the socket. With hundreds of viewers that chain, not the
+crypto or the syscall, is the cost. Here a ``Broadcast`` per stream (one fan-out: a
+show's H.264, VP8 or Opus) wakes once per published entry and, in one synchronous pass,
+writes each viewer's packets: its own 12-byte RTP header (SSRC, sequence number,
+timestamp offset), the header extensions shared by all viewers negotiated alike, the
+shared payload, SRTP protect, and a non-blocking ``sendto`` on the viewer's ICE socket.
+
+Kept per viewer (``LeanSender``): NACK retransmission (RTX when negotiated) from a
+bounded history of the frames it was sent (references to the shared entries, no copies),
+RTCP sender reports with SDES, PLI/FIR forwarded to the show's keyframe gate, and REMB,
+TWCC and receiver-report feedback read and stored in ``Feedback``. A viewer whose socket
+would block skips to the next keyframe (video) or the next packet (audio): nothing
+queues. A joining viewer starts at a keyframe at most ``JOIN_KEYFRAME_MAX_AGE_MS`` old
+(the packets since then in one burst) or waits for the next one.
+
+aiortc (pinned to 1.16, ``AIORTC_VERSION``) remains the WebRTC stack: ICE, DTLS, the SRTP
+keys and SDP. ``LeanSender`` relies on these aiortc internals, all checked by
+``tests/test_media_lean.py::test_aiortc_internals_the_lean_path_relies_on``:
+
+- ``RTCPeerConnection`` calls ``transceiver.sender.send(RTCRtpSendParameters)`` once the
+  DTLS transport is connected; the lean path replaces ``send`` on the sender instance, so
+  aiortc's ``_run_rtp``/``_run_rtcp`` tasks never start and its ``stop()`` is a no-op.
+- ``RTCRtpSender._ssrc`` / ``_rtx_ssrc`` (written into the SDP answer) and
+  ``RTCRtpSender.transport`` (the ``RTCDtlsTransport``).
+- ``RTCRtpSendParameters``: ``codecs[0].payloadType``, the RTX codec's ``apt``
+  parameter, ``headerExtensions`` (``id``, ``uri``), ``muxId``, ``rtcp.cname``.
+- ``RTCDtlsTransport._tx_srtp`` (a ``pylibsrtp.Session``: ``protect``,
+  ``protect_rtcp``), ``state``, ``_register_rtp_sender(sender, parameters)`` (routes RTCP
+  for ``sender._ssrc`` to ``sender._handle_rtcp_packet``) and ``_unregister_rtp_sender``.
+- ``RTCIceTransport._connection`` (aioice ``Connection``) and its ``_nominated[1]``
+  ``CandidatePair``: ``protocol`` (aioice ``StunProtocol`` with a ``transport``: the
+  asyncio datagram transport of the viewer's UDP socket) and ``remote_addr``.
+- ``aiortc.rtp``: ``RtcpRrPacket``, ``RtcpSrPacket``, ``RtcpPsfbPacket``,
+  ``RtcpRtpfbPacket``, ``unpack_remb_fci``, the RTCP_* constants; ``aiortc.clock``'s
+  ``current_ntp_time``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aioice.ice import StunProtocol
+from aiortc import RTCRtpSender
+from aiortc.clock import current_ntp_time
+from aiortc.codecs import is_rtx
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
+
+from media.fanout import JOIN_KEYFRAME_MAX_AGE_MS, Entry, Fanout
+
+log = logging.getLogger("showroom.media.lean")
+
+AIORTC_VERSION = "1.16.0"  # the internals listed above were checked against this release
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+RTCP_RTPFB_TWCC = 15  # transport-wide congestion control feedback (RTPFB FMT 15)
+
+# Frames of history kept per viewer for NACKs: ~4 s of video at 30 fps, ~2.5 s of audio.
+HISTORY_FRAMES = 128
+SR_INTERVAL_S = 1.0
+
+_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence number, timestamp, SSRC
+_RTCP_SR = struct.Struct("!BBHIQIII")  # header, SSRC, NTP, RTP timestamp, packets, octets
+_OSN = struct.Struct("!H")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def header_extensions(mid_id: int, mid: bytes, abs_id: int, abs_send_time: int) -> bytes:
+    """RFC 8285 one-byte header extension block (profile, length, elements, padding)."""
+    elements = b""
+    if mid_id and mid:
+        elements += bytes([(mid_id << 4) | (len(mid) - 1)]) + mid
+    if abs_id:
+        elements += bytes([(abs_id << 4) | 2]) + abs_send_time.to_bytes(3, "big")
+    if not elements:
+        return b""
+    elements += b"\x00" * (-len(elements) % 4)
+    return struct.pack("!HH", 0xBEDE, len(elements) // 4) + elements
+
+
+@dataclass
+class Feedback:
+    """What the viewer's receiver reported (read by later rate-adaptation work)."""
+
+    remb_bps: int | None = None
+    remb_at: float | None = None
+    twcc_reports: int = 0
+    twcc_at: float | None = None
+    fraction_lost: int = 0  # of 256, from the latest receiver report
+    packets_lost: int = 0
+    jitter: int = 0
+    rtt_s: float | None = None
+    nacks: int = 0
+    retransmits: int = 0
+    keyframe_requests: int = 0
+
+
+class LeanSender:
+    """One viewer's outgoing stream (one m-line), sent by its show's ``Broadcast``."""
+
+    def __init__(
+        self,
+        sender: RTCRtpSender,
+        broadcast: Broadcast,
+        on_keyframe_request: Callable[[], None] | None = None,
+    ) -> None:
+        self.sender = sender
+        self.broadcast = broadcast
+        self.on_keyframe_request = on_keyframe_request
+        self._ssrc = sender._ssrc  # the SSRC aiortc put in the SDP answer
+        self.rtx_ssrc = sender._rtx_ssrc
+        self.seq = random.randrange(1 << 15)  # lower half: no early wrap (as aiortc)
+        self.rtx_seq = random.randrange(1 << 15)
+        self.ts_offset = random.randrange(1 << 32)
+        self.pt = 0
+        self.rtx_pt: int | None = None
+        self.profile: tuple[int, bytes, int] = (0, b"", 0)  # (mid id, mid, abs-send-time id)
+        self.b0 = 0x80
+        self.cname = b""
+        self.dtls: Any = None
+        self.protect: Callable[[bytes], bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.addr: tuple[str, int] | None = None
+        self._pair: Any = None
+        self.waiting = True  # for a keyframe (video) before the first packet
+        self.started = asyncio.Event()
+        self.closed = False
+        # RTCP sender report state
+        self.packets = 0
+        self.octets = 0
+        self.last_lsr: int | None = None
+        self.last_lsr_time = 0.0
+        self.feedback = Feedback()
+        # History: per sent frame, its first sequence number and the shared entry.
+        self.hist_seq = [-1] * HISTORY_FRAMES
+        self.hist_entry: list[Entry | None] = [None] * HISTORY_FRAMES
+        self.hist_pos = 0
+        self.skips = 0
+        # aiortc calls sender.send(parameters) once DTLS is up: that call starts us.
+        sender.send = self._start  # type: ignore[method-assign]
+
+    # --- set-up (from aiortc) ----------------------------------------------------------
+    async def _start(self, parameters: Any) -> None:
+        if self.closed or self.started.is_set():
+            return
+        codec = parameters.codecs[0]
+        self.pt = codec.payloadType
+        for c in parameters.codecs:
+            if is_rtx(c) and c.parameters.get("apt") == codec.payloadType:
+                self.rtx_pt = c.payloadType
+        ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
+        mid = (parameters.muxId or "").encode()
+        self.profile = (ids.get(MID_URI, 0), mid, ids.get(ABS_SEND_TIME_URI, 0))
+        self.b0 = 0x90 if (self.profile[0] and mid) or self.profile[2] else 0x80
+        self.cname = (parameters.rtcp.cname or "").encode()
+        self.dtls = self.sender.transport
+        self.protect = self.dtls._tx_srtp.protect
+        # RTCP for our SSRC (RR, NACK, PLI/FIR, REMB, TWCC) now comes to _handle_rtcp_packet.
+        self.dtls._register_rtp_sender(self, parameters)
+        if not self._resolve_socket():
+            log.warning("lean sender %s: no nominated ICE pair", self._ssrc)
+            return
+        self.started.set()
+        self.broadcast.join(self)
+
+    def _resolve_socket(self) -> bool:
+        """The viewer's UDP socket and address from the nominated ICE pair (re-read when
+        aioice nominates another pair). The socket is a duplicate of aioice's, written
+        without asyncio's buffering: a full socket buffer is a lagging viewer."""
+        try:
+            pair = self.dtls.transport._connection._nominated.get(1)
+        except AttributeError:
+            return False
+        if pair is None:
+            return False
+        if pair is self._pair:
+            return True
+        self._close_socket()
+        self._pair = pair
+        self.addr = pair.remote_addr
+        protocol = pair.protocol
+        if isinstance(protocol, StunProtocol):
+            fd = protocol.transport.get_extra_info("socket").fileno()
+            self.sock = socket.socket(fileno=os.dup(fd))
+            self.sock.setblocking(False)
+        else:  # a TURN-relayed pair: aioice must wrap each datagram itself
+            self.sock = _TurnSocket(protocol)
+        return True
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+
+    def stop(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.broadcast.leave(self)
+        if self.dtls is not None:
+            with contextlib.suppress(Exception):
+                self.dtls._unregister_rtp_sender(self)
+        self._close_socket()
+
+    # --- hot path ------------------------------------------------------------------------
+    def send_entry(self, entry: Entry, ext: bytes, nbytes: int) -> bool:
+        """Send one shared entry (a frame's payloads). False when the socket is full: the
+        rest of the frame counts as lost (NACK-able) and the caller skips this viewer."""
+        payloads = entry.payloads
+        ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
+        seq = self.seq
+        pos = self.hist_pos
+        self.hist_seq[pos] = seq
+        self.hist_entry[pos] = entry
+        self.hist_pos = (pos + 1) % HISTORY_FRAMES
+        b0, pt, ssrc, protect, addr = self.b0, self.pt, self._ssrc, self.protect, self.addr
+        sendto = self.sock.sendto
+        pack = _HEADER.pack
+        last = len(payloads) - 1
+        self.seq = (seq + last + 1) & 0xFFFF
+        self.packets += last + 1
+        self.octets += nbytes
+        try:
+            for i, payload in enumerate(payloads):
+                sendto(
+                    protect(
+                        pack(b0, pt | 0x80 if i == last else pt, seq, ts, ssrc) + ext + payload
+                    ),
+                    addr,
+                )
+                seq = (seq + 1) & 0xFFFF
+        except OSError:  # BlockingIOError: the socket buffer is full
+            return False
+        return True
+
+    # --- RTCP in ---------------------------------------------------------------------
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        fb = self.feedback
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc != self._ssrc:
+                    continue
+                fb.fraction_lost, fb.packets_lost = report.fraction_lost, report.packets_lost
+                fb.jitter = report.jitter
+                if self.last_lsr is not None and report.lsr == self.last_lsr and report.dlsr:
+                    fb.rtt_s = time.time() - self.last_lsr_time - report.dlsr / 65536
+        elif isinstance(packet, RtcpRtpfbPacket):
+            if packet.fmt == RTCP_RTPFB_NACK:
+                fb.nacks += 1
+                for seq in packet.lost:
+                    self.retransmit(seq & 0xFFFF)
+            elif packet.fmt == RTCP_RTPFB_TWCC:
+                fb.twcc_reports += 1
+                fb.twcc_at = time.monotonic()
+        elif isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                fb.keyframe_requests += 1
+                if self.on_keyframe_request is not None:
+                    self.on_keyframe_request()
+            elif packet.fmt == RTCP_PSFB_APP:
+                with contextlib.suppress(ValueError):
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                    if self._ssrc in ssrcs:
+                        fb.remb_bps, fb.remb_at = bitrate, time.monotonic()
+
+    def retransmit(self, seq: int) -> bool:
+        """Resend packet ``seq`` from the history (as RTX when negotiated)."""
+        if self.sock is None or self.closed:
+            return False
+        for pos in range(HISTORY_FRAMES):
+            first, entry = self.hist_seq[pos], self.hist_entry[pos]
+            if entry is None or first < 0:
+                continue
+            index = (seq - first) & 0xFFFF
+            if index >= len(entry.payloads):
+                continue
+            payload = entry.payloads[index]
+            marker = 0x80 if index == len(entry.payloads) - 1 else 0
+            ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
+            ext = self.broadcast.ext_for(self.profile)
+            if self.rtx_pt is not None:
+                header = _HEADER.pack(
+                    self.b0, self.rtx_pt | marker, self.rtx_seq, ts, self.rtx_ssrc
+                )
+                data = header + ext + _OSN.pack(seq) + payload
+                self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+            else:
+                data = _HEADER.pack(self.b0, self.pt | marker, seq, ts, self._ssrc) + ext + payload
+            with contextlib.suppress(BlockingIOError):
+                self.sock.sendto(self.protect(data), self.addr)
+                self.feedback.retransmits += 1
+                return True
+            return False
+        return False
+
+    # --- RTCP out --------------------------------------------------------------------
+    def send_report(self, ntp: int, rtp_ts: int) -> None:
+        """RTCP SR (+ SDES CNAME) for this viewer's stream."""
+        if self.sock is None or self.closed or self.packets == 0:
+            return
+        sr = _RTCP_SR.pack(
+            0x80, 200, 6, self._ssrc, ntp, (rtp_ts + self.ts_offset) & 0xFFFFFFFF,
+            self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF,
+        )  # fmt: skip
+        self.last_lsr = (ntp >> 16) & 0xFFFFFFFF
+        self.last_lsr_time = time.time()
+        chunk = struct.pack("!I", self._ssrc) + bytes([1, len(self.cname)]) + self.cname + b"\0"
+        chunk += b"\0" * (-len(chunk) % 4)
+        sdes = struct.pack("!BBH", 0x81, 202, len(chunk) // 4) + chunk
+        with contextlib.suppress(BlockingIOError, OSError):
+            self.sock.sendto(self.dtls._tx_srtp.protect_rtcp(sr + sdes), self.addr)
+
+
+class _TurnSocket:
+    """``sendto`` for a TURN-relayed ICE pair: aioice wraps each datagram (bounded)."""
+
+    MAX_PENDING = 256
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.pending = 0
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.pending >= self.MAX_PENDING:
+            raise BlockingIOError
+        self.pending += 1
+        task = asyncio.ensure_future(self.protocol.send_data(data, addr))
+        task.add_done_callback(self._done)
+
+    def _done(self, _task: asyncio.Future) -> None:
+        self.pending -= 1
+
+    def close(self) -> None:
+        pass
+
+
+class Broadcast:
+    """Sends one fan-out's entries to all its lean viewers, one pass per entry.
+
+    It reads the ``Fanout`` like any consumer (``wait`` and the ring), so it works the
+    same whether the entries come from this process's encoder or from another process.
+    """
+
+    def __init__(
+        self,
+        fanout: Fanout,
+        kind: str,
+        clock_rate: int,
+        request_keyframe: Callable[[str], None],
+        on_skip: Callable[[str], None],
+    ) -> None:
+        self.fanout = fanout
+        self.kind = kind
+        self.clock_rate = clock_rate
+        self.request_keyframe = request_keyframe
+        self.on_skip = on_skip
+        self.viewers: list[LeanSender] = []
+        self.next_seq = fanout.seq + 1  # next fan-out entry this broadcast sends
+        self.last_ts = 0  # codec-clock timestamp and monotonic time of the last entry sent
+        self.last_ts_at = 0.0
+        self.entries_sent = 0
+        self.skips = 0
+        self._ext: dict[tuple[int, bytes, int], bytes] = {}
+        self._task: asyncio.Task | None = None
+        self._reports: asyncio.Task | None = None
+
+    # --- membership ------------------------------------------------------------------
+    def join(self, viewer: LeanSender) -> None:
+        f = self.fanout
+        if self._task is None or self._task.done():
+            self.next_seq = f.seq + 1
+            self._task = asyncio.create_task(self._run(), name=f"broadcast-{self.kind}")
+            self._reports = asyncio.create_task(self._run_reports(), name="broadcast-sr")
+        viewer.waiting = f.keyframes
+        if f.keyframes:
+            # Start at a recent keyframe already sent to the others: this viewer gets the
+            # frames since then in one burst now, then rides along with everybody.
+            kf = f.latest_keyframe()
+            if kf is not None and now_ms() - kf.wall_ms <= JOIN_KEYFRAME_MAX_AGE_MS:
+                if kf.seq >= self.next_seq:
+                    pass  # not sent yet: the next pass starts this viewer at it
+                else:
+                    viewer.waiting = False
+                    ext = self.ext_for(viewer.profile)
+                    for entry in list(f.ring):
+                        if kf.seq <= entry.seq < self.next_seq and entry.payloads:
+                            viewer.send_entry(entry, ext, sum(map(len, entry.payloads)))
+            else:
+                self.request_keyframe("join")
+        self.viewers.append(viewer)
+
+    def leave(self, viewer: LeanSender) -> None:
+        with contextlib.suppress(ValueError):
+            self.viewers.remove(viewer)
+        if not self.viewers:
+            self.stop()
+
+    def stop(self) -> None:
+        for task in (self._task, self._reports):
+            if task is not None:
+                task.cancel()
+        self._task = self._reports = None
+
+    # --- sending ---------------------------------------------------------------------
+    def ext_for(self, profile: tuple[int, bytes, int]) -> bytes:
+        ext = self._ext.get(profile)
+        if ext is None:
+            ext = self._ext[profile] = header_extensions(*profile, self._abs_send_time)
+        return ext
+
+    async def _run(self) -> None:
+        f = self.fanout
+        while True:
+            if f.seq < self.next_seq:
+                await f.wait()
+                continue
+            try:
+                for entry in self._take():
+                    self.send(entry)
+            except Exception:  # one bad entry must not end the show for everybody
+                log.exception("broadcast %s: send failed", self.kind)
+
+    def _take(self) -> list[Entry]:
+        """The entries not yet sent; skip forward (to a keyframe for video) when this
+        broadcast fell further behind than the ring's ``max_lag``."""
+        f = self.fanout
+        ring = f.ring
+        if not ring:
+            return []
+        oldest, newest = ring[0].seq, f.seq
+        if self.next_seq < oldest or newest - self.next_seq >= (f.max_lag or 0):
+            self.skips += 1
+            if f.keyframes:
+                kf = f.latest_keyframe()
+                if kf is not None and kf.seq > self.next_seq:
+                    self.next_seq = kf.seq
+                else:
+                    self.next_seq = newest + 1
+                    for viewer in self.viewers:
+                        viewer.waiting = True
+                    self.request_keyframe("lagging")
+                    return []
+            else:
+                self.next_seq = newest
+        start = self.next_seq - oldest
+        self.next_seq = newest + 1
+        return [ring[i] for i in range(start, len(ring))]
+
+    def send(self, entry: Entry) -> None:
+        """Send one entry to every viewer: the one pass per frame."""
+        payloads = entry.payloads
+        if not payloads:
+            return
+        self._abs_send_time = (current_ntp_time() >> 14) & 0x00FFFFFF
+        self._ext.clear()
+        ext_for = self.ext_for
+        keyframe = entry.keyframe
+        nbytes = sum(map(len, payloads))
+        lagging = None
+        for viewer in self.viewers:
+            if viewer.waiting:
+                if not keyframe:
+                    continue
+                viewer.waiting = False
+            if not viewer.send_entry(entry, ext_for(viewer.profile), nbytes):
+                (lagging := lagging or []).append(viewer)
+        self.last_ts, self.last_ts_at = entry.timestamp, time.monotonic()
+        self.entries_sent += 1
+        if lagging:
+            for viewer in lagging:
+                viewer.skips += 1
+                viewer.waiting = self.fanout.keyframes
+                self.on_skip(self.kind)
+            if self.fanout.keyframes:
+                self.request_keyframe("lagging")
+
+    _abs_send_time = 0
+
+    async def _run_reports(self) -> None:
+        """RTCP sender reports for every viewer, about once a second (one task per show)."""
+        while True:
+            await asyncio.sleep(SR_INTERVAL_S * (0.75 + 0.5 * random.random()))
+            ntp = current_ntp_time()
+            # The RTP time now, extrapolated from the last entry sent on the codec clock.
+            rtp_now = self.last_ts + int((time.monotonic() - self.last_ts_at) * self.clock_rate)
+            for viewer in list(self.viewers):
+                try:
+                    viewer._resolve_socket()
+                    viewer.send_report(ntp, rtp_now)
+                except Exception:  # noqa: BLE001 - one viewer's report must not stop the others
+                    log.debug("sender report to %s failed", viewer._ssrc, exc_info=True)

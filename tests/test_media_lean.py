@@ -1,0 +1,344 @@
+"""The lean viewer path (media/lean.py): real aiortc viewers over WHEP on loopback, the
+RTP and RTCP they see on the wire, and the aiortc internals the path relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pylibsrtp import Policy, Session
+
+from media.client import WhepPlayer, WhipPublisher
+from media.fanout import Fanout
+from media.lean import AIORTC_VERSION, Broadcast, LeanSender
+from media.testsrc import TestPatternTrack, ToneTrack
+from server import keys
+from tests.conftest import STREAM_KEY, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Wire:
+    """What one aiortc viewer's receivers get from the server, before decoding."""
+
+    def __init__(self, player: WhepPlayer) -> None:
+        self.rtp: list[tuple[int, int, int, int, bytes]] = []  # ssrc, pt, seq, ts, payload
+        self.srs: list = []
+        self.receivers = {}
+        for transceiver in player.pc.getTransceivers():
+            receiver = transceiver.receiver
+            self.receivers[transceiver.kind] = receiver
+            self._spy(receiver)
+
+    def _spy(self, receiver) -> None:
+        on_rtp, on_rtcp = receiver._handle_rtp_packet, receiver._handle_rtcp_packet
+
+        async def rtp(packet, arrival_time_ms):
+            self.rtp.append(
+                (packet.ssrc, packet.payload_type, packet.sequence_number, packet.timestamp,
+                 bytes(packet.payload))
+            )  # fmt: skip
+            await on_rtp(packet, arrival_time_ms)
+
+        async def rtcp(packet):
+            if type(packet).__name__ == "RtcpSrPacket":
+                self.srs.append((time.time(), packet))
+            await on_rtcp(packet)
+
+        receiver._handle_rtp_packet, receiver._handle_rtcp_packet = rtp, rtcp
+
+    def seqs(self, ssrc: int) -> list[int]:
+        return [seq for s, _pt, seq, _ts, _p in self.rtp if s == ssrc]
+
+
+def video_sender(runtime, player_index: int = 0) -> LeanSender:
+    viewer = list(runtime.viewers.values())[player_index]
+    return next(s for s in viewer.senders if s.broadcast.kind == "video")
+
+
+async def start(app, n: int, audio: bool = True, fps: int = 30):
+    http = aiohttp.ClientSession()
+    pub = WhipPublisher(
+        f"{app.url}/whip/demo", STREAM_KEY, TestPatternTrack(320, 180, fps),
+        ToneTrack() if audio else None,
+    )  # fmt: skip
+    await pub.start(http)
+    players, wires = [], []
+    for _ in range(n):
+        player = WhepPlayer(f"{app.url}/whep/demo", audio=audio)
+        wires.append(Wire(player))
+        await player.start(http)
+        players.append(player)
+    for player in players:
+        await player.wait_first_frame(10)
+    return http, pub, players, wires
+
+
+async def stop(http, pub, players) -> None:
+    for player in players:
+        await player.close(http)
+    await pub.close(http)
+    await http.close()
+
+
+async def test_lean_viewers_get_decoded_video_at_show_size_and_fps_with_continuous_sequence(app):
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    assert runtime.egress == "lean"
+    http, pub, players, wires = await start(app, 3)
+    try:
+        start_frames = [p.stats.video_frames for p in players]
+        await asyncio.sleep(3.0)
+        show = runtime.show.video
+        for player, before in zip(players, start_frames, strict=True):
+            assert player.stats.sizes == {(show.width, show.height)}
+            fps = (player.stats.video_frames - before) / 3.0
+            assert fps >= 0.6 * show.fps, f"{fps:.1f} fps of a {show.fps} fps show"
+            assert player.stats.audio_frames > 50, "audio decoded too"
+        ssrcs = set()
+        for i, wire in enumerate(wires):
+            sender = video_sender(runtime, i)
+            ssrcs.add(sender._ssrc)
+            seqs = wire.seqs(sender._ssrc)
+            assert len(seqs) > 100
+            gaps = [(b - a) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)]
+            assert set(gaps) == {1}, f"viewer {i}: sequence numbers not continuous"
+            # Its own random timestamp offset over the shared RTP clock.
+            ts = [t for s, _pt, _q, t, _p in wire.rtp if s == sender._ssrc]
+            assert all(0 <= (b - a) & 0xFFFFFFFF < 90000 for a, b in zip(ts, ts[1:], strict=False))
+        assert len(ssrcs) == 3, "each viewer has its own SSRC"
+        # The same payloads (packetised once) under different headers.
+        first = {p for _s, pt, _q, _t, p in wires[0].rtp[-40:]}
+        assert first & {p for _s, _pt, _q, _t, p in wires[1].rtp}
+        # Every viewer is sent by one broadcast per stream, no aiortc sender loop.
+        assert len(runtime.broadcasts) == 2
+        for viewer in runtime.viewers.values():
+            for transceiver in viewer.pc.getTransceivers():
+                assert transceiver.sender._RTCRtpSender__rtp_task is None
+    finally:
+        await stop(http, pub, players)
+
+
+async def test_nack_is_answered_with_an_rtx_retransmission_from_history(app):
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    http, pub, players, wires = await start(app, 1, audio=False)
+    try:
+        await asyncio.sleep(0.5)
+        sender = video_sender(runtime)
+        assert sender.rtx_pt is not None, "RTX negotiated with the browser-style offer"
+        wire = wires[0]
+        ssrc, _pt, seq, _ts, payload = next(r for r in reversed(wire.rtp) if r[0] == sender._ssrc)
+        await wire.receivers["video"]._send_rtcp_nack(sender._ssrc, [seq])
+
+        def rtx():
+            for s, pt, _q, _t, p in wire.rtp:
+                if s == sender.rtx_ssrc and pt == sender.rtx_pt and p[:2] == struct.pack("!H", seq):
+                    return p
+            return None
+
+        retransmitted = await wait_until(rtx, 3)
+        assert retransmitted[2:] == payload, "the original payload, from the history"
+        assert sender.feedback.nacks == 1 and sender.feedback.retransmits == 1
+        # A NACK for a packet long gone from the bounded history is ignored.
+        assert not sender.retransmit((seq + 30000) & 0xFFFF)
+    finally:
+        await stop(http, pub, players)
+
+
+async def test_pli_reaches_the_shared_keyframe_gate(app):
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    http, pub, players, wires = await start(app, 1, audio=False)
+    try:
+        sender = video_sender(runtime)
+        before = runtime.gate.requests
+        await wires[0].receivers["video"]._send_rtcp_pli(sender._ssrc)
+        await wait_until(lambda: runtime.gate.requests > before, 3)
+        assert sender.feedback.keyframe_requests == 1
+    finally:
+        await stop(http, pub, players)
+
+
+async def test_rtcp_sender_reports_map_rtp_time_to_wall_time(app):
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    http, pub, players, wires = await start(app, 1)
+    try:
+        wire = wires[0]
+        await wait_until(lambda: len(wire.srs) >= 3, 6)
+        sender = video_sender(runtime)
+        video_srs = [(t, p) for t, p in wire.srs if p.ssrc == sender._ssrc]
+        assert video_srs, "an SR for the video SSRC"
+        arrived, sr = video_srs[-1]
+        info = sr.sender_info
+        assert info.packet_count > 0 and info.octet_count > info.packet_count * 100
+        # The SR's RTP time is the stream's clock now: within 0.5 s of the newest packet.
+        newest = [t for s, _pt, _q, t, _p in wire.rtp if s == sender._ssrc][-1]
+        assert abs(((info.rtp_timestamp - newest + 2**31) & 0xFFFFFFFF) - 2**31) < 45000
+        ntp_s = (info.ntp_timestamp >> 32) - 2208988800
+        assert abs(ntp_s - arrived) < 2
+        # The viewer's receiver reports come back and are stored per viewer.
+        await wait_until(lambda: sender.feedback.rtt_s is not None, 6)
+    finally:
+        await stop(http, pub, players)
+
+
+async def test_old_aiortc_sender_path_stays_selectable(make_app, monkeypatch):
+    monkeypatch.setenv("SHOWROOM_EGRESS", "aiortc")
+    app = await make_app()
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    assert runtime.egress == "aiortc"
+    http, pub, players, _wires = await start(app, 1)
+    try:
+        assert not runtime.broadcasts
+        viewer = next(iter(runtime.viewers.values()))
+        assert not viewer.senders
+    finally:
+        await stop(http, pub, players)
+
+
+# --- a lagging viewer, on real sockets -------------------------------------------------
+
+
+class UnixPeer:
+    """A datagram socket a viewer is sent to; unread, its queue fills and sends block."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.path = str(folder / name)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+
+    def drain(self) -> int:
+        n = 0
+        while True:
+            try:
+                self.sock.recv(4096)
+                n += 1
+            except BlockingIOError:
+                return n
+
+
+def offline_sender(broadcast: Broadcast, peer: UnixPeer) -> LeanSender:
+    """A LeanSender on a real aiortc RTCRtpSender, writing SRTP to a Unix socket."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    lean = LeanSender(RTCRtpSender("video", dtls), broadcast)
+    lean.pt, lean.profile, lean.b0 = 102, (1, b"0", 3), 0x90
+    lean.protect = Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)).protect
+    lean.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    lean.sock.setblocking(False)
+    lean.addr = peer.path
+    return lean
+
+
+async def test_lagging_viewer_skips_to_the_next_keyframe_and_never_queues():
+    requests: list[str] = []
+    skips: list[str] = []
+    fanout = Fanout(capacity=60, keyframes=True)
+    broadcast = Broadcast(fanout, "video", 90000, requests.append, skips.append)
+    with tempfile.TemporaryDirectory() as tmp:
+        fast_peer, slow_peer = UnixPeer(Path(tmp), "fast"), UnixPeer(Path(tmp), "slow")
+        fast, slow = offline_sender(broadcast, fast_peer), offline_sender(broadcast, slow_peer)
+        broadcast.viewers = [fast, slow]
+        slow_seq0 = slow.seq
+        fast.waiting = slow.waiting = True
+        frame = [b"x" * 1000] * 4  # four packets a frame
+
+        def publish(keyframe: bool) -> None:
+            entry = fanout.publish(None, keyframe, int(time.time() * 1000), payloads=frame)
+            broadcast.send(entry)
+            fast_peer.drain()  # the fast viewer reads everything
+
+        publish(False)
+        assert fast.packets == slow.packets == 0, "both wait for a keyframe"
+        publish(True)
+        for _ in range(10):
+            publish(False)
+        assert slow.skips == 1 and slow.waiting, "the unread viewer fell behind and skipped"
+        assert requests == ["lagging"] and skips == ["video"]
+        assert fast.packets == 44 and not fast.waiting, "the others are not slowed"
+        stuck = slow.packets
+        for _ in range(5):
+            publish(False)
+        assert slow.packets == stuck, "nothing is queued for it while it waits"
+        slow_peer.drain()
+        publish(True)
+        assert not slow.waiting and slow.packets == stuck + 4, "back at the next keyframe"
+        # Its sequence numbers count what it never got (its receiver sees the loss).
+        assert (slow.seq - slow_seq0) & 0xFFFF == slow.packets
+
+
+# --- aiortc internals ----------------------------------------------------------------
+
+
+async def test_aiortc_internals_the_lean_path_relies_on():
+    """Fails loudly when aiortc changes what media/lean.py reaches into."""
+    import aioice.ice
+    import aiortc
+    from aiortc import rtcpeerconnection, rtp
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+    from aiortc.rtcrtpparameters import RTCRtpSendParameters
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    assert aiortc.__version__ == AIORTC_VERSION, (
+        f"aiortc {aiortc.__version__}: media/lean.py was checked against {AIORTC_VERSION}; "
+        "re-check the internals listed in its docstring, then update AIORTC_VERSION"
+    )
+    # The peer connection starts a sender with sender.send(parameters) after DTLS.
+    source = inspect.getsource(rtcpeerconnection.RTCPeerConnection)
+    assert "await transceiver.sender.send(self.__localRtp(transceiver))" in source
+    assert list(inspect.signature(RTCRtpSender.send).parameters) == ["self", "parameters"]
+    fields = RTCRtpSendParameters.__dataclass_fields__
+    assert {"codecs", "headerExtensions", "muxId", "rtcp"} <= set(fields)
+    # The sender's SSRCs exist before negotiation (the answer's a=ssrc lines use them).
+    from aiortc import RTCCertificate, RTCIceGatherer, RTCIceTransport
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    sender = RTCRtpSender("video", dtls)
+    assert isinstance(sender._ssrc, int) and isinstance(sender._rtx_ssrc, int)
+    assert sender.transport is dtls
+    assert sender._RTCRtpSender__rtp_task is None  # started only by send()
+    # DTLS: SRTP sessions, RTCP routing by the sender's SSRC, the ICE connection.
+    assert dtls._tx_srtp is None and hasattr(dtls, "_rx_srtp")
+    for name in ("_register_rtp_sender", "_unregister_rtp_sender"):
+        assert list(inspect.signature(getattr(RTCDtlsTransport, name)).parameters)[:2] == [
+            "self", "sender"
+        ]  # fmt: skip
+    dtls._register_rtp_sender(sender, RTCRtpSendParameters())
+    assert dtls._rtp_router.senders[sender._ssrc] is sender
+    dtls._unregister_rtp_sender(sender)
+    assert sender._ssrc not in dtls._rtp_router.senders
+    assert "_handle_rtcp_packet" in dir(RTCRtpSender)
+    connection = dtls.transport._connection
+    assert isinstance(connection, aioice.ice.Connection) and connection._nominated == {}
+    pair_props = {"protocol", "remote_addr"}
+    assert pair_props <= set(dir(aioice.ice.CandidatePair)) | {"protocol"}
+    assert "transport" in aioice.ice.StunProtocol.__annotations__
+    assert "send_data" in dir(aioice.ice.StunProtocol)
+    # libsrtp sessions as aiortc builds them: protect / protect_rtcp.
+    assert {"protect", "protect_rtcp"} <= set(dir(Session))
+    # RTCP parsing and the constants the sender handles.
+    assert (rtp.RTCP_RTPFB_NACK, rtp.RTCP_PSFB_PLI, rtp.RTCP_PSFB_FIR, rtp.RTCP_PSFB_APP) == (
+        1, 1, 4, 15,
+    )  # fmt: skip
+    for cls in ("RtcpRrPacket", "RtcpSrPacket", "RtcpPsfbPacket", "RtcpRtpfbPacket"):
+        assert hasattr(rtp, cls)
+    nack = rtp.RtcpRtpfbPacket(fmt=1, ssrc=1, media_ssrc=sender._ssrc, lost=[7, 9])
+    parsed = rtp.RtcpPacket.parse(bytes(nack))[0]
+    assert parsed.media_ssrc == sender._ssrc and parsed.lost == [7, 9]
+    assert dtls._rtp_router.route_rtcp(parsed) == set()
+    remb = b"REMB" + bytes([1, 0x0C, 0x35, 0x00]) + struct.pack("!I", 42)
+    bitrate, ssrcs = rtp.unpack_remb_fci(remb)
+    assert ssrcs == [42] and bitrate > 0
