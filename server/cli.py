@@ -108,6 +108,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_dir=Path(getattr(args, "data_dir", "var")),
         hold_seconds=getattr(args, "hold_seconds", 600),
         max_viewers_per_show=getattr(args, "max_viewers", 500),
+        max_viewers_per_ip=getattr(args, "max_viewers_per_ip", None),
+        whep_connect_timeout_s=getattr(args, "whep_connect_timeout", 15.0),
         print_worker=not getattr(args, "no_print_worker", False),
         public_url=getattr(args, "public_url", None),
         redis_appendfsync=getattr(args, "appendfsync", None)
@@ -223,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-viewers", type=int, default=500, help="viewers per show before WHEP answers 503"
+    )
+    p.add_argument(
+        "--max-viewers-per-ip",
+        type=int,
+        default=None,
+        help="WHEP sessions one client address may hold, 0 = no cap "
+        "(default 8; no cap when --host is a loopback address)",
+    )
+    p.add_argument(
+        "--whep-connect-timeout",
+        type=float,
+        default=15.0,
+        help="seconds a WHEP session may take to connect before it is closed (default 15)",
     )
     p.add_argument("--no-print-worker", action="store_true", help="do not print in this process")
     p.add_argument("--public-url", help="base URL for links on labels (default http://HOST:PORT)")

@@ -99,6 +99,10 @@ class Settings:
     hold_seconds: int = 600
     payment_timeout_s: int = 900
     max_viewers_per_show: int = 500
+    # WHEP sessions one client address may hold (0: no cap). None: 8 on a public host;
+    # no cap on a loopback host, where every client (and a reverse proxy) is 127.0.0.1.
+    max_viewers_per_ip: int | None = None
+    whep_connect_timeout_s: float = 15.0  # a WHEP session not connected by then is closed
     print_worker: bool = True
     sandbox: bool = True  # Stripe: embedded localstripe unless STRIPE_SECRET_KEY is set
     public_url: str | None = None  # base URL printed on labels / QR codes
@@ -122,6 +126,12 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def viewer_ip_cap(self) -> int:
+        if self.max_viewers_per_ip is not None:
+            return self.max_viewers_per_ip
+        return 0 if self.loopback_host else 8
 
     def candidate_allowed(self, kind: str) -> bool:
         """``kind``: "loopback" or "private"."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import weakref
 
 from aiohttp import web
@@ -35,7 +36,7 @@ from media.sdp import (
     parse_offer,
     parse_sdpfrag,
 )
-from server import keys, presence, segments
+from server import keys, presence, segments, viewer_slots
 from server.auth import get_show, require_stream_key
 from server.errors import ApiError, bad_request, not_found, read_body
 
@@ -128,6 +129,7 @@ async def whip_post(request: web.Request) -> web.Response:
     text, offered = _screened_offer(request, text)
     runtime = runtimes(request.app)[show.id]
     publisher = Publisher(runtime)
+    publisher.id = _session_id(request.app, publisher.id)
     _track_budget(publisher, offered)
     try:
         answer = await publisher.accept(text, offer.ice_ufrag)
@@ -174,24 +176,73 @@ async def whep_post(request: web.Request) -> web.Response:
         raise _sdp_error(exc) from None
     text, offered = _screened_offer(request, text)
     runtime = runtimes(request.app)[show.id]
-    cap = request.app[keys.SETTINGS].max_viewers_per_show
-    if len(runtime.viewers) >= cap:
+    settings = request.app[keys.SETTINGS]
+    slots = _slots(request.app)
+    # The slot is taken (atomically, over every process) before any work that awaits.
+    slot = secrets.token_urlsafe(9)
+    taken = await slots.take(
+        show.id, slot, request.remote or "-", settings.max_viewers_per_show, settings.viewer_ip_cap
+    )
+    if taken == viewer_slots.SHOW_FULL:
         raise ApiError(
             503,
             "unavailable",
             "This show is at viewer capacity; try again shortly.",
             {"Retry-After": RETRY_AFTER_S},
         )
+    if taken == viewer_slots.IP_FULL:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "Too many viewing sessions from this address.",
+            {"Retry-After": RETRY_AFTER_S},
+        )
     audio = offer.section("audio")
     with_audio = audio is not None and audio.direction in ("recvonly", "sendrecv")
-    viewer = Viewer(runtime, codec)
-    _track_budget(viewer, offered)
     try:
-        answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
-    except Exception as exc:
-        await viewer.close()
-        raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
+        viewer = Viewer(runtime, codec)
+        viewer.id = _session_id(request.app, viewer.id)
+        _track_budget(viewer, offered)
+        slots.held[slot].session = viewer
+        try:
+            answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
+        except Exception as exc:
+            await viewer.close()
+            raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
+    except BaseException:
+        await slots.release(slot)
+        raise
+    _close_if_not_connected(viewer, settings.whep_connect_timeout_s)
     return _created(answer, f"/whep/{show.id}/{viewer.id}", viewer.etag)
+
+
+def _slots(app: web.Application) -> viewer_slots.ViewerSlots:
+    return app[keys.EXTRA]["viewer_slots"]
+
+
+def _session_id(app: web.Application, token: str) -> str:
+    """Session ids start with the id of the worker holding them, so any worker can send
+    a PATCH or DELETE on to it (no prefix with a single process)."""
+    prefix = app[keys.EXTRA].get("session_prefix", "")
+    return f"{prefix}{token}"
+
+
+def _close_if_not_connected(viewer: Viewer, timeout_s: float) -> None:
+    """A WHEP session that has not connected in ``timeout_s`` is closed (its slot goes
+    with it): an offer that never completes ICE must not hold a place."""
+    loop = asyncio.get_running_loop()
+
+    def check() -> None:
+        if viewer.pc.connectionState != "connected" and viewer.runtime.viewers.get(viewer.id):
+            log.info("WHEP session %s not connected after %.0fs; closed", viewer.id, timeout_s)
+            task = loop.create_task(viewer.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+    loop.call_later(timeout_s, check)
+
+
+_closing: set[asyncio.Task] = set()
 
 
 def _viewer(request: web.Request) -> Viewer:
@@ -206,7 +257,12 @@ async def whep_patch(request: web.Request) -> web.Response:
 
 
 async def whep_delete(request: web.Request) -> web.Response:
-    await _viewer(request).close()
+    viewer = _viewer(request)
+    await viewer.close()
+    slots = _slots(request.app)
+    for slot, held in list(slots.held.items()):
+        if held.session is viewer:
+            await slots.release(slot)
     return web.Response(status=200)
 
 
@@ -260,20 +316,40 @@ async def _cors(request: web.Request, response: web.StreamResponse) -> None:
 async def _report_status(app: web.Application) -> None:
     """About once a second: presence in Redis, viewer counts on the bus."""
     redis, bus = app[keys.REDIS], app[keys.BUS]
+    shows = runtimes(app)
     last_viewers: dict[str, int] = {}
+
+    def session_live(held: viewer_slots.Held) -> bool:
+        runtime = shows.get(held.show_id)
+        return runtime is not None and runtime.viewers.get(held.session.id) is held.session
+
     while True:
-        for show_id, runtime in runtimes(app).items():
+        try:
+            await _slots(app).tend(session_live)
+        except Exception as exc:
+            log.warning("viewer slots: %s", exc)
+        for show_id, runtime in shows.items():
             n = len(runtime.viewers)
             try:
                 await presence.report(redis, show_id, live=runtime.live, viewers=n)
-                if last_viewers.get(show_id) != n:
-                    last_viewers[show_id] = n
-                    await bus.publish(show_id, {"type": "viewers", "viewers": n})
-                    _, everyone = await presence.read(redis, show_id)
+                # The total over every process: each one publishes it when it changes.
+                _, everyone = await presence.read(redis, show_id)
+                if last_viewers.get(show_id) != everyone:
+                    last_viewers[show_id] = everyone
+                    await bus.publish(show_id, {"type": "viewers", "viewers": everyone})
                     await segments.viewers_seen(redis, show_id, everyone)
             except Exception as exc:  # Redis hiccup: the media path keeps going
                 log.warning("status report for %s failed: %s", show_id, exc)
         await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+async def _viewers_total(app: web.Application) -> None:
+    """/metrics: ``showroom_viewers`` is the total over every process."""
+    gauge = app[keys.METRICS].viewers
+    for show_id in runtimes(app):
+        with contextlib.suppress(Exception):
+            _, everyone = await presence.read(app[keys.REDIS], show_id)
+            gauge.labels(show_id).set(everyone)
 
 
 def _status_publisher(app: web.Application, show_id: str):
@@ -296,6 +372,8 @@ async def media_ctx(app: web.Application):
     extra = app[keys.EXTRA]
     shows: dict[str, ShowRuntime] = {}
     extra["media"] = shows
+    extra["viewer_slots"] = slots = viewer_slots.ViewerSlots(app[keys.REDIS])
+    metrics.before_scrape.append(lambda: _viewers_total(app))
     for show_id, show in app[keys.SHOWS].items():
         runtime = ShowRuntime(
             show,
@@ -314,6 +392,8 @@ async def media_ctx(app: web.Application):
         await runtime.stop()
         with contextlib.suppress(Exception):
             await presence.clear(app[keys.REDIS], show_id)
+    with contextlib.suppress(Exception):
+        await slots.release_all()
 
 
 def setup(app: web.Application) -> None:
