@@ -22,6 +22,7 @@ class Status(StrEnum):
     PENDING_PAYMENT = "pending_payment"
     PAID = "paid"
     PRINTED = "printed"
+    READY = "ready"  # packed and waiting at the counter (staff marked it)
     FULFILLED = "fulfilled"
     PAYMENT_FAILED = "payment_failed"
     EXPIRED = "expired"
@@ -34,8 +35,10 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     # A card can be retried after a decline; an expired order whose payment still
     # succeeds is honoured if its holds are still there (checked by the caller).
     Status.PAYMENT_FAILED: frozenset({Status.PAID, Status.EXPIRED}),
-    Status.PAID: frozenset({Status.PRINTED, Status.FULFILLED, Status.REFUNDED}),
-    Status.PRINTED: frozenset({Status.FULFILLED, Status.REFUNDED}),
+    # Staff may pack an order whose label has not printed yet (printer down): paid -> ready.
+    Status.PAID: frozenset({Status.PRINTED, Status.READY, Status.FULFILLED, Status.REFUNDED}),
+    Status.PRINTED: frozenset({Status.READY, Status.FULFILLED, Status.REFUNDED}),
+    Status.READY: frozenset({Status.FULFILLED, Status.REFUNDED}),
     Status.FULFILLED: frozenset({Status.REFUNDED}),
     Status.EXPIRED: frozenset(),
     Status.REFUNDED: frozenset(),
@@ -80,6 +83,7 @@ class Order:
     created_at: float = field(default_factory=time.time)
     paid_at: float | None = None
     printed_at: float | None = None
+    ready_at: float | None = None
     fulfilled_at: float | None = None
     payment_intent: str | None = None
     number: int = 0  # short, per-show number printed big on the label
@@ -114,6 +118,7 @@ class Order:
             created_at=float(d.get("created_at") or 0),
             paid_at=opt_float("paid_at"),
             printed_at=opt_float("printed_at"),
+            ready_at=opt_float("ready_at"),
             fulfilled_at=opt_float("fulfilled_at"),
             payment_intent=d.get("payment_intent") or None,
             number=int(d.get("number") or 0),
@@ -153,6 +158,7 @@ class Order:
             "created_at": self.created_at,
             "paid_at": self.paid_at,
             "printed_at": self.printed_at,
+            "ready_at": self.ready_at,
             "fulfilled_at": self.fulfilled_at,
             "print_error": self.print_error,
         }
@@ -217,6 +223,7 @@ return redis.error_reply('conflict:' .. cur)
 _TIMESTAMP_FIELD = {
     Status.PAID: "paid_at",
     Status.PRINTED: "printed_at",
+    Status.READY: "ready_at",
     Status.FULFILLED: "fulfilled_at",
 }
 

@@ -118,9 +118,10 @@ def _share_packetiser(sender: RTCRtpSender, fanout: Fanout, codec: str) -> None:
 
 
 class Viewer:
-    def __init__(self, runtime: ShowRuntime, codec: str) -> None:
+    def __init__(self, runtime: ShowRuntime, codec: str, preview: bool = False) -> None:
         self.runtime = runtime
         self.codec = codec
+        self.preview = preview  # the host watching their own output: not in the audience
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
         self.pc = RTCPeerConnection()

@@ -148,7 +148,7 @@ class ShowRuntime:
         """Operator view of the media path (served at /api/shows/{show}/media)."""
         return {
             "live": self.live,
-            "viewers": len(self.viewers),
+            "viewers": self.audience,
             "codecs": sorted(self._encoders),
             "frames_out": self.frames_out,
             "slate_frames": self.slate_frames,
@@ -207,12 +207,17 @@ class ShowRuntime:
         if self.viewers.pop(viewer.id, None) is not None:
             self._viewers_changed()
 
+    @property
+    def audience(self) -> int:
+        """Viewers as the host and the numbers count them: the host's own preview is not one."""
+        return sum(1 for v in self.viewers.values() if not getattr(v, "preview", False))
+
     def _viewers_changed(self) -> None:
         if self.metrics:
-            self.metrics.viewers.labels(self.show.id).set(len(self.viewers))
+            self.metrics.viewers.labels(self.show.id).set(self.audience)
         scene = self.scene_lookup()
         if scene is not None and hasattr(scene, "set_viewers"):
-            scene.set_viewers(len(self.viewers))
+            scene.set_viewers(self.audience)
 
     def codecs_in_use(self) -> list[str]:
         """H.264 always (browsers, recordings); VP8 only while a viewer needs it."""

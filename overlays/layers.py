@@ -175,8 +175,17 @@ def _sold_out_stamp(img: Image.Image, unit: float) -> Image.Image:
 # --- layers ------------------------------------------------------------------------
 
 
-def render_card(product: ProductInfo, w: int, h: int, currency: str, unit: float) -> Image.Image:
-    """Featured product card: picture, name, price, live stock line, SOLD OUT stamp."""
+def render_card(
+    product: ProductInfo,
+    w: int,
+    h: int,
+    currency: str,
+    unit: float,
+    regular_price: Decimal | None = None,
+) -> Image.Image:
+    """Featured product card: picture, name, price, live stock line, SOLD OUT stamp.
+    With ``regular_price`` (a drop's own price is ``product.price``) the regular price
+    follows, struck through, as on the viewer page."""
     u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
     card = _panel(w, h, WHITE, u(16))
     pad = u(14)
@@ -213,6 +222,15 @@ def render_card(product: ProductInfo, w: int, h: int, currency: str, unit: float
         draw.text((text_x, y), line, font=font(name_size, True), fill=INK, anchor="ls")
     y += int(price.size * 1.25)
     draw.text((text_x, y), price.text, font=font(price.size, True), fill=INK, anchor="ls")
+    if regular_price is not None and regular_price != product.price:
+        gap = u(10)
+        rx = text_x + text_width(price.text, price.size, True) + gap
+        was = fit_text(format_price(regular_price, currency), text_w - (rx - text_x), u(24))
+        if was.text and rx < text_x + text_w:
+            draw.text((rx, y), was.text, font=font(was.size), fill=MUTED, anchor="ls")
+            mid = y - int(was.size * 0.36)
+            rw = text_width(was.text, was.size, False)
+            draw.line((rx, mid, rx + rw, mid), fill=MUTED, width=max(2, u(3)))
     if stock is not None and s is not None:
         colour = stock[1]
         y += int(s.size * 1.5)

@@ -223,7 +223,8 @@ class Scene:
             s.drop = drop
             return changed
 
-        return self._change({"drop"}, apply)
+        # The card shows a drop's price on its product: re-render it too.
+        return self._change({"drop", "card"}, apply)
 
     def set_drop_remaining(self, remaining: int) -> concurrent.futures.Future:
         def apply(s: SceneState) -> bool:
@@ -348,11 +349,19 @@ class Scene:
                     leaving = _CardSlot(card.sku, card.card, card.qr, None)
                 card = None
             else:
+                d = state.drop
+                on_drop = d is not None and d.sku == product.sku and d.price != product.price
+                shown = replace(product, price=d.price) if on_drop else product
                 card_sprite = self._timed(
                     "card",
                     lambda: _place(
                         layers.render_card(
-                            product, lay.card.w, lay.card.h, self.currency, lay.unit
+                            shown,
+                            lay.card.w,
+                            lay.card.h,
+                            self.currency,
+                            lay.unit,
+                            regular_price=product.price if on_drop else None,
                         ),
                         lay.card,
                     ),

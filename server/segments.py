@@ -87,3 +87,83 @@ def parse(raw: bytes) -> Segment:
 
 async def load(redis, show_id: str) -> list[Segment]:
     return [parse(raw) for raw in await redis.lrange(key(show_id), 0, -1)]
+
+
+# --- sales per segment ------------------------------------------------------------------
+
+ADDED_FIELD = "added_ms"  # on the order hash: {sku: ms it was last added to the cart}
+SOLD = ("paid", "printed", "ready", "fulfilled")
+
+
+@dataclass(frozen=True)
+class Sale:
+    """One paid order's line, with the time its product went into the cart."""
+
+    order_id: str
+    buyer: str
+    sku: str
+    added_ms: int
+    cents: int
+
+
+@dataclass(frozen=True)
+class SegmentSales:
+    orders: int
+    buyers: int
+    revenue_cents: int
+
+
+def attribute(segs: list[Segment], sales: list[Sale], now_ms: int) -> list[SegmentSales]:
+    """Pure: each sale counts for the segment that featured *its* product when it was
+    added to the cart (not for whatever was on screen when it was paid)."""
+    orders: list[set[str]] = [set() for _ in segs]
+    buyers: list[set[str]] = [set() for _ in segs]
+    revenue = [0] * len(segs)
+    for sale in sales:
+        for i, seg in enumerate(segs):
+            end = now_ms if seg.end_ms is None else seg.end_ms
+            if seg.sku == sale.sku and seg.start_ms <= sale.added_ms < max(end, seg.start_ms + 1):
+                orders[i].add(sale.order_id)
+                buyers[i].add(sale.buyer)
+                revenue[i] += sale.cents
+                break
+    return [
+        SegmentSales(len(o), len(b), r) for o, b, r in zip(orders, buyers, revenue, strict=True)
+    ]
+
+
+def added_times(lines, hold_ms: int) -> str:
+    """The ``added_ms`` field for an order from the cart lines it was made of (a hold
+    runs for ``hold_ms`` from the last add, so its expiry tells when that was)."""
+    return json.dumps({line.sku: int(line.hold_expires_at) - hold_ms for line in lines})
+
+
+async def sales_since(redis, show_id: str, since_ms: int, orders_index: str) -> list[Sale]:
+    """The paid order lines of a show created since ``since_ms``."""
+    ids = await redis.zrangebyscore(orders_index, since_ms / 1000, "+inf")
+    if not ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for oid in ids:
+        oid = oid.decode() if isinstance(oid, bytes) else oid
+        pipe.hmget(f"order:{oid}", "status", "items", ADDED_FIELD, "viewer", "created_at")
+    sales: list[Sale] = []
+    for oid, row in zip(ids, await pipe.execute(), strict=True):
+        status, items, added, viewer, created = (
+            v.decode() if isinstance(v, bytes) else v for v in row
+        )
+        if status not in SOLD or not items:
+            continue
+        added_map = json.loads(added) if added else {}
+        fallback = int(float(created or 0) * 1000)
+        for item in json.loads(items):
+            sales.append(
+                Sale(
+                    oid.decode() if isinstance(oid, bytes) else oid,
+                    viewer or "",
+                    item["sku"],
+                    int(added_map.get(item["sku"], fallback)),
+                    int(item["quantity"]) * int(item["unit_price_cents"]),
+                )
+            )
+    return sales

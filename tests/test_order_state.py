@@ -24,6 +24,9 @@ def test_state_machine_moves_forward_only():
     assert can_transition("pending_payment", "paid")
     assert can_transition("paid", "printed")
     assert can_transition("printed", "fulfilled")
+    assert can_transition("printed", "ready") and can_transition("ready", "fulfilled")
+    assert can_transition("paid", "ready")  # packed while the printer is down
+    assert not can_transition("ready", "printed") and not can_transition("fulfilled", "ready")
     assert can_transition("fulfilled", "refunded")
     assert not can_transition("paid", "pending_payment")
     assert not can_transition("printed", "paid")

@@ -233,3 +233,45 @@ def test_vertical_scene_blends_card_in_lower_half():
     untouched = y[scene.layout.qr.bottom + 4 : card.y - 4]
     assert (untouched == untouched[0, 0]).all(), "the middle of the picture stays clear"
     assert np.abs(region(f, card).astype(int) - int(untouched[0, 0])).mean() > 30
+
+
+def test_drop_on_the_featured_product_shows_its_price_and_strikes_the_regular_one():
+    """The card in the picture says what the page says: the drop price, with the regular
+    price struck through next to it; when the drop ends the card reads the regular price."""
+    plain = layers.render_card(MUG, 300, 344, "usd", 1.0)
+    drop_price = replace_price(MUG, "12.00")
+    struck = layers.render_card(drop_price, 300, 344, "usd", 1.0, regular_price=MUG.price)
+    unstruck = layers.render_card(drop_price, 300, 344, "usd", 1.0)
+    assert struck.tobytes() != unstruck.tobytes() != plain.tobytes()
+    # The struck regular price is drawn in the muted grey beside the price.
+    grey = np.all(np.abs(np.asarray(struck)[..., :3].astype(int) - (96, 98, 108)) < 30, axis=-1)
+    grey_plain = np.all(np.abs(np.asarray(unstruck)[..., :3].astype(int) - (96, 98, 108)) < 30, -1)
+    assert grey.sum() > grey_plain.sum() + 40
+
+    scene = Scene(1280, 720, title="Show", show_id="demo", threaded=False)
+    scene.set_featured(MUG)
+    box = scene.layout.card
+
+    def card_now(t: int) -> np.ndarray:
+        scene.blend_into(grey_frame(1280, 720), t)
+        f = grey_frame(1280, 720)
+        scene.blend_into(f, t + 1000)  # past the entry animation
+        return region(f, box)
+
+    regular = card_now(0)
+    before = scene.renders["card"]
+    ends = int(time.time() * 1000) + 60_000
+    scene.set_drop(DropInfo("MUG-01", "Stoneware mug", Decimal("12.00"), 5, ends, 5))
+    assert scene.renders["card"] == before + 1
+    on_drop = card_now(5000)
+    assert not np.array_equal(on_drop, regular)
+    scene.set_drop(DropInfo("TEE-02", "Tee", Decimal("9.00"), 5, ends, 5))  # another product
+    assert np.array_equal(card_now(9000), regular)
+    scene.set_drop(None)
+    assert np.array_equal(card_now(12000), regular)
+
+
+def replace_price(product: ProductInfo, price: str) -> ProductInfo:
+    from dataclasses import replace
+
+    return replace(product, price=Decimal(price))

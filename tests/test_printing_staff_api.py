@@ -70,6 +70,44 @@ async def test_reprint_and_fulfil_need_staff_and_do_what_they_say(setup):
 
 
 @pytest.mark.timeout(60)
+async def test_ready_sits_between_printed_and_fulfilled_and_is_announced(setup):
+    """Staff mark a printed order packed: `ready` (with its time), announced on the show's
+    events; it can then be fulfilled but never goes back to ready."""
+    app, printer, redis = setup
+    order = await paid_order(redis, buyer="Ready Rae")
+    await wait_until(lambda: has_status(redis, order.order_id, Status.PRINTED), 10)
+    s = app.session
+    path = f"/api/orders/{order.order_id}/ready"
+    async with s.post(path) as r:
+        assert r.status == 401
+    async with s.post(path, headers=app.auth("other-staff-pw")) as r:
+        assert r.status == 401
+    assert (await load_order(redis, order.order_id)).status == Status.PRINTED
+
+    async with s.get("/api/shows/demo/events") as events:
+        async with app.session.post(path, headers=app.auth()) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["status"] == "ready" and body["ready_at"] and not body["fulfilled_at"]
+        seen = []
+        async for line in events.content:
+            if line.startswith(b"data:") and b'"order"' in line:
+                seen.append(line)
+                break
+    assert b'"status": "ready"' in seen[0] or b'"status":"ready"' in seen[0]
+    async with s.post(path, headers=app.auth()) as r:  # repeating it is harmless
+        assert r.status == 200 and (await r.json())["status"] == "ready"
+    async with s.get("/api/orders?show=demo&status=ready", headers=app.auth()) as r:
+        assert [o["order_id"] for o in (await r.json())["orders"]] == [order.order_id]
+    async with s.post(f"/api/orders/{order.order_id}/fulfil", headers=app.auth()) as r:
+        assert r.status == 200 and (await r.json())["status"] == "fulfilled"
+    async with s.post(path, headers=app.auth()) as r:
+        assert r.status == 409 and (await r.json())["error"] == "conflict"
+    assert (await load_order(redis, order.order_id)).status == Status.FULFILLED
+    assert len(printer.labels()) == 1
+
+
+@pytest.mark.timeout(60)
 async def test_unpaid_order_cannot_be_fulfilled_or_reprinted(setup):
     app, printer, redis = setup
     from checkout.orders import Order, OrderItem, save_new_order
@@ -85,7 +123,7 @@ async def test_unpaid_order_cannot_be_fulfilled_or_reprinted(setup):
         number=7,
     )
     await save_new_order(redis, order)
-    for action in ("reprint", "fulfil"):
+    for action in ("reprint", "fulfil", "ready"):
         async with app.session.post(f"/api/orders/unpaid123/{action}", headers=app.auth()) as r:
             assert r.status == 409 and (await r.json())["error"] == "conflict"
     assert (await load_order(redis, "unpaid123")).status == Status.PENDING_PAYMENT

@@ -92,3 +92,48 @@ async def test_printer_down_order_needs_attention_then_prints_and_is_fulfilled(
         )
     await printer.stop()
     assert errors.unexpected() == []
+
+
+@pytest.mark.timeout(90)
+async def test_ready_button_and_an_honest_connection_badge(
+    make_app, write_manifest, stripe_sandbox, artifacts
+):
+    """Staff mark a printed order ready (it moves to its own lane); the badge says
+    "Live" only while the page really receives events, "Offline" when it does not."""
+    printer = await PrinterSocket().start()
+    app = await make_app(
+        [write_manifest("demo", printers=printer_toml(printer.url))],
+        stripe_api_base=stripe_sandbox.url,
+    )
+    errors = JsErrors()
+    async with chromium(app) as browser:
+        ctx, staff = await new_page(browser, errors, "staff", PHONE, has_touch=True)
+        await staff_login(staff, app.url, "/staff")
+        conn = staff.locator("#conn")
+        await expect(conn).to_have_text("Live")
+        order = await buy_and_pay(app, "Rita Ready")
+        number = f"#{order['number']}"
+        printed = staff.locator("#q-printed .order-card", has_text=number)
+        await expect(printed).to_be_visible(timeout=30000)
+        await printed.get_by_role(
+            "button", name=f"Mark order {order['number']} ready for pickup"
+        ).tap()
+        ready = staff.locator("#q-ready .order-card", has_text=number)
+        await expect(ready).to_be_visible()
+        await expect(staff.locator("#q-printed .order-card")).to_have_count(0)
+        async with app.session.get(f"/api/orders/{order['order_id']}") as r:
+            assert (await r.json())["status"] == "ready"
+        width = await staff.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], width
+        await staff.screenshot(path=artifacts / "web_staff_ready_lane.png", full_page=True)
+
+        await ctx.set_offline(True)
+        await expect(conn).to_have_text("Offline", timeout=10000)
+        await expect(conn).to_have_class(re.compile("bad"))
+        await staff.screenshot(path=artifacts / "web_staff_offline.png")
+        await ctx.set_offline(False)
+        await expect(conn).to_have_text("Live", timeout=15000)
+        await ready.get_by_role("button", name=re.compile("fulfilled")).tap()
+        await expect(staff.locator("#q-fulfilled .order-card", has_text=number)).to_be_visible()
+    await printer.stop()
+    assert errors.unexpected("ERR_INTERNET_DISCONNECTED", "ERR_NETWORK_CHANGED") == []

@@ -20,7 +20,7 @@ from checkout.orders import Status, TransitionError, cents_str, load_order, tran
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from checkout.service import Commerce
 from checkout.webhooks import BadSignature, handle_event, verify
-from server import keys
+from server import keys, segments
 from server.auth import ensure_viewer, get_show, require_host, staff_shows, viewer_id
 from server.config import SKU, ShowConfig
 from server.errors import ApiError, bad_request, conflict, not_found, read_body, read_json
@@ -217,6 +217,9 @@ async def checkout(request: web.Request) -> web.Response:
         return product.name if product else sku
 
     redis = _redis(app)
+    # When each product went into the cart: the host's conversion counts the order for
+    # the segment that featured it then (server/segments.py).
+    lines = await carts.read_cart(redis, viewer)
     order = await place_order(
         redis,
         viewer,
@@ -242,6 +245,8 @@ async def checkout(request: web.Request) -> web.Response:
         ) from None
     pipe = redis.pipeline(transaction=True)
     pipe.hset(f"order:{order.order_id}", "payment_intent", intent.id)
+    hold_ms = int(app[keys.SETTINGS].hold_seconds * 1000)
+    pipe.hset(f"order:{order.order_id}", segments.ADDED_FIELD, segments.added_times(lines, hold_ms))
     pipe.set(f"pi:{intent.id}", order.order_id, ex=30 * 86400)
     await pipe.execute()
     await com.publish_order(order)

@@ -37,7 +37,7 @@ from media.sdp import (
     parse_sdpfrag,
 )
 from server import keys, presence, segments, viewer_slots
-from server.auth import get_show, require_stream_key
+from server.auth import get_show, is_host, require_stream_key
 from server.errors import ApiError, bad_request, not_found, read_body
 
 log = logging.getLogger("showroom.media")
@@ -200,7 +200,9 @@ async def whep_post(request: web.Request) -> web.Response:
     audio = offer.section("audio")
     with_audio = audio is not None and audio.direction in ("recvonly", "sendrecv")
     try:
-        viewer = Viewer(runtime, codec)
+        # The host page's preview asks with ?preview=1; only the show's host is believed.
+        preview = request.query.get("preview") == "1" and is_host(request, show)
+        viewer = Viewer(runtime, codec, preview=preview)
         viewer.id = _session_id(request.app, viewer.id)
         _track_budget(viewer, offered)
         slots.held[slot].session = viewer
@@ -329,7 +331,7 @@ async def _report_status(app: web.Application) -> None:
         except Exception as exc:
             log.warning("viewer slots: %s", exc)
         for show_id, runtime in shows.items():
-            n = len(runtime.viewers)
+            n = runtime.audience
             try:
                 await presence.report(redis, show_id, live=runtime.live, viewers=n)
                 # The total over every process: each one publishes it when it changes.
@@ -359,7 +361,7 @@ def _status_publisher(app: web.Application, show_id: str):
                 await app[keys.BUS].publish(show_id, dict(event))
                 runtime = runtimes(app)[show_id]
                 await presence.report(
-                    app[keys.REDIS], show_id, live=runtime.live, viewers=len(runtime.viewers)
+                    app[keys.REDIS], show_id, live=runtime.live, viewers=runtime.audience
                 )
 
         asyncio.get_running_loop().create_task(send())

@@ -3,6 +3,7 @@ worker's lifecycle inside ``showroom serve``.
 
 - ``GET /api/orders?status=&show=&limit=`` -> ``{"orders": [...]}`` newest first
 - ``POST /api/orders/{id}/reprint`` -> 202 (a reprint job; the order's status stays)
+- ``POST /api/orders/{id}/ready`` -> 200 order (``ready``: packed, waiting at the counter)
 - ``POST /api/orders/{id}/fulfil`` -> 200 order (``fulfilled``; repeating it is harmless)
 - ``GET /api/orders/{id}/label.png[?printer=]`` -> the label's PNG preview
 - ``GET /api/printers`` -> ``{"printers": [{"name", "online", "last_error", "queued", "printed", "parked"}]}``
@@ -39,7 +40,7 @@ from server.errors import ApiError, bad_request, conflict, not_found
 ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 MAX_LIST = 500
-PRINTABLE = {Status.PAID, Status.PRINTED, Status.FULFILLED}
+PRINTABLE = {Status.PAID, Status.PRINTED, Status.READY, Status.FULFILLED}
 
 
 async def _staff_order(request: web.Request) -> Order:
@@ -111,21 +112,30 @@ async def reprint(request: web.Request) -> web.Response:
     )
 
 
-async def fulfil(request: web.Request) -> web.Response:
+async def _move(request: web.Request, status: Status, verb: str) -> web.Response:
+    """Staff move an order forward; repeating the same move is harmless."""
     order = await _staff_order(request)
     redis = request.app[keys.REDIS]
-    if order.status != Status.FULFILLED:
+    if order.status != status:
         try:
-            await transition(redis, order.order_id, Status.FULFILLED)
+            await transition(redis, order.order_id, status)
         except TransitionError as exc:
-            if exc.current != Status.FULFILLED:  # a concurrent fulfil is fine
+            if exc.current != status:  # a concurrent identical move is fine
                 raise conflict(
-                    "conflict", f"Order is {exc.current}; it cannot be fulfilled."
+                    "conflict", f"Order is {exc.current}; it cannot be {verb}."
                 ) from None
         else:
-            await _publish_order(request.app, order, Status.FULFILLED)
+            await _publish_order(request.app, order, status)
     fresh = await load_order(redis, order.order_id)
     return web.json_response(fresh.public() if fresh else order.public())
+
+
+async def fulfil(request: web.Request) -> web.Response:
+    return await _move(request, Status.FULFILLED, "fulfilled")
+
+
+async def ready(request: web.Request) -> web.Response:
+    return await _move(request, Status.READY, "marked ready")
 
 
 async def label_png(request: web.Request) -> web.Response:
@@ -245,6 +255,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/orders", list_orders)
     r.add_post("/api/orders/{order_id}/reprint", reprint)
     r.add_post("/api/orders/{order_id}/fulfil", fulfil)
+    r.add_post("/api/orders/{order_id}/ready", ready)
     r.add_get("/api/orders/{order_id}/label.png", label_png)
     r.add_get("/api/printers", list_printers)
     r.add_post("/api/printers/{name}/retry", retry_printer)

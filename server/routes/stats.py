@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from checkout.carts import cart_adds
+from checkout.orders import ORDERS_INDEX, cents_str
 from server import keys, segments
 from server.auth import ensure_viewer, get_show, is_host
 from server.errors import ApiError, bad_request, read_json
@@ -138,7 +139,24 @@ async def get_stats(request: web.Request) -> web.Response:
         redis = request.app[keys.REDIS]
         by_sku = await cart_adds(redis, show.id)
         summary["cart_adds"] = {"total": sum(by_sku.values()), "by_sku": by_sku}
-        summary["segments"] = [s.public() for s in await segments.load(redis, show.id)]
+        segs = await segments.load(redis, show.id)
+        sales = (
+            await segments.sales_since(
+                redis, show.id, segs[0].start_ms, ORDERS_INDEX.format(show=show.id)
+            )
+            if segs
+            else []
+        )
+        now_ms = int(time.time() * 1000)
+        summary["segments"] = [
+            {
+                **seg.public(),
+                "orders": sold.orders,
+                "buyers": sold.buyers,
+                "revenue": cents_str(sold.revenue_cents),
+            }
+            for seg, sold in zip(segs, segments.attribute(segs, sales, now_ms), strict=True)
+        ]
     return web.json_response(summary)
 
 

@@ -82,8 +82,9 @@ export function timeOfDay(value) {
 }
 
 // Live events for a show. EventSource reconnects by itself; `onreconnect` lets a page
-// reload its state after a gap so nothing missed stays stale.
-export function liveEvents(showId, onEvent, onReconnect) {
+// reload its state after a gap so nothing missed stays stale; `onStatus(connected)`
+// tells the page whether the stream is really up (for an honest connection badge).
+export function liveEvents(showId, onEvent, onReconnect, onStatus = () => {}) {
   let opened = false;
   let source = null;
   const open = () => {
@@ -91,7 +92,9 @@ export function liveEvents(showId, onEvent, onReconnect) {
     source.onopen = () => {
       if (opened && onReconnect) onReconnect();
       opened = true;
+      onStatus(true);
     };
+    source.onerror = () => onStatus(false);
     source.onmessage = (msg) => {
       let event;
       try {

@@ -90,7 +90,7 @@ $("watch-output").addEventListener("click", () => {
     showNotice(notice, "Stop broadcasting from this camera to preview the output here.", "");
     return;
   }
-  outputPlayer = new WhepPlayer(`/whep/${encodeURIComponent(cfg.id)}`, preview, {
+  outputPlayer = new WhepPlayer(`/whep/${encodeURIComponent(cfg.id)}?preview=1`, preview, {
     onState: (s) => videoStatus(s === "playing" ? "Previewing what viewers see." : s === "stopped" ? "Not broadcasting from this browser." : `Preview: ${s}…`),
   });
   outputPlayer.start();
@@ -229,14 +229,13 @@ function renderNumbers() {
   for (const seg of [...state.segments].reverse().slice(0, 12)) {
     const open = seg.end_ms === null;
     const end = open ? now : seg.end_ms;
-    const count = paid.filter((o) => {
-      const t = epochMs(o.paid_at);
-      return t && t >= seg.start_ms && t < end;
-    }).length;
+    // The server counts the orders for this segment's product by when it went into
+    // the cart; conversion is the buyers among the segment's peak audience.
+    const count = seg.orders || 0;
     const p = state.products.get(seg.sku);
     // The server raises the peak about once a second; show the live count meanwhile.
     const peak = open ? Math.max(seg.peak_viewers, state.viewers) : seg.peak_viewers;
-    const rate = peak > 0 ? `${((100 * count) / peak).toFixed(1)}%` : "–";
+    const rate = peak > 0 ? `${((100 * Math.min(seg.buyers || 0, peak)) / peak).toFixed(1)}%` : "–";
     body.append(
       el(
         "tr",
@@ -343,6 +342,7 @@ function onEvent(ev) {
       // Coalesce bursts (a flash drop) into one refresh.
       clearTimeout(ordersTimer);
       ordersTimer = setTimeout(loadOrders, 300);
+      refreshStatsSoon(); // a paid order changes the segments' sales
       break;
     default:
       break;

@@ -10,9 +10,11 @@ const printers = new Map(); // name -> printer
 const parked = new Map(); // order_id -> parked print job
 const FULFILLED_SHOWN = 20;
 
+const LANES = ["problem", "paid", "printed", "ready", "fulfilled"];
+
 function lane(o) {
   if (o.status === "paid" && o.print_error) return "problem";
-  if (["paid", "printed", "fulfilled"].includes(o.status)) return o.status;
+  if (LANES.includes(o.status)) return o.status;
   return null; // unpaid, failed, expired, refunded: nothing to do on the floor
 }
 
@@ -20,8 +22,11 @@ function orderCard(o) {
   const laneName = lane(o);
   const items = el("ul", {}, (o.items || []).map((i) => el("li", {}, `${i.quantity} × ${i.name}`)));
   const actions = el("div", { class: "actions" });
+  if (["problem", "paid", "printed"].includes(laneName)) {
+    actions.append(el("button", { type: "button", class: "primary small", "data-action": "ready", "aria-label": `Mark order ${o.number} ready for pickup`, onclick: () => move(o, "ready") }, "Ready"));
+  }
   if (laneName !== "fulfilled") {
-    actions.append(el("button", { type: "button", class: "primary small", "data-action": "fulfil", "aria-label": `Mark order ${o.number} fulfilled`, onclick: () => fulfil(o) }, "Mark fulfilled"));
+    actions.append(el("button", { type: "button", class: `${laneName === "ready" ? "primary " : ""}small`, "data-action": "fulfil", "aria-label": `Mark order ${o.number} fulfilled`, onclick: () => move(o, "fulfil") }, "Mark fulfilled"));
   }
   const job = parked.get(o.order_id);
   if (job) actions.append(el("button", { type: "button", class: "small", "data-action": "retry", "aria-label": `Retry printing order ${o.number}`, onclick: () => retryJob(job) }, "Retry print"));
@@ -46,13 +51,13 @@ function matches(o, query) {
 
 function render() {
   const query = $("find").value.trim();
-  const lanes = { problem: [], paid: [], printed: [], fulfilled: [] };
+  const lanes = Object.fromEntries(LANES.map((name) => [name, []]));
   for (const o of orders.values()) {
     const name = lane(o);
     if (name && matches(o, query)) lanes[name].push(o);
   }
   // Oldest first where work waits; most recent first for the done lane.
-  for (const name of ["problem", "paid", "printed"]) lanes[name].sort((a, b) => (a.paid_at || a.created_at) - (b.paid_at || b.created_at));
+  for (const name of ["problem", "paid", "printed", "ready"]) lanes[name].sort((a, b) => (a.paid_at || a.created_at) - (b.paid_at || b.created_at));
   lanes.fulfilled.sort((a, b) => (b.fulfilled_at || 0) - (a.fulfilled_at || 0));
   for (const [name, list] of Object.entries(lanes)) {
     const shown = name === "fulfilled" ? list.slice(0, FULFILLED_SHOWN) : list;
@@ -83,14 +88,16 @@ async function refreshOrder(orderId) {
   }
 }
 
-async function fulfil(o) {
-  const resp = await api("POST", `/api/orders/${encodeURIComponent(o.order_id)}/fulfil`);
+// action: "ready" (packed, at the counter) or "fulfil" (handed over).
+async function move(o, action) {
+  const done = action === "ready" ? "is ready for pickup" : "fulfilled";
+  const resp = await api("POST", `/api/orders/${encodeURIComponent(o.order_id)}/${action}`);
   if (resp.ok) {
     upsert({ ...o, ...resp.data });
     render();
-    showNotice(notice, `Order #${o.number} fulfilled.`, "ok");
+    showNotice(notice, `Order #${o.number} ${done}.`, "ok");
   } else {
-    showNotice(notice, `Order #${o.number}: ${resp.data.detail || "could not mark it fulfilled."}`, "bad");
+    showNotice(notice, `Order #${o.number}: ${resp.data.detail || "could not change it."}`, "bad");
   }
 }
 
@@ -160,17 +167,42 @@ function onEvent(ev) {
   }
 }
 
+// The badge says what is true: "Live" only while every show's event stream is open
+// and the browser is online; otherwise the queue may be stale and staff should know.
+const conn = $("conn");
+const streamUp = new Map();
+function renderConn() {
+  const up = navigator.onLine && cfg.shows.length > 0 && cfg.shows.every((s) => streamUp.get(s.id));
+  const wasUp = conn.classList.contains("ok");
+  conn.textContent = up ? "Live" : navigator.onLine ? "Reconnecting…" : "Offline";
+  conn.classList.toggle("ok", up);
+  conn.classList.toggle("bad", !up);
+  conn.title = up ? "New orders appear here by themselves." : "Not connected: orders shown may be out of date.";
+  if (!wasUp && up && conn.dataset.seen) {
+    loadOrders();
+    loadPrinters();
+  }
+  if (up) conn.dataset.seen = "1";
+}
+window.addEventListener("online", renderConn);
+window.addEventListener("offline", renderConn);
+
 $("find").addEventListener("input", render);
 $("find-form").addEventListener("submit", (ev) => ev.preventDefault());
 for (const show of cfg.shows) {
-  liveEvents(show.id, onEvent, () => {
-    loadOrders();
-    loadPrinters();
-  });
+  liveEvents(
+    show.id,
+    onEvent,
+    () => {
+      loadOrders();
+      loadPrinters();
+    },
+    (up) => {
+      streamUp.set(show.id, up);
+      renderConn();
+    },
+  );
 }
-const conn = $("conn");
-conn.textContent = "Live";
-conn.classList.add("ok");
 loadOrders();
 loadPrinters();
 loadParked();

@@ -10,9 +10,22 @@ function setStatus(status) {
   node.dataset.status = status;
   node.textContent = status.replace("_", " ");
   const button = $("fulfil");
-  button.disabled = !["paid", "printed"].includes(status);
+  button.disabled = !["paid", "printed", "ready"].includes(status);
   if (status === "fulfilled") button.textContent = "Already fulfilled";
+  const ready = $("ready");
+  ready.disabled = !["paid", "printed"].includes(status);
+  if (status === "ready") ready.textContent = "Ready at the counter";
 }
+
+$("ready").addEventListener("click", async () => {
+  const resp = await api("POST", `/api/orders/${encodeURIComponent(cfg.order_id)}/ready`);
+  if (resp.ok) {
+    setStatus(resp.data.status || "ready");
+    showNotice(notice, "Marked ready: the buyer sees it is waiting at the counter.", "ok");
+  } else {
+    showNotice(notice, resp.data.detail || "Could not mark it ready.", "bad");
+  }
+});
 
 $("fulfil").addEventListener("click", async () => {
   const button = $("fulfil");
