@@ -19,7 +19,7 @@ from server.errors import json_errors
 from server.events import EventBus
 from server.metrics import Metrics
 from server.redis_pipelining import CoalescingRedis
-from server.routes import cart, health, media, pages, scene, shows, staff, stats
+from server.routes import cart, chat, health, media, pages, scene, shows, staff, stats
 
 log = logging.getLogger("showroom")
 
@@ -29,7 +29,7 @@ REDIS_POOL_SIZE = 256
 REDIS_WAIT_S = 5.0
 
 # Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
-ROUTE_MODULES = (health, shows, scene, cart, staff, media, stats, pages)
+ROUTE_MODULES = (health, shows, scene, cart, chat, staff, media, stats, pages)
 
 
 def create_app(

@@ -173,6 +173,16 @@ def require_host(request: web.Request, show: ShowConfig) -> None:
         raise unauthorized("Host login or the show's stream key is required.")
 
 
+def require_role(request: web.Request, role: str) -> ShowConfig:
+    """The show of this request, if the caller may act in ``role`` (e.g. "moderator")
+    there. Today every host credential and staff session holds every role; named staff
+    members with roles narrow this later (403 forbidden for a missing role)."""
+    show = get_show(request)
+    if not is_host(request, show):
+        raise unauthorized(f"Host or {role} login required.")
+    return show
+
+
 def require_stream_key(request: web.Request, show: ShowConfig) -> None:
     bearer = _bearer(request)
     if bearer is None or not constant_eq(bearer, show.stream_key):

@@ -116,6 +116,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         or os.environ.get("SHOWROOM_REDIS_APPENDFSYNC", "everysec"),
         allow_loopback_candidates=getattr(args, "allow_loopback_candidates", None),
         allow_private_candidates=getattr(args, "allow_private_candidates", None),
+        chat_ip_per_min=getattr(args, "chat_ip_per_min", None),
+        reactions_ip_per_s=getattr(args, "reactions_ip_per_s", None),
     )
 
 
@@ -249,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"send ICE checks to {kind} addresses a peer offers "
             "(default: only when --host is a loopback address)",
         )
+    p.add_argument(
+        "--chat-ip-per-min",
+        type=int,
+        default=None,
+        help="chat messages a minute from one client address, 0 = no limit "
+        "(default 60; no limit when --host is a loopback address)",
+    )
+    p.add_argument(
+        "--reactions-ip-per-s",
+        type=int,
+        default=None,
+        help="reaction taps counted a second from one client address, 0 = no limit "
+        "(default 40; no limit when --host is a loopback address)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

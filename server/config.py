@@ -61,6 +61,14 @@ class PrinterConfig:
 
 
 @dataclass(frozen=True)
+class ChatConfig:
+    """The manifest's ``[chat]`` table: where the show's chat settings start."""
+
+    slow_mode_s: int = 0
+    blocked_words: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ShowConfig:
     id: str
     title: str
@@ -72,6 +80,7 @@ class ShowConfig:
     staff_password: str
     manifest_path: Path
     pickup_note: str = "Pick up at the counter"
+    chat: ChatConfig = ChatConfig()
 
     def product(self, sku: str) -> ProductConfig | None:
         for p in self.products:
@@ -112,6 +121,12 @@ class Settings:
     stripe_webhook_secret: str | None = None
     # Embedded Redis AOF policy: everysec (a machine crash may lose ~1 s) or always.
     redis_appendfsync: str = "everysec"
+    # Per-IP limits, so fresh cookies do not get around the per-viewer ones. A venue's
+    # wifi puts many viewers behind one address: modest, not tight. 0 = no limit; None:
+    # the default on a public host, no limit on a loopback one (behind a local reverse
+    # proxy every viewer is 127.0.0.1).
+    chat_ip_per_min: int | None = None  # chat messages a minute from one IP (default 60)
+    reactions_ip_per_s: int | None = None  # reaction taps counted a second (default 40)
     # Remote ICE candidates the server checks toward (None: allowed only when serving on
     # a loopback host, i.e. a development or test box; a public server never checks
     # toward them unless told to).
@@ -132,6 +147,18 @@ class Settings:
         if self.max_viewers_per_ip is not None:
             return self.max_viewers_per_ip
         return 0 if self.loopback_host else 8
+
+    @property
+    def chat_ip_limit(self) -> int:
+        if self.chat_ip_per_min is not None:
+            return self.chat_ip_per_min
+        return 0 if self.loopback_host else 60
+
+    @property
+    def reactions_ip_limit(self) -> int:
+        if self.reactions_ip_per_s is not None:
+            return self.reactions_ip_per_s
+        return 0 if self.loopback_host else 40
 
     def candidate_allowed(self, kind: str) -> bool:
         """``kind``: "loopback" or "private"."""
@@ -158,7 +185,8 @@ _PRODUCT_KEYS = {
     "description",
 }
 _PRINTER_KEYS = {"name", "connection", "profile", "paper_mm", "default"}
-_TOP_KEYS = {"show", "products", "printers", "staff"}
+_TOP_KEYS = {"show", "products", "printers", "staff", "chat"}
+_CHAT_KEYS = {"slow_mode_s", "blocked_words"}
 _STAFF_KEYS = {"password"}
 
 
@@ -334,6 +362,8 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
             path, "staff.password", "missing required key (or set SHOWROOM_STAFF_PASSWORD)"
         )
 
+    chat = _chat(path, data.get("chat", {}))
+
     return ShowConfig(
         id=show_id,
         title=title,
@@ -345,7 +375,24 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         staff_password=password,
         manifest_path=path.resolve(),
         pickup_note=pickup_note,
+        chat=chat,
     )
+
+
+def _chat(path: Path, data: Any) -> ChatConfig:
+    from server.chat import rules
+
+    _typed(path, "chat", data, dict)
+    _unknown(path, "chat", data, _CHAT_KEYS)
+    try:
+        slow = rules.clean_slow_mode(data.get("slow_mode_s", 0))
+    except rules.Refused as exc:
+        raise ManifestError(path, "chat.slow_mode_s", exc.detail) from None
+    try:
+        words = rules.clean_blocked_words(data.get("blocked_words", []))
+    except rules.Refused as exc:
+        raise ManifestError(path, "chat.blocked_words", exc.detail) from None
+    return ChatConfig(slow, words)
 
 
 def load_shows(paths: list[Path], env: dict[str, str] | None = None) -> dict[str, ShowConfig]:

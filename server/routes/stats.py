@@ -21,6 +21,7 @@ from checkout.orders import ORDERS_INDEX, cents_str
 from server import keys, segments
 from server.auth import ensure_viewer, get_show, is_host
 from server.errors import ApiError, bad_request, read_json
+from server.routes.chat import reactions_summary
 
 FIELDS = ("glass_to_glass_ms", "join_ms")
 MAX_MS = 60_000.0  # anything slower is a broken clock, not a measurement
@@ -157,6 +158,7 @@ async def get_stats(request: web.Request) -> web.Response:
             }
             for seg, sold in zip(segs, segments.attribute(segs, sales, now_ms), strict=True)
         ]
+        summary["reactions"] = await reactions_summary(request.app, show.id)
     return web.json_response(summary)
 
 

@@ -1,0 +1,262 @@
+"""Chat kept in Redis, under the rules of ``server.chat.rules``.
+
+Keys (per show):
+
+- ``chat:{show}:log`` — the messages, a stream capped near ``LOG_MAXLEN`` (XADD MAXLEN ~);
+  a message's id is its stream entry id, so a delete is one XDEL;
+- ``chat:{show}:pinned`` — the pinned message (JSON), if any;
+- ``chat:{show}:settings`` — the host's live edits (slow mode, blocked words); the
+  manifest's ``[chat]`` table is the default until the first edit;
+- ``chat:{show}:mod:{author}`` — a timed-out or banned author (JSON ``ModState``), kept
+  as long as it matters (a timeout's key expires with it);
+- ``chat:{show}:last:{author}`` — when the author last posted (slow mode);
+- ``chat:{show}:ip:{hash}`` — a sorted set of the recent posts from one IP.
+
+A post reads the author's and the IP's keys under WATCH, lets ``rules.check_post``
+decide, and commits in MULTI/EXEC; if another post of the same author or IP got in
+between, it reads again. So two processes (or two tabs) cannot both slip a message past
+slow mode. Every change is published on the show's event bus, so each process's SSE
+streams carry the same chat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+from redis.exceptions import WatchError
+
+from checkout.scripts import Script
+from server.chat import rules
+from server.chat.rules import ChatMessage, ChatSettings, Moderation, ModState, PostSnapshot
+
+LOG_MAXLEN = 1000
+LAST_POST_TTL_MS = (rules.MAX_SLOW_MODE_S + 5) * 1000
+POST_ATTEMPTS = 8
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _key(show_id: str, *parts: str) -> str:
+    return ":".join(("chat", show_id, *parts))
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_entry(entry_id, fields: dict) -> ChatMessage:
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    return ChatMessage(
+        id=_s(entry_id),
+        author=f.get("author", ""),
+        name=f.get("name", ""),
+        role=f.get("role", "viewer"),
+        text=f.get("text", ""),
+        ts=int(f.get("ts", "0") or 0),
+    )
+
+
+def message_from_json(raw: bytes | str | None) -> ChatMessage | None:
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return ChatMessage(**{k: data[k] for k in ("id", "author", "name", "role", "text", "ts")})
+
+
+def parse_mod(raw: bytes | None) -> ModState:
+    if not raw:
+        return ModState()
+    data = json.loads(raw)
+    return ModState(bool(data.get("banned")), data.get("timeout_until_ms"))
+
+
+@dataclass
+class ChatStore:
+    redis: object
+    secret: bytes
+    show_id: str
+    defaults: ChatSettings
+    ip_limit: int = 0  # posts per rules.IP_WINDOW_MS from one IP; 0 = none
+
+    # --- keys ------------------------------------------------------------------------
+    @property
+    def log_key(self) -> str:
+        return _key(self.show_id, "log")
+
+    @property
+    def pinned_key(self) -> str:
+        return _key(self.show_id, "pinned")
+
+    @property
+    def settings_key(self) -> str:
+        return _key(self.show_id, "settings")
+
+    def mod_key(self, author: str) -> str:
+        return _key(self.show_id, "mod", author)
+
+    def last_key(self, author: str) -> str:
+        return _key(self.show_id, "last", author)
+
+    def ip_key(self, ip: str) -> str:
+        digest = hmac.new(self.secret, b"chat-ip:" + ip.encode(), hashlib.sha256).hexdigest()
+        return _key(self.show_id, "ip", digest[:16])
+
+    # --- reading ---------------------------------------------------------------------
+    async def settings(self) -> ChatSettings:
+        raw = await self.redis.hgetall(self.settings_key)
+        return self._settings_from(raw)
+
+    def _settings_from(self, raw: dict) -> ChatSettings:
+        f = {_s(k): _s(v) for k, v in raw.items()}
+        s = self.defaults
+        if "slow_mode_s" in f:
+            s = ChatSettings(int(f["slow_mode_s"]), s.blocked_words)
+        if "blocked_words" in f:
+            s = ChatSettings(s.slow_mode_s, tuple(json.loads(f["blocked_words"])))
+        return s
+
+    async def history(self, count: int = rules.HISTORY) -> list[ChatMessage]:
+        entries = await self.redis.xrevrange(self.log_key, count=count)
+        return [parse_entry(i, f) for i, f in reversed(entries)]
+
+    async def get(self, message_id: str) -> ChatMessage | None:
+        if not rules.MESSAGE_ID_RE.match(message_id):
+            return None
+        entries = await self.redis.xrange(self.log_key, message_id, message_id)
+        return parse_entry(*entries[0]) if entries else None
+
+    async def pinned(self) -> ChatMessage | None:
+        return message_from_json(await self.redis.get(self.pinned_key))
+
+    async def mod_state(self, author: str) -> ModState:
+        return parse_mod(await self.redis.get(self.mod_key(author)))
+
+    # --- posting ---------------------------------------------------------------------
+    async def post(
+        self, *, author: str, name: str | None, role: str, text: str, ip: str, staff: bool
+    ) -> ChatMessage:
+        """Append a message if the rules allow it now; raises rules.Refused otherwise."""
+        text = rules.clean_text(text)
+        settings = await self.settings()
+        if staff:  # the host speaks freely: no slow mode, rate limit or word list
+            ts, name = now_ms(), name or "Host"
+            entry_id = await self.redis.xadd(
+                self.log_key,
+                self._fields(author, name, role, text, ts),
+                maxlen=LOG_MAXLEN,
+                approximate=True,
+            )
+            return ChatMessage(_s(entry_id), author, name, role, text, ts)
+        mod_key, last_key, ip_key = self.mod_key(author), self.last_key(author), self.ip_key(ip)
+        for _ in range(POST_ATTEMPTS):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(mod_key, last_key, ip_key)
+                    ts = now_ms()
+                    mod = parse_mod(await pipe.get(mod_key))
+                    last = await pipe.get(last_key)
+                    recent = await pipe.zrangebyscore(
+                        ip_key, ts - rules.IP_WINDOW_MS, "+inf", withscores=True
+                    )
+                    snap = PostSnapshot(
+                        name=name,
+                        mod=mod,
+                        last_post_ms=int(last) if last else None,
+                        ip_recent_ms=tuple(int(score) for _, score in recent),
+                        settings=settings,
+                        ip_limit=self.ip_limit,
+                    )
+                    rules.check_post(snap, text, ts)
+                    assert name is not None
+                    pipe.multi()
+                    pipe.xadd(
+                        self.log_key,
+                        self._fields(author, name, role, text, ts),
+                        maxlen=LOG_MAXLEN,
+                        approximate=True,
+                    )
+                    pipe.set(last_key, ts, px=LAST_POST_TTL_MS)
+                    pipe.zadd(ip_key, {f"{ts}:{author}": ts})
+                    pipe.zremrangebyscore(ip_key, "-inf", ts - rules.IP_WINDOW_MS)
+                    pipe.pexpire(ip_key, rules.IP_WINDOW_MS)
+                    entry_id, *_ = await pipe.execute()
+                except WatchError:
+                    continue
+            return ChatMessage(_s(entry_id), author, name, role, text, ts)
+        raise rules.Refused("rate_limited", "Chat is busy; please try again.", 1)
+
+    @staticmethod
+    def _fields(author: str, name: str, role: str, text: str, ts: int) -> dict:
+        return {"author": author, "name": name, "role": role, "text": text, "ts": ts}
+
+    # --- moderation ------------------------------------------------------------------
+    async def delete(self, message_id: str) -> tuple[bool, bool]:
+        """Remove a message: (it existed, the pin was lifted with it)."""
+        if not rules.MESSAGE_ID_RE.match(message_id):
+            return False, False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xdel(self.log_key, message_id)
+            pipe.get(self.pinned_key)
+            removed, pinned_raw = await pipe.execute()
+        pinned = message_from_json(pinned_raw)
+        unpinned = False
+        if pinned is not None and pinned.id == message_id:
+            # only if it is still the pinned one (a new pin may have come meanwhile)
+            unpinned = bool(await _DEL_IF_EQUAL(self.redis, [self.pinned_key], [pinned_raw]))
+        return bool(removed) or unpinned, unpinned
+
+    async def pin(self, message_id: str | None) -> ChatMessage | None:
+        """Pin a message (None unpins); raises Refused(not_found) for an unknown id."""
+        if message_id is None:
+            await self.redis.delete(self.pinned_key)
+            return None
+        message = await self.get(message_id)
+        if message is None:
+            raise rules.Refused("not_found", f"No chat message {message_id!r} in this show.")
+        await self.redis.set(self.pinned_key, json.dumps(message.public()))
+        return message
+
+    async def moderate(self, action: Moderation) -> ModState:
+        key = self.mod_key(action.author)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    ts = now_ms()
+                    state = rules.moderate(
+                        parse_mod(await pipe.get(key)), action.action, action.minutes, ts
+                    )
+                    pipe.multi()
+                    if state.clear(ts):
+                        pipe.delete(key)
+                    else:
+                        value = json.dumps(
+                            {"banned": state.banned, "timeout_until_ms": state.timeout_until_ms}
+                        )
+                        pipe.set(key, value, px=state.ttl_ms(ts))
+                    await pipe.execute()
+                    return state
+                except WatchError:
+                    continue
+
+    async def update_settings(self, body: dict) -> ChatSettings:
+        new = rules.update_settings(await self.settings(), body)
+        await self.redis.hset(
+            self.settings_key,
+            mapping={
+                "slow_mode_s": new.slow_mode_s,
+                "blocked_words": json.dumps(list(new.blocked_words)),
+            },
+        )
+        return new
+
+
+_DEL_IF_EQUAL = Script(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
