@@ -387,3 +387,36 @@ def render_ticker(text: str, w: int, h: int, unit: float) -> Image.Image:
     t = fit_text(text, w - x - u(12), int(h * 0.5))
     draw.text((x, h / 2), t.text, font=font(t.size), fill=INK, anchor="lm")
     return img
+
+
+@dataclass(frozen=True)
+class PinnedInfo:
+    """A pinned chat message as the picture shows it."""
+
+    name: str
+    text: str
+    role: str = "viewer"  # host and moderator names are drawn in the host's red
+
+
+def render_pinned(pin: PinnedInfo, w: int, h: int, unit: float) -> Image.Image:
+    """Pinned message: a PINNED tag, the author's name, up to two lines of the text."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    img = _panel(w, h, (250, 250, 252, 255), u(12))
+    draw = ImageDraw.Draw(img)
+    tag_size = u(16)
+    tag_w = u(12) + text_width("PINNED", tag_size, True) + u(12)
+    draw.rounded_rectangle((u(8), u(8), u(8) + tag_w, u(8) + u(26)), radius=u(8), fill=ACCENT)
+    draw.text(
+        (u(8) + tag_w / 2, u(8) + u(13)), "PINNED", font=font(tag_size, True), fill=INK, anchor="mm"
+    )
+    x = u(8) + tag_w + u(10)
+    name = fit_text(pin.name, w - x - u(12), u(18), bold=True)
+    colour = LIVE_RED if pin.role in ("host", "moderator") else MUTED
+    draw.text((x, u(8) + u(20)), name.text, font=font(name.size, True), fill=colour, anchor="ls")
+    size = u(19)
+    lines = wrap_lines(pin.text, w - 2 * u(14), size, 2)
+    y = u(8) + u(26) + u(2)
+    for line in lines:
+        y += int(size * 1.15)
+        draw.text((u(14), y), line, font=font(size), fill=INK, anchor="ls")
+    return img

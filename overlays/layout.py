@@ -57,6 +57,7 @@ class Layout:
     qr: Box
     title: Box
     ticker: Box
+    pinned: Box  # the pinned chat message: clear of the card, QR and drop banner
 
     def px(self, value: float) -> int:
         """A length given for a 720-line picture, scaled to this frame."""
@@ -87,6 +88,8 @@ def make_layout(width: int, height: int) -> Layout:
         title = Box(mx, _even(safe.bottom - title_h), min(u(720), _even(safe.w * 0.6)), title_h)
         ticker = Box(mx, title.y - u(10) - u(40), title.w, u(40))
         drop = Box(mx, badge.bottom + u(12), min(u(400), _even(safe.w * 0.4)), u(96))
+        pinned_h = u(92)
+        pinned = Box(mx, _even(ticker.y - u(12) - pinned_h), title.w, pinned_h)
     else:
         qr = Box(_even(safe.right - qr_w), my, qr_w, qr_h)
         drop_w = _even(qr.x - u(12) - mx)
@@ -96,4 +99,6 @@ def make_layout(width: int, height: int) -> Layout:
         ticker = Box(mx, title.y - u(10) - u(40), safe.w, u(40))
         card_h = u(184)
         card = Box(mx, ticker.y - u(14) - card_h, safe.w, card_h)
-    return Layout(width, height, vertical, unit, safe, badge, drop, card, qr, title, ticker)
+        pinned_h = u(92)
+        pinned = Box(mx, _even(card.y - u(14) - pinned_h), safe.w, pinned_h)
+    return Layout(width, height, vertical, unit, safe, badge, drop, card, qr, title, ticker, pinned)

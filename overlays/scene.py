@@ -2,7 +2,7 @@
 
 The compositor calls ``blend_into(frame, now_ms)`` once per frame: it only blends the
 cached sprites into the frame's planes. Changes (``set_featured``, ``set_stock``,
-``set_drop``, ``set_ticker``, ``set_viewers``, ``set_live``) update the scene's state
+``set_drop``, ``set_ticker``, ``set_pinned``, ``set_viewers``, ``set_live``) update the scene's state
 and re-render the affected layers on a background thread; the new sprites are swapped
 in with one reference assignment, so a frame sees either the old or the new picture.
 
@@ -24,7 +24,7 @@ from urllib.parse import quote
 import numpy as np
 
 from overlays import layers
-from overlays.layers import DropInfo, ProductInfo
+from overlays.layers import DropInfo, PinnedInfo, ProductInfo
 from overlays.layout import Box, Layout, make_layout
 from overlays.yuv import (
     BlendPlan,
@@ -59,6 +59,7 @@ class SceneState:
     featured: ProductInfo | None = None
     drop: DropInfo | None = None
     ticker: str | None = None
+    pinned: PinnedInfo | None = None
 
 
 @dataclass
@@ -83,7 +84,7 @@ class _Sprites:
     """Everything a frame needs; replaced as a whole when something changes."""
 
     version: int
-    static: tuple[Sprite, ...]  # title, badge, ticker
+    static: tuple[Sprite, ...]  # title, badge, ticker, pinned message
     card: _CardSlot | None
     leaving: _CardSlot | None
     drop: _DropSlot | None
@@ -122,7 +123,12 @@ class Scene:
         self._dirty: set[str] = {"title", "badge"}
         self._futures: list[tuple[int, concurrent.futures.Future]] = []
         self._scheduled = False
-        self._static: dict[str, Sprite | None] = {"title": None, "badge": None, "ticker": None}
+        self._static: dict[str, Sprite | None] = {
+            "title": None,
+            "badge": None,
+            "ticker": None,
+            "pinned": None,
+        }
         self._sprites = _Sprites(0, (), None, None, None)
         self._shown_version = -1
         self._shown: deque[tuple[int, int]] = deque(maxlen=128)  # (version, first now_ms)
@@ -245,6 +251,16 @@ class Scene:
 
         return self._change({"ticker"}, apply)
 
+    def set_pinned(self, pin: PinnedInfo | None) -> concurrent.futures.Future:
+        """The pinned chat message (None: nothing pinned)."""
+
+        def apply(s: SceneState) -> bool:
+            changed = s.pinned != pin
+            s.pinned = pin
+            return changed
+
+        return self._change({"pinned"}, apply)
+
     def flush(self, timeout: float = 5.0) -> int:
         """Wait until every change so far is rendered; returns the version."""
         with self._lock:
@@ -341,6 +357,19 @@ class Scene:
                 if state.ticker
                 else None
             )
+        if "pinned" in dirty:
+            pin = state.pinned
+            self._static["pinned"] = (
+                self._timed(
+                    "pinned",
+                    lambda: _place(
+                        layers.render_pinned(pin, lay.pinned.w, lay.pinned.h, lay.unit),
+                        lay.pinned,
+                    ),
+                )
+                if pin is not None
+                else None
+            )
         card, leaving = old.card, old.leaving
         if "card" in dirty:
             product = state.featured
@@ -393,9 +422,8 @@ class Scene:
                         drop.sprites[s] = self._timed(
                             "drop", lambda s=s: self._drop_sprite(drop.info, s)
                         )
-        static = tuple(
-            s for s in (self._static["title"], self._static["ticker"], self._static["badge"]) if s
-        )
+        order = ("title", "ticker", "pinned", "badge")
+        static = tuple(s for s in (self._static[k] for k in order) if s)
         return _Sprites(version, static, card, leaving, drop)
 
     def _drop_sprite(self, info: DropInfo, secs: int) -> Sprite:
@@ -532,6 +560,7 @@ class Scene:
             "qr": lay.qr,
             "title": lay.title,
             "ticker": lay.ticker,
+            "pinned": lay.pinned,
         }
 
 

@@ -8,8 +8,10 @@ import asyncio
 import time
 
 import aiohttp
+import numpy as np
 import pytest
 
+from media.client import WhepPlayer
 from server import keys
 from server.chat.rules import author_handle
 from tests.conftest import (
@@ -490,3 +492,79 @@ async def test_staff_session_posts_as_host(chat_app):
         assert status == 201
     finally:
         await staff.close()
+
+
+def y_region(frame, box) -> np.ndarray:
+    y = frame.to_ndarray(format="yuv420p")[: frame.height]
+    return y[box.y : box.bottom, box.x : box.right].astype(int)
+
+
+@pytest.mark.timeout(90)
+async def test_pinned_message_is_in_the_video_pixels_and_clear_of_the_card(chat_app):
+    app = chat_app
+    scene = app.app[keys.EXTRA]["scenes"]["demo"]
+    lay = scene.layout
+    assert not lay.pinned.overlaps(lay.card) and not lay.pinned.overlaps(lay.qr)
+    ana = await viewer(app.url, "Ana")
+    http = aiohttp.ClientSession()
+    player = WhepPlayer(f"{app.url}/whep/demo", audio=False)
+    try:
+        resp = await app.session.post(
+            "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth(STREAM_KEY)
+        )
+        assert resp.status == 200
+        status, m = await say(ana, "Free gift with every mug tonight")
+        assert status == 201
+        await player.start(http)
+        await player.wait_first_frame(10)
+        await asyncio.sleep(0.8)  # the card has slid in and rests
+        before = player.latest_video
+        pinned_before, card_before = y_region(before, lay.pinned), y_region(before, lay.card)
+
+        resp = await app.session.post(
+            "/api/shows/demo/chat/pin", json={"id": m["id"]}, headers=app.auth()
+        )
+        assert resp.status == 200
+        answered = time.monotonic()
+
+        def pinned_shown() -> bool:
+            frame = player.latest_video
+            return np.abs(y_region(frame, lay.pinned) - pinned_before).mean() > 25
+
+        await wait_until(pinned_shown, 2.0)
+        assert time.monotonic() - answered < 1.0, "on screen within a second of the pin"
+        await asyncio.sleep(0.3)
+        now = player.latest_video
+        assert np.abs(y_region(now, lay.card) - card_before).mean() < 4, "card untouched"
+
+        # unpinning clears it from the picture
+        resp = await app.session.post(
+            "/api/shows/demo/chat/pin", json={"id": None}, headers=app.auth()
+        )
+        assert resp.status == 200
+        await wait_until(
+            lambda: np.abs(y_region(player.latest_video, lay.pinned) - pinned_before).mean() < 6,
+            2.0,
+        )
+    finally:
+        await player.close(http)
+        await http.close()
+        await ana.close()
+
+
+async def test_scene_starts_with_the_stored_pin(make_app, tmp_path):
+    app = await make_app()
+    ana = await viewer(app.url, "Ana")
+    try:
+        status, m = await say(ana, "Pinned before a restart")
+        assert status == 201
+        resp = await app.session.post(
+            "/api/shows/demo/chat/pin", json={"id": m["id"]}, headers=app.auth()
+        )
+        assert resp.status == 200
+    finally:
+        await ana.close()
+    again = await make_app()  # another process on the same Redis
+    scene = again.app[keys.EXTRA]["scenes"]["demo"]
+    await wait_until(lambda: scene.state.pinned is not None, 5)
+    assert scene.state.pinned.text == "Pinned before a restart" and scene.state.pinned.name == "Ana"

@@ -46,6 +46,7 @@ def test_layouts_keep_layers_title_safe_and_apart(w, h):
         "qr": lay.qr,
         "title": lay.title,
         "ticker": lay.ticker,
+        "pinned": lay.pinned,
     }
     for name, box in boxes.items():
         assert lay.safe.contains(box), f"{name} {box} outside title-safe {lay.safe} at {w}x{h}"

@@ -46,6 +46,10 @@ def _key(show_id: str, *parts: str) -> str:
     return ":".join(("chat", show_id, *parts))
 
 
+def pinned_key(show_id: str) -> str:
+    return _key(show_id, "pinned")
+
+
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -91,7 +95,7 @@ class ChatStore:
 
     @property
     def pinned_key(self) -> str:
-        return _key(self.show_id, "pinned")
+        return pinned_key(self.show_id)
 
     @property
     def settings_key(self) -> str:

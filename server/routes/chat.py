@@ -18,6 +18,7 @@ from server.chat.rules import ChatSettings
 from server.chat.store import ChatStore
 from server.config import ShowConfig
 from server.errors import ApiError, read_json
+from server.routes.scene import apply_pinned
 
 REACTIONS: web.AppKey[Reactions] = web.AppKey("reactions")
 _STATUS = {"bad_request": 400, "name_required": 400, "forbidden": 403, "not_found": 404}
@@ -119,6 +120,7 @@ async def delete_message(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"No chat message {message_id!r} in this show.")
     await publish(request, show, {"type": "chat_deleted", "id": message_id})
     if unpinned:
+        await apply_pinned(request.app, show.id, None)
         await publish(request, show, {"type": "pinned", "message": None})
     return web.json_response({"deleted": message_id})
 
@@ -146,6 +148,7 @@ async def post_pin(request: web.Request) -> web.Response:
     except rules.Refused as exc:
         raise refused(exc) from None
     public = message.public() if message else None
+    await apply_pinned(request.app, show.id, public)
     await publish(request, show, {"type": "pinned", "message": public})
     return web.json_response({"pinned": public})
 

@@ -7,7 +7,7 @@
   locally with ``media_ts``: the ``now_ms`` of the first composed frame showing the
   change (or the current time when no compositor is running in this process).
 - At startup the scene is loaded from the show state (featured product, availability,
-  running drop, ticker).
+  running drop, ticker, pinned chat message).
 - ``POST /api/shows/{show}/ticker`` sets the host's message line; the feature endpoint
   calls ``apply_featured`` so the card is rendered before the API answers.
 """
@@ -22,17 +22,18 @@ from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
-from overlays.layers import DropInfo
+from overlays.layers import DropInfo, PinnedInfo
 from overlays.scene import Scene, product_info
 from server import keys
 from server.auth import get_show, require_host
+from server.chat.store import message_from_json, pinned_key
 from server.config import ShowConfig
 from server.errors import bad_request, read_json, string_or_null
 
 log = logging.getLogger("showroom.scene")
 
-SCENE_EVENTS = ("featured", "stock", "drop", "ticker", "viewers", "live")
-MEDIA_TS_EVENTS = ("featured", "drop", "stock")
+SCENE_EVENTS = ("featured", "stock", "drop", "ticker", "pinned", "viewers", "live")
+MEDIA_TS_EVENTS = ("featured", "drop", "stock", "pinned")
 TICKER_MAX_CHARS = 140
 # Without a frame showing a change this soon (no compositor, or it stalled), the event
 # goes out anyway, stamped with the time it was ready.
@@ -81,6 +82,8 @@ class SceneSync:
         if kind == "ticker":
             text = event.get("text")
             return scene.set_ticker(text if isinstance(text, str) else None)
+        if kind == "pinned":
+            return scene.set_pinned(pinned_info(event.get("message")))
         if kind == "viewers" and isinstance(event.get("viewers"), int):
             return scene.set_viewers(event["viewers"])
         if kind == "live" and isinstance(event.get("live"), bool):
@@ -120,8 +123,11 @@ class SceneSync:
         for p in state.get("products", []):
             if isinstance(p.get("available"), int):
                 self.available[p["sku"]] = p["available"]
-        raw = await self.app[keys.REDIS].get(ticker_key(self.show.id))
+        redis = self.app[keys.REDIS]
+        raw = await redis.get(ticker_key(self.show.id))
+        pinned = message_from_json(await redis.get(pinned_key(self.show.id)))
         futures = [
+            self.scene.set_pinned(pinned_info(pinned.public() if pinned else None)),
             self.apply_featured(state.get("featured")),
             self.scene.set_drop(self.drop_info(state.get("drop"))),
             self.scene.set_ticker(raw.decode() if raw else None),
@@ -196,6 +202,25 @@ async def apply_featured(app: web.Application, show: ShowConfig, sku: str | None
     sync = app[keys.EXTRA].get("scene_sync", {}).get(show.id)
     if sync is not None:
         await asyncio.wrap_future(sync.apply_featured(sku))
+
+
+def pinned_info(message: dict | None) -> PinnedInfo | None:
+    """What the picture shows of a pinned chat message (None: nothing pinned)."""
+    if not isinstance(message, dict) or not isinstance(message.get("text"), str):
+        return None
+    return PinnedInfo(
+        name=str(message.get("name") or ""),
+        text=message["text"],
+        role=str(message.get("role") or "viewer"),
+    )
+
+
+async def apply_pinned(app: web.Application, show_id: str, message: dict | None) -> None:
+    """Render the pinned message now (the pin endpoint awaits this before it answers, so
+    the next composed frame already shows it)."""
+    sync = app[keys.EXTRA].get("scene_sync", {}).get(show_id)
+    if sync is not None:
+        await asyncio.wrap_future(sync.scene.set_pinned(pinned_info(message)))
 
 
 async def post_ticker(request: web.Request) -> web.Response:
