@@ -20,7 +20,8 @@ class CartLine:
 
 @dataclass(frozen=True)
 class AddResult:
-    result: str  # ok | sold_out | limit_reached | not_found | other_show | source_changed
+    # ok | sold_out | limit_reached | ip_limit | not_found | other_show | source_changed
+    result: str
     available: int
     cart: list[CartLine] = field(default_factory=list)  # on success: the live cart
 
@@ -45,9 +46,18 @@ async def add_item(
     price_cents: int,
     per_buyer_limit: int | None,
     hold_seconds: float,
+    drop_hold_seconds: float | None = None,
+    ip: str | None = None,
+    buyers_per_ip: int = 0,
+    ip_memory_s: int = 30 * 86400,
     now: int | None = None,
 ) -> AddResult:
+    """Hold ``quantity`` units for the viewer. With an ``ip`` and ``buyers_per_ip`` > 0,
+    the buyers whose first add came from that IP may together hold or order at most
+    ``buyers_per_ip`` times the per-buyer limit (a fresh cookie is not a fresh buyer).
+    A running drop's units are held for ``drop_hold_seconds`` when that is shorter."""
     now = now_ms() if now is None else now
+    drop_hold = hold_seconds if drop_hold_seconds is None else min(hold_seconds, drop_hold_seconds)
     out = await scripts.add_to_cart(
         redis,
         [
@@ -57,6 +67,7 @@ async def add_item(
             keys.HOLDS_EXPIRY,
             keys.bought(show, viewer),
             keys.cart_adds(show),
+            keys.buyer_ip(viewer),
         ],
         [
             show,
@@ -67,6 +78,10 @@ async def add_item(
             per_buyer_limit or 0,
             price_cents,
             viewer,
+            ip or "",
+            buyers_per_ip if ip else 0,
+            now + int(drop_hold * 1000),
+            ip_memory_s,
         ],
     )
     lines = [

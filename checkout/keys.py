@@ -33,6 +33,26 @@ def bought(show: str, viewer: str) -> str:
     return f"bought:{show}:{viewer}"
 
 
+def buyer_ip(viewer: str) -> str:
+    """The IP of the viewer's first add to a cart: their units count against it."""
+    return f"buyerip:{viewer}"
+
+
+def ip_units(show: str, ip: str) -> str:
+    """hash sku -> units held or ordered by the buyers of one IP (per-IP limits)."""
+    return f"ipunits:{show}:{ip}"
+
+
+def pending_orders(viewer: str) -> str:
+    """zset order id -> payment deadline: the viewer's unpaid orders (capped)."""
+    return f"pending:{viewer}"
+
+
+def bought_by_email(show: str, email_token: str) -> str:
+    """hash sku -> units in orders placed with one email (per-buyer limits by email)."""
+    return f"bought:{show}:email:{email_token}"
+
+
 def order_stock(order_id: str) -> str:
     """hash sku -> "qty|drop_id" held by a pending order (+ _show, _viewer)."""
     return f"orderstock:{order_id}"

@@ -10,6 +10,7 @@ lands at the same moment either wins entirely or finds the order expired).
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,23 @@ def new_order_id() -> str:
     return "ord_" + uuid.uuid4().hex[:20]
 
 
+class CheckoutRefused(Exception):
+    """The buyer may not check out now; nothing changed (the cart keeps its holds).
+
+    ``code``: ``pending`` (this buyer has too many unpaid orders), ``pending_ip`` (the
+    buyers of this IP have), ``email_limit`` (``sku``'s per-buyer limit is already
+    reached by orders with this email)."""
+
+    def __init__(self, code: str, count: int = 0, sku: str = "", limit: int = 0) -> None:
+        super().__init__(code)
+        self.code, self.count, self.sku, self.limit = code, count, sku, limit
+
+
+def email_token(email: str) -> str:
+    """The key part for per-email limits (case-insensitive; no address stored in keys)."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
+
+
 async def place_order(
     redis,
     viewer: str,
@@ -31,19 +49,51 @@ async def place_order(
     buyer_name: str,
     buyer_email: str,
     payment_timeout_s: float,
+    sandbox: bool = False,
+    limits: dict[str, int] | None = None,
+    max_pending: int = 0,
+    ip: str | None = None,
+    buyers_per_ip: int = 0,
     now: float | None = None,
 ) -> Order | None:
-    """The viewer's holds become a ``pending_payment`` order; None when nothing is held."""
+    """The viewer's holds become a ``pending_payment`` order; None when nothing is held.
+
+    ``limits`` ("{show}|{sku}" -> per-buyer limit) are checked against earlier orders
+    with the same email; ``max_pending`` caps the buyer's unpaid orders (and, with an
+    ``ip``, ``max_pending * buyers_per_ip`` those of the IP). Raises CheckoutRefused."""
     now = time.time() if now is None else now
     order_id = new_order_id()
     deadline_ms = int((now + payment_timeout_s) * 1000)
+    pairs = [x for key, limit in (limits or {}).items() if limit > 0 for x in (key, limit)]
     out = await scripts.checkout(
         redis,
-        [keys.cart(viewer), keys.HOLDS_EXPIRY, keys.order_stock(order_id), keys.ORDERS_PENDING],
-        [viewer, int(now * 1000), order_id, deadline_ms],
+        [
+            keys.cart(viewer),
+            keys.HOLDS_EXPIRY,
+            keys.order_stock(order_id),
+            keys.ORDERS_PENDING,
+            keys.pending_orders(viewer),
+        ],
+        [
+            viewer,
+            int(now * 1000),
+            order_id,
+            deadline_ms,
+            email_token(buyer_email) if limits is not None else "",
+            max_pending,
+            buyers_per_ip if ip else 0,
+            ip or "",
+            *pairs,
+        ],
     )
     if not out:
         return None
+    first = out[0].decode()
+    if first.startswith("!"):
+        code = first[1:]
+        if code == "email_limit":
+            raise CheckoutRefused(code, sku=out[1].decode(), limit=int(out[2]))
+        raise CheckoutRefused(code, count=int(out[1]))
     show = out[0].decode()
     items = []
     for i in range(1, len(out), 4):
@@ -69,6 +119,7 @@ async def place_order(
         buyer_email=buyer_email,
         created_at=now,
         number=int(number),
+        sandbox=sandbox,
     )
     await save_new_order(redis, order)
     return order

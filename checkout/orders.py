@@ -88,11 +88,13 @@ class Order:
     payment_intent: str | None = None
     number: int = 0  # short, per-show number printed big on the label
     print_error: str | None = None
+    sandbox: bool = False  # paid with a test card against the Stripe sandbox
 
     def to_redis(self) -> dict[str, str]:
         data = asdict(self)
         data["items"] = json.dumps(data["items"])
         data["status"] = str(self.status)
+        data["sandbox"] = "1" if self.sandbox else ""
         return {k: "" if v is None else str(v) for k, v in data.items()}
 
     @classmethod
@@ -123,6 +125,7 @@ class Order:
             payment_intent=d.get("payment_intent") or None,
             number=int(d.get("number") or 0),
             print_error=d.get("print_error") or None,
+            sandbox=d.get("sandbox") == "1",
         )
 
     def event(self, status: Status | None = None, **extra: Any) -> dict[str, Any]:
@@ -161,6 +164,7 @@ class Order:
             "ready_at": self.ready_at,
             "fulfilled_at": self.fulfilled_at,
             "print_error": self.print_error,
+            "sandbox": self.sandbox,
         }
 
 

@@ -32,16 +32,35 @@ local function parse_line(v)
   local q, p, d = string.match(v, '^(%d+)|(%d+)|(.*)$')
   return tonumber(q), p, d
 end
+-- Units per IP: 'ipunits:{show}:{ip}' sku -> units held or ordered by the buyers whose
+-- first add came from that IP ('buyerip:{viewer}'). Released with the units.
+local function viewer_ipk(viewer, show)
+  local ip = redis.call('GET', 'buyerip:' .. viewer)
+  if ip then return 'ipunits:' .. show .. ':' .. ip end
+  return nil
+end
+local function ip_release(ipk, sku, qty)
+  if not ipk then return end
+  if redis.call('HINCRBY', ipk, sku, -qty) <= 0 then redis.call('HDEL', ipk, sku) end
+end
 """
 
-# KEYS: stock, drop, cart, holds expiry, bought, cart adds tally
-# ARGV: show, sku, qty, now_ms, expires_ms, per-buyer limit (0 = none), price cents, viewer
+# KEYS: stock, drop, cart, holds expiry, bought, cart adds tally, buyer's ip
+# ARGV: show, sku, qty, now_ms, expires_ms, per-buyer limit (0 = none), price cents, viewer,
+#       ip, buyers per ip (0 = no per-IP limit), drop hold expires_ms, per-IP memory (s)
 # -> {result, available, then on success the cart: field, line, expiry ms, ...}
+# result ip_limit: the buyers of this IP together reached buyers_per_ip x the limit.
 ADD_TO_CART = (
     _GIVE_BACK
     + """
 local show, sku, qty, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit, price, viewer = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local per_ip, expires = tonumber(ARGV[10]), ARGV[5]
+local ip, ipk
+if per_ip > 0 then
+  ip = redis.call('GET', KEYS[7]) or ARGV[9]
+  ipk = 'ipunits:' .. show .. ':' .. ip
+end
 local field = show .. '|' .. sku
 for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
   if string.sub(f, 1, #show + 1) ~= show .. '|' then return {'other_show', 0} end
@@ -54,6 +73,7 @@ if redis.call('HGET', KEYS[2], 'sku') == sku then
     limit = tonumber(redis.call('HGET', KEYS[2], 'limit'))
     local dp = redis.call('HGET', KEYS[2], 'price')
     if dp and dp ~= '' then price = dp end
+    expires = ARGV[11]
   end
 end
 local held = 0
@@ -66,6 +86,10 @@ end
 if limit > 0 then
   local b = tonumber(redis.call('HGET', KEYS[5], sku) or '0')
   if held + b + qty > limit then return {'limit_reached', limit} end
+  if ipk then
+    local u = tonumber(redis.call('HGET', ipk, sku) or '0')
+    if u + qty > limit * per_ip then return {'ip_limit', limit} end
+  end
 end
 local avail
 if src ~= '' then
@@ -81,8 +105,13 @@ else
   avail = redis.call('HINCRBY', KEYS[1], sku, -qty)
 end
 redis.call('HSET', KEYS[3], field, (held + qty) .. '|' .. price .. '|' .. src)
-redis.call('ZADD', KEYS[4], ARGV[5], viewer .. '|' .. field)
+redis.call('ZADD', KEYS[4], expires, viewer .. '|' .. field)
 redis.call('HINCRBY', KEYS[6], sku, qty)
+if ipk then
+  redis.call('SET', KEYS[7], ip, 'EX', ARGV[12])
+  redis.call('HINCRBY', ipk, sku, qty)
+  redis.call('EXPIRE', ipk, ARGV[12])
+end
 -- The whole cart comes back with the answer: the buyer sees it without another round trip.
 local out = {'ok', avail}
 local lines = redis.call('HGETALL', KEYS[3])
@@ -106,6 +135,7 @@ redis.call('ZREM', KEYS[2], ARGV[1] .. '|' .. ARGV[2])
 local q, p, d = parse_line(v)
 local show, sku = string.match(ARGV[2], '^([^|]+)|(.+)$')
 give_back(show, sku, q, d, tonumber(ARGV[3]))
+ip_release(viewer_ipk(ARGV[1], show), sku, q)
 return q
 """
 )
@@ -127,6 +157,7 @@ for _, m in ipairs(due) do
     redis.call('HDEL', ck, field)
     local q, p, d = parse_line(v)
     give_back(show, sku, q, d, now)
+    ip_release(viewer_ipk(viewer, show), sku, q)
     table.insert(changed, field)
   end
 end
@@ -135,16 +166,74 @@ return changed
 )
 
 # Turn the cart's live holds into a pending order's stock (expired lines go back).
-# KEYS: cart, holds expiry, order stock, orders pending
-# ARGV: viewer, now_ms, order id, payment deadline ms
-# -> {show, sku1, qty1, price1, drop1, sku2, ...} or {} when nothing is left to buy
+# KEYS: cart, holds expiry, order stock, orders pending, the buyer's unpaid orders (zset)
+# ARGV: viewer, now_ms, order id, payment deadline ms, email token ('' = none),
+#       unpaid orders a buyer may have (0 = no cap), buyers per ip (0 = no per-IP cap),
+#       ip, then "{show}|{sku}", per-buyer limit pairs
+# -> {show, sku1, qty1, price1, drop1, sku2, ...}, {} when nothing is left to buy, or
+#    {'!pending', n} / {'!pending_ip', n} / {'!email_limit', sku, limit}: refused, nothing
+#    changed (the cart keeps its holds).
 CHECKOUT = (
     _GIVE_BACK
     + """
-local viewer, now = ARGV[1], tonumber(ARGV[2])
+local viewer, now, email = ARGV[1], tonumber(ARGV[2]), ARGV[5]
+local max_pending, per_ip, ip = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local limits = {}
+for i = 9, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local lines = redis.call('HGETALL', KEYS[1])
+
+-- Unpaid orders still open: past-deadline ones are the reaper's, paid ones are done.
+local function open_orders(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  for _, oid in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local st = redis.call('HGET', 'order:' .. oid, 'status')
+    if st and st ~= 'pending_payment' and st ~= 'payment_failed' then
+      redis.call('ZREM', key, oid)
+    end
+  end
+  return redis.call('ZCARD', key)
+end
+
+-- First pass, no writes: is there anything to buy, and may this buyer buy it?
+local live_show
+for i = 1, #lines, 2 do
+  local score = redis.call('ZSCORE', KEYS[2], viewer .. '|' .. lines[i])
+  if score and tonumber(score) > now then
+    live_show = string.match(lines[i], '^([^|]+)|')
+  end
+end
+local ip_pending = 'pending:ip:' .. ip
+if live_show then
+  if max_pending > 0 then
+    local n = open_orders(KEYS[5])
+    if n >= max_pending then return {'!pending', n} end
+    if per_ip > 0 then
+      n = open_orders(ip_pending)
+      if n >= max_pending * per_ip then return {'!pending_ip', n} end
+    end
+  end
+  if email ~= '' then
+    local dk = 'drop:' .. live_show
+    local drop_id, drop_limit = redis.call('HGET', dk, 'id'), redis.call('HGET', dk, 'limit')
+    for i = 1, #lines, 2 do
+      local score = redis.call('ZSCORE', KEYS[2], viewer .. '|' .. lines[i])
+      if score and tonumber(score) > now then
+        local s, sku = string.match(lines[i], '^([^|]+)|(.+)$')
+        local q, p, d = parse_line(lines[i + 1])
+        local limit = limits[lines[i]] or 0
+        if d ~= '' and d == drop_id then limit = tonumber(drop_limit) end
+        if limit > 0 then
+          local b = tonumber(redis.call('HGET', 'bought:' .. s .. ':email:' .. email, sku) or '0')
+          if b + q > limit then return {'!email_limit', sku, limit} end
+        end
+      end
+    end
+  end
+end
+
 local out = {''}
 local show
+local buyer_ip = redis.call('GET', 'buyerip:' .. viewer)
 for i = 1, #lines, 2 do
   local field, v = lines[i], lines[i + 1]
   local member = viewer .. '|' .. field
@@ -155,16 +244,28 @@ for i = 1, #lines, 2 do
   local q, p, d = parse_line(v)
   if (not score) or tonumber(score) <= now then
     give_back(s, sku, q, d, now)
+    ip_release(viewer_ipk(viewer, s), sku, q)
   else
     show = s
     redis.call('HSET', KEYS[3], sku, q .. '|' .. d)
     redis.call('HINCRBY', 'bought:' .. s .. ':' .. viewer, sku, q)
+    if email ~= '' then redis.call('HINCRBY', 'bought:' .. s .. ':email:' .. email, sku, q) end
     table.insert(out, sku); table.insert(out, q); table.insert(out, p); table.insert(out, d)
   end
 end
 if not show then return {} end
 redis.call('HSET', KEYS[3], '_show', show, '_viewer', viewer)
+if buyer_ip then redis.call('HSET', KEYS[3], '_ip', buyer_ip) end
+if email ~= '' then redis.call('HSET', KEYS[3], '_email', email) end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+if max_pending > 0 then
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
+  redis.call('PEXPIREAT', KEYS[5], ARGV[4])
+  if per_ip > 0 then
+    redis.call('ZADD', ip_pending, ARGV[4], ARGV[3])
+    redis.call('PEXPIREAT', ip_pending, ARGV[4])
+  end
+end
 out[1] = show
 return out
 """
@@ -187,6 +288,8 @@ for _, oid in ipairs(due) do
     local sk = 'orderstock:' .. oid
     local show = redis.call('HGET', sk, '_show')
     local viewer = redis.call('HGET', sk, '_viewer')
+    local ip = redis.call('HGET', sk, '_ip')
+    local email = redis.call('HGET', sk, '_email')
     local held = redis.call('HGETALL', sk)
     table.insert(changed, oid)
     for i = 1, #held, 2 do
@@ -195,6 +298,10 @@ for _, oid in ipairs(due) do
         local q, d = string.match(held[i + 1], '^(%d+)|(.*)$')
         give_back(show, sku, tonumber(q), d, now)
         redis.call('HINCRBY', 'bought:' .. show .. ':' .. viewer, sku, -tonumber(q))
+        if ip then ip_release('ipunits:' .. show .. ':' .. ip, sku, tonumber(q)) end
+        if email then
+          redis.call('HINCRBY', 'bought:' .. show .. ':email:' .. email, sku, -tonumber(q))
+        end
         table.insert(changed, show .. '|' .. sku)
       end
     end

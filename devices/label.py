@@ -25,6 +25,7 @@ from escpos.printer import Dummy
 from PIL import Image, ImageDraw, ImageFont
 
 from checkout.orders import Order, OrderItem, cents_str
+from checkout.text import clean
 
 Style = Literal["number", "title", "big", "bold", "normal", "small", "rule"]
 
@@ -49,6 +50,11 @@ class Line:
     text: str
     style: Style = "normal"
     align: Literal["left", "center", "right"] = "left"
+
+    def __post_init__(self) -> None:
+        # Every printed line passes here: a control character in a stored name (an order
+        # taken before the API rejected them) must not reach the printer as a command.
+        object.__setattr__(self, "text", clean(self.text))
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,8 @@ def build_label(
     if tz is None:
         when = when.astimezone()
     lines: list[Line] = [Line(f"#{order.number}", "number", "center")]
+    if order.sandbox:
+        lines.append(Line("TEST - sandbox payment, not paid", "bold", "center"))
     if reprint:
         lines.append(Line("REPRINT", "bold", "center"))
     lines += [Line(t, "title", "center") for t in _wrap(show_title, cols)]
@@ -143,7 +151,8 @@ def build_label(
     lines.append(rule)
     lines += [Line(t, "normal", "center") for t in _wrap(pickup_note, cols)]
     footer = tuple(Line(t, "small", "center") for t in _wrap(f"Order {order.order_id}", cols))
-    return Label(paper_mm, cols, tuple(lines), staff_url(base_url, order.order_id), footer)
+    qr = clean(staff_url(base_url, order.order_id))
+    return Label(paper_mm, cols, tuple(lines), qr, footer)
 
 
 # --- ESC/POS ------------------------------------------------------------------------

@@ -89,6 +89,8 @@ class Result:
 
 def start_server(manifest: Path, redis_url: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
     args = ["--manifest", str(manifest), "--port", str(free_port()), "--redis", redis_url]
+    # Every simulated buyer is on 127.0.0.1: no per-IP limits (--buyers-per-ip 0).
+    args += ["--buyers-per-ip", "0"]
     return spawn_serve([*args, "--data-dir", str(data_dir), "--no-print-worker"])
 
 
@@ -301,13 +303,14 @@ def redis_benchmark(port: int, clients: int, requests: int) -> Result:
         "--csv",
         "EVALSHA",
         sha,
-        "6",
+        "7",
         "stock:rawbench",
         "drop:rawbench",
         "cart:__rand_int__",
         "holds:rawbench",
         "bought:rawbench:__rand_int__",
         "cartadds:rawbench",
+        "buyerip:__rand_int__",
         "rawbench",
         "BAG-07",
         "1",
@@ -316,6 +319,10 @@ def redis_benchmark(port: int, clients: int, requests: int) -> Result:
         "0",
         "2500",
         "__rand_int__",
+        "",  # no client IP: per-IP limits off, as in the HTTP rows
+        "0",
+        str(now + 600_000),
+        "2592000",
     ]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300).stdout
     row = next(r for r in csv.DictReader(io.StringIO(out)) if r.get("rps"))

@@ -174,14 +174,21 @@ def signed(event: dict) -> tuple[bytes, str]:
     return body, f"t={ts},v1={mac}"
 
 
-def succeeded_event(order_id: str) -> dict:
-    pi = f"pi_{uuid.uuid4().hex[:20]}"
+def succeeded_event(order: Order) -> dict:
+    """What Stripe sends for the order's own PaymentIntent (id, amount and currency are
+    checked against the order)."""
     return {
         "id": f"evt_{uuid.uuid4().hex[:20]}",
         "object": "event",
         "type": "payment_intent.succeeded",
         "data": {
-            "object": {"id": pi, "object": "payment_intent", "metadata": {"order_id": order_id}}
+            "object": {
+                "id": order.payment_intent,
+                "object": "payment_intent",
+                "amount": order.amount_cents,
+                "currency": order.currency,
+                "metadata": {"order_id": order.order_id},
+            }
         },
     }
 
@@ -203,6 +210,7 @@ async def new_order(redis, i: int) -> Order:
         currency="usd",
         buyer_name=f"Buyer {i}",
         number=next(_numbers),
+        payment_intent=f"pi_{uuid.uuid4().hex[:20]}",
     )
     await save_new_order(redis, order)
     return order
@@ -225,7 +233,7 @@ async def wait_labels(
 async def post_webhook(
     session: aiohttp.ClientSession, base: str, order: Order, answered: list[float] | None = None
 ) -> float:
-    body, sig = signed(succeeded_event(order.order_id))
+    body, sig = signed(succeeded_event(order))
     sent = time.time()
     async with session.post(
         f"{base}/webhooks/stripe",

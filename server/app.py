@@ -36,7 +36,11 @@ def create_app(
     settings: Settings, show_configs: dict[str, ShowConfig], redis_url: str
 ) -> web.Application:
     app = web.Application(
-        middlewares=[json_errors, auth.viewer_cookie], client_max_size=1024 * 1024
+        middlewares=[json_errors, auth.viewer_cookie],
+        client_max_size=1024 * 1024,
+        # Bodies are decoded by server.errors.read_body: a bad Content-Encoding is a 400
+        # JSON answer there, not a parser error that drops the connection.
+        handler_args={"auto_decompress": False},
     )
     app[keys.SETTINGS] = settings
     app[keys.SHOWS] = show_configs

@@ -118,7 +118,20 @@ def _settings(args: argparse.Namespace) -> Settings:
         allow_private_candidates=getattr(args, "allow_private_candidates", None),
         chat_ip_per_min=getattr(args, "chat_ip_per_min", None),
         reactions_ip_per_s=getattr(args, "reactions_ip_per_s", None),
+        buyers_per_ip=_int_option(args, "buyers_per_ip", "SHOWROOM_BUYERS_PER_IP", 4),
+        max_pending_orders=_int_option(
+            args, "max_pending_orders", "SHOWROOM_MAX_PENDING_ORDERS", 2
+        ),
+        drop_hold_seconds=_int_option(args, "drop_hold_seconds", "SHOWROOM_DROP_HOLD_SECONDS", 120),
     )
+
+
+def _int_option(args: argparse.Namespace, name: str, env: str, default: int) -> int:
+    """A whole-number option: the flag, else the environment, else the default."""
+    value = getattr(args, name, None)
+    if value is None:
+        value = int(os.environ.get(env) or default)
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -240,6 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=15.0,
         help="seconds a WHEP session may take to connect before it is closed (default 15)",
+    )
+    p.add_argument(
+        "--buyers-per-ip",
+        type=int,
+        help="buyers one IP may stand for in per-buyer limits and unpaid orders "
+        "(default 4, 0 = no per-IP limits; env SHOWROOM_BUYERS_PER_IP)",
+    )
+    p.add_argument(
+        "--max-pending-orders",
+        type=int,
+        help="unpaid orders one buyer may have at once (default 2, 0 = no cap; "
+        "env SHOWROOM_MAX_PENDING_ORDERS)",
+    )
+    p.add_argument(
+        "--drop-hold-seconds",
+        type=int,
+        help="how long an add-to-cart holds a drop's units (default 120; "
+        "env SHOWROOM_DROP_HOLD_SECONDS)",
     )
     p.add_argument("--no-print-worker", action="store_true", help="do not print in this process")
     p.add_argument("--public-url", help="base URL for links on labels (default http://HOST:PORT)")

@@ -132,6 +132,13 @@ class Settings:
     # toward them unless told to).
     allow_loopback_candidates: bool | None = None
     allow_private_candidates: bool | None = None
+    # Hoarding. A fresh cookie is a new buyer, so limits also count per IP: the buyers of
+    # one IP (a household, a venue's wifi) may hold or order buyers_per_ip times a
+    # product's per-buyer limit, and have max_pending_orders x buyers_per_ip unpaid
+    # orders. 0 turns the per-IP limits off (load tests with many buyers on 127.0.0.1).
+    buyers_per_ip: int = 4
+    max_pending_orders: int = 2  # unpaid orders one buyer may have at once (0 = no cap)
+    drop_hold_seconds: int = 120  # a running drop's units are held this long at most
 
     @property
     def loopback_host(self) -> bool:

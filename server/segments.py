@@ -132,10 +132,17 @@ def attribute(segs: list[Segment], sales: list[Sale], now_ms: int) -> list[Segme
     ]
 
 
-def added_times(lines, hold_ms: int) -> str:
+def added_times(lines, hold_ms: int, drop_hold_ms: int | None = None) -> str:
     """The ``added_ms`` field for an order from the cart lines it was made of (a hold
-    runs for ``hold_ms`` from the last add, so its expiry tells when that was)."""
-    return json.dumps({line.sku: int(line.hold_expires_at) - hold_ms for line in lines})
+    runs for ``hold_ms`` from the last add, ``drop_hold_ms`` for a drop's units, so its
+    expiry tells when that was)."""
+    drop_ms = hold_ms if drop_hold_ms is None else min(hold_ms, drop_hold_ms)
+    return json.dumps(
+        {
+            line.sku: int(line.hold_expires_at) - (drop_ms if line.drop_id else hold_ms)
+            for line in lines
+        }
+    )
 
 
 async def sales_since(redis, show_id: str, since_ms: int, orders_index: str) -> list[Sale]:

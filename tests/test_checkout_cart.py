@@ -82,8 +82,9 @@ async def test_per_buyer_limit_and_sold_out(app):
     assert available(st, "TEE-02") == 0 and available(st, "MUG-01") == 38
 
 
-async def test_concurrent_adds_of_one_buyer_respect_the_limit(app, redis_url):
+async def test_concurrent_adds_of_one_buyer_respect_the_limit(make_app, redis_url):
     """20 buyers each fire 5 adds at once; limit 2 each: exactly 2 held per buyer."""
+    app = await make_app(buyers_per_ip=0)  # 20 buyers, all on 127.0.0.1
     connector = aiohttp.TCPConnector(limit=100)
     sessions = [buyer_session(app.url, connector) for _ in range(20)]
     try:

@@ -32,6 +32,7 @@ price = "25.00"
 stock = 100
 """
 ORDERS = 40
+AMOUNT = 2500  # cents: one BAG-07
 
 
 @pytest.mark.timeout(120)
@@ -47,6 +48,7 @@ async def test_no_paid_order_lost_when_redis_is_killed(tmp_path, stripe_sandbox)
         stripe_api_base=stripe_sandbox.url,
         stripe_webhook_secret=SECRET,
         print_worker=False,
+        buyers_per_ip=0,  # 40 buyers, all on 127.0.0.1
     )
     try:
         # 40 buyers check out; their payments then arrive as one burst of webhooks.
@@ -66,7 +68,10 @@ async def test_no_paid_order_lost_when_redis_is_killed(tmp_path, stripe_sandbox)
             orders.append((body["order_id"], pi))
 
         events = {
-            oid: event("payment_intent.succeeded", {"id": pi, "metadata": {"order_id": oid}})
+            oid: event(
+                "payment_intent.succeeded",
+                {"id": pi, "amount": AMOUNT, "currency": "usd", "metadata": {"order_id": oid}},
+            )
             for oid, pi in orders
         }
         acked: set[str] = set()

@@ -24,7 +24,8 @@ async def read_events(resp, into: list[dict], stop: asyncio.Event) -> None:
             into.append(json.loads(line[6:]))
 
 
-async def test_stock_events_are_coalesced_and_end_on_the_true_value(app):
+async def test_stock_events_are_coalesced_and_end_on_the_true_value(make_app):
+    app = await make_app(buyers_per_ip=0)  # 40 buyers, all on 127.0.0.1
     events: list[dict] = []
     stop = asyncio.Event()
     async with app.session.get("/api/shows/demo/events") as sse:

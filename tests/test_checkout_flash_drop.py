@@ -152,7 +152,8 @@ async def _cart(s):
 
 @pytest.mark.timeout(120)
 async def test_flash_drop_2000_buyers_50_units(make_app, write_manifest, redis_url):
-    app = await make_app([write_manifest("demo", products=PRODUCTS)])
+    # Every simulated buyer is on 127.0.0.1: no per-IP limits here.
+    app = await make_app([write_manifest("demo", products=PRODUCTS)], buyers_per_ip=0)
     drop = await start_drop(app.url)
     assert drop["remaining"] == UNITS and drop["price"] == "25.00"
     await check_race([app.url], redis_url)
@@ -163,7 +164,7 @@ async def test_flash_drop_on_two_server_processes(
     write_manifest, redis_url, stripe_sandbox, tmp_path
 ):
     manifest = write_manifest("demo", products=PRODUCTS)
-    env = {"STRIPE_API_BASE": stripe_sandbox.url}
+    env = {"STRIPE_API_BASE": stripe_sandbox.url, "SHOWROOM_BUYERS_PER_IP": "0"}
     procs: list[subprocess.Popen] = []
     urls: list[str] = []
     try:
@@ -205,7 +206,9 @@ async def _next_event(resp, kind: str, within: float) -> dict:
 async def test_drop_price_countdown_and_unsold_units_return_once(
     make_app, write_manifest, redis_url
 ):
-    app = await make_app([write_manifest("demo", products=PRODUCTS)], hold_seconds=600)
+    app = await make_app(
+        [write_manifest("demo", products=PRODUCTS)], hold_seconds=600, buyers_per_ip=0
+    )
     s = app.session
     async with s.get("/api/shows/demo/events") as sse:
         await sse.content.readline()

@@ -85,7 +85,13 @@ async def test_paid_order_has_one_print_job_and_replays_change_nothing(shop, red
     pi = body["payment"]["client_secret"].split("_secret_")[0]
     evt = event(
         "payment_intent.succeeded",
-        {"id": pi, "object": "payment_intent", "metadata": {"order_id": order_id}},
+        {
+            "id": pi,
+            "object": "payment_intent",
+            "amount": 3600,
+            "currency": "usd",
+            "metadata": {"order_id": order_id},
+        },
     )
     answers = []
     for _ in range(5):
@@ -135,7 +141,10 @@ async def test_forged_stale_or_missing_signatures_are_refused(shop, redis_url):
     body = await checkout(s)
     order_id = body["order_id"]
     pi = body["payment"]["client_secret"].split("_secret_")[0]
-    evt = event("payment_intent.succeeded", {"id": pi, "metadata": {"order_id": order_id}})
+    evt = event(
+        "payment_intent.succeeded",
+        {"id": pi, "amount": 3600, "currency": "usd", "metadata": {"order_id": order_id}},
+    )
     secret = await _secret(redis_url)
 
     cases = [

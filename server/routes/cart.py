@@ -15,15 +15,23 @@ from aiohttp import web
 from checkout import carts, drops
 from checkout.catalog import set_stock
 from checkout.live import availability
-from checkout.ordering import expire_order_now, place_order
+from checkout.ordering import CheckoutRefused, expire_order_now, place_order
 from checkout.orders import Status, TransitionError, cents_str, load_order, transition
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from checkout.service import Commerce
-from checkout.webhooks import BadSignature, handle_event, verify
+from checkout.webhooks import BadEvent, BadSignature, handle_event, verify
 from server import keys, segments
 from server.auth import ensure_viewer, get_show, require_host, staff_shows, viewer_id
 from server.config import SKU, ShowConfig
-from server.errors import ApiError, bad_request, conflict, not_found, read_body, read_json
+from server.errors import (
+    ApiError,
+    bad_request,
+    check_text,
+    conflict,
+    not_found,
+    read_body,
+    read_json,
+)
 
 log = logging.getLogger("showroom.checkout")
 
@@ -57,7 +65,7 @@ def _str(body: dict, name: str, max_len: int = 200) -> str:
         raise bad_request(f"{name} is required and must be a non-empty string.")
     if len(value) > max_len:
         raise bad_request(f"{name} is longer than {max_len} characters.")
-    return value.strip()
+    return check_text(value.strip(), name)
 
 
 def _product(show: ShowConfig, sku: Any):
@@ -151,6 +159,7 @@ async def add_item(request: web.Request) -> web.Response:
         product = _product(show, body.get("sku"))
         quantity = _int(body, "quantity", 1, MAX_QUANTITY, default=1)
         redis = _redis(request.app)
+        settings = request.app[keys.SETTINGS]
         added = await carts.add_item(
             redis,
             viewer,
@@ -159,13 +168,22 @@ async def add_item(request: web.Request) -> web.Response:
             quantity,
             price_cents=product.price_cents,
             per_buyer_limit=product.per_buyer_limit,
-            hold_seconds=request.app[keys.SETTINGS].hold_seconds,
+            hold_seconds=settings.hold_seconds,
+            drop_hold_seconds=settings.drop_hold_seconds,
+            ip=client_ip(request),
+            buyers_per_ip=settings.buyers_per_ip,
         )
         result = added.result
         if added.result == "limit_reached":
             raise conflict(
                 "limit_reached",
                 f"You can buy at most {added.available} of this product.",
+            )
+        if added.result == "ip_limit":
+            raise conflict(
+                "limit_reached",
+                f"Buyers on your network have already reserved the most this product allows "
+                f"({added.available} each).",
             )
         if added.result != "ok":
             status, code, detail = _ADD_ERRORS.get(
@@ -220,15 +238,31 @@ async def checkout(request: web.Request) -> web.Response:
     # When each product went into the cart: the host's conversion counts the order for
     # the segment that featured it then (server/segments.py).
     lines = await carts.read_cart(redis, viewer)
-    order = await place_order(
-        redis,
-        viewer,
-        product_name=product_name,
-        currency_of=lambda s: shows[s].currency if s in shows else "usd",
-        buyer_name=name,
-        buyer_email=email,
-        payment_timeout_s=app[keys.SETTINGS].payment_timeout_s,
-    )
+    settings = app[keys.SETTINGS]
+    limits = {
+        f"{s.id}|{p.sku}": p.per_buyer_limit
+        for s in shows.values()
+        for p in s.products
+        if p.per_buyer_limit
+    }
+    try:
+        order = await place_order(
+            redis,
+            viewer,
+            product_name=product_name,
+            currency_of=lambda s: shows[s].currency if s in shows else "usd",
+            buyer_name=name,
+            buyer_email=email,
+            payment_timeout_s=settings.payment_timeout_s,
+            sandbox=com.gateway.sandbox,
+            limits=limits,
+            max_pending=settings.max_pending_orders,
+            ip=client_ip(request),
+            buyers_per_ip=settings.buyers_per_ip,
+        )
+    except CheckoutRefused as exc:
+        app[keys.METRICS].cart_ops.labels("checkout", exc.code).inc()
+        raise _refusal(exc) from None
     app[keys.METRICS].cart_ops.labels("checkout", "ok" if order else "cart_empty").inc()
     if order is None:
         raise conflict("cart_empty", "Your cart is empty (or its holds have expired).")
@@ -245,8 +279,10 @@ async def checkout(request: web.Request) -> web.Response:
         ) from None
     pipe = redis.pipeline(transaction=True)
     pipe.hset(f"order:{order.order_id}", "payment_intent", intent.id)
-    hold_ms = int(app[keys.SETTINGS].hold_seconds * 1000)
-    pipe.hset(f"order:{order.order_id}", segments.ADDED_FIELD, segments.added_times(lines, hold_ms))
+    added = segments.added_times(
+        lines, int(settings.hold_seconds * 1000), int(settings.drop_hold_seconds * 1000)
+    )
+    pipe.hset(f"order:{order.order_id}", segments.ADDED_FIELD, added)
     pipe.set(f"pi:{intent.id}", order.order_id, ex=30 * 86400)
     await pipe.execute()
     await com.publish_order(order)
@@ -265,6 +301,25 @@ async def checkout(request: web.Request) -> web.Response:
             },
         },
         status=201,
+    )
+
+
+def client_ip(request: web.Request) -> str:
+    """The address per-IP limits count against (the TCP peer)."""
+    return request.remote or "unknown"
+
+
+def _refusal(exc: CheckoutRefused) -> ApiError:
+    if exc.code == "email_limit":
+        return conflict(
+            "limit_reached",
+            f"Orders with this email already have the most of {exc.sku} one buyer may buy "
+            f"({exc.limit}).",
+        )
+    who = "You have" if exc.code == "pending" else "Buyers on your network have"
+    return conflict(
+        "limit_reached",
+        f"{who} {exc.count} unpaid orders; pay for one or let it expire before ordering again.",
     )
 
 
@@ -341,12 +396,18 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         raise bad_request(f"Signature check failed: {exc}") from None
     redis = _redis(request.app)
     refund = com.gateway.refund if com.gateway else None
-    outcome = await handle_event(redis, event, refund)
+    try:
+        outcome = await handle_event(redis, event, refund)
+    except BadEvent as exc:
+        raise bad_request(f"Not a Stripe event we understand: {exc}") from None
     if outcome.changed and outcome.order_id:
         order = await load_order(redis, outcome.order_id)
         if order is not None:
             await com.publish_order(order)
-    return web.json_response({"received": True, "duplicate": outcome.duplicate})
+    answer = {"received": True, "duplicate": outcome.duplicate}
+    if outcome.ignored:
+        answer["ignored"] = outcome.ignored
+    return web.json_response(answer)
 
 
 # --- host: drops and stock ----------------------------------------------------------------
