@@ -16,6 +16,40 @@ from typing import Any
 log = logging.getLogger("showroom.checkout")
 
 
+def payment_mode_problem(
+    secret_key: str | None,
+    publishable_key: str | None,
+    webhook_secret: str | None,
+    *,
+    loopback_host: bool,
+    sandbox_allowed: bool,
+) -> str | None:
+    """Why ``serve`` must not start with these payment settings (None: it may).
+
+    Live keys need their webhook secret (else no payment is ever confirmed) and the
+    publishable key (else no browser can pay). Without live keys the shop takes only
+    test cards: fine on a loopback host, on any other only when asked for (--sandbox),
+    so a misconfigured public server does not hand out goods for fake payments."""
+    if secret_key:
+        missing = [
+            name
+            for name, value in (
+                ("STRIPE_WEBHOOK_SECRET", webhook_secret),
+                ("STRIPE_PUBLISHABLE_KEY", publishable_key),
+            )
+            if not value
+        ]
+        if missing:
+            return f"live Stripe mode (STRIPE_SECRET_KEY is set) needs {' and '.join(missing)}"
+        return None
+    if not loopback_host and not sandbox_allowed:
+        return (
+            "no STRIPE_SECRET_KEY: this would take only test-card payments on a public "
+            "address; set the Stripe keys, or pass --sandbox to run the sandbox on purpose"
+        )
+    return None
+
+
 def start_sandbox_if_needed(settings: Any, services: Any, make_server: Callable[..., Any]) -> None:
     """``settings`` are the server's; ``make_server(log_dir=...)`` builds the embedded
     localstripe (a managed process with ``start``, ``stop`` and ``url``), added to

@@ -141,6 +141,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(f"showroom: bad manifest: {exc}", file=sys.stderr)
         return 2
+    from checkout.sandbox import payment_mode_problem
+
+    problem = payment_mode_problem(
+        settings.stripe_secret_key or os.environ.get("STRIPE_SECRET_KEY"),
+        os.environ.get("STRIPE_PUBLISHABLE_KEY"),
+        settings.stripe_webhook_secret or os.environ.get("STRIPE_WEBHOOK_SECRET"),
+        loopback_host=settings.loopback_host,
+        sandbox_allowed=getattr(args, "sandbox", False),
+    )
+    if problem:
+        print(f"showroom: refusing to start: {problem}", file=sys.stderr)
+        return 2
     services = Services()
     try:
         redis_url = start_embedded(settings, services)
@@ -271,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="how long an add-to-cart holds a drop's units (default 120; "
         "env SHOWROOM_DROP_HOLD_SECONDS)",
+    )
+    p.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="allow the Stripe sandbox (test cards only) on a non-loopback --host",
     )
     p.add_argument("--no-print-worker", action="store_true", help="do not print in this process")
     p.add_argument("--public-url", help="base URL for links on labels (default http://HOST:PORT)")

@@ -159,7 +159,8 @@ class EmbeddedRedis(ManagedProcess):
 
 @dataclass
 class EmbeddedStripe(ManagedProcess):
-    """localstripe: a stateful Stripe API server that also sends signed webhooks."""
+    """localstripe: a stateful Stripe API server that also sends signed webhooks; it
+    listens on 127.0.0.1 only (``server.localstripe_loopback``)."""
 
     port: int = 0
 
@@ -175,10 +176,13 @@ class EmbeddedStripe(ManagedProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> None:
-        exe = Path(sys.executable).with_name("localstripe")
-        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "localstripe"]
-        self.argv = [*argv, "--port", str(self.port), "--from-scratch"]
-        self.env = {**os.environ}
+        # Our wrapper, not localstripe's own entry point: that one listens on every
+        # interface, this one on 127.0.0.1 only.
+        self.argv = [sys.executable, "-m", "server.localstripe_loopback"]
+        self.argv += ["--port", str(self.port), "--from-scratch"]
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.environ.get("PYTHONPATH")
+        self.env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
         super().start()
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         log.info("embedded Stripe sandbox (localstripe) on %s", self.url)

@@ -55,6 +55,7 @@ async def test_printer_down_order_needs_attention_then_prints_and_is_fulfilled(
         problem = staff.locator("#q-problem .order-card")
         await expect(problem).to_contain_text(number, timeout=30000)
         await expect(problem).to_contain_text("Linus Floor")
+        await expect(problem.locator(".badge.test")).to_have_text("TEST")  # a sandbox payment
         await expect(problem.locator(".error")).to_contain_text("Printer:")
         await expect(staff.locator('[data-printer="counter"] .badge')).to_have_text(
             "Offline", timeout=15000

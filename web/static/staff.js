@@ -36,6 +36,8 @@ function orderCard(o) {
     "li",
     { class: `order-card${laneName === "problem" ? " problem" : ""}`, "data-order": o.order_id, "data-status": o.status },
     el("div", { class: "num" }, `#${o.number}`),
+    // A sandbox order was paid with a test card: nothing to hand over for real.
+    o.sandbox ? el("span", { class: "badge test", title: "Paid in the Stripe sandbox with a test card" }, "TEST") : null,
     el("div", {}, el("strong", { class: "buyer" }, o.buyer_name || "—"), el("span", { class: "muted" }, ` · ${timeOfDay(o.paid_at || o.created_at)} · ${money(o.amount, o.currency)}`)),
     items,
     o.print_error ? el("p", { class: "error" }, `Printer: ${o.print_error}`) : null,
