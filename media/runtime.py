@@ -37,6 +37,7 @@ from overlays.yuv import frame_planes
 if TYPE_CHECKING:
     from media.egress import Viewer
     from media.ingest import Publisher
+    from media.recording import Recorder
     from server.config import ShowConfig
     from server.metrics import Metrics
 
@@ -99,6 +100,7 @@ class ShowRuntime:
         if self.egress not in EGRESS_PATHS:
             raise ValueError(f"SHOWROOM_EGRESS must be one of {EGRESS_PATHS}, not {self.egress!r}")
         self.broadcasts: dict[int, Broadcast] = {}  # id(fanout) -> its lean broadcast
+        self.recorder: Recorder | None = None  # set by the server when recording is on
         self.live = False
         self.frames_out = 0
         self.slate_frames = 0
@@ -131,6 +133,8 @@ class ShowRuntime:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.recorder is not None:
+            await self.recorder.aclose()  # the file is finished before the show stops
         sessions = [v.close() for v in list(self.viewers.values())]
         if self.publisher is not None:
             sessions.append(self.publisher.close())
@@ -292,6 +296,9 @@ class ShowRuntime:
         self.slot.dropped = 0
         active = self._publisher_active(tick_start)
         self._set_live(active)
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.tick(active, tick_start)
         if fresh is not None:
             self._source, self._source_yuv = fresh, None
         if active and self._source is not None:
@@ -318,11 +325,14 @@ class ShowRuntime:
         pts = max(self._last_pts + 1, int((time.monotonic() - self._t0) * 90000))
         self._last_pts = pts
         self.frames_out += 1
-        if not self.viewers:
-            # Nobody watches: compose (the scene's timing still holds) but do not encode.
+        if not self.viewers and not (recorder is not None and recorder.recording):
+            # Nobody watches or records: compose (the scene's timing still holds) but do not encode.
             # The first viewer's join forces a keyframe when encoding resumes.
             return
-        force = self.gate.should_force(time.monotonic())
+        now = time.monotonic()
+        force = self.gate.should_force(now) or (
+            recorder is not None and recorder.wants_keyframe(now)
+        )
         codecs = self.codecs_in_use()
         results = await loop.run_in_executor(
             self._executor, self._encode, frame, pts, force, codecs
@@ -338,6 +348,8 @@ class ShowRuntime:
                 )
                 if self.metrics:
                     self.metrics.encode_time.labels(self.show.id, codec).observe(enc.seconds)
+                if codec == "H264" and recorder is not None:
+                    recorder.video(enc.packet, enc.keyframe, wall)  # the same packets, no re-encode
         if keyframe:
             self.gate.produced(handed)
         if fresh is not None and active and self.metrics:
@@ -390,13 +402,17 @@ class ShowRuntime:
                 n = int((time.monotonic() - self._t0) / AUDIO_PERIOD_S)
                 continue
             try:
-                if self.viewers:
+                recorder = self.recorder
+                recording = recorder is not None and recorder.recording
+                if self.viewers or recording:
                     samples, _real = self.audio_in.pop(AUDIO_SAMPLES)
                     wall = now_ms()
                     for enc in self._audio_encoder.encode(samples, n * AUDIO_SAMPLES):
                         self.audio.publish(
                             enc.packet, True, wall, payloads=enc.payloads, timestamp=enc.timestamp
                         )
+                        if recording:
+                            recorder.audio(enc.packet)
                 else:
                     # Nobody listens: keep the FIFO short so a first viewer hears "now".
                     self.audio_in.pop(AUDIO_SAMPLES)

@@ -19,7 +19,18 @@ from server.errors import json_errors
 from server.events import EventBus
 from server.metrics import Metrics
 from server.redis_pipelining import CoalescingRedis
-from server.routes import cart, chat, health, media, pages, scene, shows, staff, stats
+from server.routes import (
+    cart,
+    chat,
+    health,
+    media,
+    pages,
+    recordings,
+    scene,
+    shows,
+    staff,
+    stats,
+)
 
 log = logging.getLogger("showroom")
 
@@ -29,7 +40,8 @@ REDIS_POOL_SIZE = 256
 REDIS_WAIT_S = 5.0
 
 # Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
-ROUTE_MODULES = (health, shows, scene, cart, chat, staff, media, stats, pages)
+# recordings after media: it attaches recorders to the runtimes and finishes them first.
+ROUTE_MODULES = (health, shows, scene, cart, chat, staff, media, stats, recordings, pages)
 
 
 def create_app(

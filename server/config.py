@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from media.recording import RecordingConfig
+
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PRINTER_SCHEMES = ("tcp://", "usb://", "serial://", "file://")
@@ -171,6 +173,9 @@ class Settings:
         """``kind``: "loopback" or "private"."""
         explicit = getattr(self, f"allow_{kind}_candidates")
         return self.loopback_host if explicit is None else explicit
+
+    # Recordings, replays and clips (env SHOWROOM_RECORDING_*, see media/recording.py).
+    recording: RecordingConfig = field(default_factory=RecordingConfig.from_env)
 
     @property
     def base_url(self) -> str:

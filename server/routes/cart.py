@@ -191,6 +191,11 @@ async def add_item(request: web.Request) -> web.Response:
             )
             raise ApiError(status, code, detail)
         commerce(request.app).notifier.touch(show.id, product.sku)
+        for hook in request.app[keys.EXTRA].get("cart_add_hooks", []):
+            try:  # e.g. a clip's add-to-cart count; never fails the add itself
+                await hook(request, viewer, show, product.sku, body)
+            except Exception:
+                log.exception("add-to-cart hook failed")
         return web.json_response(await cart_view(request, viewer, added.cart))
     except ApiError as exc:
         if result == "bad_request":
@@ -464,6 +469,11 @@ async def put_stock(request: web.Request) -> web.Response:
 
 
 # --- wiring -----------------------------------------------------------------------------
+
+
+def add_cart_hook(app: web.Application, hook) -> None:
+    """``await hook(request, viewer, show, sku, body)`` after each successful add."""
+    app[keys.EXTRA].setdefault("cart_add_hooks", []).append(hook)
 
 
 async def _state_hook(app: web.Application, show: ShowConfig, state: dict) -> None:
