@@ -457,8 +457,10 @@ async def recover(app: web.Application, show_id: str) -> None:
         if rec.ended_at is not None or await redis.exists(f"{rec_key(rec.id)}:alive"):
             continue
         path = data_dir / rec.file
+        if not path.exists():
+            continue  # written under another data dir (another machine): its own to close
         try:
-            duration = await asyncio.to_thread(probe_duration, path) if path.exists() else 0.0
+            duration = await asyncio.to_thread(probe_duration, path)
         except Exception as exc:
             log.warning("recording %s cannot be read (%s)", rec.id, exc)
             duration = 0.0
