@@ -31,7 +31,8 @@ class Wire:
 
     def __init__(self, player: WhepPlayer) -> None:
         self.rtp: list[tuple[int, int, int, int, bytes]] = []  # ssrc, pt, seq, ts, payload
-        self.srs: list = []
+        self.srs: list = []  # (arrival, SR, RTP timestamp of the newest packet of its SSRC)
+        self.newest_ts: dict[int, int] = {}
         self.receivers = {}
         for transceiver in player.pc.getTransceivers():
             receiver = transceiver.receiver
@@ -42,6 +43,7 @@ class Wire:
         on_rtp, on_rtcp = receiver._handle_rtp_packet, receiver._handle_rtcp_packet
 
         async def rtp(packet, arrival_time_ms):
+            self.newest_ts[packet.ssrc] = packet.timestamp
             self.rtp.append(
                 (packet.ssrc, packet.payload_type, packet.sequence_number, packet.timestamp,
                  bytes(packet.payload))
@@ -50,7 +52,7 @@ class Wire:
 
         async def rtcp(packet):
             if type(packet).__name__ == "RtcpSrPacket":
-                self.srs.append((time.time(), packet))
+                self.srs.append((time.time(), packet, self.newest_ts.get(packet.ssrc)))
             await on_rtcp(packet)
 
         receiver._handle_rtp_packet, receiver._handle_rtcp_packet = rtp, rtcp
@@ -172,13 +174,13 @@ async def test_rtcp_sender_reports_map_rtp_time_to_wall_time(app):
         wire = wires[0]
         await wait_until(lambda: len(wire.srs) >= 3, 6)
         sender = video_sender(runtime)
-        video_srs = [(t, p) for t, p in wire.srs if p.ssrc == sender._ssrc]
+        video_srs = [(t, p, n) for t, p, n in wire.srs if p.ssrc == sender._ssrc]
         assert video_srs, "an SR for the video SSRC"
-        arrived, sr = video_srs[-1]
+        arrived, sr, newest = video_srs[-1]
         info = sr.sender_info
         assert info.packet_count > 0 and info.octet_count > info.packet_count * 100
-        # The SR's RTP time is the stream's clock now: within 0.5 s of the newest packet.
-        newest = [t for s, _pt, _q, t, _p in wire.rtp if s == sender._ssrc][-1]
+        # The SR's RTP time is the stream's clock when sent: within 0.5 s of the newest
+        # packet received before it.
         assert abs(((info.rtp_timestamp - newest + 2**31) & 0xFFFFFFFF) - 2**31) < 45000
         ntp_s = (info.ntp_timestamp >> 32) - 2208988800
         assert abs(ntp_s - arrived) < 2
