@@ -50,6 +50,11 @@ def can_transition(old: Status | str, new: Status | str) -> bool:
 
 
 PRINT_STREAM = "print:jobs"
+# Order moves that someone outside checkout acts on (the buyer's emails), appended in the
+# same script as the move itself so none is lost: entries ``job`` = msgpack
+# {"kind": "order", "order_id", "status"}. Other notifications may share the stream.
+NOTIFY_STREAM = "notify:outbox"
+NOTIFY_STATUSES = frozenset({"paid", "ready", "refunded"})
 ORDERS_INDEX = "orders:{show}"  # sorted set: order id by created_at
 
 
@@ -192,32 +197,35 @@ class PrintJob:
 
 # --- atomic moves -------------------------------------------------------------------
 
-# KEYS[1] order hash; ARGV: new status, timestamp field name ('' for none), now,
-# then the allowed previous statuses. Returns the previous status, or an error reply.
+# KEYS[1] order hash, KEYS[2] notify stream; ARGV: new status, timestamp field name
+# ('' for none), now, packed notification ('' for none), then the allowed previous
+# statuses. Returns the previous status, or an error reply.
 _TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return redis.error_reply('not_found') end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'status', ARGV[1])
     if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+    if ARGV[4] ~= '' then redis.call('XADD', KEYS[2], '*', 'job', ARGV[4]) end
     return cur
   end
 end
 return redis.error_reply('conflict:' .. cur)
 """
 
-# KEYS[1] order hash, KEYS[2] print stream; ARGV[1] now, ARGV[2] packed job,
-# ARGV[3] payment intent id, then allowed previous statuses.
-# Paid and its print job in one step: either both happen or neither.
+# KEYS[1] order hash, KEYS[2] print stream, KEYS[3] notify stream; ARGV[1] now,
+# ARGV[2] packed job, ARGV[3] payment intent id, ARGV[4] packed notification, then allowed
+# previous statuses. Paid, its print job and the receipt in one step: all or nothing.
 _MARK_PAID_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return redis.error_reply('not_found') end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'status', 'paid', 'paid_at', ARGV[1])
     if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'payment_intent', ARGV[3]) end
     redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
+    redis.call('XADD', KEYS[3], '*', 'job', ARGV[4])
     return cur
   end
 end
@@ -236,6 +244,10 @@ class TransitionError(Exception):
     def __init__(self, order_id: str, current: str | None, wanted: str) -> None:
         self.order_id, self.current, self.wanted = order_id, current, wanted
         super().__init__(f"order {order_id}: cannot move from {current} to {wanted}")
+
+
+def _notification(order_id: str, status: str) -> bytes:
+    return msgpack.packb({"kind": "order", "order_id": order_id, "status": status})
 
 
 def _allowed_from(new: Status) -> list[str]:
@@ -266,11 +278,13 @@ async def transition(redis, order_id: str, new: Status, now: float | None = None
     try:
         prev = await redis.eval(
             _TRANSITION_LUA,
-            1,
+            2,
             order_key(order_id),
+            NOTIFY_STREAM,
             str(new),
             _TIMESTAMP_FIELD.get(new, ""),
             repr(now),
+            _notification(order_id, str(new)) if str(new) in NOTIFY_STATUSES else "",
             *_allowed_from(new),
         )
     except Exception as exc:  # redis.ResponseError carries the script's error reply
@@ -291,12 +305,14 @@ async def mark_paid(
     try:
         prev = await redis.eval(
             _MARK_PAID_LUA,
-            2,
+            3,
             order_key(order_id),
             PRINT_STREAM,
+            NOTIFY_STREAM,
             repr(now),
             job,
             payment_intent,
+            _notification(order_id, "paid"),
             *_allowed_from(Status.PAID),
         )
     except Exception as exc:

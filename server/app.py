@@ -26,6 +26,7 @@ from server.routes import (
     media,
     pages,
     recordings,
+    schedule,
     scene,
     shows,
     staff,
@@ -41,7 +42,7 @@ REDIS_WAIT_S = 5.0
 
 # Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
 # recordings after media: it attaches recorders to the runtimes and finishes them first.
-ROUTE_MODULES = (health, shows, scene, cart, chat, staff, media, stats, recordings, pages)
+ROUTE_MODULES = (health, shows, scene, cart, chat, staff, media, stats, recordings, pages, schedule)
 
 
 def create_app(

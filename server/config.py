@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,18 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class EmailConfig:
+    """Manifest ``[email]``: SMTP settings. Without them emails are written to files."""
+
+    host: str
+    sender: str  # the From: address (manifest key ``from``)
+    port: int = 587
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = True
+
+
+@dataclass(frozen=True)
 class ShowConfig:
     id: str
     title: str
@@ -83,6 +96,10 @@ class ShowConfig:
     manifest_path: Path
     pickup_note: str = "Pick up at the counter"
     chat: ChatConfig = ChatConfig()
+    starts_at: datetime | None = None  # announced start (timezone-aware)
+    description: str = ""
+    cover: Path | None = None
+    email: EmailConfig | None = None
 
     def product(self, sku: str) -> ProductConfig | None:
         for p in self.products:
@@ -184,7 +201,18 @@ class Settings:
 
 # --- manifest parsing -------------------------------------------------------------
 
-_SHOW_KEYS = {"id", "title", "stream_key", "currency", "video", "pickup_note"}
+_SHOW_KEYS = {
+    "id",
+    "title",
+    "stream_key",
+    "currency",
+    "video",
+    "pickup_note",
+    "starts_at",
+    "description",
+    "cover",
+}
+_EMAIL_KEYS = {"host", "port", "from", "username", "password", "starttls"}
 _VIDEO_KEYS = {"width", "height", "fps", "bitrate_kbps"}
 _PRODUCT_KEYS = {
     "sku",
@@ -197,7 +225,7 @@ _PRODUCT_KEYS = {
     "description",
 }
 _PRINTER_KEYS = {"name", "connection", "profile", "paper_mm", "default"}
-_TOP_KEYS = {"show", "products", "printers", "staff", "chat"}
+_TOP_KEYS = {"show", "products", "printers", "staff", "chat", "email"}
 _CHAT_KEYS = {"slow_mode_s", "blocked_words"}
 _STAFF_KEYS = {"password"}
 
@@ -239,6 +267,53 @@ def _price(path: Path, name: str, value: Any) -> Decimal:
     return price
 
 
+def _starts_at(path: Path, value: Any) -> datetime:
+    # TOML has native datetimes; an RFC 3339 string is accepted too. Local (zone-less)
+    # times are refused: a show announced for "19:00" must say which 19:00.
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ManifestError(
+                path, "show.starts_at", f"not an RFC 3339 date-time: {value!r}"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ManifestError(path, "show.starts_at", "must be a date-time like 2026-12-01T19:00:00Z")
+    if value.tzinfo is None:
+        raise ManifestError(path, "show.starts_at", "must include a time zone (Z or +01:00)")
+    return value
+
+
+def _email(path: Path, data: Any, env: dict[str, str]) -> EmailConfig | None:
+    if data is None:
+        return None
+    _typed(path, "email", data, dict)
+    _unknown(path, "email", data, _EMAIL_KEYS)
+    host = _req(path, "email", data, "host", str).strip()
+    sender = _req(path, "email", data, "from", str).strip()
+    if not host:
+        raise ManifestError(path, "email.host", "must not be empty")
+    if "@" not in sender or any(c in sender for c in "\r\n"):
+        raise ManifestError(path, "email.from", f"must be an email address, got {sender!r}")
+    port = _typed(path, "email.port", data.get("port", 587), int)
+    if not 1 <= port <= 65535:
+        raise ManifestError(path, "email.port", "must be from 1 to 65535")
+    username = data.get("username")
+    if username is not None:
+        _typed(path, "email.username", username, str)
+    password = env.get("SHOWROOM_SMTP_PASSWORD") or data.get("password")
+    if password is not None:
+        _typed(path, "email.password", password, str)
+    return EmailConfig(
+        host=host,
+        sender=sender,
+        port=port,
+        username=username,
+        password=password,
+        starttls=_typed(path, "email.starttls", data.get("starttls", True), bool),
+    )
+
+
 def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowConfig:
     """Read and validate one show manifest; raise ManifestError on any problem."""
     path = Path(path)
@@ -272,6 +347,14 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
     pickup_note = _typed(
         path, "show.pickup_note", show.get("pickup_note", "Pick up at the counter"), str
     )
+
+    starts_at = _starts_at(path, show["starts_at"]) if "starts_at" in show else None
+    description = _typed(path, "show.description", show.get("description", ""), str).strip()
+    cover = None
+    if "cover" in show:
+        cover = (path.parent / _typed(path, "show.cover", show["cover"], str)).resolve()
+        if not cover.is_file():
+            raise ManifestError(path, "show.cover", f"file not found: {cover}")
 
     vdata = show.get("video", {})
     _typed(path, "show.video", vdata, dict)
@@ -388,6 +471,10 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         manifest_path=path.resolve(),
         pickup_note=pickup_note,
         chat=chat,
+        starts_at=starts_at,
+        description=description,
+        cover=cover,
+        email=_email(path, data.get("email"), env),
     )
 
 

@@ -20,7 +20,7 @@ from checkout.orders import Status, TransitionError, cents_str, load_order, tran
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from checkout.service import Commerce
 from checkout.webhooks import BadEvent, BadSignature, handle_event, verify
-from server import keys, segments
+from server import keys, links, segments
 from server.auth import ensure_viewer, get_show, require_host, staff_shows, viewer_id
 from server.config import SKU, ShowConfig
 from server.errors import (
@@ -334,7 +334,11 @@ async def _own_order(request: web.Request):
     if order is None:
         raise not_found("No such order.")
     vid = viewer_id(request)
-    if vid != order.viewer and order.show not in staff_shows(request):
+    # The signed link of the receipt email opens the order on any device.
+    by_link = links.check_order_token(
+        request.app[keys.SECRET], order.order_id, request.query.get("t")
+    )
+    if vid != order.viewer and not by_link and order.show not in staff_shows(request):
         raise not_found("No such order.")  # someone else's order is not disclosed
     return order
 

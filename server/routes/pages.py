@@ -104,11 +104,6 @@ async def logout(request: web.Request) -> web.Response:
 # --- pages --------------------------------------------------------------------------
 
 
-async def index(request: web.Request) -> web.Response:
-    shows = sorted(request.app[keys.SHOWS].values(), key=lambda s: s.title.lower())
-    return render(request, "index.html", shows=shows)
-
-
 async def viewer_page(request: web.Request) -> web.Response:
     show = page_show(request)
     settings = request.app[keys.SETTINGS]
@@ -198,7 +193,6 @@ def setup(app: web.Application) -> None:
         autoescape=jinja2.select_autoescape(["html"], default=True),
     )
     app[IMAGE_CACHE] = {}
-    app.router.add_get("/", index)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login_submit)
     app.router.add_post("/logout", logout)
