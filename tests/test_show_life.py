@@ -221,6 +221,14 @@ async def test_receipt_email_links_to_the_order_on_any_device(
             assert r.status == 404  # without the token the order stays private
         async with other_device.get(link[:-2] + "xx") as r:
             assert r.status == 404
+        # Staff pack it: the buyer gets "ready for pickup", and the same link says so.
+        async with s.post(f"/api/orders/{order['order_id']}/ready", headers=app.auth()) as r:
+            assert r.status == 200, await r.text()
+        await wait_until(lambda: len(smtp.to("ada@example.com")) == 2, timeout=20)
+        ready = [m for m in smtp.to("ada@example.com") if "ready for pickup" in m["Subject"]]
+        assert len(ready) == 1 and link in body(ready[0])
+        async with other_device.get(api) as r:
+            assert (await r.json())["status"] == "ready"
 
 
 async def test_emails_wait_in_the_outbox_while_smtp_is_down(make_app, tmp_path, stripe_sandbox):
