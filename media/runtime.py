@@ -80,6 +80,7 @@ class ShowRuntime:
         metrics: Metrics | None = None,
         scene_lookup: Callable[[], Any] | None = None,
         on_status: Callable[[str, dict], None] | None = None,
+        shared_clock: bool = False,
     ) -> None:
         self.show = show
         self.width, self.height = show.video.width, show.video.height
@@ -110,7 +111,16 @@ class ShowRuntime:
         self.latency_samples: deque[tuple[int, float, float]] = deque(maxlen=3000)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"compose-{show.id}")
         self._tasks: list[asyncio.Task] = []
-        self._t0 = time.monotonic()
+        # With worker processes, RTP timestamps run on the machine's monotonic clock, so a
+        # show whose origin moves to another process keeps one continuous timeline.
+        self.shared_clock = shared_clock
+        self._t0 = 0.0 if shared_clock else time.monotonic()
+        # False while another process composes and encodes this show (its packets reach
+        # this process's fan-outs by relay); ``relay_watchers`` counts the other
+        # processes reading this one's fan-outs, by stream ("H264", "VP8", "audio").
+        self.origin = True
+        self.relay_watchers: dict[str, int] = {}
+        self.upstream_keyframe: Callable[[], None] | None = None
         self._last_pts = -1
         self._tokens = 1.0
         self._token_time = time.monotonic()
@@ -124,7 +134,7 @@ class ShowRuntime:
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        self._t0 = time.monotonic()
+        self._t0 = 0.0 if self.shared_clock else time.monotonic()
         self._tasks = [
             asyncio.create_task(self._run_video(), name=f"compositor-{self.show.id}"),
             asyncio.create_task(self._run_audio(), name=f"audio-{self.show.id}"),
@@ -226,11 +236,32 @@ class ShowRuntime:
     def codecs_in_use(self) -> list[str]:
         """H.264 always (browsers, recordings); VP8 only while a viewer needs it."""
         codecs = ["H264"]
-        if any(v.codec == "VP8" for v in self.viewers.values()):
+        if any(v.codec == "VP8" for v in self.viewers.values()) or self.relay_watchers.get("VP8"):
             codecs.append("VP8")
         return codecs
 
+    @property
+    def watched(self) -> bool:
+        """Someone reads the encoded packets: a viewer here or a relay to another process."""
+        return bool(self.viewers) or any(self.relay_watchers.values())
+
+    def set_origin(self, origin: bool) -> None:
+        """Compose and encode here (the origin) or take the packets of the process that
+        does. Encoding (re)starts with a keyframe."""
+        if origin and not self.origin:
+            self.gate.last_keyframe = float("-inf")
+            self.gate.request()
+        if not origin and self.live:
+            # Quietly: the new origin announces the show's state, not this process.
+            self.live = False
+            if self.metrics:
+                self.metrics.publisher_live.labels(self.show.id).set(0)
+        self.origin = origin
+
     def request_keyframe(self, reason: str = "join") -> None:
+        if not self.origin and self.upstream_keyframe is not None:
+            self.upstream_keyframe()  # the origin's gate coalesces every process's requests
+            return
         self.gate.request()
         if self.metrics:
             self.metrics.keyframes.labels(self.show.id).inc()
@@ -288,6 +319,8 @@ class ShowRuntime:
                     await asyncio.wait_for(self.slot.fresh.wait(), max(0.0, latest - now))
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.origin:  # another process composes this show (and reports it live)
+            return
         tick_start = time.monotonic()
         fresh = self.slot.take()
         dropped = self.slot.dropped
@@ -325,7 +358,7 @@ class ShowRuntime:
         pts = max(self._last_pts + 1, int((time.monotonic() - self._t0) * 90000))
         self._last_pts = pts
         self.frames_out += 1
-        if not self.viewers and not (recorder is not None and recorder.recording):
+        if not self.watched and not (recorder is not None and recorder.recording):
             # Nobody watches or records: compose (the scene's timing still holds) but do not encode.
             # The first viewer's join forces a keyframe when encoding resumes.
             return
@@ -338,6 +371,8 @@ class ShowRuntime:
             self._executor, self._encode, frame, pts, force, codecs
         )
         handed = time.monotonic()
+        if not self.origin:  # stepped down while encoding: the new origin's packets rule
+            return
         keyframe = False
         for codec, encoded in results:
             fanout = self.video_fanout(codec)
@@ -404,7 +439,7 @@ class ShowRuntime:
             try:
                 recorder = self.recorder
                 recording = recorder is not None and recorder.recording
-                if self.viewers or recording:
+                if self.origin and (self.watched or recording):
                     samples, _real = self.audio_in.pop(AUDIO_SAMPLES)
                     wall = now_ms()
                     for enc in self._audio_encoder.encode(samples, n * AUDIO_SAMPLES):

@@ -13,7 +13,7 @@ import logging
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import auth, keys
+from server import auth, cluster, keys
 from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
@@ -41,8 +41,22 @@ REDIS_POOL_SIZE = 256
 REDIS_WAIT_S = 5.0
 
 # Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
+# cluster (worker processes) after media: it drives the media runtimes.
 # recordings after media: it attaches recorders to the runtimes and finishes them first.
-ROUTE_MODULES = (health, shows, scene, cart, chat, staff, media, stats, recordings, pages, schedule)
+ROUTE_MODULES = (
+    health,
+    shows,
+    scene,
+    cart,
+    chat,
+    staff,
+    media,
+    cluster,
+    stats,
+    recordings,
+    pages,
+    schedule,
+)
 
 
 def create_app(

@@ -84,11 +84,27 @@ async def serve(
     stop = _stop_event()  # before we announce ourselves: an early SIGTERM still stops cleanly
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
+    worker = settings.worker_index
     # A drop brings thousands of new connections in a second: a deep accept queue.
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
+    # Worker processes each bind the port too (SO_REUSEPORT; see server/workers.py).
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        reuse_address=True,
+        reuse_port=worker is not None,
+        backlog=1024,
+    )
     await site.start()
     url = f"http://{settings.host}:{settings.port}"
-    print(f"showroom listening on {url}", flush=True)
+    if worker is not None:
+        from server.cluster import http_socket
+
+        assert settings.run_dir is not None
+        await web.UnixSite(runner, str(http_socket(Path(settings.run_dir), worker))).start()
+        print(f"showroom worker {worker} listening on {url} (pid {os.getpid()})", flush=True)
+    else:
+        print(f"showroom listening on {url}", flush=True)
     try:
         if on_ready is not None:
             await on_ready(url)
@@ -107,10 +123,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         redis_url=getattr(args, "redis", None),
         data_dir=Path(getattr(args, "data_dir", "var")),
         hold_seconds=getattr(args, "hold_seconds", 600),
+        workers=getattr(args, "workers", 1),
+        worker_index=getattr(args, "worker_index", None),
+        run_dir=getattr(args, "run_dir", None),
         max_viewers_per_show=getattr(args, "max_viewers", 500),
         max_viewers_per_ip=getattr(args, "max_viewers_per_ip", None),
         whep_connect_timeout_s=getattr(args, "whep_connect_timeout", 15.0),
-        print_worker=not getattr(args, "no_print_worker", False),
+        # With worker processes, only worker 0 prints (labels keep their order).
+        print_worker=not getattr(args, "no_print_worker", False)
+        and getattr(args, "worker_index", None) in (None, 0),
         public_url=getattr(args, "public_url", None),
         redis_appendfsync=getattr(args, "appendfsync", None)
         or os.environ.get("SHOWROOM_REDIS_APPENDFSYNC", "everysec"),
@@ -156,9 +177,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     services = Services()
     try:
         redis_url = start_embedded(settings, services)
+        if settings.workers > 1:
+            return run(supervise(args, settings, redis_url))
         return run(serve(settings, redis_url))
     finally:
         services.stop()
+
+
+async def supervise(args: argparse.Namespace, settings: Settings, redis_url: str) -> int:
+    from server.workers import Supervisor
+
+    env = dict(os.environ)
+    if settings.stripe_api_base and not env.get("STRIPE_SECRET_KEY"):
+        env["STRIPE_API_BASE"] = settings.stripe_api_base  # the sandbox this parent started
+    url = f"http://{settings.host}:{settings.port}"
+    supervisor = Supervisor(args.raw_argv, settings.workers, url, redis_url, env)
+    return await supervisor.run(_stop_event())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -289,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow the Stripe sandbox (test cards only) on a non-loopback --host",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes sharing the port: N or auto (one per core); default 1",
+    )
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-print-worker", action="store_true", help="do not print in this process")
     p.add_argument("--public-url", help="base URL for links on labels (default http://HOST:PORT)")
     for kind in ("loopback", "private"):
@@ -355,8 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(value: str) -> int:
+    from server.workers import worker_count
+
+    try:
+        return worker_count(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of workers or 'auto'") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.raw_argv = list(argv)  # what worker processes are started with
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

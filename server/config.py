@@ -131,6 +131,11 @@ class Settings:
     # no cap on a loopback host, where every client (and a reverse proxy) is 127.0.0.1.
     max_viewers_per_ip: int | None = None
     whep_connect_timeout_s: float = 15.0  # a WHEP session not connected by then is closed
+    # serve --workers N: the parent starts N processes; each has its index and the run
+    # folder of their Unix sockets (None: a single process, no worker machinery).
+    workers: int = 1
+    worker_index: int | None = None
+    run_dir: str | None = None
     print_worker: bool = True
     sandbox: bool = True  # Stripe: embedded localstripe unless STRIPE_SECRET_KEY is set
     public_url: str | None = None  # base URL printed on labels / QR codes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import weakref
 
@@ -38,6 +39,7 @@ from media.sdp import (
 )
 from server import keys, presence, segments, viewer_slots
 from server.auth import get_show, is_host, require_stream_key
+from server.cluster import cluster, maybe_forward
 from server.errors import ApiError, bad_request, not_found, read_body
 
 log = logging.getLogger("showroom.media")
@@ -136,6 +138,13 @@ async def whip_post(request: web.Request) -> web.Response:
     except Exception as exc:  # aiortc rejected it: nothing was published
         await publisher.close()
         raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
+    workers = cluster(request.app)
+    if workers is not None:
+        try:
+            await workers.claim(show.id)  # this worker composes the show from now on
+        except BaseException:
+            await publisher.close()
+            raise
     await runtime.set_publisher(publisher)
     return _created(answer, f"/whip/{show.id}/{publisher.id}", publisher.etag)
 
@@ -148,14 +157,18 @@ def _publisher(request: web.Request) -> tuple[ShowRuntime, Publisher]:
     return runtime, publisher
 
 
-async def whip_patch(request: web.Request) -> web.Response:
+async def whip_patch(request: web.Request) -> web.StreamResponse:
+    if (forwarded := await maybe_forward(request)) is not None:
+        return forwarded
     show = get_show(request)
     require_stream_key(request, show)
     _runtime_, publisher = _publisher(request)
     return await _trickle(request, publisher)
 
 
-async def whip_delete(request: web.Request) -> web.Response:
+async def whip_delete(request: web.Request) -> web.StreamResponse:
+    if (forwarded := await maybe_forward(request)) is not None:
+        return forwarded
     show = get_show(request)
     require_stream_key(request, show)
     _runtime_, publisher = _publisher(request)
@@ -215,6 +228,9 @@ async def whep_post(request: web.Request) -> web.Response:
         await slots.release(slot)
         raise
     _close_if_not_connected(viewer, settings.whep_connect_timeout_s)
+    workers = cluster(request.app)
+    if workers is not None:
+        workers.clients[show.id].wake()  # relay the origin's packets here now
     return _created(answer, f"/whep/{show.id}/{viewer.id}", viewer.etag)
 
 
@@ -254,11 +270,15 @@ def _viewer(request: web.Request) -> Viewer:
     return viewer
 
 
-async def whep_patch(request: web.Request) -> web.Response:
+async def whep_patch(request: web.Request) -> web.StreamResponse:
+    if (forwarded := await maybe_forward(request)) is not None:
+        return forwarded
     return await _trickle(request, _viewer(request))
 
 
-async def whep_delete(request: web.Request) -> web.Response:
+async def whep_delete(request: web.Request) -> web.StreamResponse:
+    if (forwarded := await maybe_forward(request)) is not None:
+        return forwarded
     viewer = _viewer(request)
     await viewer.close()
     slots = _slots(request.app)
@@ -297,8 +317,18 @@ async def _trickle(request: web.Request, session: Publisher | Viewer) -> web.Res
 
 
 async def media_stats(request: web.Request) -> web.Response:
-    """Live media figures for operators and benchmarks (recent server-added latency)."""
-    return web.json_response(_runtime(request).stats())
+    """Live media figures for operators and benchmarks (recent server-added latency; with
+    worker processes, which worker answered, whether it is the show's origin, and the
+    relay's figures)."""
+    runtime = _runtime(request)
+    stats = runtime.stats()
+    workers = cluster(request.app)
+    if workers is not None:
+        stats["worker"] = workers.index
+        stats["pid"] = os.getpid()
+        stats["origin"] = runtime.origin
+        stats["relay"] = workers.clients[runtime.show.id].stats()
+    return web.json_response(stats)
 
 
 async def options(request: web.Request) -> web.Response:
@@ -382,6 +412,7 @@ async def media_ctx(app: web.Application):
             metrics,
             scene_lookup=lambda sid=show_id: extra.get("scenes", {}).get(sid),
             on_status=_status_publisher(app, show_id),
+            shared_clock=app[keys.SETTINGS].worker_index is not None,
         )
         shows[show_id] = runtime
         runtime.start()
