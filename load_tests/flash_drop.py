@@ -1,7 +1,7 @@
 """Flash-drop benchmark: add-to-cart over HTTP against ``showroom serve``, next to the
 raw limit of the same Redis running the same Lua script.
 
-    python -m load_tests.flash_drop [--quick]
+    python -m load_tests.flash_drop [--quick] [--workers N]
 
 - **HTTP add-to-cart** (Showroom): one ``showroom serve`` process on its own Redis;
   N concurrent buyers, each with its own connection and cookie jar, press Buy in a closed
@@ -11,6 +11,9 @@ raw limit of the same Redis running the same Lua script.
   as much CPU per request as the server, and on two cores would cap what it measures.
 - **raw limit**: ``redis-benchmark`` running the same script via EVALSHA against the
   same Redis in the same run: what Redis alone can do with no HTTP, JSON or Python.
+- ``--workers N``: instead, the HTTP closed loop against ``serve --workers 1`` and then
+  ``serve --workers N`` in the same run (CPU summed over every server process), for the
+  scaling ratio; its own BENCHMARKS.md section.
 """
 
 from __future__ import annotations
@@ -87,8 +90,11 @@ class Result:
         return self.ops / self.seconds if self.seconds else 0.0
 
 
-def start_server(manifest: Path, redis_url: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    manifest: Path, redis_url: str, data_dir: Path, workers: int = 1
+) -> tuple[subprocess.Popen, str]:
     args = ["--manifest", str(manifest), "--port", str(free_port()), "--redis", redis_url]
+    args += ["--workers", str(workers)]
     # Every simulated buyer is on 127.0.0.1: no per-IP limits (--buyers-per-ip 0).
     args += ["--buyers-per-ip", "0"]
     return spawn_serve([*args, "--data-dir", str(data_dir), "--no-print-worker"])
@@ -98,8 +104,24 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """CPU time of ``pid`` and every process under it (worker processes)."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
 
 
 async def _buyers(url: str, n: int) -> list[Buyer]:
@@ -414,9 +436,114 @@ async def run(cfg: Config) -> list[Result]:
     return results
 
 
+async def workers_run(cfg: Config, workers: int) -> list[Result]:
+    """The HTTP closed loop at 1 worker, then at ``workers``, on one Redis."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="flashdrop-") as tmp:
+        tmp_path = Path(tmp)
+        redis_server = EmbeddedRedis(tmp_path / "redis")
+        redis_server.start()
+        manifest = tmp_path / "bench.toml"
+        manifest.write_text(MANIFEST)
+        try:
+            for w in (1, workers):
+                proc, url = start_server(manifest, redis_server.url, tmp_path / f"var{w}", w)
+                try:
+                    for n in cfg.concurrency:
+                        sessions = await _buyers(url, n)
+                        presses = [functools.partial(press, b) for b in sessions]
+                        try:
+                            results.append(
+                                await closed_loop(
+                                    f"HTTP closed loop, {w} worker{'s' if w > 1 else ''}",
+                                    presses,
+                                    cfg.window_s,
+                                    cfg.warmup_s,
+                                    proc.pid,
+                                )
+                            )
+                        finally:
+                            _close(sessions)
+                finally:
+                    proc.terminate()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(30)
+        finally:
+            redis_server.stop()
+    return results
+
+
+def workers_report(cfg: Config, results: list[Result], workers: int) -> None:
+    rows = [
+        [
+            r.name,
+            r.concurrency,
+            round(r.rate),
+            f"{_p(r, 50):.2f}",
+            f"{_p(r, 99):.2f}",
+            r.errors,
+            f"{r.server_cpu_s:.2f}" if r.server_cpu_s else "-",
+            f"{r.client_cpu_s:.2f}" if r.client_cpu_s else "-",
+            round(r.capacity) if r.capacity else "-",
+        ]
+        for r in results
+    ]
+    body = table(
+        [
+            "path",
+            "concurrent",
+            "adds/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "server CPU s",
+            "client CPU s",
+            "adds/s per server core",
+        ],
+        rows,
+    )
+    lines = []
+    for n in cfg.concurrency:
+        one = next(r for r in results if r.concurrency == n and " 1 worker" in r.name)
+        many = next(r for r in results if r.concurrency == n and " 1 worker" not in r.name)
+        ratio = many.rate / one.rate if one.rate else 0.0
+        lines.append(
+            f"Target >= 1.7x add-to-cart/s at {workers} workers vs 1 ({n} buyers): "
+            f"{'met' if ratio >= 1.7 else 'NOT met'} ({ratio:.2f}x: {one.rate:.0f}/s -> "
+            f"{many.rate:.0f}/s; server CPU {one.server_cpu_s or 0:.1f} s -> "
+            f"{many.server_cpu_s or 0:.1f} s of a {cfg.window_s:.0f} s window, load generator "
+            f"{one.client_cpu_s or 0:.1f} s -> {many.client_cpu_s or 0:.1f} s)."
+        )
+    print(body)
+    print("\n".join(lines))
+    if cfg.quick:
+        return
+    notes = (
+        f"The same closed loop as the flash_drop section, against `serve --workers 1` and "
+        f"then `serve --workers {workers}` (SO_REUSEPORT: the kernel spreads the buyers' "
+        "connections over the workers) on one Redis, in one run. *server CPU s* sums every "
+        "server process (parent and workers, from /proc) over the window; *client CPU s* is "
+        "the load generator, which runs on the same cores (nproc above), as does Redis: "
+        "with 2 cores the workers cannot each have a core to themselves, so the throughput "
+        "ratio is bounded by what the load generator and Redis leave over. *adds/s per "
+        "server core* shows the cost per add does not grow with workers."
+    )
+    write_section(
+        "flash_drop_workers",
+        f"python -m load_tests.flash_drop --workers {workers}",
+        "\n\n".join([body, "\n".join(f"- {v}" for v in lines), notes]),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="compare serve --workers 1 with --workers N (HTTP closed loop only)",
+    )
     args = parser.parse_args(argv)
     cfg = Config()
     if args.quick:
@@ -435,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()
+    if args.workers:
+        with runner:
+            results = runner.run(workers_run(cfg, args.workers))
+        workers_report(cfg, results, args.workers)
+        return 0
     with runner:
         results = runner.run(run(cfg))
     rows = [

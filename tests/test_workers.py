@@ -49,11 +49,15 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-async def pinned(url: str, worker: int, within_s: float = 10) -> aiohttp.ClientSession:
+async def pinned(
+    url: str, worker: int, within_s: float = 10, jar: aiohttp.CookieJar | None = None
+) -> aiohttp.ClientSession:
     """A client whose (single, kept-alive) connection is served by ``worker``."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1), cookie_jar=jar, headers={"Origin": url}
+        )
         try:
             async with http.get(f"{url}/healthz") as r:
                 await r.read()
@@ -267,6 +271,7 @@ async def test_viewer_cap_over_workers_and_unconnected_offers_free_their_slot(
         statuses = [a[0] for a in answers]
         assert statuses.count(201) == 5 and statuses.count(503) == 55, statuses
         assert {a[1] for a in answers} == {"0", "1"}, "offers reached both workers"
+        pids = await commerce_works_from_every_worker(url)
         # Still full while those sessions may yet connect...
         await asyncio.sleep(max(0.0, started + 10 - time.monotonic()))
         assert (await post())[0] == 503
@@ -284,3 +289,59 @@ async def test_viewer_cap_over_workers_and_unconnected_offers_free_their_slot(
     finally:
         await http.close()
         stop(proc)
+    # SIGTERM: every worker drained and exited, and so did the parent.
+    assert proc.returncode == 0
+    for pid in pids:
+        assert not process_alive(pid), pid
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def commerce_works_from_every_worker(url: str) -> list[int]:
+    """One buyer (one cookie) whose requests land on both workers: cart, live events,
+    host controls and pages behave as one server. Returns the workers' pids."""
+    jar = aiohttp.CookieJar(unsafe=True)
+    on = {i: await pinned(url, i, jar=jar) for i in (0, 1)}
+    try:
+        pids = []
+        for i in (0, 1):
+            async with on[i].get(f"{url}/api/shows/demo/media") as r:
+                pids.append((await r.json())["pid"])
+            for page in ("/shows/demo", "/staff", "/"):
+                async with on[i].get(f"{url}{page}") as r:
+                    assert r.status == 200, (page, i)
+                    assert r.headers["X-Showroom-Worker"] == str(i) or r.history
+        # A connection of its own (each client keeps exactly one, to stay on its worker).
+        on[2] = await pinned(url, 0, jar=jar)
+        async with on[2].get(f"{url}/api/shows/demo/events") as sse:
+            async with on[1].post(
+                f"{url}/api/cart/items", json={"show": "demo", "sku": "MUG-01", "quantity": 1}
+            ) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["X-Showroom-Worker"] == "1"
+            async with on[0].get(f"{url}/api/cart") as r:
+                items = (await r.json())["items"]
+                assert [(i["sku"], i["quantity"]) for i in items] == [("MUG-01", 1)]
+            host = {"Authorization": f"Bearer {STREAM_KEY}"}
+            async with on[1].post(
+                f"{url}/api/shows/demo/feature", json={"sku": "TEE-02"}, headers=host
+            ) as r:
+                assert r.status == 200, await r.text()
+
+            async def featured_event() -> None:
+                while True:
+                    line = (await sse.content.readline()).decode()
+                    if line.startswith("data:") and '"featured"' in line and "TEE-02" in line:
+                        return
+
+            await asyncio.wait_for(featured_event(), 10)
+        return pids
+    finally:
+        for http in on.values():
+            await http.close()
