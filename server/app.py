@@ -26,6 +26,7 @@ from server.routes import (
     media,
     pages,
     recordings,
+    report,
     scene,
     schedule,
     shows,
@@ -54,6 +55,7 @@ ROUTE_MODULES = (
     cluster,
     stats,
     recordings,
+    report,
     pages,
     schedule,
 )

@@ -9,26 +9,38 @@ two server processes cannot both close or open a segment.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
 
+from checkout.keys import cart_adds as cart_adds_key
 from checkout.scripts import Script
 
 KEEP = 50  # segments kept per show
 
-# KEYS: segments list; ARGV: sku ('' = nothing featured), at_ms, viewers now, keep
+# KEYS: segments list, the show's add-to-cart tally; ARGV: sku ('' = nothing featured),
+# at_ms, viewers now, keep. A segment also keeps what the report needs: its viewer-ms
+# (for the time-weighted average audience) and its product's add-to-carts while on air
+# (the tally at the start and at the end), so add-to-cart itself pays nothing for it.
 _FEATURE = Script(
     """
+local now = tonumber(ARGV[2])
 local last = redis.call('LINDEX', KEYS[1], -1)
 if last then
   local seg = cjson.decode(last)
   if seg.end_ms == nil then
     if seg.sku == ARGV[1] then return 0 end
-    seg.end_ms = tonumber(ARGV[2])
+    seg.end_ms = now
+    if seg.last_ms ~= nil then
+      seg.vms = seg.vms + seg.last_v * math.max(0, now - seg.last_ms)
+      seg.adds = tonumber(redis.call('HGET', KEYS[2], seg.sku) or '0') - seg.adds0
+    end
     redis.call('LSET', KEYS[1], -1, cjson.encode(seg))
   end
 end
 if ARGV[1] ~= '' then
-  local seg = {sku = ARGV[1], start_ms = tonumber(ARGV[2]), peak_viewers = tonumber(ARGV[3])}
+  local v = tonumber(ARGV[3])
+  local seg = {sku = ARGV[1], start_ms = now, peak_viewers = v, vms = 0, last_ms = now,
+               last_v = v, adds0 = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')}
   redis.call('RPUSH', KEYS[1], cjson.encode(seg))
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 end
@@ -36,14 +48,19 @@ return 1
 """
 )
 
-# KEYS: segments list; ARGV: viewers now
+# KEYS: segments list; ARGV: viewers now, now_ms
 _PEAK = Script(
     """
 local last = redis.call('LINDEX', KEYS[1], -1)
 if not last then return 0 end
 local seg = cjson.decode(last)
-if seg.end_ms ~= nil or tonumber(ARGV[1]) <= seg.peak_viewers then return 0 end
-seg.peak_viewers = tonumber(ARGV[1])
+if seg.end_ms ~= nil then return 0 end
+local v, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+if seg.last_ms ~= nil then
+  seg.vms = seg.vms + seg.last_v * math.max(0, now - seg.last_ms)
+  seg.last_ms, seg.last_v = now, v
+end
+if v > seg.peak_viewers then seg.peak_viewers = v end
 redis.call('LSET', KEYS[1], -1, cjson.encode(seg))
 return 1
 """
@@ -56,9 +73,27 @@ class Segment:
     start_ms: int
     end_ms: int | None  # None: still on screen
     peak_viewers: int
+    viewer_ms: int = 0  # viewers x milliseconds on air, up to the last change
+    last_ms: int | None = None  # when the audience last changed (open segment)
+    last_viewers: int = 0
+    cart_adds: int | None = None  # its product's add-to-carts while on air (when closed)
+    cart_adds_at_start: int = 0
 
     def public(self) -> dict:
-        return asdict(self)
+        return {
+            "sku": self.sku,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "peak_viewers": self.peak_viewers,
+        }
+
+    def average_viewers(self, now_ms: int) -> float:
+        """Time-weighted audience while on air (open segments up to now)."""
+        end = now_ms if self.end_ms is None else self.end_ms
+        total = self.viewer_ms
+        if self.end_ms is None and self.last_ms is not None:
+            total += self.last_viewers * max(0, now_ms - self.last_ms)
+        return total / (end - self.start_ms) if end > self.start_ms else float(self.peak_viewers)
 
 
 def key(show_id: str) -> str:
@@ -67,21 +102,29 @@ def key(show_id: str) -> str:
 
 async def featured_changed(redis, show_id: str, sku: str | None, at_ms: int, viewers: int) -> None:
     """Close the open segment (unless the same product stays on) and open one for sku."""
-    await _FEATURE(redis, [key(show_id)], [sku or "", at_ms, viewers, KEEP])
+    await _FEATURE(redis, [key(show_id), cart_adds_key(show_id)], [sku or "", at_ms, viewers, KEEP])
 
 
-async def viewers_seen(redis, show_id: str, viewers: int) -> None:
-    await _PEAK(redis, [key(show_id)], [viewers])
+async def viewers_seen(redis, show_id: str, viewers: int, now_ms: int | None = None) -> None:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    await _PEAK(redis, [key(show_id)], [viewers, now_ms])
 
 
 def parse(raw: bytes) -> Segment:
     data = json.loads(raw)
     end = data.get("end_ms")
+    last_ms = data.get("last_ms")
+    adds = data.get("adds")
     return Segment(
         str(data["sku"]),
         int(data["start_ms"]),
         None if end is None else int(end),
         int(data["peak_viewers"]),
+        viewer_ms=int(data.get("vms") or 0),
+        last_ms=None if last_ms is None else int(last_ms),
+        last_viewers=int(data.get("last_v") or 0),
+        cart_adds=None if adds is None else int(adds),
+        cart_adds_at_start=int(data.get("adds0") or 0),
     )
 
 
@@ -113,6 +156,15 @@ class SegmentSales:
     revenue_cents: int
 
 
+def segment_of(segs: list[Segment], sku: str, added_ms: int, now_ms: int) -> int | None:
+    """Pure: the index of the segment that featured ``sku`` when it was added to a cart."""
+    for i, seg in enumerate(segs):
+        end = now_ms if seg.end_ms is None else seg.end_ms
+        if seg.sku == sku and seg.start_ms <= added_ms < max(end, seg.start_ms + 1):
+            return i
+    return None
+
+
 def attribute(segs: list[Segment], sales: list[Sale], now_ms: int) -> list[SegmentSales]:
     """Pure: each sale counts for the segment that featured *its* product when it was
     added to the cart (not for whatever was on screen when it was paid)."""
@@ -120,13 +172,11 @@ def attribute(segs: list[Segment], sales: list[Sale], now_ms: int) -> list[Segme
     buyers: list[set[str]] = [set() for _ in segs]
     revenue = [0] * len(segs)
     for sale in sales:
-        for i, seg in enumerate(segs):
-            end = now_ms if seg.end_ms is None else seg.end_ms
-            if seg.sku == sale.sku and seg.start_ms <= sale.added_ms < max(end, seg.start_ms + 1):
-                orders[i].add(sale.order_id)
-                buyers[i].add(sale.buyer)
-                revenue[i] += sale.cents
-                break
+        i = segment_of(segs, sale.sku, sale.added_ms, now_ms)
+        if i is not None:
+            orders[i].add(sale.order_id)
+            buyers[i].add(sale.buyer)
+            revenue[i] += sale.cents
     return [
         SegmentSales(len(o), len(b), r) for o, b, r in zip(orders, buyers, revenue, strict=True)
     ]

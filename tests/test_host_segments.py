@@ -46,11 +46,15 @@ async def test_peak_viewers_only_rise_and_only_while_the_segment_is_open(redis_u
     redis = aioredis.Redis.from_url(redis_url)
     try:
         await segments.featured_changed(redis, "s", "MUG-01", 1_000, viewers=3)
-        for n in (5, 2, 4):
-            await segments.viewers_seen(redis, "s", n)
+        for n, at in ((5, 3_000), (2, 5_000), (4, 7_000)):
+            await segments.viewers_seen(redis, "s", n, now_ms=at)
         await segments.featured_changed(redis, "s", None, 9_000, viewers=0)
         await segments.viewers_seen(redis, "s", 50)  # nothing on screen: no segment grows
-        assert await segments.load(redis, "s") == [segments.Segment("MUG-01", 1_000, 9_000, 5)]
+        [seg] = await segments.load(redis, "s")
+        assert seg.public() == segments.Segment("MUG-01", 1_000, 9_000, 5).public()
+        # Time-weighted: 3 viewers for 2 s, 5 for 2 s, 2 for 2 s, 4 for 2 s.
+        assert seg.average_viewers(now_ms=99_000) == 3.5
+        assert seg.cart_adds == 0
         for i in range(segments.KEEP + 5):
             await segments.featured_changed(redis, "s", f"P{i % 2}", 10_000 + i, viewers=0)
         assert len(await segments.load(redis, "s")) == segments.KEEP

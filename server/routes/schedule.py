@@ -22,6 +22,7 @@ from server.mail.delivery import Mailer
 from server.mail.messages import valid_email
 from server.mail.outbox import Outbox
 from server.routes.pages import page_show, render, show_summary
+from server.routes.recordings import show_recordings
 
 log = logging.getLogger("showroom.schedule")
 
@@ -52,11 +53,10 @@ async def list_shows(app: web.Application) -> list[dict]:
     redis = app[keys.REDIS]
     now = datetime.now(UTC)
     out = []
-    count_replays = app[keys.EXTRA].get("count_replays")
     for show in app[keys.SHOWS].values():
         live, viewers = await presence.read(redis, show.id)
         has_ended = bool(await redis.exists(ended_key(show.id)))
-        replays = int(await count_replays(app, show.id)) if count_replays else 0
+        replays = sum(1 for rec in await show_recordings(redis, show.id) if rec.ended_at)
         out.append(
             {
                 "id": show.id,
