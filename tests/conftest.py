@@ -134,7 +134,14 @@ class RunningApp:
 
     async def stop(self) -> None:
         await self.session.close()
-        await self.runner.cleanup()
+        try:
+            await asyncio.wait_for(self.runner.cleanup(), 30)
+        except TimeoutError:
+            # A shutdown that hangs says where: every task's stack, then the failure.
+            for task in asyncio.all_tasks():
+                print(f"--- task {task.get_name()}", file=sys.stderr)
+                task.print_stack(limit=12, file=sys.stderr)
+            raise
 
 
 async def start_app(

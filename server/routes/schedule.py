@@ -258,8 +258,8 @@ def setup(app: web.Application) -> None:
         task = asyncio.create_task(outbox.run(), name="mail-outbox")
         yield
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 5)
 
     app.cleanup_ctx.append(mail_ctx)
     r = app.router
