@@ -22,6 +22,7 @@ from server.redis_pipelining import CoalescingRedis
 from server.routes import (
     cart,
     chat,
+    cues,
     health,
     media,
     pages,
@@ -56,6 +57,7 @@ ROUTE_MODULES = (
     stats,
     recordings,
     report,
+    cues,
     pages,
     schedule,
 )

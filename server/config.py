@@ -71,6 +71,33 @@ class ChatConfig:
     blocked_words: tuple[str, ...] = ()
 
 
+CUE_ACTIONS = ("feature", "unfeature", "drop", "ticker", "pin")
+
+
+@dataclass(frozen=True)
+class CueConfig:
+    """One step of the run of show (manifest ``[[cues]]``), run by the host's "Next"."""
+
+    action: str  # one of CUE_ACTIONS
+    label: str
+    sku: str | None = None
+    quantity: int = 0  # drop
+    duration_s: int = 0  # drop
+    per_buyer_limit: int = 0  # drop
+    price: Decimal | None = None  # drop price
+    text: str | None = None  # ticker / pin
+
+    def public(self) -> dict:
+        out = {"action": self.action, "label": self.label}
+        for name in ("sku", "quantity", "duration_s", "per_buyer_limit", "text"):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        if self.price is not None:
+            out["price"] = f"{self.price:.2f}"
+        return out
+
+
 @dataclass(frozen=True)
 class EmailConfig:
     """Manifest ``[email]``: SMTP settings. Without them emails are written to files."""
@@ -100,6 +127,7 @@ class ShowConfig:
     description: str = ""
     cover: Path | None = None
     email: EmailConfig | None = None
+    cues: tuple[CueConfig, ...] = ()
 
     def product(self, sku: str) -> ProductConfig | None:
         for p in self.products:
@@ -230,7 +258,17 @@ _PRODUCT_KEYS = {
     "description",
 }
 _PRINTER_KEYS = {"name", "connection", "profile", "paper_mm", "default"}
-_TOP_KEYS = {"show", "products", "printers", "staff", "chat", "email"}
+_TOP_KEYS = {"show", "products", "printers", "staff", "chat", "email", "cues"}
+_CUE_KEYS = {
+    "action",
+    "label",
+    "sku",
+    "quantity",
+    "duration_s",
+    "per_buyer_limit",
+    "price",
+    "text",
+}
 _CHAT_KEYS = {"slow_mode_s", "blocked_words"}
 _STAFF_KEYS = {"password"}
 
@@ -476,11 +514,57 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         manifest_path=path.resolve(),
         pickup_note=pickup_note,
         chat=chat,
+        cues=_cues(path, data.get("cues", []), {p.sku: p for p in products}),
         starts_at=starts_at,
         description=description,
         cover=cover,
         email=_email(path, data.get("email"), env),
     )
+
+
+def _cues(path: Path, data: Any, products: dict[str, ProductConfig]) -> tuple[CueConfig, ...]:
+    cues = []
+    for i, cue in enumerate(_typed(path, "cues", data, list)):
+        where = f"cues[{i}]"
+        _typed(path, where, cue, dict)
+        _unknown(path, where, cue, _CUE_KEYS)
+        action = _req(path, where, cue, "action", str)
+        if action not in CUE_ACTIONS:
+            raise ManifestError(path, f"{where}.action", f"must be one of {', '.join(CUE_ACTIONS)}")
+        sku = cue.get("sku")
+        if action in ("feature", "drop"):
+            sku = _req(path, where, cue, "sku", str)
+            if sku not in products:
+                raise ManifestError(path, f"{where}.sku", f"no product {sku!r} in this show")
+        text = cue.get("text")
+        if action in ("ticker", "pin"):
+            text = _req(path, where, cue, "text", str).strip()
+            if not text or len(text) > 200:
+                raise ManifestError(path, f"{where}.text", "must be 1 to 200 characters")
+        quantity = duration = limit = 0
+        price = None
+        if action == "drop":
+            quantity = _req(path, where, cue, "quantity", int)
+            duration = _req(path, where, cue, "duration_s", int)
+            limit = _typed(path, f"{where}.per_buyer_limit", cue.get("per_buyer_limit", 0), int)
+            if quantity < 1 or not 1 <= duration <= 86400 or limit < 0:
+                raise ManifestError(
+                    path, where, "a drop needs quantity >= 1 and duration_s from 1 to 86400"
+                )
+            if "price" in cue:
+                price = _price(path, f"{where}.price", cue["price"])
+        default_label = {
+            "feature": f"Feature {products[sku].name}" if sku in products else "Feature",
+            "unfeature": "Take the product off screen",
+            "drop": f"Drop: {quantity} x {products[sku].name}" if sku in products else "Drop",
+            "ticker": f"Ticker: {text}",
+            "pin": f"Pin: {text}",
+        }[action]
+        label = _typed(path, f"{where}.label", cue.get("label", default_label), str).strip()
+        cues.append(
+            CueConfig(action, label or default_label, sku, quantity, duration, limit, price, text)
+        )
+    return tuple(cues)
 
 
 def _chat(path: Path, data: Any) -> ChatConfig:

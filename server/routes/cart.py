@@ -438,21 +438,27 @@ async def start_drop(request: web.Request) -> web.Response:
     limit = _int(body, "per_buyer_limit", 0, MAX_QUANTITY, default=0)
     price = _price_cents(body["price"]) if body.get("price") is not None else None
     req = drops.DropRequest(product.sku, quantity, float(duration), limit, price)
+    view = await run_drop(request.app, show, req)
+    return web.json_response({"drop": view}, status=201)
+
+
+async def run_drop(app: web.Application, show: ShowConfig, req: drops.DropRequest) -> dict:
+    """Start a drop (by hand or from the run of show); its live event view."""
     try:
-        drop = await drops.start_drop(_redis(request.app), show.id, req)
+        drop = await drops.start_drop(_redis(app), show.id, req)
     except drops.DropError as exc:
         if exc.code == "drop_active":
             raise conflict("conflict", "A drop is already running in this show.") from None
         if exc.code == "insufficient":
             raise conflict(
-                "sold_out", f"Only {exc.available} units of {product.sku} are in stock."
+                "sold_out", f"Only {exc.available} units of {req.sku} are in stock."
             ) from None
-        raise not_found(f"No stock for {product.sku!r}.") from None
-    com = commerce(request.app)
+        raise not_found(f"No stock for {req.sku!r}.") from None
+    com = commerce(app)
     view = com.drop_event_view(show.id, drop)
-    await request.app[keys.BUS].publish(show.id, {"type": "drop", "drop": view})
-    com.notifier.touch(show.id, product.sku)
-    return web.json_response({"drop": view}, status=201)
+    await app[keys.BUS].publish(show.id, {"type": "drop", "drop": view})
+    com.notifier.touch(show.id, req.sku)
+    return view
 
 
 async def get_drop(request: web.Request) -> web.Response:

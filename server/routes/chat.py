@@ -153,6 +153,28 @@ async def post_pin(request: web.Request) -> web.Response:
     return web.json_response({"pinned": public})
 
 
+async def host_pins(app: web.Application, show: ShowConfig, text: str) -> dict:
+    """The host says ``text`` in chat and pins it (the run of show's "pin" cue)."""
+    store = store_for(app, show)
+    try:
+        message = await store.post(
+            author=rules.host_handle(app[keys.SECRET], show.id),
+            name=None,
+            role="host",
+            text=text,
+            ip="cue",
+            staff=True,
+        )
+        pinned = await store.pin(message.id)
+    except rules.Refused as exc:
+        raise refused(exc) from None
+    await app[keys.BUS].publish(show.id, {"type": "chat", "message": message.public()})
+    public = pinned.public() if pinned else None
+    await apply_pinned(app, show.id, public)
+    await app[keys.BUS].publish(show.id, {"type": "pinned", "message": public})
+    return public or {}
+
+
 async def get_settings(request: web.Request) -> web.Response:
     show = require_role(request, "moderator")
     return web.json_response((await store_for(request.app, show).settings()).public())

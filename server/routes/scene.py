@@ -228,21 +228,26 @@ async def post_ticker(request: web.Request) -> web.Response:
     require_host(request, show)
     body = await read_json(request)
     text = string_or_null(body, "text", "<message>")
+    return web.json_response({"ticker": await set_ticker(request.app, show, text)})
+
+
+async def set_ticker(app: web.Application, show: ShowConfig, text: str | None) -> str | None:
+    """Set (or clear) the ticker, by hand or from the run of show; 400 if too long."""
     if text is not None:
         text = " ".join(text.split())  # one line: newlines and tabs become spaces
         if len(text) > TICKER_MAX_CHARS:
             raise bad_request(f"text is limited to {TICKER_MAX_CHARS} characters.")
         text = text or None
-    redis = request.app[keys.REDIS]
+    redis = app[keys.REDIS]
     if text is None:
         await redis.delete(ticker_key(show.id))
     else:
         await redis.set(ticker_key(show.id), text)
-    sync = syncs(request.app).get(show.id)
+    sync = syncs(app).get(show.id)
     if sync is not None:
         await asyncio.wrap_future(sync.scene.set_ticker(text))
-    await request.app[keys.BUS].publish(show.id, {"type": "ticker", "text": text})
-    return web.json_response({"ticker": text})
+    await app[keys.BUS].publish(show.id, {"type": "ticker", "text": text})
+    return text
 
 
 async def _state_hook(app: web.Application, show: ShowConfig, state: dict) -> None:

@@ -73,7 +73,13 @@ async def feature(request: web.Request) -> web.Response:
     sku = string_or_null(body, "sku", "<sku>")
     if sku is not None and show.product(sku) is None:
         raise not_found(f"No product {sku!r} in this show.")
-    redis = request.app[keys.REDIS]
+    await set_featured(request.app, show, sku)
+    return web.json_response(await show_state(request.app, show))
+
+
+async def set_featured(app: web.Application, show: ShowConfig, sku: str | None) -> None:
+    """Put a product on screen (or none): by hand or from the run of show."""
+    redis = app[keys.REDIS]
     if sku is None:
         await redis.delete(featured_key(show.id))
     else:
@@ -81,10 +87,9 @@ async def feature(request: web.Request) -> web.Response:
     _, viewers = await presence.read(redis, show.id)
     await segments.featured_changed(redis, show.id, sku, int(time.time() * 1000), viewers)
     # e.g. the overlays render the card now, so the next composed frame already shows it
-    for hook in request.app[keys.EXTRA].get("feature_hooks", []):
-        await hook(request.app, show, sku)
-    await request.app[keys.BUS].publish(show.id, {"type": "featured", "sku": sku})
-    return web.json_response(await show_state(request.app, show))
+    for hook in app[keys.EXTRA].get("feature_hooks", []):
+        await hook(app, show, sku)
+    await app[keys.BUS].publish(show.id, {"type": "featured", "sku": sku})
 
 
 async def events(request: web.Request) -> web.StreamResponse:
