@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 
 from checkout import keys, scripts
-from checkout.orders import Order, OrderItem, Status, save_new_order
+from checkout.orders import Order, OrderItem, Status, retention_s, save_new_order
 
 
 def new_order_id() -> str:
@@ -130,7 +130,7 @@ async def expire_due_orders(
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Expire unpaid orders past their deadline; returns (order ids, (show, sku) changed)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    out = await scripts.expire_orders(redis, [keys.ORDERS_PENDING], [now_ms, batch])
+    out = await scripts.expire_orders(redis, [keys.ORDERS_PENDING], [now_ms, batch, retention_s()])
     orders, changed = [], []
     for item in out:
         text = item.decode()
@@ -145,3 +145,33 @@ async def expire_order_now(redis, order_id: str) -> tuple[list[str], list[tuple[
     """Expire one unpaid order at once (e.g. the payment provider refused to create it)."""
     await redis.zadd(keys.ORDERS_PENDING, {order_id: 0})
     return await expire_due_orders(redis, now_ms=int(time.time() * 1000))
+
+
+async def restore_cart(
+    redis, order: Order, hold_seconds: float, drop_hold_seconds: float | None = None
+) -> list[tuple[str, str]]:
+    """Put a pending order's units back in its buyer's cart, held again (the payment
+    could not be created: the buyer retries without losing them); the order expires.
+    Returns the (show, sku) whose units went back to stock instead."""
+    now = int(time.time() * 1000)
+    drop_hold = hold_seconds if drop_hold_seconds is None else min(hold_seconds, drop_hold_seconds)
+    prices = [x for item in order.items for x in (item.sku, item.unit_price_cents)]
+    out = await scripts.restore_cart(
+        redis,
+        [
+            keys.order_stock(order.order_id),
+            keys.cart(order.viewer),
+            keys.HOLDS_EXPIRY,
+            keys.ORDERS_PENDING,
+            f"order:{order.order_id}",
+        ],
+        [
+            order.order_id,
+            now,
+            now + int(hold_seconds * 1000),
+            now + int(drop_hold * 1000),
+            retention_s(),
+            *prices,
+        ],
+    )
+    return [tuple(x.decode().split("|", 1)) for x in out]  # type: ignore[misc]

@@ -10,6 +10,7 @@ print job.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -60,6 +61,21 @@ ORDERS_INDEX = "orders:{show}"  # sorted set: order id by created_at
 
 def order_key(order_id: str) -> str:
     return f"order:{order_id}"
+
+
+def paid_count_key(show: str) -> str:
+    """How many orders of the show were paid (the public sales counter)."""
+    return f"show:{show}:paid_orders"
+
+
+# Finished orders (nothing left to do on the floor) are kept this long, then Redis
+# drops them: SHOWROOM_ORDER_RETENTION_DAYS (default 30).
+FINISHED = frozenset({Status.FULFILLED, Status.EXPIRED, Status.REFUNDED})
+
+
+def retention_s(env: dict[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    return int(float(env.get("SHOWROOM_ORDER_RETENTION_DAYS") or 30) * 86400)
 
 
 @dataclass
@@ -137,6 +153,7 @@ class Order:
         """The ``order`` live event (staff pages, the buyer's status)."""
         return {
             "type": "order",
+            "viewer": self.viewer,  # who may see it (server.events.visible_to); never sent
             "order_id": self.order_id,
             "number": self.number,
             "status": str(status or self.status),
@@ -198,34 +215,41 @@ class PrintJob:
 # --- atomic moves -------------------------------------------------------------------
 
 # KEYS[1] order hash, KEYS[2] notify stream; ARGV: new status, timestamp field name
-# ('' for none), now, packed notification ('' for none), then the allowed previous
-# statuses. Returns the previous status, or an error reply.
+# ('' for none), now, packed notification ('' for none), retention in s (0: keep; a
+# finished order expires after it), then the allowed previous statuses. Returns the
+# previous status, or an error reply.
 _TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return redis.error_reply('not_found') end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'status', ARGV[1])
     if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
     if ARGV[4] ~= '' then redis.call('XADD', KEYS[2], '*', 'job', ARGV[4]) end
+    if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
     return cur
   end
 end
 return redis.error_reply('conflict:' .. cur)
 """
 
-# KEYS[1] order hash, KEYS[2] print stream, KEYS[3] notify stream; ARGV[1] now,
-# ARGV[2] packed job, ARGV[3] payment intent id, ARGV[4] packed notification, then allowed
-# previous statuses. Paid, its print job and the receipt in one step: all or nothing.
+# KEYS[1] order hash, KEYS[2] print stream, KEYS[3] notify stream, KEYS[4] the show's
+# paid-order count, KEYS[5] the order's stock record; ARGV[1] now, ARGV[2] packed job,
+# ARGV[3] payment intent id, ARGV[4] packed notification, ARGV[5] retention (s), then
+# allowed previous statuses. Paid, its print job and the receipt in one step: all or
+# nothing.
 _MARK_PAID_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return redis.error_reply('not_found') end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'status', 'paid', 'paid_at', ARGV[1])
     if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'payment_intent', ARGV[3]) end
     redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
     redis.call('XADD', KEYS[3], '*', 'job', ARGV[4])
+    redis.call('INCR', KEYS[4])
+    -- The units are sold: what the order held is history now.
+    redis.call('EXPIRE', KEYS[5], ARGV[5])
     return cur
   end
 end
@@ -285,6 +309,7 @@ async def transition(redis, order_id: str, new: Status, now: float | None = None
             _TIMESTAMP_FIELD.get(new, ""),
             repr(now),
             _notification(order_id, str(new)) if str(new) in NOTIFY_STATUSES else "",
+            retention_s() if new in FINISHED else 0,
             *_allowed_from(new),
         )
     except Exception as exc:  # redis.ResponseError carries the script's error reply
@@ -305,14 +330,17 @@ async def mark_paid(
     try:
         prev = await redis.eval(
             _MARK_PAID_LUA,
-            3,
+            5,
             order_key(order_id),
             PRINT_STREAM,
             NOTIFY_STREAM,
+            paid_count_key(show),
+            f"orderstock:{order_id}",
             repr(now),
             job,
             payment_intent,
             _notification(order_id, "paid"),
+            retention_s(),
             *_allowed_from(Status.PAID),
         )
     except Exception as exc:
@@ -320,6 +348,24 @@ async def mark_paid(
             raise _parse_error(order_id, exc, "paid") from None
         raise
     return Status(prev.decode() if isinstance(prev, bytes) else prev)
+
+
+async def prune_order_index(redis, show: str, now: float | None = None, batch: int = 500) -> int:
+    """Drop from the show's order index the orders Redis expired (finished orders past
+    their retention); returns how many. Only entries older than the retention can be
+    gone, so only those are looked at."""
+    now = time.time() if now is None else now
+    index = ORDERS_INDEX.format(show=show)
+    old = await redis.zrangebyscore(index, "-inf", now - retention_s(), start=0, num=batch)
+    if not old:
+        return 0
+    pipe = redis.pipeline(transaction=False)
+    for oid in old:
+        pipe.exists(order_key(oid.decode() if isinstance(oid, bytes) else oid))
+    gone = [oid for oid, exists in zip(old, await pipe.execute(), strict=True) if not exists]
+    if gone:
+        await redis.zrem(index, *gone)
+    return len(gone)
 
 
 async def enqueue_reprint(redis, order: Order) -> None:

@@ -8,6 +8,7 @@ derived from the order id so a retried checkout never charges twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ log = logging.getLogger("showroom.checkout")
 
 SANDBOX_SECRET_KEY = "sk_test_showroom_sandbox"
 SANDBOX_PUBLISHABLE_KEY = "pk_test_showroom_sandbox"
+TOTAL_TIMEOUT_S = 10.0  # a Stripe call, retries included, never takes longer
 
 
 @dataclass(frozen=True)
@@ -52,17 +54,29 @@ class PaymentGateway:
         *,
         api_base: str | None = None,
         sandbox: bool = False,
+        total_timeout_s: float = TOTAL_TIMEOUT_S,
     ) -> None:
         self.publishable_key = publishable_key
         self.sandbox = sandbox
         self.api_base = api_base
-        self._http = AIOHTTPClient(timeout=20)
+        self.total_timeout_s = total_timeout_s
+        # One retry of a request that failed on the network, each try bounded; the whole
+        # call (retries and every request of a card payment) by total_timeout_s.
+        self._http = AIOHTTPClient(timeout=max(1.0, total_timeout_s / 2.5))
         self.client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base} if api_base else None,
             http_client=self._http,
-            max_network_retries=2,
+            max_network_retries=1,
         )
+
+    async def _bounded(self, call):
+        """Run ``call`` within total_timeout_s; PaymentUnavailable when Stripe is slower."""
+        try:
+            return await asyncio.wait_for(call, self.total_timeout_s)
+        except TimeoutError:
+            log.warning("Stripe did not answer within %.0f s", self.total_timeout_s)
+            raise PaymentUnavailable(f"no answer within {self.total_timeout_s:.0f} s") from None
 
     async def close(self) -> None:
         await self._http.close_async()
@@ -71,13 +85,15 @@ class PaymentGateway:
         self, order_id: str, amount_cents: int, currency: str, show: str
     ) -> Intent:
         try:
-            pi = await self.client.v1.payment_intents.create_async(
-                params={
-                    "amount": amount_cents,
-                    "currency": currency,
-                    "metadata": {"order_id": order_id, "show": show},
-                },
-                options={"idempotency_key": f"showroom-order-{order_id}"},
+            pi = await self._bounded(
+                self.client.v1.payment_intents.create_async(
+                    params={
+                        "amount": amount_cents,
+                        "currency": currency,
+                        "metadata": {"order_id": order_id, "show": show},
+                    },
+                    options={"idempotency_key": f"showroom-order-{order_id}"},
+                )
             )
         except stripe.StripeError as exc:
             log.warning("PaymentIntent for %s failed: %s", order_id, exc)
@@ -90,6 +106,9 @@ class PaymentGateway:
         Returns the PaymentIntent status; raises PaymentDeclined with Stripe's message.
         The order itself moves when the webhook arrives (the same path as real payments).
         """
+        return await self._bounded(self._pay_with_card(intent_id, card))
+
+    async def _pay_with_card(self, intent_id: str, card: Card) -> str:
         try:
             pm = await self.client.v1.payment_methods.create_async(
                 params={
@@ -123,9 +142,11 @@ class PaymentGateway:
 
     async def refund(self, intent_id: str) -> None:
         try:
-            await self.client.v1.refunds.create_async(
-                params={"payment_intent": intent_id},
-                options={"idempotency_key": f"showroom-refund-{intent_id}"},
+            await self._bounded(
+                self.client.v1.refunds.create_async(
+                    params={"payment_intent": intent_id},
+                    options={"idempotency_key": f"showroom-refund-{intent_id}"},
+                )
             )
-        except stripe.StripeError as exc:
+        except (stripe.StripeError, PaymentUnavailable) as exc:
             log.error("refund of %s failed: %s", intent_id, exc)

@@ -272,7 +272,8 @@ return out
 )
 
 # Orders past their payment deadline (or told to expire now): expired + stock back, once.
-# KEYS: orders pending; ARGV: now_ms, batch -> flat list of {order_id, show, sku...} changed
+# KEYS: orders pending; ARGV: now_ms, batch, retention of the expired order (s)
+# -> flat list of {order_id, show, sku...} changed
 EXPIRE_ORDERS = (
     _GIVE_BACK
     + """
@@ -284,7 +285,10 @@ for _, oid in ipairs(due) do
   local ok = 'order:' .. oid
   local st = redis.call('HGET', ok, 'status')
   if (not st) or st == 'pending_payment' or st == 'payment_failed' then
-    if st then redis.call('HSET', ok, 'status', 'expired') end
+    if st then
+      redis.call('HSET', ok, 'status', 'expired')
+      redis.call('EXPIRE', ok, ARGV[3])
+    end
     local sk = 'orderstock:' .. oid
     local show = redis.call('HGET', sk, '_show')
     local viewer = redis.call('HGET', sk, '_viewer')
@@ -309,6 +313,58 @@ for _, oid in ipairs(due) do
   end
 end
 return changed
+"""
+)
+
+# A pending order whose payment could not be created (Stripe away) goes back into the
+# buyer's cart: its units are held again, not released; the order is expired.
+# KEYS: order stock, cart, holds expiry, orders pending, order hash
+# ARGV: order id, now_ms, hold expiry ms, drop hold expiry ms, retention (s),
+#       then sku, unit price cents pairs -> {"{show}|{sku}" whose units went back to stock}
+# (a sku the cart got again meanwhile: those units are released instead of merged).
+RESTORE_CART = (
+    _GIVE_BACK
+    + """
+if redis.call('HGET', KEYS[5], 'status') ~= 'pending_payment' then return {} end
+local show = redis.call('HGET', KEYS[1], '_show')
+local viewer = redis.call('HGET', KEYS[1], '_viewer')
+if not show then return {} end
+local now = tonumber(ARGV[2])
+local email = redis.call('HGET', KEYS[1], '_email')
+local ipk = viewer_ipk(viewer, show)
+local prices = {}
+for i = 6, #ARGV, 2 do prices[ARGV[i]] = ARGV[i + 1] end
+local other_show = false
+for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(f, 1, #show + 1) ~= show .. '|' then other_show = true end
+end
+local released = {}
+local held = redis.call('HGETALL', KEYS[1])
+for i = 1, #held, 2 do
+  local sku = held[i]
+  if string.sub(sku, 1, 1) ~= '_' then
+    local q, d = string.match(held[i + 1], '^(%d+)|(.*)$')
+    q = tonumber(q)
+    local field = show .. '|' .. sku
+    redis.call('HINCRBY', 'bought:' .. show .. ':' .. viewer, sku, -q)
+    if email then redis.call('HINCRBY', 'bought:' .. show .. ':email:' .. email, sku, -q) end
+    if other_show or redis.call('HEXISTS', KEYS[2], field) == 1 or not prices[sku] then
+      give_back(show, sku, q, d, now)
+      ip_release(ipk, sku, q)
+      table.insert(released, field)
+    else
+      redis.call('HSET', KEYS[2], field, q .. '|' .. prices[sku] .. '|' .. d)
+      local expires = ARGV[3]
+      if d ~= '' then expires = ARGV[4] end
+      redis.call('ZADD', KEYS[3], expires, viewer .. '|' .. field)
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[5], 'status', 'expired')
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+return released
 """
 )
 
@@ -378,5 +434,6 @@ remove_from_cart = Script(REMOVE_FROM_CART)
 reap_holds = Script(REAP_HOLDS)
 checkout = Script(CHECKOUT)
 expire_orders = Script(EXPIRE_ORDERS)
+restore_cart = Script(RESTORE_CART)
 start_drop = Script(START_DROP)
 end_drops = Script(END_DROPS)

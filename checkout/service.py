@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from checkout.catalog import load_catalog
 from checkout.drops import end_due_drops
 from checkout.live import StockNotifier
 from checkout.ordering import expire_due_orders
-from checkout.orders import ORDERS_INDEX, Order, Status, cents_str, load_order
+from checkout.orders import (
+    ORDERS_INDEX,
+    Order,
+    Status,
+    cents_str,
+    load_order,
+    paid_count_key,
+    prune_order_index,
+)
 from checkout.payments import SANDBOX_PUBLISHABLE_KEY, SANDBOX_SECRET_KEY, PaymentGateway
 
 if TYPE_CHECKING:
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("showroom.checkout")
 
 REAP_INTERVAL_S = 0.25
+PRUNE_INTERVAL_S = 60.0  # finished orders Redis dropped leave the show's index
 WEBHOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
 
 Publish = Callable[[str, dict], Awaitable[None]]
@@ -81,6 +91,7 @@ class Commerce:
         self._reaper: asyncio.Task | None = None
         self._closing = asyncio.Event()
         self._webhook_id = f"showroom-{uuid.uuid4().hex[:12]}"
+        self._next_prune = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -92,6 +103,7 @@ class Commerce:
                 self.stripe.publishable_key,
                 api_base=self.stripe.api_base,
                 sandbox=self.stripe.sandbox,
+                total_timeout_s=getattr(self.settings, "stripe_timeout_s", 10.0),
             )
             self.webhook_secret = self.stripe.webhook_secret
             if self.stripe.sandbox:
@@ -166,6 +178,10 @@ class Commerce:
         for show, sku in await end_due_drops(self.redis):
             self.notifier.touch(show, sku)
             await self.publish(show, {"type": "drop", "drop": None})
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+            for show_id in self.shows:
+                await prune_order_index(self.redis, show_id)
 
     # --- views and events --------------------------------------------------------------
     def drop_event_view(self, show_id: str, drop: dict | None) -> dict | None:
@@ -179,7 +195,10 @@ class Commerce:
         return view
 
     async def publish_order(self, order: Order) -> None:
-        await self.publish(order.show, order.event())
+        event = order.event()
+        if order.status == Status.PAID:  # the sales counter everyone may see
+            event["paid_orders"] = int(await self.redis.get(paid_count_key(order.show)) or 0)
+        await self.publish(order.show, event)
 
     async def order_counts(self) -> dict[str, int]:
         counts = {str(s): 0 for s in Status}

@@ -2,7 +2,8 @@
 
 Every call here blocks (sockets, device files), so the worker runs them in a thread.
 ``send`` returns only when the printer has *accepted* every byte: for TCP, when the
-kernel's send queue is empty (the printer's TCP stack acknowledged all of it); for
+kernel's send queue is empty (the printer's TCP stack acknowledged all of it) and the
+printer's status reply (DLE EOT, if it gives them) says it is online; for
 serial and USB device nodes, when the output queue drained. Anything else raises
 ``PrinterError`` with a sentence staff can act on.
 
@@ -35,6 +36,8 @@ TIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # == SIOCOUTQ for sockets
 LPGETSTATUS = 0x060B
 CONNECT_TIMEOUT_S = 3.0
 STATUS_REPLY_S = 0.3
+CONFIRM_S = 3.0  # a printer that answers status must confirm a label within this
+NO_STATUS_WAIT_S = 0.05  # one that never answers: just long enough to see a reset
 
 
 class PrinterError(Exception):
@@ -66,6 +69,10 @@ class Connection:
 class TcpConnection(Connection):
     host: str
     port: int
+    # Whether this printer answers DLE EOT status queries, learnt from its answers: one
+    # that does must confirm every label; one that never does is trusted once its TCP
+    # stack acknowledged the bytes and it kept the connection open.
+    answers_status: bool | None = None
 
     def _connect(self, timeout: float) -> socket.socket:
         try:
@@ -93,33 +100,58 @@ class TcpConnection(Connection):
                     raise PrinterError(f"printer did not take the label within {timeout:.0f} s")
                 time.sleep(pause)
                 pause = min(pause * 2, 0.01)
+            self._confirm(sock, deadline)
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def _confirm(self, sock: socket.socket, deadline: float) -> None:
+        """After the label: ask the printer's status (DLE EOT 1). A label cut mid-send
+        (the printer closed or reset the connection, or went offline) is not printed; a
+        printer that answers status queries must answer this one too."""
+        wait = CONFIRM_S if self.answers_status else NO_STATUS_WAIT_S
+        sock.settimeout(max(0.01, min(wait, deadline - time.monotonic())))
+        try:
+            sock.sendall(RT_STATUS_ONLINE)
+            reply = sock.recv(1)
+        except TimeoutError:
+            if self.answers_status:
+                raise PrinterError("printer did not confirm the label (no status reply)") from None
+            return  # a printer without status replies: the bytes were acknowledged
+        except OSError as exc:
+            raise PrinterError(f"printer dropped the connection mid-label: {_why(exc)}") from None
+        if not reply:
+            raise PrinterError("printer closed the connection before confirming the label")
+        self.answers_status = True
+        _check_online(reply[0])
 
     def probe(self, timeout: float) -> None:
         sock = self._connect(timeout)
         try:
-            _status_query(sock)
+            answered = _status_query(sock)
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
+        if answered is not None:
+            self.answers_status = answered
 
 
-def _status_query(sock: socket.socket) -> None:
-    """ESC/POS real-time status (DLE EOT); printers that do not answer count as online."""
+def _status_query(sock: socket.socket) -> bool | None:
+    """ESC/POS real-time status (DLE EOT); printers that do not answer count as online.
+    Returns whether the printer answered (None: it closed the connection quietly)."""
     sock.settimeout(STATUS_REPLY_S)
     for query, check in ((RT_STATUS_ONLINE, _check_online), (RT_STATUS_PAPER, _check_paper)):
         try:
             sock.sendall(query)
             reply = sock.recv(1)
         except TimeoutError:
-            return
+            return False
         except OSError as exc:
             raise PrinterError(f"printer closed the connection: {_why(exc)}") from None
         if not reply:
-            return
+            return None
         check(reply[0])
+    return True
 
 
 def _check_online(status: int) -> None:

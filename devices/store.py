@@ -7,6 +7,8 @@
 - ``print:done:{entry}`` set: printers that already printed their part of a job, so a
   reclaimed job never prints a part twice.
 - ``print:retry:{printer}``: set by staff to make a waiting printer try again now.
+
+The stream itself keeps only what is not yet acknowledged (``trim_acknowledged``).
 """
 
 from __future__ import annotations
@@ -120,3 +122,34 @@ async def job_counts(redis, stream: str) -> dict[str, int]:
     counts["in_flight"] = max(0, counts["in_flight"] - counts["parked"])
     counts["printed"] = int(await redis.hget(STATS, "printed") or 0)
     return counts
+
+
+def _next_id(entry_id: str) -> str:
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+async def trim_acknowledged(redis, stream: str) -> int:
+    """Drop stream entries every consumer group has acknowledged; returns how many.
+
+    Only entries older than the oldest unacknowledged one (pending in a group, parked
+    jobs included) and already delivered are removed (XTRIM MINID), so a job that is
+    waiting, printing or parked is never lost."""
+    # Not one atomic read, and it need not be: the bound never passes the last entry
+    # delivered when the groups were read, nor the oldest entry pending afterwards.
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except Exception:  # no stream yet
+        return 0
+    if not groups:
+        return 0  # no reader yet: nothing is acknowledged
+    bounds: list[str] = []
+    for g in groups:
+        info = {_s(k): v for k, v in g.items()}
+        name = _s(info["name"])
+        bounds.append(_next_id(_s(info.get("last-delivered-id") or "0-0")))
+        summary = await redis.xpending(stream, name)
+        if summary and summary.get("pending"):
+            bounds.append(_s(summary["min"]))
+    threshold = min(bounds, key=lambda i: tuple(int(x) for x in i.split("-")))
+    return int(await redis.xtrim(stream, minid=threshold, approximate=False))

@@ -66,6 +66,7 @@ class WorkerOptions:
     backoff_max_s: float = 5.0
     probe_interval_s: float = 2.0  # how often a parked printer is tried again
     idle_probe_s: float = 30.0  # status check of an idle printer
+    trim_interval_s: float = 60.0  # acknowledged jobs leave the stream this often
     batch: int = 50
 
     @classmethod
@@ -218,12 +219,18 @@ class PrintWorker:
     # --- reading the stream ----------------------------------------------------------
     async def _read_loop(self) -> None:
         next_claim = 0.0
+        next_trim = time.monotonic() + self.opts.trim_interval_s
         while not self._stopping.is_set():
             try:
                 now = time.monotonic()
                 if now >= next_claim:
                     await self._reclaim()
                     next_claim = now + max(0.2, self.opts.claim_idle_ms / 2000)
+                if now >= next_trim:
+                    next_trim = now + self.opts.trim_interval_s
+                    trimmed = await store.trim_acknowledged(self.redis, PRINT_STREAM)
+                    if trimmed:
+                        log.debug("print stream: %d acknowledged job(s) trimmed", trimmed)
                 block = int(min(1000, max(100, (next_claim - time.monotonic()) * 1000)))
                 reply = await self.redis.xreadgroup(
                     store.GROUP,

@@ -50,6 +50,27 @@ class Services:
     def add(self, service: ManagedProcess) -> None:
         self.started.append(service)
 
+    async def watch(self, interval: float = 0.5) -> None:
+        """Restart an embedded service that died (redis-server killed or crashed): the
+        app reconnects by itself once it is back, with its data from the AOF. Runs on
+        the event loop, i.e. the main thread, so a restarted child still dies with us."""
+        backoff = interval
+        while True:
+            await asyncio.sleep(backoff)
+            backoff = interval
+            for service in self.started:
+                if not service.restart_on_exit or not service.died():
+                    continue
+                code = service.proc.returncode if service.proc else None
+                log.error("embedded %s exited (code %s); restarting it", service.name, code)
+                try:
+                    service.respawn()
+                    await service.wait_ready()
+                    log.info("embedded %s is back", service.name)
+                except Exception as exc:
+                    log.error("embedded %s did not restart: %s", service.name, exc)
+                    backoff = min(5.0, interval * 4)
+
     def stop(self) -> None:
         for service in reversed(self.started):
             log.info("stopping embedded %s", service.name)
@@ -76,6 +97,7 @@ async def serve(
     settings: Settings,
     redis_url: str,
     on_ready: Callable[[str], Awaitable[None]] | None = None,
+    services: Services | None = None,
 ) -> int:
     from server.app import create_app
 
@@ -105,12 +127,15 @@ async def serve(
         print(f"showroom worker {worker} listening on {url} (pid {os.getpid()})", flush=True)
     else:
         print(f"showroom listening on {url}", flush=True)
+    watcher = asyncio.create_task(services.watch()) if services else None
     try:
         if on_ready is not None:
             await on_ready(url)
         await stop.wait()
         log.info("shutting down")
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()
     return 0
 
@@ -179,7 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_url = start_embedded(settings, services)
         if settings.workers > 1:
             return run(supervise(args, settings, redis_url))
-        return run(serve(settings, redis_url))
+        return run(serve(settings, redis_url, services=services))
     finally:
         services.stop()
 

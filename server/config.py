@@ -171,6 +171,7 @@ class Settings:
     stripe_api_base: str | None = None
     stripe_secret_key: str | None = None
     stripe_webhook_secret: str | None = None
+    stripe_timeout_s: float = 10.0  # a Stripe call (retries included) never takes longer
     # Embedded Redis AOF policy: everysec (a machine crash may lose ~1 s) or always.
     redis_appendfsync: str = "everysec"
     # Per-IP limits, so fresh cookies do not get around the per-viewer ones. A venue's
@@ -357,6 +358,12 @@ def _email(path: Path, data: Any, env: dict[str, str]) -> EmailConfig | None:
     )
 
 
+def show_env_name(show_id: str, what: str) -> str:
+    """``SHOWROOM_<SHOW>_<WHAT>``: a per-show secret from the environment (the show id
+    uppercased, anything but letters and digits as ``_``), e.g. SHOWROOM_FRIDAY_DROP_STREAM_KEY."""
+    return f"SHOWROOM_{re.sub(r'[^A-Z0-9]', '_', show_id.upper())}_{what}"
+
+
 def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowConfig:
     """Read and validate one show manifest; raise ManifestError on any problem."""
     path = Path(path)
@@ -381,7 +388,11 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
     title = _req(path, "show", show, "title", str).strip()
     if not title:
         raise ManifestError(path, "show.title", "must not be empty")
-    stream_key = env.get("SHOWROOM_STREAM_KEY") or _req(path, "show", show, "stream_key", str)
+    stream_key = (
+        env.get(show_env_name(show_id, "STREAM_KEY"))
+        or env.get("SHOWROOM_STREAM_KEY")
+        or _req(path, "show", show, "stream_key", str)
+    )
     if len(stream_key) < 4:
         raise ManifestError(path, "show.stream_key", "must be at least 4 characters")
     currency = _req(path, "show", show, "currency", str).lower()

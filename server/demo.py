@@ -69,7 +69,7 @@ def run_demo(args) -> int:
 
         async def main() -> int:
             try:
-                return await serve(settings, redis_url, on_ready=on_ready)
+                return await serve(settings, redis_url, on_ready=on_ready, services=services)
             finally:
                 for proc in _children:
                     with contextlib.suppress(ProcessLookupError):

@@ -6,6 +6,7 @@ in-process imitations.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -56,6 +57,8 @@ class ManagedProcess:
     env: dict[str, str] | None = None
     proc: subprocess.Popen | None = field(default=None, init=False)
     log_path: Path | None = None
+    restart_on_exit = False  # restarted by its owner (cli.Services.watch) if it dies
+    _stopping = False
 
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -73,12 +76,28 @@ class ManagedProcess:
             preexec_fn=_die_with_parent if main else None,  # noqa: PLW1509
         )
 
+    def died(self) -> bool:
+        """It exited without being told to stop."""
+        return bool(self.proc) and self.proc.poll() is not None and not self._stopping
+
+    def respawn(self) -> None:
+        """Start the same command again (same port and data); see ``wait_ready``."""
+        ManagedProcess.start(self)
+
+    async def wait_ready(self, timeout: float = 10) -> None:
+        """Until the restarted service accepts connections (without blocking the loop)."""
+        await asyncio.to_thread(self._wait_ready, timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(10)
 
     def stop(self, timeout: float = 10) -> None:
+        self._stopping = True
         if not self.proc or self.proc.poll() is not None:
             return
         self.proc.terminate()
@@ -125,7 +144,13 @@ class EmbeddedRedis(ManagedProcess):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    restart_on_exit = True
+
+    def _wait_ready(self, timeout: float) -> None:
+        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+
     def start(self, timeout: float = 10) -> None:
+        self._stopping = False
         self.argv = [
             redis_server_binary(),
             "--port",

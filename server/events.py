@@ -33,6 +33,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def visible_to(event: Event, viewer: str | None, staff: bool) -> Event | None:
+    """What one SSE subscriber may see of ``event`` (None: nothing).
+
+    Order events carry the buyer (``viewer``) only to decide this; it is never sent.
+    Staff of the show see every order; a buyer sees their own; everyone else sees only
+    the sales counter (``{"type": "orders", "paid": n}``) when an order is paid."""
+    if event.get("type") != "order":
+        return event
+    owner = event.get("viewer")
+    shown = {k: v for k, v in event.items() if k != "viewer"}
+    if staff or (viewer is not None and owner == viewer):
+        return shown
+    if event.get("status") == "paid" and isinstance(event.get("paid_orders"), int):
+        return {
+            "type": "orders",
+            "show": event.get("show"),
+            "ts": event.get("ts"),
+            "paid": event["paid_orders"],
+        }
+    return None
+
+
 class EventBus:
     def __init__(self, redis) -> None:
         self.redis = redis

@@ -84,7 +84,8 @@ async def test_ready_sits_between_printed_and_fulfilled_and_is_announced(setup):
         assert r.status == 401
     assert (await load_order(redis, order.order_id)).status == Status.PRINTED
 
-    async with s.get("/api/shows/demo/events") as events:
+    # Order events go to the show's staff (and each buyer's own), not to everyone.
+    async with s.get("/api/shows/demo/events", headers=app.auth()) as events:
         async with app.session.post(path, headers=app.auth()) as r:
             assert r.status == 200
             body = await r.json()

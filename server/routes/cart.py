@@ -15,7 +15,7 @@ from aiohttp import web
 from checkout import carts, drops
 from checkout.catalog import set_stock
 from checkout.live import availability
-from checkout.ordering import CheckoutRefused, expire_order_now, place_order
+from checkout.ordering import CheckoutRefused, place_order, restore_cart
 from checkout.orders import Status, TransitionError, cents_str, load_order, transition
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from checkout.service import Commerce
@@ -276,11 +276,17 @@ async def checkout(request: web.Request) -> web.Response:
             order.order_id, order.amount_cents, order.currency, order.show
         )
     except PaymentUnavailable as exc:
-        _, changed = await expire_order_now(redis, order.order_id)
-        for show_id, sku in changed:
+        # The buyer keeps what they held: the units go back into the cart, held again.
+        for show_id, sku in await restore_cart(
+            redis, order, settings.hold_seconds, settings.drop_hold_seconds
+        ):
             com.notifier.touch(show_id, sku)
         raise ApiError(
-            503, "unavailable", f"The payment provider is unavailable ({exc}); try again."
+            503,
+            "unavailable",
+            f"The payment provider is unavailable ({exc}); your items are still in your "
+            "cart, try again in a moment.",
+            {"Retry-After": "5"},
         ) from None
     pipe = redis.pipeline(transaction=True)
     pipe.hset(f"order:{order.order_id}", "payment_intent", intent.id)
@@ -386,7 +392,10 @@ async def sandbox_pay(request: web.Request) -> web.Response:
         raise ApiError(402, "card_declined", exc.message) from None
     except PaymentUnavailable as exc:
         raise ApiError(
-            503, "unavailable", f"The payment provider is unavailable ({exc})."
+            503,
+            "unavailable",
+            f"The payment provider is unavailable ({exc}); try again in a moment.",
+            {"Retry-After": "5"},
         ) from None
     current = await load_order(redis, order.order_id)
     return web.json_response(
@@ -494,8 +503,20 @@ async def _state_hook(app: web.Application, show: ShowConfig, state: dict) -> No
     state["drop"] = commerce(app).drop_event_view(show.id, drop)
 
 
+# Answers with a buyer's cart, orders, name or email: never kept by a browser or proxy
+# cache (a shared computer, a caching proxy on the venue's wifi).
+PERSONAL_PREFIXES = ("/api/cart", "/api/checkout", "/api/orders", "/api/me", "/api/print-jobs")
+
+
+async def _no_store(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith(PERSONAL_PREFIXES):
+        response.headers["Cache-Control"] = "no-store"
+
+
 def setup(app: web.Application) -> None:
     from server.routes.shows import add_state_hook
+
+    app.on_response_prepare.append(_no_store)
 
     async def commerce_ctx(app: web.Application):
         bus = app[keys.BUS]

@@ -10,9 +10,10 @@ import time
 from aiohttp import web
 
 from server import keys, presence, segments
-from server.auth import get_show, require_host
+from server.auth import ensure_viewer, get_show, is_host, require_host, viewer_cookie
 from server.config import ShowConfig
 from server.errors import not_found, read_json, string_or_null
+from server.events import visible_to
 
 SSE_HEARTBEAT_S = 15
 SSE_POLL_S = 1.0
@@ -104,6 +105,10 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     closing: asyncio.Event = request.app[keys.EXTRA]["sse_closing"]
+    # Orders are personal: the buyer's own, all of them for the show's staff. A first
+    # visit gets its viewer cookie here, so its own order events reach it later on.
+    viewer, staff = ensure_viewer(request), is_host(request, show)
+    await viewer_cookie(request, _this(resp))  # sets that cookie before the stream starts
     try:
         await resp.prepare(request)
         await resp.write(b"retry: 2000\n\n")
@@ -123,6 +128,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await resp.write(b": keep-alive\n\n")
                 continue
             idle = 0.0
+            event = visible_to(event, viewer, staff)
+            if event is None:
+                continue
             data = json.dumps(event, separators=(",", ":"), default=str)
             await resp.write(f"data: {data}\n\n".encode())
     except (ConnectionResetError, ConnectionError):
@@ -132,6 +140,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(Exception):
         await resp.write_eof()
     return resp
+
+
+def _this(resp: web.StreamResponse):
+    async def handler(_request: web.Request) -> web.StreamResponse:
+        return resp
+
+    return handler
 
 
 async def _close_event_streams(app: web.Application) -> None:
