@@ -194,6 +194,10 @@ class Session:
                 break
         return max(0.0, (wall_ms - self.started_wall_ms) / 1000)
 
+    def not_yet_recorded(self, wall_ms: int) -> bool:
+        """The frame of ``wall_ms`` is still being encoded (its event came first)."""
+        return bool(self.recent) and wall_ms > self.recent[-1][0]
+
 
 EventFn = Callable[[str, Session, dict], None]
 

@@ -251,6 +251,8 @@ class ShowRuntime:
         if origin and not self.origin:
             self.gate.last_keyframe = float("-inf")
             self.gate.request()
+        if not origin and self.recorder is not None:
+            self.recorder.end()  # the new origin records from here on
         if not origin and self.live:
             # Quietly: the new origin announces the show's state, not this process.
             self.live = False

@@ -5,6 +5,7 @@ and Buy on a clip page adds to the cart and moves that clip's counts (orders too
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import aiohttp
@@ -15,7 +16,7 @@ from media.client import WhipPublisher
 from media.recording import RecordingConfig
 from media.testsrc import TestPatternTrack, ToneTrack
 from tests.conftest import STAFF_PASSWORD, STREAM_KEY, wait_until
-from tests.test_web_support import PHONE, JsErrors, chromium, new_page
+from tests.test_web_support import PHONE, JsErrors, chromium, new_page, staff_login
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,6 +74,8 @@ async def test_replay_card_follows_playback_and_clip_page_sells(
     assert (first["sku"], second["sku"]) == ("MUG-01", "TEE-02")
     async with app.session.get("/api/shows/demo") as r:
         assert (await r.json())["latest_replay"]["page_url"] == rec["page_url"]
+    async with app.session.get("/api/shows") as r:
+        assert [s["replays"] for s in (await r.json())["shows"] if s["id"] == "demo"] == [1]
 
     errors = JsErrors()
     async with chromium(app) as browser:
@@ -148,6 +151,17 @@ async def test_replay_card_follows_playback_and_clip_page_sells(
         await wait_until(ordered, timeout=15, interval=0.3)
         other = next(c for c in clips if c["sku"] == "TEE-02")
         assert (await clip_counts(app, other["id"]))["orders"] == 0
+        await ctx.close()
+
+        # The host page lists the clips with those figures and links the latest replay.
+        ctx, page = await new_page(browser, errors, "host")
+        await staff_login(page, app.url, "/shows/demo/host")
+        row = page.locator(f'#clips tr[data-clip="{mug["id"]}"]')
+        await expect(row).to_contain_text("Stoneware mug")
+        await expect(row.locator("td")).to_have_text(
+            [re.compile("Stoneware mug"), re.compile(r"0:0\d"), "1", "1", "1"]
+        )
+        await expect(page.locator("#rec-latest-link")).to_have_attribute("href", rec["page_url"])
         await ctx.close()
     assert not errors.unexpected(), errors.errors
 

@@ -316,9 +316,13 @@ class ShowRecording:
         elif kind == "drop" and isinstance(event.get("drop"), dict):
             self._drop(event["drop"], int(event.get("media_ts") or now_ms()))
 
-    def _featured(self, sku: str | None, at_ms: int) -> None:
+    def _featured(self, sku: str | None, at_ms: int, tries: int = 0) -> None:
         rec, session = self.record, self.session
         if rec is None or session is None:
+            return
+        if session.not_yet_recorded(at_ms) and tries < 150:  # up to 3 s on a loaded box
+            # The event can overtake its frame's encode: place it on that frame's own pts.
+            asyncio.get_running_loop().call_later(0.02, self._featured, sku, at_ms, tries + 1)
             return
         t = session.media_time(at_ms)
         for chapter in rec.chapters:
@@ -682,10 +686,15 @@ async def _state_hook(app: web.Application, show: ShowConfig, state: dict) -> No
     state["latest_replay"] = latest
 
 
+async def count_replays(app: web.Application, show_id: str) -> int:
+    """Finished recordings of a show (the show list's ``replays``)."""
+    return sum(1 for r in await show_recordings(app[keys.REDIS], show_id) if r.ended_at)
+
+
 async def _feature_hook(app: web.Application, show: ShowConfig, sku: str | None) -> None:
     # The clip of a segment starts at the keyframe at or before the product appears.
-    # Called after the card is rendered: the next composed frame shows it, and is a
-    # keyframe (past the viewers' once-a-second gate: host actions are rare).
+    # The next composed frame is a keyframe (past the viewers' once-a-second gate: host
+    # actions are rare), so the clip starts right where the product appears.
     local = _recordings(app).get(show.id)
     if local is not None and local.recorder.recording:
         local.recorder.keyframe_now()
@@ -758,7 +767,10 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(recordings_ctx)
     add_state_hook(app, _state_hook)
     add_cart_hook(app, on_cart_add)
-    app[keys.EXTRA].setdefault("feature_hooks", []).append(_feature_hook)
+    app[keys.EXTRA]["count_replays"] = count_replays
+    # Before the scene's hook renders the card: the keyframe comes at or just before the
+    # first frame that shows it, never a frame after.
+    app[keys.EXTRA].setdefault("feature_hooks", []).insert(0, _feature_hook)
     r = app.router
     r.add_get("/api/shows/{show}/recordings", list_recordings)
     r.add_get("/api/shows/{show}/clips", list_clips)

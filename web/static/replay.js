@@ -143,10 +143,24 @@ async function buy() {
 $("f-buy").addEventListener("click", buy);
 video.addEventListener("timeupdate", follow);
 video.addEventListener("seeked", follow);
-video.addEventListener("loadeddata", () => {
-  document.body.dataset.firstFrame = String(performance.now());
-  follow();
-});
+video.addEventListener("loadeddata", follow);
+// The first presented frame (ms since navigation), for the replay benchmark.
+if (video.requestVideoFrameCallback) {
+  video.requestVideoFrameCallback(() => (document.body.dataset.firstFrame = String(performance.now())));
+}
+
+// ?t=SECONDS (a link into a chapter): start playing there.
+const startAt = Number(new URLSearchParams(location.search).get("t"));
+if (Number.isFinite(startAt) && startAt > 0) {
+  video.muted = true; // browsers only autoplay muted video
+  const go = () => seek(Math.min(startAt, video.duration || startAt));
+  // The metadata may already be in (a fast connection) before this module runs.
+  if (video.readyState >= 1) go();
+  else video.addEventListener("loadedmetadata", go, { once: true });
+} else if (new URLSearchParams(location.search).has("t")) {
+  video.muted = true;
+  video.play().catch(() => {});
+}
 
 const share = $("share");
 if (share) {
