@@ -13,7 +13,7 @@ import logging
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import auth, cluster, keys
+from server import auth, cluster, keys, nodes
 from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
@@ -54,6 +54,7 @@ ROUTE_MODULES = (
     staff,
     media,
     cluster,
+    nodes,
     stats,
     recordings,
     report,

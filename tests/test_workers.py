@@ -140,6 +140,18 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
         assert relay["frames"] > 0 and relay["latency_ms_p50"] <= 5, relay
         assert relay["latency_ms_p95"] <= 40, relay
 
+        # The nodes: both workers, one of them the origin.
+        auth = {"Authorization": f"Bearer {STAFF_PASSWORD}"}
+
+        async def both_nodes() -> list[dict] | None:
+            async with on[other].get(f"{url}/api/nodes", headers=auth) as r:
+                found = (await r.json())["nodes"]
+            return found if len(found) == 2 and all(n["healthy"] for n in found) else None
+
+        found = await wait_until(both_nodes, 10)
+        assert sorted(n["role"] for n in found) == ["origin", "worker"]
+        assert sum(n["viewers"] for n in found) == 3
+
         # viewers: the total over both workers, from either one, and on /metrics.
         async def total_is_3() -> bool:
             for worker in (0, 1):
@@ -149,7 +161,6 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
             return True
 
         await wait_until(total_is_3, 10)
-        auth = {"Authorization": f"Bearer {STAFF_PASSWORD}"}
         async with on[other].get(f"{url}/metrics", headers=auth) as r:
             assert 'showroom_viewers{show="demo"} 3.0' in await r.text()
 
@@ -345,3 +356,29 @@ async def commerce_works_from_every_worker(url: str) -> list[int]:
     finally:
         for http in on.values():
             await http.close()
+
+
+async def test_nodes_list_a_single_process_too(app):
+    r = await app.session.get("/api/nodes")
+    assert r.status == 401
+
+    async def listed() -> list[dict] | None:
+        async with app.session.get("/api/nodes", headers=app.auth()) as r:
+            found = (await r.json())["nodes"]
+        return found or None
+
+    (node,) = await wait_until(listed, 5)
+    assert node["healthy"] and node["role"] == "worker" and node["viewers"] == 0
+    assert node["url"] == app.settings.base_url
+
+
+def test_workers_option():
+    from server.cli import build_parser
+    from server.workers import worker_count
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3
+    with pytest.raises(ValueError):
+        worker_count("0")
+    args = build_parser().parse_args(["serve", "--manifest", "x.toml"])
+    assert args.workers == 1, "the default is the single process"
