@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from media.client import WhipPublisher
-from media.clips import keyframe_times
+from media.clips import cut_clip, keyframe_times
 from media.testsrc import TestPatternTrack, ToneTrack
 from overlays.layout import make_layout
 from server.embedded import EmbeddedRedis
@@ -224,6 +224,19 @@ def test_two_clips_start_on_a_keyframe_just_before_the_feature_and_show_the_card
         assert np.abs(card - no_card).mean() > 15, "the product card is in the clip's pixels"
         regions.append(card)
     assert np.abs(regions[0] - regions[1]).mean() > 5, "each clip shows its own product"
+
+
+def test_a_clip_is_capped_and_still_starts_on_the_keyframe_before_it(show, tmp_path):
+    chapter = [c for c in show.recordings[0]["chapters"] if c["sku"] == "TEE-02"][0]
+    keys = keyframe_times(recording_path(show))
+    start = chapter["start_s"] + 0.5  # between keyframes
+    cut = cut_clip(recording_path(show), tmp_path / "c.mp4", start, chapter["end_s"], max_s=2.0)
+    before = max(k for k in keys if k <= start + 0.001)
+    assert cut.start_s == pytest.approx(before, abs=0.002) and cut.keyframe_first
+    assert cut.duration_s == pytest.approx(2.0, abs=1.5 / FPS)
+    with av.open(str(tmp_path / "c.mp4")) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    assert abs(frames - 2.0 * FPS) <= 1
 
 
 async def test_range_requests_get_206_and_bad_ranges_416(show):

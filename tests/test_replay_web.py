@@ -102,6 +102,13 @@ async def test_replay_card_follows_playback_and_clip_page_sells(
         t = await page.evaluate("document.getElementById('video').currentTime")
         assert second["start_s"] <= t < second["end_s"]
         await page.screenshot(path=str(artifacts / "replay-phone.png"))
+        # Live stock: the host sells out the tee, and the replay's card says so.
+        async with app.session.post(
+            "/api/shows/demo/stock", json={"sku": "TEE-02", "available": 0}, headers=HOST
+        ) as r:
+            assert r.status == 200, await r.text()
+        await expect(page.locator("#f-buy")).to_be_disabled()
+        await expect(page.locator("#f-buy")).to_have_text("Sold out")
         # ... and back into the first one.
         await page.evaluate(
             f"document.getElementById('video').currentTime = {first['start_s'] + 1}"
