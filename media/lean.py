@@ -34,6 +34,10 @@ keys and SDP. ``LeanSender`` relies on these aiortc internals, all checked by
 - ``RTCIceTransport._connection`` (aioice ``Connection``) and its ``_nominated[1]``
   ``CandidatePair``: ``protocol`` (aioice ``StunProtocol`` with a ``transport``: the
   asyncio datagram transport of the viewer's UDP socket) and ``remote_addr``.
+- pylibsrtp (pinned to 1.0.0, ``PYLIBSRTP_VERSION``; ``SrtpProtector``): a ``Session``'s
+  ``_srtp`` (``srtp_t *``), ``_cdata`` (its 1500-byte ``char[]``) and ``_buffer``, and
+  ``pylibsrtp._binding.lib.srtp_protect``. ``Session.protect`` allocates a C ``int`` per
+  call and costs ~0.8 us more per packet than calling libsrtp on the session's own buffer.
 - ``aiortc.rtp``: ``RtcpRrPacket``, ``RtcpSrPacket``, ``RtcpPsfbPacket``,
   ``RtcpRtpfbPacket``, ``unpack_remb_fci``, the RTCP_* constants; ``aiortc.clock``'s
   ``current_ntp_time``.
@@ -53,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
@@ -68,12 +73,15 @@ from aiortc.rtp import (
     RtcpSrPacket,
     unpack_remb_fci,
 )
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
 
 from media.fanout import JOIN_KEYFRAME_MAX_AGE_MS, Entry, Fanout
 
 log = logging.getLogger("showroom.media.lean")
 
 AIORTC_VERSION = "1.16.0"  # the internals listed above were checked against this release
+PYLIBSRTP_VERSION = "1.0.0"
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -103,6 +111,34 @@ def header_extensions(mid_id: int, mid: bytes, abs_id: int, abs_send_time: int) 
         return b""
     elements += b"\x00" * (-len(elements) % 4)
     return struct.pack("!HH", 0xBEDE, len(elements) // 4) + elements
+
+
+class SrtpProtector:
+    """``Session.protect`` without its per-call allocation: libsrtp protects in place in
+    the session's own buffer (pylibsrtp internals, see the module docstring)."""
+
+    MAX_PACKET = 1500 - 16 - 128  # room for the SRTP tag and MKI, as pylibsrtp keeps
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self.session = session  # keeps the C session alive
+        self._srtp = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._len = srtp_ffi.new("int *")
+        self._protect = srtp_lib.srtp_protect
+
+    def __call__(self, packet: bytes) -> bytes:
+        n = len(packet)
+        if n > self.MAX_PACKET:
+            raise ValueError("packet is too long")
+        length = self._len
+        length[0] = n
+        buffer = self._buffer
+        buffer[0:n] = packet
+        rc = self._protect(self._srtp, self._cdata, length)
+        if rc:
+            raise pylibsrtp.Error(f"srtp_protect failed ({rc})")
+        return buffer[0 : length[0]]
 
 
 @dataclass
@@ -181,7 +217,7 @@ class LeanSender:
         self.b0 = 0x90 if (self.profile[0] and mid) or self.profile[2] else 0x80
         self.cname = (parameters.rtcp.cname or "").encode()
         self.dtls = self.sender.transport
-        self.protect = self.dtls._tx_srtp.protect
+        self.protect = SrtpProtector(self.dtls._tx_srtp)
         # RTCP for our SSRC (RR, NACK, PLI/FIR, REMB, TWCC) now comes to _handle_rtcp_packet.
         self.dtls._register_rtp_sender(self, parameters)
         if not self._resolve_socket():
@@ -231,10 +267,11 @@ class LeanSender:
         self._close_socket()
 
     # --- hot path ------------------------------------------------------------------------
-    def send_entry(self, entry: Entry, ext: bytes, nbytes: int) -> bool:
-        """Send one shared entry (a frame's payloads). False when the socket is full: the
-        rest of the frame counts as lost (NACK-able) and the caller skips this viewer."""
-        payloads = entry.payloads
+    def send_entry(self, entry: Entry, tails: list[bytes], nbytes: int) -> bool:
+        """Send one shared entry. ``tails``: its payloads behind the header extensions of
+        this viewer's profile, built once per frame for all viewers alike. False when the
+        socket is full: the rest of the frame counts as lost (NACK-able) and the caller
+        skips this viewer ahead."""
         ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
         seq = self.seq
         pos = self.hist_pos
@@ -244,17 +281,14 @@ class LeanSender:
         b0, pt, ssrc, protect, addr = self.b0, self.pt, self._ssrc, self.protect, self.addr
         sendto = self.sock.sendto
         pack = _HEADER.pack
-        last = len(payloads) - 1
+        last = len(tails) - 1
         self.seq = (seq + last + 1) & 0xFFFF
         self.packets += last + 1
         self.octets += nbytes
         try:
-            for i, payload in enumerate(payloads):
+            for i, tail in enumerate(tails):
                 sendto(
-                    protect(
-                        pack(b0, pt | 0x80 if i == last else pt, seq, ts, ssrc) + ext + payload
-                    ),
-                    addr,
+                    protect(pack(b0, pt | 0x80 if i == last else pt, seq, ts, ssrc) + tail), addr
                 )
                 seq = (seq + 1) & 0xFFFF
         except OSError:  # BlockingIOError: the socket buffer is full
@@ -412,7 +446,8 @@ class Broadcast:
                     ext = self.ext_for(viewer.profile)
                     for entry in list(f.ring):
                         if kf.seq <= entry.seq < self.next_seq and entry.payloads:
-                            viewer.send_entry(entry, ext, sum(map(len, entry.payloads)))
+                            tails = [ext + p for p in entry.payloads]
+                            viewer.send_entry(entry, tails, sum(map(len, entry.payloads)))
             else:
                 self.request_keyframe("join")
         self.viewers.append(viewer)
@@ -481,7 +516,7 @@ class Broadcast:
             return
         self._abs_send_time = (current_ntp_time() >> 14) & 0x00FFFFFF
         self._ext.clear()
-        ext_for = self.ext_for
+        tails_by_profile: dict[tuple[int, bytes, int], list[bytes]] = {}
         keyframe = entry.keyframe
         nbytes = sum(map(len, payloads))
         lagging = None
@@ -490,7 +525,11 @@ class Broadcast:
                 if not keyframe:
                     continue
                 viewer.waiting = False
-            if not viewer.send_entry(entry, ext_for(viewer.profile), nbytes):
+            tails = tails_by_profile.get(viewer.profile)
+            if tails is None:
+                ext = self.ext_for(viewer.profile)
+                tails = tails_by_profile[viewer.profile] = [ext + p for p in payloads]
+            if not viewer.send_entry(entry, tails, nbytes):
                 (lagging := lagging or []).append(viewer)
         self.last_ts, self.last_ts_at = entry.timestamp, time.monotonic()
         self.entries_sent += 1

@@ -18,7 +18,7 @@ from pylibsrtp import Policy, Session
 
 from media.client import WhepPlayer, WhipPublisher
 from media.fanout import Fanout
-from media.lean import AIORTC_VERSION, Broadcast, LeanSender
+from media.lean import AIORTC_VERSION, PYLIBSRTP_VERSION, Broadcast, LeanSender, SrtpProtector
 from media.testsrc import TestPatternTrack, ToneTrack
 from server import keys
 from tests.conftest import STREAM_KEY, wait_until
@@ -236,7 +236,8 @@ def offline_sender(broadcast: Broadcast, peer: UnixPeer) -> LeanSender:
     )
     lean = LeanSender(RTCRtpSender("video", dtls), broadcast)
     lean.pt, lean.profile, lean.b0 = 102, (1, b"0", 3), 0x90
-    lean.protect = Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)).protect
+    session = Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    lean.protect = SrtpProtector(session)
     lean.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     lean.sock.setblocking(False)
     lean.addr = peer.path
@@ -331,6 +332,7 @@ async def test_aiortc_internals_the_lean_path_relies_on():
     assert "send_data" in dir(aioice.ice.StunProtocol)
     # libsrtp sessions as aiortc builds them: protect / protect_rtcp.
     assert {"protect", "protect_rtcp"} <= set(dir(Session))
+
     # RTCP parsing and the constants the sender handles.
     assert (rtp.RTCP_RTPFB_NACK, rtp.RTCP_PSFB_PLI, rtp.RTCP_PSFB_FIR, rtp.RTCP_PSFB_APP) == (
         1, 1, 4, 15,
@@ -344,3 +346,24 @@ async def test_aiortc_internals_the_lean_path_relies_on():
     remb = b"REMB" + bytes([1, 0x0C, 0x35, 0x00]) + struct.pack("!I", 42)
     bitrate, ssrcs = rtp.unpack_remb_fci(remb)
     assert ssrcs == [42] and bitrate > 0
+
+
+def test_pylibsrtp_internals_the_lean_protector_relies_on():
+    """SrtpProtector calls libsrtp on a Session's own buffer: same bytes as protect()."""
+    import pylibsrtp
+
+    assert pylibsrtp.__version__ == PYLIBSRTP_VERSION, (
+        f"pylibsrtp {pylibsrtp.__version__}: media/lean.py's SrtpProtector was checked "
+        f"against {PYLIBSRTP_VERSION}; re-check Session._srtp/_cdata/_buffer"
+    )
+    key = os.urandom(30)
+    ours = SrtpProtector(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)))
+    theirs = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    for seq in range(1, 6):
+        packet = struct.pack("!BBHII", 0x80, 102, seq, 9000 * seq, 1234) + os.urandom(1100)
+        protected = ours(packet)
+        assert protected == theirs.protect(packet)
+        assert rx.unprotect(protected) == packet
+    with pytest.raises(ValueError):
+        ours(b"\x80" * 1400)

@@ -1,0 +1,287 @@
+"""A load generator that holds hundreds of WebRTC viewers in one process.
+
+    python -m load_tests.lean_viewers --sample BASE_URL [--show demo] [--count 2]
+
+(the ``--sample`` form runs decoding viewers in their own process and prints one JSON
+line a second: decoded video frames, audio frames and frame sizes so far).
+
+Each viewer is a real aiortc peer: it offers over WHEP, completes ICE and DTLS, and keeps
+answering ICE consent checks and sending RTCP receiver reports. Once connected, its UDP
+socket's datagrams go to a ``Counter`` first: RTP packets are counted (packets, bytes,
+and loss from the sequence numbers, which SRTP leaves in the clear) and dropped there,
+without decrypting; STUN, DTLS and RTCP still go to aiortc. A few ``sample`` viewers keep
+aiortc's whole receive path (SRTP, jitter buffer, H.264 decode) to prove the picture.
+
+The publisher replays a pre-encoded loop of a moving-noise pattern, so publishing costs
+this process almost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection
+
+from load_tests.rtc_peers import test_pattern
+from media.client import WhepPlayer, delete_session, negotiate, prefer_codec
+from media.encoders import VideoEncoder
+
+VIDEO_CLOCK = fractions.Fraction(1, 90000)
+
+
+class LoopedVideo(MediaStreamTrack):
+    """``seconds`` of moving bars + noise, encoded once at the show's bitrate, replayed."""
+
+    kind = "video"
+
+    def __init__(self, width: int, height: int, fps: int, kbps: int, seconds: float = 2.0):
+        super().__init__()
+        self.fps = fps
+        encoder = VideoEncoder("H264", width, height, fps, kbps)
+        self.packets: list[av.Packet] = []
+        for i, data in enumerate(test_pattern(width, height, int(seconds * fps))):
+            frame = av.VideoFrame.from_ndarray(data, format="yuv420p")
+            for enc in encoder.encode(frame, i * 90000 // fps, i == 0):
+                self.packets.append(enc.packet)
+        self.bytes_per_loop = sum(p.size for p in self.packets)
+        self.n = 0
+        self._start: float | None = None
+
+    @property
+    def kbps(self) -> float:
+        return self.bytes_per_loop * 8 / (len(self.packets) / self.fps) / 1000
+
+    async def recv(self) -> av.Packet:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        delay = self._start + self.n / self.fps - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packet = self.packets[self.n % len(self.packets)]
+        packet.pts = self.n * 90000 // self.fps
+        packet.time_base = VIDEO_CLOCK
+        self.n += 1
+        return packet
+
+
+class Counter(asyncio.DatagramProtocol):
+    """Counts a viewer's RTP packets before aiortc would see them; passes the rest on."""
+
+    def __init__(self, inner: asyncio.DatagramProtocol, shared: Counter | None = None) -> None:
+        self.inner = inner
+        self.totals = shared or self  # one viewer's sockets count into one place
+        self.packets = 0
+        self.bytes = 0
+        self.lost = 0
+        self.last: dict[bytes, int] = {}
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if 127 < data[0] < 192 and not 191 < data[1] < 224:  # SRTP, not SRTCP
+            t = self.totals
+            t.packets += 1
+            t.bytes += len(data)
+            seq = (data[2] << 8) | data[3]
+            ssrc = data[8:12]
+            last = t.last.get(ssrc)
+            if last is not None:
+                gap = (seq - last) & 0xFFFF
+                if gap == 0 or gap > 0x8000:  # a duplicate or a late packet
+                    return
+                t.lost += gap - 1
+            t.last[ssrc] = seq
+            return
+        self.inner.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.inner.error_received(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+
+def count_instead_of_aiortc(pc: RTCPeerConnection) -> Counter:
+    """Put one ``Counter`` in front of every UDP socket of ``pc``'s ICE connection (the
+    server may send on any pair that succeeded), with room for a keyframe's burst."""
+    counter: Counter | None = None
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            transport = protocol.transport
+            if isinstance(transport.get_protocol(), Counter):
+                continue
+            with contextlib.suppress(OSError, AttributeError):
+                transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
+                )
+            wrapper = Counter(protocol, counter)
+            counter = counter or wrapper
+            transport.set_protocol(wrapper)
+    assert counter is not None, "no ICE sockets"
+    return counter
+
+
+@dataclass
+class LeanViewer:
+    pc: RTCPeerConnection
+    location: str
+    counter: Counter
+    join_s: float = 0.0
+
+
+@dataclass
+class Crowd:
+    """All viewers of one run, joined in batches."""
+
+    base: str
+    show: str
+    viewers: list[LeanViewer] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    async def add(self, http: aiohttp.ClientSession, count: int, parallel: int = 12) -> None:
+        gate = asyncio.Semaphore(parallel)
+
+        async def one() -> None:
+            async with gate:
+                try:
+                    self.viewers.append(await self._join(http))
+                except Exception as exc:  # noqa: BLE001 - a failed join is a figure
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    async def _join(self, http: aiohttp.ClientSession) -> LeanViewer:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        prefer_codec(pc, "video", "video/H264")
+        connected = asyncio.get_running_loop().create_future()
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState in ("connected", "failed") and not connected.done():
+                connected.set_result(pc.connectionState)
+
+        t0 = time.monotonic()
+        location = await negotiate(http, pc, f"{self.base}/whep/{self.show}")
+        async with asyncio.timeout(20):
+            state = await connected
+        if state != "connected":
+            await pc.close()
+            raise ConnectionError("ICE/DTLS failed")
+        # aiortc's receivers now wait for RTP that never reaches them; that is fine.
+        counter = count_instead_of_aiortc(pc)
+        return LeanViewer(pc, location, counter, time.monotonic() - t0)
+
+    def totals(self) -> tuple[int, int, int]:
+        """(packets, bytes, lost) over the counting viewers."""
+        p = b = lost = 0
+        for v in self.viewers:
+            if v.counter is not None:
+                p += v.counter.packets
+                b += v.counter.bytes
+                lost += v.counter.lost
+        return p, b, lost
+
+    def per_viewer(self) -> list[tuple[int, int]]:
+        return [(v.counter.packets, v.counter.bytes) for v in self.viewers if v.counter]
+
+    async def close(self, http: aiohttp.ClientSession) -> None:
+        everyone = self.viewers
+        gate = asyncio.Semaphore(32)
+
+        async def one(v: LeanViewer) -> None:
+            async with gate:
+                await delete_session(http, v.location)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(v.pc.close(), 5)
+
+        await asyncio.gather(*(one(v) for v in everyone))
+        self.viewers = []
+
+
+class Samples:
+    """Decoding viewers in a child process (their decode load and frame queues stay out
+    of the counting process); ``latest`` is their newest report."""
+
+    def __init__(self, base: str, show: str, count: int) -> None:
+        self.base, self.show, self.count = base, show, count
+        self.proc: asyncio.subprocess.Process | None = None
+        self.latest: dict = {"frames": 0, "audio": 0, "sizes": [], "joined": 0}
+        self._reader: asyncio.Task | None = None
+
+    async def start(self, within_s: float = 30) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "load_tests.lean_viewers", "--sample", self.base,
+            "--show", self.show, "--count", str(self.count),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._read())
+        end = time.monotonic() + within_s
+        while self.latest["joined"] < self.count and time.monotonic() < end:
+            await asyncio.sleep(0.2)
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.latest = json.loads(line)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 15)
+            if self.proc.returncode is None:
+                self.proc.kill()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+async def run_samples(base: str, show: str, count: int) -> None:
+    async with aiohttp.ClientSession() as http:
+        players = [
+            WhepPlayer(f"{base}/whep/{show}", audio=True, codec="H264") for _ in range(count)
+        ]
+        joined = 0
+        try:
+            for player in players:
+                await player.start(http)
+                await player.wait_first_frame(20)
+                joined += 1
+            while True:
+                report = {
+                    "joined": joined,
+                    "frames": sum(p.stats.video_frames for p in players),
+                    "audio": sum(p.stats.audio_frames for p in players),
+                    "sizes": sorted({f"{w}x{h}" for p in players for w, h in p.stats.sizes}),
+                }
+                print(json.dumps(report), flush=True)
+                await asyncio.sleep(1.0)
+        finally:
+            for player in players:
+                await player.close(http)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="decoding sample viewers")
+    p.add_argument("--sample", required=True, metavar="BASE_URL")
+    p.add_argument("--show", default="demo")
+    p.add_argument("--count", type=int, default=2)
+    args = p.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_samples(args.sample, args.show, args.count))
+
+
+if __name__ == "__main__":
+    main()
