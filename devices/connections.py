@@ -37,7 +37,7 @@ LPGETSTATUS = 0x060B
 CONNECT_TIMEOUT_S = 3.0
 STATUS_REPLY_S = 0.3
 CONFIRM_S = 3.0  # a printer that answers status must confirm a label within this
-NO_STATUS_WAIT_S = 0.05  # one that never answers: just long enough to see a reset
+NO_STATUS_WAIT_S = 0.005  # one that never answers: just long enough to see a close
 
 
 class PrinterError(Exception):
@@ -109,8 +109,13 @@ class TcpConnection(Connection):
         """After the label: ask the printer's status (DLE EOT 1). A label cut mid-send
         (the printer closed or reset the connection, or went offline) is not printed; a
         printer that answers status queries must answer this one too."""
+        # A reset that emptied our send queue (the printer dropped the connection with
+        # bytes unread) is already recorded on the socket: no need to wait for it.
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise PrinterError(f"printer dropped the connection mid-label: {os.strerror(error)}")
         wait = CONFIRM_S if self.answers_status else NO_STATUS_WAIT_S
-        sock.settimeout(max(0.01, min(wait, deadline - time.monotonic())))
+        sock.settimeout(max(0.001, min(wait, deadline - time.monotonic())))
         try:
             sock.sendall(RT_STATUS_ONLINE)
             reply = sock.recv(1)

@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from checkout import text
 from media.recording import RecordingConfig
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -358,6 +359,17 @@ def _email(path: Path, data: Any, env: dict[str, str]) -> EmailConfig | None:
     )
 
 
+def _printable(path: Path, name: str, value: str) -> str:
+    """Text that is printed on labels and drawn on the video: no control or format
+    characters (checkout.text), which a printer would take as commands."""
+    bad = text.unsafe_char(value)
+    if bad is not None:
+        raise ManifestError(
+            path, name, f"contains a control or formatting character ({text.describe(bad)})"
+        )
+    return value
+
+
 def show_env_name(show_id: str, what: str) -> str:
     """``SHOWROOM_<SHOW>_<WHAT>``: a per-show secret from the environment (the show id
     uppercased, anything but letters and digits as ``_``), e.g. SHOWROOM_FRIDAY_DROP_STREAM_KEY."""
@@ -385,7 +397,7 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         raise ManifestError(
             path, "show.id", "must be a URL slug: lowercase letters, digits and dashes"
         )
-    title = _req(path, "show", show, "title", str).strip()
+    title = _printable(path, "show.title", _req(path, "show", show, "title", str).strip())
     if not title:
         raise ManifestError(path, "show.title", "must not be empty")
     stream_key = (
@@ -398,8 +410,10 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
     currency = _req(path, "show", show, "currency", str).lower()
     if not re.fullmatch(r"[a-z]{3}", currency):
         raise ManifestError(path, "show.currency", f"must be a 3-letter ISO code, got {currency!r}")
-    pickup_note = _typed(
-        path, "show.pickup_note", show.get("pickup_note", "Pick up at the counter"), str
+    pickup_note = _printable(
+        path,
+        "show.pickup_note",
+        _typed(path, "show.pickup_note", show.get("pickup_note", "Pick up at the counter"), str),
     )
 
     starts_at = _starts_at(path, show["starts_at"]) if "starts_at" in show else None
@@ -463,7 +477,7 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
             )
         if any(p.sku == sku for p in products):
             raise ManifestError(path, f"{where}.sku", f"duplicate sku {sku!r}")
-        name = _req(path, where, pdata, "name", str).strip()
+        name = _printable(path, f"{where}.name", _req(path, where, pdata, "name", str).strip())
         if not name:
             raise ManifestError(path, f"{where}.name", "must not be empty")
         if "price" not in pdata:

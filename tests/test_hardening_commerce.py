@@ -262,3 +262,19 @@ async def test_nested_json_and_bad_content_encoding_are_400_json(shop, caplog):
             assert r.status == 200, await r.text()
     assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"
     assert not [rec for rec in caplog.records if "unhandled" in rec.getMessage()]
+
+
+def test_manifest_text_with_control_characters_is_refused(tmp_path):
+    from server.config import ManifestError, load_manifest
+    from tests.conftest import manifest_text
+
+    for needle, bad in (
+        ('name = "Stoneware mug"', 'name = "Stoneware mug\\u001bp\\u0000"'),
+        ('title = "Test Show demo"', 'title = "Test \\u202eShow"'),
+    ):
+        text = manifest_text("demo")
+        assert needle in text
+        path = tmp_path / "bad.toml"
+        path.write_text(text.replace(needle, bad))
+        with pytest.raises(ManifestError, match="control or formatting"):
+            load_manifest(path, {})
