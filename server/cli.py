@@ -203,13 +203,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         redis_url = start_embedded(settings, services)
         if settings.workers > 1:
-            return run(supervise(args, settings, redis_url))
+            return run(supervise(args, settings, redis_url, services))
         return run(serve(settings, redis_url, services=services))
     finally:
         services.stop()
 
 
-async def supervise(args: argparse.Namespace, settings: Settings, redis_url: str) -> int:
+async def supervise(
+    args: argparse.Namespace,
+    settings: Settings,
+    redis_url: str,
+    services: Services | None = None,
+) -> int:
     from server.workers import Supervisor
 
     env = dict(os.environ)
@@ -217,7 +222,12 @@ async def supervise(args: argparse.Namespace, settings: Settings, redis_url: str
         env["STRIPE_API_BASE"] = settings.stripe_api_base  # the sandbox this parent started
     url = f"http://{settings.host}:{settings.port}"
     supervisor = Supervisor(args.raw_argv, settings.workers, url, redis_url, env)
-    return await supervisor.run(_stop_event())
+    watcher = asyncio.create_task(services.watch()) if services else None  # embedded Redis
+    try:
+        return await supervisor.run(_stop_event())
+    finally:
+        if watcher is not None:
+            watcher.cancel()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
