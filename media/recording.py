@@ -56,6 +56,7 @@ class RecordingConfig:
     keyframe_s: float = 2.0
     fragment_s: float = 1.0
     clip_max_s: float = 60.0
+    teaser: bool = False  # a 9:16 teaser of each clip, encoded on a background thread
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> RecordingConfig:
@@ -80,6 +81,7 @@ class RecordingConfig:
             idle_s=num("SHOWROOM_RECORDING_IDLE_S", cls.idle_s),
             keyframe_s=max(0.5, num("SHOWROOM_RECORDING_KEYFRAME_S", cls.keyframe_s)),
             clip_max_s=max(1.0, num("SHOWROOM_CLIP_MAX_S", cls.clip_max_s)),
+            teaser=env.get("SHOWROOM_CLIP_TEASER", "0").lower() in ("1", "on", "true", "yes"),
         )
 
 

@@ -29,7 +29,11 @@ pytestmark = pytest.mark.timeout(120)
 W, H, FPS = 640, 360, 30
 IDLE_S = 1.0
 HOST = {"Authorization": f"Bearer {STAFF_PASSWORD}"}
-ENV = {"SHOWROOM_RECORDING_IDLE_S": str(IDLE_S), "SHOWROOM_CLIP_MAX_S": "30"}
+ENV = {
+    "SHOWROOM_RECORDING_IDLE_S": str(IDLE_S),
+    "SHOWROOM_CLIP_MAX_S": "30",
+    "SHOWROOM_CLIP_TEASER": "1",
+}
 
 
 @dataclass
@@ -89,7 +93,8 @@ async def run_show(show: Show) -> None:
             recs = (await get_json(http, f"{show.url}/api/shows/demo/recordings"))["recordings"]
             clips = (await get_json(http, f"{show.url}/api/shows/demo/clips"))["clips"]
             if recs and recs[0]["ended_at"] and len(clips) == 2:
-                return recs, clips
+                if all(c["teaser_url"] for c in clips):
+                    return recs, clips
             return None
 
         show.recordings, show.clips = await poll(finished, 15)
@@ -224,6 +229,21 @@ def test_two_clips_start_on_a_keyframe_just_before_the_feature_and_show_the_card
         assert np.abs(card - no_card).mean() > 15, "the product card is in the clip's pixels"
         regions.append(card)
     assert np.abs(regions[0] - regions[1]).mean() > 5, "each clip shows its own product"
+
+
+async def test_each_clip_has_a_vertical_teaser(show):
+    async with aiohttp.ClientSession(show.url) as http:
+        for clip in show.clips:
+            async with http.get(clip["teaser_url"]) as r:
+                assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
+                body = await r.read()
+            path = show.data_dir / "clips" / "demo" / f"{clip['id']}-teaser.mp4"
+            assert path.read_bytes() == body
+            with av.open(str(path)) as c:
+                v = c.streams.video[0]
+                assert (v.codec_context.width, v.codec_context.height) == (720, 1280)
+                assert c.streams.audio
+                assert c.duration / 1e6 == pytest.approx(clip["duration_s"], abs=0.1)
 
 
 def test_a_clip_is_capped_and_still_starts_on_the_keyframe_before_it(show, tmp_path):

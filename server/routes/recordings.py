@@ -32,6 +32,7 @@ from pathlib import Path
 from aiohttp import web
 
 from checkout.orders import load_order
+from media import teaser
 from media.clips import CutError, cut_clip
 from media.recording import Recorder, Session, probe_duration
 from server import keys
@@ -151,6 +152,7 @@ class ClipRecord:
     feature_start_s: float  # recording time the product came on screen
     segment_end_ms: int  # wall ms the segment ended
     ready_at: int  # wall ms the clip file was ready
+    teaser: str | None = None  # its 9:16 teaser (relative to the data dir), once made
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -171,6 +173,7 @@ class ClipRecord:
             "page_url": f"/clips/{self.id}",
             "ready_at": self.ready_at,
             "ready_after_s": round((self.ready_at - self.segment_end_ms) / 1000, 3),
+            "teaser_url": f"/media/clips/{self.id}/teaser.mp4" if self.teaser else None,
             "views": counts.get("views", 0),
             "add_to_carts": counts.get("add_to_carts", 0),
             "orders": counts.get("orders", 0),
@@ -428,6 +431,20 @@ class ShowRecording:
             (clip.ready_at - clip.segment_end_ms) / 1000,
         )
         await self.publish({"type": "clip", "clip": clip.public({})})
+        if self.config.teaser:
+            await self._make_teaser(clip, target)
+
+    async def _make_teaser(self, clip: ClipRecord, source: Path) -> None:
+        target = source.with_name(f"{clip.id}-teaser.mp4")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(teaser.EXECUTOR, teaser.make_teaser, source, target)
+        except Exception:
+            log.exception("show %s: teaser of clip %s failed", self.show.id, clip.id)
+            return
+        clip.teaser = target.relative_to(self.data_dir).as_posix()
+        with contextlib.suppress(Exception):
+            await self.redis.set(clip_key(clip.id), clip.to_json())
 
     # --- housekeeping --------------------------------------------------------------------
     async def heartbeat(self) -> None:
@@ -510,8 +527,10 @@ async def sweep_retention(app: web.Application, now: int | None = None) -> int:
         for raw_id in await redis.zrange(clips_key(show_id), 0, -1):
             clip = await load_clip(redis, raw_id.decode())
             if clip is not None and clip.recording_id in doomed:
-                with contextlib.suppress(FileNotFoundError):
-                    (data_dir / clip.file).unlink()
+                for rel in (clip.file, clip.teaser):
+                    if rel:
+                        with contextlib.suppress(FileNotFoundError):
+                            (data_dir / rel).unlink()
                 await redis.delete(clip_key(clip.id), counts_key(clip.id))
                 await redis.zrem(clips_key(show_id), clip.id)
     if removed:
@@ -580,6 +599,16 @@ async def clip_file(request: web.Request) -> web.StreamResponse:
     path = Path(request.app[keys.SETTINGS].data_dir) / clip.file if clip is not None else None
     if path is None or not path.exists():
         raise web.HTTPNotFound(text="No such clip.")
+    return _file_response(path)
+
+
+async def teaser_file(request: web.Request) -> web.StreamResponse:
+    clip = await load_clip(request.app[keys.REDIS], request.match_info["id"])
+    if clip is None or clip.teaser is None:
+        raise web.HTTPNotFound(text="No teaser for this clip.")
+    path = Path(request.app[keys.SETTINGS].data_dir) / clip.teaser
+    if not path.exists():
+        raise web.HTTPNotFound(text="No teaser for this clip.")
     return _file_response(path)
 
 
@@ -776,5 +805,6 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/shows/{show}/clips", list_clips)
     r.add_get("/media/recordings/{show}/{id}.mp4", recording_file)
     r.add_get("/media/clips/{id}.mp4", clip_file)
+    r.add_get("/media/clips/{id}/teaser.mp4", teaser_file)
     r.add_get("/shows/{show}/replays/{id}", replay_page)
     r.add_get("/clips/{id}", clip_page)
