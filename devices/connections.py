@@ -26,7 +26,7 @@ import struct
 import termios
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -72,7 +72,7 @@ class TcpConnection(Connection):
     # Whether this printer answers DLE EOT status queries, learnt from its answers: one
     # that does must confirm every label; one that never does is trusted once its TCP
     # stack acknowledged the bytes and it kept the connection open.
-    answers_status: bool | None = None
+    answers_status: bool | None = field(default=None, compare=False)
 
     def _connect(self, timeout: float) -> socket.socket:
         try:
