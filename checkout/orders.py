@@ -18,6 +18,8 @@ from typing import Any
 
 import msgpack
 
+from checkout import keys
+
 
 class Status(StrEnum):
     PENDING_PAYMENT = "pending_payment"
@@ -110,6 +112,9 @@ class Order:
     number: int = 0  # short, per-show number printed big on the label
     print_error: str | None = None
     sandbox: bool = False  # paid with a test card against the Stripe sandbox
+    channel: str = "online"  # "online" | "in_person" (sold at the showroom's counter)
+    payment_method: str = ""  # in person: "cash" | "card_present"
+    refunded_at: float | None = None
 
     def to_redis(self) -> dict[str, str]:
         data = asdict(self)
@@ -147,6 +152,9 @@ class Order:
             number=int(d.get("number") or 0),
             print_error=d.get("print_error") or None,
             sandbox=d.get("sandbox") == "1",
+            channel=d.get("channel") or "online",
+            payment_method=d.get("payment_method", ""),
+            refunded_at=opt_float("refunded_at"),
         )
 
     def event(self, status: Status | None = None, **extra: Any) -> dict[str, Any]:
@@ -187,6 +195,9 @@ class Order:
             "fulfilled_at": self.fulfilled_at,
             "print_error": self.print_error,
             "sandbox": self.sandbox,
+            "channel": self.channel,
+            "payment_method": self.payment_method or None,
+            "refunded_at": self.refunded_at,
         }
 
 
@@ -366,6 +377,59 @@ async def prune_order_index(redis, show: str, now: float | None = None, batch: i
     if gone:
         await redis.zrem(index, *gone)
     return len(gone)
+
+
+# KEYS[1] order hash, KEYS[2] the show's stock, KEYS[3] the buyer's bought units,
+# KEYS[4] notify stream; ARGV[1] now, ARGV[2] packed notification, ARGV[3] retention (s),
+# then the statuses a refund may start from. Refunded, its units back on sale and the buyer's limit freed,
+# once: a second refund (the webhook after the staff's button) finds it refunded.
+_REFUND_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return redis.error_reply('not_found') end
+for i = 4, #ARGV do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'status', 'refunded', 'refunded_at', ARGV[1])
+    if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+    local items = cjson.decode(redis.call('HGET', KEYS[1], 'items') or '[]')
+    for _, item in ipairs(items) do
+      redis.call('HINCRBY', KEYS[2], item.sku, item.quantity)
+      if redis.call('HEXISTS', KEYS[3], item.sku) == 1 then
+        redis.call('HINCRBY', KEYS[3], item.sku, -item.quantity)
+      end
+    end
+    redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
+    return cur
+  end
+end
+return redis.error_reply('conflict:' .. cur)
+"""
+
+
+async def refund_order(redis, order_id: str, now: float | None = None) -> Status:
+    """Refunded + stock returned, atomically and once; raises TransitionError otherwise
+    (e.g. already refunded, or never paid). Returns the previous status."""
+    now = time.time() if now is None else now
+    show, viewer = await redis.hmget(order_key(order_id), "show", "viewer")
+    show = show.decode() if isinstance(show, bytes) else (show or "")
+    viewer = viewer.decode() if isinstance(viewer, bytes) else (viewer or "")
+    try:
+        prev = await redis.eval(
+            _REFUND_LUA,
+            4,
+            order_key(order_id),
+            keys.stock(show),
+            keys.bought(show, viewer),
+            NOTIFY_STREAM,
+            repr(now),
+            _notification(order_id, "refunded"),
+            retention_s(),
+            *_allowed_from(Status.REFUNDED),
+        )
+    except Exception as exc:
+        if "not_found" in str(exc) or "conflict:" in str(exc):
+            raise _parse_error(order_id, exc, "refunded") from None
+        raise
+    return Status(prev.decode() if isinstance(prev, bytes) else prev)
 
 
 async def enqueue_reprint(redis, order: Order) -> None:

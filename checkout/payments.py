@@ -140,7 +140,9 @@ class PaymentGateway:
             raise PaymentUnavailable(str(exc.user_message or exc)) from exc
         return pi.status
 
-    async def refund(self, intent_id: str) -> None:
+    async def refund(self, intent_id: str, *, strict: bool = False) -> None:
+        """Refund a payment in full, once however often it is asked (idempotency key).
+        ``strict`` raises PaymentUnavailable when Stripe refuses; otherwise it is logged."""
         try:
             await self._bounded(
                 self.client.v1.refunds.create_async(
@@ -150,3 +152,5 @@ class PaymentGateway:
             )
         except (stripe.StripeError, PaymentUnavailable) as exc:
             log.error("refund of %s failed: %s", intent_id, exc)
+            if strict:
+                raise PaymentUnavailable(str(exc.user_message or exc)) from exc

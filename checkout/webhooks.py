@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import stripe
 
 from checkout import keys
-from checkout.orders import Order, Status, TransitionError, load_order, mark_paid, transition
+from checkout.orders import (
+    Order,
+    Status,
+    TransitionError,
+    load_order,
+    mark_paid,
+    refund_order,
+    transition,
+)
 
 log = logging.getLogger("showroom.checkout")
 
@@ -169,7 +177,7 @@ async def _apply(redis, event: dict, refund) -> Outcome:
         if kind == "payment_intent.payment_failed":
             await transition(redis, order.order_id, Status.PAYMENT_FAILED)
             return Outcome(order.order_id, Status.PAYMENT_FAILED, changed=True)
-        await transition(redis, order.order_id, Status.REFUNDED)
+        await refund_order(redis, order.order_id)
         return Outcome(order.order_id, Status.REFUNDED, changed=True)
     except TransitionError as exc:
         current = Status(exc.current) if exc.current else None

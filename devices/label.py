@@ -134,6 +134,11 @@ def build_label(
         lines.append(Line("TEST - sandbox payment, not paid", "bold", "center"))
     if reprint:
         lines.append(Line("REPRINT", "bold", "center"))
+    if order.status == "refunded":
+        lines.append(Line("REFUNDED - do not hand over", "bold", "center"))
+    if order.channel == "in_person":
+        paid_by = {"cash": "cash", "card_present": "card"}.get(order.payment_method, "")
+        lines.append(Line(f"IN PERSON - paid {paid_by}".strip(), "bold", "center"))
     lines += [Line(t, "title", "center") for t in _wrap(show_title, cols)]
     lines.append(Line(when.strftime("%d %b %Y %H:%M"), "normal", "center"))
     lines.append(rule)

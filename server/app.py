@@ -23,6 +23,7 @@ from server.routes import (
     cart,
     chat,
     cues,
+    floor,
     health,
     media,
     pages,
@@ -59,6 +60,7 @@ ROUTE_MODULES = (
     recordings,
     report,
     cues,
+    floor,
     pages,
     schedule,
 )

@@ -173,11 +173,11 @@ def require_host(request: web.Request, show: ShowConfig) -> None:
         raise unauthorized("Host login or the show's stream key is required.")
 
 
-def require_role(request: web.Request, role: str) -> ShowConfig:
-    """The show of this request, if the caller may act in ``role`` (e.g. "moderator")
-    there. Today every host credential and staff session holds every role; named staff
-    members with roles narrow this later (403 forbidden for a missing role)."""
-    show = get_show(request)
+def require_role(request: web.Request, role: str, show_id: str | None = None) -> ShowConfig:
+    """The show of this request (or ``show_id``), if the caller may act in ``role`` (e.g.
+    "moderator") there. Today every host credential and staff session holds every role;
+    named staff members with roles narrow this later (403 forbidden for a missing role)."""
+    show = get_show(request, show_id)
     if not is_host(request, show):
         raise unauthorized(f"Host or {role} login required.")
     return show

@@ -49,6 +49,7 @@ class ProductConfig:
     per_buyer_limit: int | None = None
     printer: str | None = None  # packing station; default printer when None
     description: str = ""
+    barcode: str | None = None  # EAN/UPC or any code the counter's scanner reads
 
     @property
     def price_cents(self) -> int:
@@ -258,6 +259,7 @@ _PRODUCT_KEYS = {
     "per_buyer_limit",
     "printer",
     "description",
+    "barcode",
 }
 _PRINTER_KEYS = {"name", "connection", "profile", "paper_mm", "default"}
 _TOP_KEYS = {"show", "products", "printers", "staff", "chat", "email", "cues"}
@@ -310,6 +312,15 @@ def _price(path: Path, name: str, value: Any) -> Decimal:
     if price > Decimal("999999.99"):
         raise ManifestError(path, name, "is too large")
     return price
+
+
+def _barcode(path: Path, name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    code = _typed(path, name, value, str).strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", code):
+        raise ManifestError(path, name, "must be 1-64 letters, digits, '.', '_' or '-'")
+    return code
 
 
 def _starts_at(path: Path, value: Any) -> datetime:
@@ -513,6 +524,7 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
                 per_buyer_limit=limit,
                 printer=printer,
                 description=_typed(path, f"{where}.description", pdata.get("description", ""), str),
+                barcode=_barcode(path, f"{where}.barcode", pdata.get("barcode")),
             )
         )
 
