@@ -432,6 +432,52 @@ async def refund_order(redis, order_id: str, now: float | None = None) -> Status
     return Status(prev.decode() if isinstance(prev, bytes) else prev)
 
 
+UNDO_WINDOW_S = 60
+
+# KEYS[1] order hash; ARGV[1] now, ARGV[2] window (s). Staff take back their last
+# "ready" or "fulfilled" within the window: a slip of the thumb on a busy floor.
+_UNDO_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return redis.error_reply('not_found') end
+local field
+if st == 'fulfilled' then field = 'fulfilled_at'
+elseif st == 'ready' then field = 'ready_at'
+else return redis.error_reply('conflict:' .. st) end
+local at = tonumber(redis.call('HGET', KEYS[1], field) or '')
+if not at or tonumber(ARGV[1]) - at > tonumber(ARGV[2]) then
+  return redis.error_reply('too_late:' .. st)
+end
+local back = 'paid'
+if st == 'fulfilled' and (redis.call('HGET', KEYS[1], 'ready_at') or '') ~= '' then
+  back = 'ready'
+elseif (redis.call('HGET', KEYS[1], 'printed_at') or '') ~= '' then
+  back = 'printed'
+end
+redis.call('HSET', KEYS[1], 'status', back, field, '')
+redis.call('PERSIST', KEYS[1])
+return back
+"""
+
+
+class UndoTooLate(Exception):
+    pass
+
+
+async def undo_move(redis, order_id: str, now: float | None = None) -> Status:
+    """Back from ``fulfilled`` or ``ready`` to the step before, within UNDO_WINDOW_S;
+    raises UndoTooLate, or TransitionError when there is nothing to undo."""
+    now = time.time() if now is None else now
+    try:
+        back = await redis.eval(_UNDO_LUA, 1, order_key(order_id), repr(now), UNDO_WINDOW_S)
+    except Exception as exc:
+        if "too_late:" in str(exc):
+            raise UndoTooLate(str(exc).split("too_late:", 1)[1]) from None
+        if "not_found" in str(exc) or "conflict:" in str(exc):
+            raise _parse_error(order_id, exc, "undo") from None
+        raise
+    return Status(back.decode() if isinstance(back, bytes) else back)
+
+
 async def enqueue_reprint(redis, order: Order) -> None:
     job = PrintJob(order_id=order.order_id, show=order.show, reprint=True)
     await redis.xadd(PRINT_STREAM, {"job": job.pack()})

@@ -253,3 +253,78 @@ def test_a_refunded_order_is_marked_on_its_reprinted_label():
     )
     texts = [line.text for line in label.lines]
     assert "REPRINT" in texts and "REFUNDED - do not hand over" in texts
+
+
+async def test_pick_list_groups_waiting_orders_and_prints_one_ticket(make_app, tmp_path):
+    printer = await PrinterSocket().start()
+    app = await make_app([write(tmp_path, printer_toml(printer.url))], print_worker=False)
+    s = app.session
+    try:
+        # 10 orders: 6 with one mug, 4 with a mug and two tees (walk-ins for speed).
+        numbers = []
+        for i in range(10):
+            items = [{"sku": "MUG-01", "quantity": 1}]
+            if i >= 6:
+                items = [{"sku": "MUG-01", "quantity": 1}, {"sku": "TEE-02", "quantity": 1}]
+            status, order = await sell(s, items)
+            assert status == 201
+            numbers.append(order["number"])
+        # one of them is already packed: not on the list
+        async with s.post(f"/api/orders/{order['order_id']}/ready", headers=AUTH) as r:
+            assert r.status == 200
+        async with s.get("/api/shows/demo/picklist") as r:
+            assert r.status == 401
+        async with s.get("/api/shows/demo/picklist", headers=AUTH) as r:
+            pick = await r.json()
+        rows = {row["sku"]: (row["quantity"], row["orders"]) for row in pick["products"]}
+        assert rows == {"MUG-01": (9, numbers[:9]), "TEE-02": (3, numbers[6:9])}
+        assert len(pick["orders"]) == 9
+        async with s.post("/api/shows/demo/picklist/print", headers=AUTH) as r:
+            assert r.status == 202, await r.text()
+        await wait_until(lambda: b"PICK LIST" in printer.received, timeout=10)
+        assert b"9 x Stoneware mug" in printer.received and b"3 x Crewneck tee" in printer.received
+        assert b"12 items for 9 orders" in printer.received
+    finally:
+        await printer.stop()
+
+
+async def test_ready_and_fulfilled_can_be_undone_within_a_minute(make_app, tmp_path, redis_url):
+    app = await make_app([write(tmp_path)], print_worker=False)
+    s = app.session
+    _, order = await sell(s, [{"sku": "MUG-01", "quantity": 1}])
+    oid = order["order_id"]
+
+    async def post(path):
+        async with s.post(f"/api/orders/{oid}/{path}", headers=AUTH) as r:
+            return r.status, await r.json()
+
+    assert (await post("undo"))[0] == 409  # paid: nothing to undo
+    assert (await post("ready"))[1]["status"] == "ready"
+    assert (await post("fulfil"))[1]["status"] == "fulfilled"
+    status, body = await post("undo")
+    assert status == 200 and body["status"] == "ready" and body["fulfilled_at"] is None
+    status, body = await post("undo")
+    assert status == 200 and body["status"] == "paid"
+    assert (await post("ready"))[1]["status"] == "ready"
+    # More than a minute later the move stays.
+    r = aioredis.Redis.from_url(redis_url)
+    await r.hset(f"order:{oid}", "ready_at", repr(time.time() - 61))
+    await r.aclose()
+    status, body = await post("undo")
+    assert status == 409 and "minute" in body["detail"]
+
+
+async def test_customer_check_in_by_order_number(make_app, tmp_path):
+    app = await make_app([write(tmp_path)], print_worker=False)
+    s = app.session
+    _, order = await sell(s, [{"sku": "TEE-02", "quantity": 1}], name="Ana")
+    async with s.post(
+        "/api/shows/demo/checkin", json={"number": order["number"]}, headers=AUTH
+    ) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["order_id"] == order["order_id"] and body["checked_in"] is True
+    async with s.post("/api/shows/demo/checkin", json={"number": 999}, headers=AUTH) as r:
+        assert r.status == 404
+    async with s.post("/api/shows/demo/checkin", json={"number": "1"}, headers=AUTH) as r:
+        assert r.status == 400

@@ -10,13 +10,28 @@ and Stripe's webhook comes first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from aiohttp import web
 
 from checkout import pos
-from checkout.orders import Order, Status, TransitionError, load_order, refund_order
+from checkout.orders import (
+    ORDERS_INDEX,
+    Order,
+    Status,
+    TransitionError,
+    UndoTooLate,
+    load_order,
+    order_key,
+    refund_order,
+    undo_move,
+)
 from checkout.payments import PaymentUnavailable
+from devices import picklist
+from devices.connections import PrinterError, open_connection
+from devices.label import render_escpos
 from server import keys
 from server.auth import require_role
 from server.errors import ApiError, bad_request, check_text, conflict, read_json
@@ -117,6 +132,95 @@ async def refund(request: web.Request) -> web.Response:
     return web.json_response((fresh or order).public())
 
 
+# --- fulfilment ---------------------------------------------------------------------
+
+RECENT_ORDERS = 2000  # how far back the pick list and check-in look
+
+
+async def recent_orders(redis, show_id: str) -> list[Order]:
+    ids = await redis.zrevrange(ORDERS_INDEX.format(show=show_id), 0, RECENT_ORDERS - 1)
+    if not ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for oid in ids:
+        pipe.hgetall(order_key(oid.decode() if isinstance(oid, bytes) else oid))
+    return [Order.from_redis(raw) for raw in await pipe.execute() if raw]
+
+
+async def get_picklist(request: web.Request) -> web.Response:
+    show = require_role(request, "floor")
+    orders = await recent_orders(request.app[keys.REDIS], show.id)
+    waiting = [o for o in orders if str(o.status) in picklist.WAITING]
+    waiting.sort(key=lambda o: o.paid_at or o.created_at)
+    return web.json_response(
+        {
+            "products": [row.public() for row in picklist.group(waiting)],
+            "orders": [o.public() for o in waiting],
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def print_picklist(request: web.Request) -> web.Response:
+    show = require_role(request, "floor")
+    printer = show.default_printer
+    if printer is None:
+        raise conflict("conflict", "This show has no printer for the pick list.")
+    orders = await recent_orders(request.app[keys.REDIS], show.id)
+    rows = picklist.group(orders)
+    ticket = picklist.build_ticket(
+        rows,
+        show_title=show.title,
+        staff_url=f"{request.app[keys.SETTINGS].base_url}/staff",
+        paper_mm=printer.paper_mm,
+    )
+
+    def send() -> None:  # blocking socket/device I/O: off the event loop
+        open_connection(printer.connection).send(render_escpos(ticket, printer.profile), 10)
+
+    try:
+        await asyncio.to_thread(send)
+    except (PrinterError, OSError) as exc:
+        raise ApiError(
+            503,
+            "unavailable",
+            f"The printer {printer.name!r} did not take it: {exc}",
+            {"Retry-After": "5"},
+        ) from None
+    return web.json_response(
+        {"printer": printer.name, "products": [r.public() for r in rows]}, status=202
+    )
+
+
+async def undo(request: web.Request) -> web.Response:
+    order = await _staff_order(request)
+    require_role(request, "floor", show_id=order.show)
+    redis = request.app[keys.REDIS]
+    try:
+        back = await undo_move(redis, order.order_id)
+    except UndoTooLate as exc:
+        raise conflict("conflict", f"It was {exc} more than a minute ago; it stays.") from None
+    except TransitionError as exc:
+        raise conflict("conflict", f"Order is {exc.current}: nothing to undo.") from None
+    await _publish_order(request.app, order, back)
+    fresh = await load_order(redis, order.order_id)
+    return web.json_response((fresh or order).public())
+
+
+async def checkin(request: web.Request) -> web.Response:
+    """ "Customer is here": find the order by the number on their receipt."""
+    show = require_role(request, "floor")
+    body = await read_json(request)
+    number = _int(body, "number", 1, 10_000_000)
+    redis = request.app[keys.REDIS]
+    match = next((o for o in await recent_orders(redis, show.id) if o.number == number), None)
+    if match is None:
+        raise ApiError(404, "not_found", f"No order #{number} in this show.")
+    await redis.hset(order_key(match.order_id), "checked_in_at", repr(time.time()))
+    await request.app[keys.BUS].publish(show.id, match.event(checked_in=True))
+    return web.json_response({**match.public(), "checked_in": True})
+
+
 async def pos_page(request: web.Request) -> web.Response:
     show = page_show(request)
     try:
@@ -137,3 +241,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/shows/{show}/pos/sales", post_sale)
     app.router.add_post("/api/orders/{order_id}/refund", refund)
     app.router.add_get("/shows/{show}/pos", pos_page)
+    app.router.add_get("/api/shows/{show}/picklist", get_picklist)
+    app.router.add_post("/api/shows/{show}/picklist/print", print_picklist)
+    app.router.add_post("/api/orders/{order_id}/undo", undo)
+    app.router.add_post("/api/shows/{show}/checkin", checkin)
