@@ -64,14 +64,17 @@ class Supervisor:
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         args = [*self.argv, "--workers", "1", "--worker-index", str(index)]
-        args += ["--run-dir", self.run_dir, "--redis", self.redis_url]
+        args += ["--run-dir", self.run_dir]
+        # The Redis URL (it may carry the embedded Redis's password) goes in the
+        # environment, not on a command line every local user can read.
+        env = {**self.env, "SHOWROOM_REDIS_URL": self.redis_url}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "server.cli",
             *args,
             stdout=asyncio.subprocess.PIPE,
-            env=self.env,
+            env=env,
         )
         self.procs[index] = proc
         asyncio.get_running_loop().create_task(self._echo(index, proc))
