@@ -140,3 +140,4 @@ class Supervisor:
                     log.warning("worker pid %d did not stop; killing it", proc.pid)
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
+                    await proc.wait()

