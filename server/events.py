@@ -6,8 +6,8 @@ the Redis (msgpack on channel ``events:{show}``). Each process delivers it to:
 - an *interceptor* for the show, if one is registered (the show's compositor: it applies
   the change to the picture and re-emits the event with ``media_ts`` once a composed frame
   shows it, via ``emit_local``);
-- otherwise straight to its local subscribers (SSE streams, bounded queues that drop the
-  oldest event rather than grow) and listeners.
+- otherwise straight to its local SSE streams (``server.sse``: encoded once, written to
+  every stream together) and listeners.
 """
 
 from __future__ import annotations
@@ -21,16 +21,20 @@ from typing import Any
 
 import msgpack
 
+from server.sse import SseHub
+
 log = logging.getLogger("showroom.events")
 
 Event = dict[str, Any]
 Listener = Callable[[str, Event], None]
 CHANNEL_PREFIX = "events:"
-QUEUE_SIZE = 256
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+PERSONAL_TYPES = ("order",)  # events each stream sees its own way (visible_to)
 
 
 def visible_to(event: Event, viewer: str | None, staff: bool) -> Event | None:
@@ -58,7 +62,7 @@ def visible_to(event: Event, viewer: str | None, staff: bool) -> Event | None:
 class EventBus:
     def __init__(self, redis) -> None:
         self.redis = redis
-        self._queues: dict[str, set[asyncio.Queue[Event]]] = {}
+        self.streams = SseHub(view=visible_to, personal=PERSONAL_TYPES)
         self._listeners: list[tuple[str | None, Listener]] = []
         self._interceptors: dict[str, Listener] = {}
         self._task: asyncio.Task | None = None
@@ -70,6 +74,7 @@ class EventBus:
         await asyncio.wait_for(self._ready.wait(), 10)
 
     async def stop(self) -> None:
+        await self.streams.close()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -119,12 +124,8 @@ class EventBus:
         self.emit_local(show_id, event)
 
     def emit_local(self, show_id: str, event: Event) -> None:
-        """Deliver to this process's subscribers and listeners only."""
-        for q in self._queues.get(show_id, ()):
-            if q.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    q.get_nowait()
-            q.put_nowait(event)
+        """Deliver to this process's event streams and listeners only."""
+        self.streams.publish(show_id, event)
         for sid, fn in self._listeners:
             if sid is None or sid == show_id:
                 try:
@@ -133,14 +134,6 @@ class EventBus:
                     log.exception("event listener failed")
 
     # --- subscribing -----------------------------------------------------------------
-    def subscribe(self, show_id: str) -> asyncio.Queue[Event]:
-        q: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
-        self._queues.setdefault(show_id, set()).add(q)
-        return q
-
-    def unsubscribe(self, show_id: str, q: asyncio.Queue[Event]) -> None:
-        self._queues.get(show_id, set()).discard(q)
-
     def add_listener(self, show_id: str | None, fn: Listener) -> None:
         self._listeners.append((show_id, fn))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 
 from aiohttp import web
@@ -13,10 +12,6 @@ from server import keys, presence, segments
 from server.auth import ensure_viewer, get_show, is_host, require_host, viewer_cookie
 from server.config import ShowConfig
 from server.errors import not_found, read_json, string_or_null
-from server.events import visible_to
-
-SSE_HEARTBEAT_S = 15
-SSE_POLL_S = 1.0
 
 
 def featured_key(show_id: str) -> str:
@@ -95,8 +90,7 @@ async def set_featured(app: web.Application, show: ShowConfig, sku: str | None) 
 
 async def events(request: web.Request) -> web.StreamResponse:
     show = get_show(request)
-    bus = request.app[keys.BUS]
-    queue = bus.subscribe(show.id)
+    streams = request.app[keys.BUS].streams
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -104,39 +98,27 @@ async def events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    closing: asyncio.Event = request.app[keys.EXTRA]["sse_closing"]
     # Orders are personal: the buyer's own, all of them for the show's staff. A first
     # visit gets its viewer cookie here, so its own order events reach it later on.
     viewer, staff = ensure_viewer(request), is_host(request, show)
     await viewer_cookie(request, _this(resp))  # sets that cookie before the stream starts
+    if request.app[keys.EXTRA]["sse_closing"].is_set():
+        raise web.HTTPServiceUnavailable(headers={"Retry-After": "2"})
     try:
         await resp.prepare(request)
-        await resp.write(b"retry: 2000\n\n")
-        idle = 0.0
-        # Wake up every second: a client that went away (or a server shutting down)
-        # frees its subscription promptly instead of at the next heartbeat.
-        while not closing.is_set():
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                break
-            try:
-                event = await asyncio.wait_for(queue.get(), SSE_POLL_S)
-            except TimeoutError:
-                idle += SSE_POLL_S
-                if idle >= SSE_HEARTBEAT_S:
-                    idle = 0.0
-                    await resp.write(b": keep-alive\n\n")
-                continue
-            idle = 0.0
-            event = visible_to(event, viewer, staff)
-            if event is None:
-                continue
-            data = json.dumps(event, separators=(",", ":"), default=str)
-            await resp.write(f"data: {data}\n\n".encode())
+        await resp.write(b"retry: 2000\n\n")  # also sends the headers
     except (ConnectionResetError, ConnectionError):
-        pass
+        return resp
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return resp
+    # From here the hub writes this stream's events (server.sse); the handler only waits
+    # for the stream to end: the client left, fell behind, or the server is stopping.
+    client = streams.add(show.id, transport, viewer=viewer, staff=staff)
+    try:
+        await client.done
     finally:
-        bus.unsubscribe(show.id, queue)
+        streams.remove(show.id, client)
     with contextlib.suppress(Exception):
         await resp.write_eof()
     return resp
@@ -151,6 +133,7 @@ def _this(resp: web.StreamResponse):
 
 async def _close_event_streams(app: web.Application) -> None:
     app[keys.EXTRA]["sse_closing"].set()
+    await app[keys.BUS].streams.close()
 
 
 def setup(app: web.Application) -> None:
