@@ -12,10 +12,10 @@ Keys (per show):
 - ``chat:{show}:last:{author}`` — when the author last posted (slow mode);
 - ``chat:{show}:ip:{hash}`` — a sorted set of the recent posts from one IP.
 
-A post reads the author's and the IP's keys under WATCH, lets ``rules.check_post``
-decide, and commits in MULTI/EXEC; if another post of the same author or IP got in
-between, it reads again. So two processes (or two tabs) cannot both slip a message past
-slow mode. Every change is published on the show's event bus, so each process's SSE
+A post WATCHes the author's keys, reads them and the IP's window in one round trip,
+lets ``rules.check_post`` decide, and commits in MULTI/EXEC; if another post or a
+moderation of the same author got in between, it reads again. So two processes (or two
+tabs) cannot both slip a message past slow mode or a ban. Every change is published on the show's event bus, so each process's SSE
 streams carry the same chat.
 """
 
@@ -161,18 +161,25 @@ class ChatStore:
         for _ in range(POST_ATTEMPTS):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(mod_key, last_key, ip_key)
+                    # Only this author's keys are watched: the IP's window is shared by
+                    # everyone behind one address (a venue's wifi) and would make their
+                    # posts retry each other; near its limit it may let a few parallel
+                    # posts through, never a steady stream.
+                    await pipe.watch(mod_key, last_key)
                     ts = now_ms()
-                    mod = parse_mod(await pipe.get(mod_key))
-                    last = await pipe.get(last_key)
-                    recent = await pipe.zrangebyscore(
-                        ip_key, ts - rules.IP_WINDOW_MS, "+inf", withscores=True
-                    )
+                    async with self.redis.pipeline(transaction=False) as reads:
+                        reads.get(mod_key)
+                        reads.get(last_key)
+                        if self.ip_limit:
+                            reads.zrangebyscore(
+                                ip_key, ts - rules.IP_WINDOW_MS, "+inf", withscores=True
+                            )
+                        mod_raw, last, *ip_rows = await reads.execute()
                     snap = PostSnapshot(
                         name=name,
-                        mod=mod,
+                        mod=parse_mod(mod_raw),
                         last_post_ms=int(last) if last else None,
-                        ip_recent_ms=tuple(int(score) for _, score in recent),
+                        ip_recent_ms=tuple(int(score) for _, score in (ip_rows or [[]])[0]),
                         settings=settings,
                         ip_limit=self.ip_limit,
                     )
@@ -186,9 +193,10 @@ class ChatStore:
                         approximate=True,
                     )
                     pipe.set(last_key, ts, px=LAST_POST_TTL_MS)
-                    pipe.zadd(ip_key, {f"{ts}:{author}": ts})
-                    pipe.zremrangebyscore(ip_key, "-inf", ts - rules.IP_WINDOW_MS)
-                    pipe.pexpire(ip_key, rules.IP_WINDOW_MS)
+                    if self.ip_limit:
+                        pipe.zadd(ip_key, {f"{ts}:{author}": ts})
+                        pipe.zremrangebyscore(ip_key, "-inf", ts - rules.IP_WINDOW_MS)
+                        pipe.pexpire(ip_key, rules.IP_WINDOW_MS)
                     entry_id, *_ = await pipe.execute()
                 except WatchError:
                     continue
