@@ -81,27 +81,22 @@ def own_cpu_seconds() -> float:
     return t.user + t.system
 
 
-# --- SSE subscribers ------------------------------------------------------------------
+# --- SSE subscribers (in their own processes) ----------------------------------------
 
 
 @dataclass
-class Tally:
-    """What every subscriber saw, keyed by what the senders and the moderator sent."""
+class Arrivals:
+    """What one subscriber process saw: (seq, wall time) per delivered chat event and
+    (message id, wall time) per chat_deleted event."""
 
-    sent: dict[int, float] = field(default_factory=dict)  # seq -> monotonic at write
-    ids: dict[int, str] = field(default_factory=dict)  # seq -> message id
-    deleted_at: dict[str, float] = field(default_factory=dict)  # id -> at DELETE write
-    latencies: array = field(default_factory=lambda: array("d"))  # every delivery, s
-    last: dict[int, float] = field(default_factory=dict)  # seq -> latest arrival
-    got: dict[int, int] = field(default_factory=dict)  # seq -> subscribers reached
-    del_last: dict[str, float] = field(default_factory=dict)
-    del_got: dict[str, int] = field(default_factory=dict)
-    unknown: int = 0  # events about messages not sent in the measured window
+    seqs: array = field(default_factory=lambda: array("q"))
+    times: array = field(default_factory=lambda: array("d"))
+    deleted: list[tuple[str, float]] = field(default_factory=list)
 
 
 class Subscriber(asyncio.Protocol):
-    def __init__(self, tally: Tally, host: str, port: int, ready: asyncio.Event) -> None:
-        self.tally, self.host, self.port, self.ready = tally, host, port, ready
+    def __init__(self, seen: Arrivals, host: str, port: int, ready: asyncio.Event) -> None:
+        self.seen, self.host, self.port, self.ready = seen, host, port, ready
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.open = False
@@ -114,7 +109,7 @@ class Subscriber(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
+        now = time.time()
         if not self.open:
             self.buffer += data
             if b"retry:" not in self.buffer:
@@ -129,36 +124,26 @@ class Subscriber(asyncio.Protocol):
             self.buffer = data
             return
         self.buffer, data = data[cut + 2 :], data[:cut]
-        t = self.tally
+        seen = self.seen
         for m in MESSAGE_RE.finditer(data):
-            seq = int(m.group(1))
-            sent = t.sent.get(seq)
-            if sent is None:
-                t.unknown += 1
-                continue
-            t.latencies.append(now - sent)
-            t.last[seq] = now
-            t.got[seq] = t.got.get(seq, 0) + 1
+            seen.seqs.append(int(m.group(1)))
+            seen.times.append(now)
         if b"chat_deleted" in data:
             for m in DELETED_RE.finditer(data):
-                mid = m.group(1).decode()
-                if mid in t.deleted_at:
-                    t.del_last[mid] = now
-                    t.del_got[mid] = t.del_got.get(mid, 0) + 1
+                seen.deleted.append((m.group(1).decode(), now))
 
     def connection_lost(self, exc) -> None:
         self.transport = None
 
 
-async def connect_subscribers(tally: Tally, urls: list[str], n: int) -> list[Subscriber]:
+async def connect_subscribers(seen: Arrivals, url: str, n: int) -> list[Subscriber]:
     loop = asyncio.get_running_loop()
+    host, port = url.split("//")[1].split(":")
     subs: list[Subscriber] = []
     events: list[asyncio.Event] = []
     for i in range(n):
-        url = urls[i % len(urls)]
-        host, port = url.split("//")[1].split(":")
         ready = asyncio.Event()
-        sub = Subscriber(tally, host, int(port), ready)
+        sub = Subscriber(seen, host, int(port), ready)
         await loop.create_connection(lambda sub=sub: sub, host, int(port))
         subs.append(sub)
         events.append(ready)
@@ -166,6 +151,80 @@ async def connect_subscribers(tally: Tally, urls: list[str], n: int) -> list[Sub
             await asyncio.sleep(0.02)  # a steady join, not one SYN flood
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 60)
     return subs
+
+
+def _subscriber_worker(url: str, n: int, conn) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    asyncio.run(_subscribers(url, n, conn))
+
+
+async def _subscribers(url: str, n: int, conn) -> None:
+    seen = Arrivals()
+    subs = await connect_subscribers(seen, url, n)
+    conn.send("ready")
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, conn.recv) == "start"
+    cpu0 = own_cpu_seconds()
+    assert await loop.run_in_executor(None, conn.recv) == "stop"
+    cpu = own_cpu_seconds() - cpu0
+    open_streams = sum(1 for s in subs if s.transport is not None)
+    for s in subs:
+        if s.transport is not None:
+            s.transport.close()
+    conn.send((seen.seqs.tobytes(), seen.times.tobytes(), seen.deleted, cpu, open_streams))
+
+
+class SubscriberProcesses:
+    """One process of subscribers per server process (they share the two cores)."""
+
+    def __init__(self, urls: list[str], n: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes, self.procs = [], []
+        for i, url in enumerate(urls):
+            parent, child = ctx.Pipe()
+            count = n // len(urls) + (1 if i < n % len(urls) else 0)
+            proc = ctx.Process(target=_subscriber_worker, args=(url, count, child), daemon=True)
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    async def _recv_all(self) -> list:
+        loop = asyncio.get_running_loop()
+        return [await loop.run_in_executor(None, p.recv) for p in self.pipes]
+
+    async def ready(self) -> None:
+        assert await asyncio.wait_for(self._recv_all(), 120) == ["ready"] * len(self.pipes)
+
+    def start(self) -> None:
+        for p in self.pipes:
+            p.send("start")
+
+    async def stop(self) -> tuple[Arrivals, float, int]:
+        for p in self.pipes:
+            p.send("stop")
+        merged, cpu, still_open = Arrivals(), 0.0, 0
+        for raw_seqs, raw_times, deleted, c, o in await self._recv_all():
+            seqs, times = array("q"), array("d")
+            seqs.frombytes(raw_seqs)
+            times.frombytes(raw_times)
+            merged.seqs.extend(seqs)
+            merged.times.extend(times)
+            merged.deleted.extend(deleted)
+            cpu += c
+            still_open += o
+        for proc in self.procs:
+            proc.join(10)
+        return merged, cpu, still_open
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
 
 
 # --- senders and the moderator -------------------------------------------------------
@@ -181,7 +240,17 @@ async def make_senders(urls: list[str], n: int) -> list[Buyer]:
     return senders
 
 
-async def send_loop(cfg: Config, tally: Tally, senders: list[Buyer], stop_at: float) -> int:
+@dataclass
+class Sent:
+    """What the senders and the moderator did (wall-clock times: the subscribers are
+    other processes)."""
+
+    at: dict[int, float] = field(default_factory=dict)  # seq -> time the POST was written
+    ids: dict[int, str] = field(default_factory=dict)  # seq -> message id (answered 201)
+    deleted_at: dict[str, float] = field(default_factory=dict)  # id -> DELETE written
+
+
+async def send_loop(cfg: Config, tally: Sent, senders: list[Buyer], stop_at: float) -> int:
     """Post at cfg.rate on a fixed schedule (an open loop: a slow answer does not slow
     the next post). Returns failures."""
     failures = 0
@@ -195,7 +264,7 @@ async def send_loop(cfg: Config, tally: Tally, senders: list[Buyer], stop_at: fl
         nonlocal failures
         busy.add(i)
         try:
-            tally.sent[s] = time.monotonic()
+            tally.at[s] = time.time()
             answer = await b.request("POST", f"/api/shows/{SHOW}/chat", {"text": f"b#{s}# hi"})
             if answer.status != 201:
                 failures += 1
@@ -227,7 +296,7 @@ async def send_loop(cfg: Config, tally: Tally, senders: list[Buyer], stop_at: fl
 
 
 async def delete_loop(
-    cfg: Config, tally: Tally, urls: list[str], stop_at: float
+    cfg: Config, tally: Sent, urls: list[str], stop_at: float
 ) -> tuple[int, list[float]]:
     """Delete a recent message about once a second, alternating processes; after each
     answer check it is gone from history on every process. Returns (failures, seconds
@@ -245,7 +314,8 @@ async def delete_loop(
                 mid = tally.ids[candidates[0]]
                 url = urls[k % len(urls)]
                 k += 1
-                tally.deleted_at[mid] = t0 = time.monotonic()
+                t0 = time.monotonic()
+                tally.deleted_at[mid] = time.time()
                 async with http.delete(f"{url}/api/shows/{SHOW}/chat/{mid}", headers=headers) as r:
                     if r.status != 200:
                         failures += 1
@@ -383,6 +453,8 @@ class Result:
     server_cpu_s: float
     idle_cpu_s: float
     client_cpu_s: float
+    subscriber_cpu_s: float
+    streams_open_at_end: int
     window_s: float
     floor: dict
 
@@ -412,6 +484,7 @@ async def run(cfg: Config) -> Result:
     redis = EmbeddedRedis(tmp / "redis")
     redis.start()
     procs = []
+    subscribers: SubscriberProcesses | None = None
     try:
         manifest = write_manifest(tmp)
         for i in range(2):
@@ -425,60 +498,77 @@ async def run(cfg: Config) -> Result:
         await asyncio.sleep(2.0)
         idle = (sum(cpu_seconds(p) for p in pids) - c0) / 2.0
 
-        tally = Tally()
-        subs = await connect_subscribers(tally, urls, cfg.subscribers)
+        subscribers = SubscriberProcesses(urls, cfg.subscribers)
+        await subscribers.ready()
         senders = await make_senders(urls, cfg.senders)
         await asyncio.sleep(1.0)
-        print(f"{len(subs)} subscribers and {len(senders)} senders ready", file=sys.stderr)
+        print(f"{cfg.subscribers} subscribers and {len(senders)} senders ready", file=sys.stderr)
 
+        sent = Sent()
+        subscribers.start()
         t0 = time.monotonic()
         cpu0, own0 = sum(cpu_seconds(p) for p in pids), own_cpu_seconds()
         stop_at = t0 + cfg.seconds
         (post_failures, (delete_failures, history_s)) = await asyncio.gather(
-            send_loop(cfg, tally, senders, stop_at), delete_loop(cfg, tally, urls, stop_at)
+            send_loop(cfg, sent, senders, stop_at), delete_loop(cfg, sent, urls, stop_at)
         )
         window = time.monotonic() - t0
         server_cpu = sum(cpu_seconds(p) for p in pids) - cpu0
         client_cpu = own_cpu_seconds() - own0
         await asyncio.sleep(2.0)  # stragglers
-
-        n = cfg.subscribers
-        posted = [s for s in tally.sent if s in tally.ids]  # answered 201
-        messages = len(posted)
-        to_all = [tally.last[s] - tally.sent[s] for s in posted if tally.got.get(s) == n]
-        missing = [s for s in posted if tally.got.get(s, 0) < n]
-        to_all += [float("inf")] * len(missing)
-        deletes = list(tally.deleted_at)
-        del_all = [
-            tally.del_last[d] - tally.deleted_at[d] if tally.del_got.get(d) == n else float("inf")
-            for d in deletes
-        ]
-        for s in subs:
-            if s.transport is not None:
-                s.transport.close()
+        seen, subscriber_cpu, still_open = await subscribers.stop()
         for b in senders:
             b.close()
+
+        n = cfg.subscribers
+        latencies: list[float] = []
+        last: dict[int, float] = {}
+        got: dict[int, int] = {}
+        for seq, at in zip(seen.seqs, seen.times, strict=True):
+            sent_at = sent.at.get(seq)
+            if sent_at is None:
+                continue
+            latencies.append(at - sent_at)
+            last[seq] = max(last.get(seq, 0.0), at)
+            got[seq] = got.get(seq, 0) + 1
+        posted = [s for s in sent.at if s in sent.ids]  # answered 201
+        to_all = [last[s] - sent.at[s] if got.get(s) == n else float("inf") for s in posted]
+        del_last: dict[str, float] = {}
+        del_got: dict[str, int] = {}
+        for mid, at in seen.deleted:
+            if mid in sent.deleted_at:
+                del_last[mid] = max(del_last.get(mid, 0.0), at)
+                del_got[mid] = del_got.get(mid, 0) + 1
+        deletes = list(sent.deleted_at)
+        del_all = [
+            del_last[d] - sent.deleted_at[d] if del_got.get(d) == n else float("inf")
+            for d in deletes
+        ]
         payload = 260  # about the size of one chat event on the wire
         floor = await redis_floor(redis.url, cfg, payload)
         return Result(
             cfg=cfg,
-            messages=messages,
+            messages=len(posted),
             post_failures=post_failures,
-            deliveries=len(tally.latencies),
-            expected=messages * n,
-            latencies=list(tally.latencies),
+            deliveries=len(latencies),
+            expected=len(posted) * n,
+            latencies=latencies,
             to_all=to_all,
             delete_to_all=del_all,
             delete_history_s=history_s,
             delete_failures=delete_failures,
-            deletes_reached_all=sum(1 for d in deletes if tally.del_got.get(d) == n),
+            deletes_reached_all=sum(1 for d in deletes if del_got.get(d) == n),
             server_cpu_s=server_cpu,
             idle_cpu_s=idle * window,
             client_cpu_s=client_cpu,
+            subscriber_cpu_s=subscriber_cpu,
+            streams_open_at_end=still_open,
             window_s=window,
             floor=floor,
         )
     finally:
+        if subscribers is not None:
+            subscribers.kill()
         for proc, _ in procs:
             proc.terminate()
         for proc, _ in procs:
@@ -592,7 +682,9 @@ def report(r: Result, command: str) -> tuple[str, bool]:
                 "server CPU per delivered event (us)",
                 f"{r.server_cpu_s / max(1, r.deliveries) * 1e6:.1f}",
             ],
-            ["load generator CPU (cores)", f"{r.client_cpu_s / r.window_s:.2f}"],
+            ["senders + moderator CPU (cores)", f"{r.client_cpu_s / r.window_s:.2f}"],
+            ["subscriber processes CPU (cores)", f"{r.subscriber_cpu_s / (r.window_s + 2):.2f}"],
+            ["streams still open at the end", f"{r.streams_open_at_end}/{cfg.subscribers}"],
             [
                 "floor client CPU, 2 processes (cores)",
                 f"{fl['client_cpu_s'] / (fl['seconds'] + 2):.2f}",

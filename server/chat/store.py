@@ -12,7 +12,8 @@ Keys (per show):
 - ``chat:{show}:last:{author}`` — when the author last posted (slow mode);
 - ``chat:{show}:ip:{hash}`` — a sorted set of the recent posts from one IP.
 
-A post WATCHes the author's keys, reads them and the IP's window in one round trip,
+A post WATCHes the author's keys, reads them, the viewer's name, the settings and the
+IP's window in one round trip,
 lets ``rules.check_post`` decide, and commits in MULTI/EXEC; if another post or a
 moderation of the same author got in between, it reads again. So two processes (or two
 tabs) cannot both slip a message past slow mode or a ban. Every change is published on the show's event bus, so each process's SSE
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from redis.exceptions import WatchError
 
 from checkout.scripts import Script
+from server import identity
 from server.chat import rules
 from server.chat.rules import ChatMessage, ChatSettings, Moderation, ModState, PostSnapshot
 
@@ -143,13 +145,12 @@ class ChatStore:
 
     # --- posting ---------------------------------------------------------------------
     async def post(
-        self, *, author: str, name: str | None, role: str, text: str, ip: str, staff: bool
+        self, *, author: str, viewer_id: str, role: str, text: str, ip: str, staff: bool
     ) -> ChatMessage:
         """Append a message if the rules allow it now; raises rules.Refused otherwise."""
         text = rules.clean_text(text)
-        settings = await self.settings()
         if staff:  # the host speaks freely: no slow mode, rate limit or word list
-            ts, name = now_ms(), name or "Host"
+            ts, name = now_ms(), await identity.get_name(self.redis, viewer_id) or "Host"
             entry_id = await self.redis.xadd(
                 self.log_key,
                 self._fields(author, name, role, text, ts),
@@ -168,19 +169,22 @@ class ChatStore:
                     await pipe.watch(mod_key, last_key)
                     ts = now_ms()
                     async with self.redis.pipeline(transaction=False) as reads:
+                        reads.hget(identity.profile_key(viewer_id), "name")
+                        reads.hgetall(self.settings_key)
                         reads.get(mod_key)
                         reads.get(last_key)
                         if self.ip_limit:
                             reads.zrangebyscore(
                                 ip_key, ts - rules.IP_WINDOW_MS, "+inf", withscores=True
                             )
-                        mod_raw, last, *ip_rows = await reads.execute()
+                        name_raw, settings_raw, mod_raw, last, *ip_rows = await reads.execute()
+                    name = _s(name_raw) if name_raw else None
                     snap = PostSnapshot(
                         name=name,
                         mod=parse_mod(mod_raw),
                         last_post_ms=int(last) if last else None,
                         ip_recent_ms=tuple(int(score) for _, score in (ip_rows or [[]])[0]),
-                        settings=settings,
+                        settings=self._settings_from(settings_raw),
                         ip_limit=self.ip_limit,
                     )
                     rules.check_post(snap, text, ts)

@@ -91,16 +91,14 @@ async def post_chat(request: web.Request) -> web.Response:
     body = await read_json(request, max_bytes=4096)
     store = store_for(request.app, show)
     secret = request.app[keys.SECRET]
-    redis = request.app[keys.REDIS]
     staff = is_host(request, show)
     vid = ensure_viewer(request)
-    name = await identity.get_name(redis, vid)
     try:
         message = await store.post(
             author=rules.host_handle(secret, show.id)
             if staff
             else rules.author_handle(secret, vid),
-            name=name,
+            viewer_id=vid,
             role="host" if staff else "viewer",
             text=body.get("text"),
             ip=client_ip(request),

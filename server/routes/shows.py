@@ -119,8 +119,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         await client.done
     finally:
         streams.remove(show.id, client)
-    with contextlib.suppress(Exception):
-        await resp.write_eof()
+    with contextlib.suppress(Exception):  # a stalled client must not hold up a shutdown
+        await asyncio.wait_for(resp.write_eof(), 1.0)
     return resp
 
 
