@@ -253,6 +253,9 @@ class ShowRuntime:
             self.gate.request()
         if not origin and self.recorder is not None:
             self.recorder.end()  # the new origin records from here on
+        if not origin and self.origin:
+            # Free the encoders on their own thread, after any encode still running.
+            self._executor.submit(self._encoders.clear)
         if not origin and self.live:
             # Quietly: the new origin announces the show's state, not this process.
             self.live = False

@@ -190,6 +190,38 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
         await wait_until(total_is_1, 10)
         # The viewer left on the non-origin worker still plays.
         assert await fps_of(players[2], 2) >= FPS * 0.5
+
+        # The publisher reconnects to the other worker: the origin moves there, the old
+        # one stops encoding, and the viewers on both workers get the live picture back.
+        back = WhepPlayer(f"{url}/whep/demo", audio=False)
+        await back.start(on[origin])
+        players.append(back)
+        await wait_until(
+            lambda: back.latest_video is not None and live_picture(back.latest_video), 20
+        )
+        moved = WhipPublisher(f"{url}/whip/demo", STREAM_KEY, TestPatternTrack(1280, 720, FPS))
+        assert worker_of(await moved.start(on[other])) == other
+        published = time.monotonic()
+        old_publisher, publisher = publisher, moved
+        for player in (back, players[2]):
+            await wait_until(
+                lambda p=player: (
+                    p.latest_video is not None
+                    and p.stats.video_times[-1] > published + 0.1
+                    and live_picture(p.latest_video)
+                ),
+                15,
+            )
+            took = player.stats.video_times[-1] - published
+            print(f"origin moved: live picture again after {took:.3f} s")
+            assert took < 3.0, took  # 1 s on a quiet machine; this one is shared
+        for worker, is_origin in ((other, True), (origin, False)):
+            async with on[worker].get(f"{url}/api/shows/demo/media") as r:
+                stats = await r.json()
+            assert stats["origin"] is is_origin
+            assert stats["codecs"] == (["H264"] if is_origin else [])
+        await wait_until(lambda: old_publisher.pc.connectionState in ("closed", "failed"), 40)
+        await old_publisher.close()
     finally:
         for player in players:
             await player.close()
