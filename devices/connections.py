@@ -205,9 +205,10 @@ def _write_device(fd: int, data: bytes, deadline: float, what: str) -> None:
             time.sleep(0.005)
 
 
-def _open_device(path: str, what: str) -> int:
+def _open_device(path: str, what: str, read_back: bool = False) -> int:
+    mode = os.O_RDWR if read_back else os.O_WRONLY
     try:
-        return os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        return os.open(path, mode | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
         raise PrinterError(f"cannot open {what} {path}: {_why(exc)}") from None
 
@@ -217,9 +218,11 @@ class DeviceConnection(Connection):
     path: str
     baud: int | None = None  # serial only
     what: str = "printer device"
+    # Serial lines carry the printer's status replies back (as over TCP, learnt).
+    answers_status: bool | None = field(default=None, compare=False)
 
     def _open(self) -> int:
-        fd = _open_device(self.path, self.what)
+        fd = _open_device(self.path, self.what, read_back=self.baud is not None)
         if self.baud is not None:
             _configure_serial(fd, self.baud)
         return fd
@@ -227,14 +230,49 @@ class DeviceConnection(Connection):
     def send(self, data: bytes, timeout: float, label: LabelFile | None = None) -> None:
         fd = self._open()
         try:
-            _write_device(fd, data, time.monotonic() + timeout, self.what)
+            deadline = time.monotonic() + timeout
+            _write_device(fd, data, deadline, self.what)
+            if self.baud is not None:
+                wait = CONFIRM_S if self.answers_status else NO_STATUS_WAIT_S
+                reply = self._status(fd, min(wait, max(0.001, deadline - time.monotonic())))
+                if reply is None and self.answers_status:
+                    raise PrinterError(f"{self.what} did not confirm the label (no status reply)")
+                if reply is not None:
+                    _check_online(reply)
         finally:
             os.close(fd)
+
+    def _status(self, fd: int, wait: float) -> int | None:
+        """DLE EOT 1 on the line; the status byte, or None if none came within ``wait``."""
+        with contextlib.suppress(termios.error):
+            termios.tcflush(fd, termios.TCIFLUSH)  # no stale reply from an earlier query
+        _write_device(fd, RT_STATUS_ONLINE, time.monotonic() + 1, self.what)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(int(wait * 1000)):
+            return None
+        try:
+            reply = os.read(fd, 1)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise PrinterError(f"{self.what}: {_why(exc)}") from None
+        if not reply:
+            return None
+        self.answers_status = True
+        return reply[0]
 
     def probe(self, timeout: float) -> None:
         fd = self._open()
         try:
-            _usblp_status(fd)
+            if self.baud is not None:
+                reply = self._status(fd, STATUS_REPLY_S)
+                if reply is None:
+                    self.answers_status = False
+                else:
+                    _check_online(reply)
+            else:
+                _usblp_status(fd)
         finally:
             os.close(fd)
 

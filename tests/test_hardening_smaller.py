@@ -421,3 +421,42 @@ def test_per_show_stream_key_from_the_environment_wins(tmp_path):
     assert load_manifest(a, env).stream_key == "friday-secret-key"
     assert load_manifest(b, env).stream_key == "all-shows-key"
     assert load_manifest(b, {}).stream_key == STREAM_KEY  # the manifest's own
+
+
+def test_a_serial_printer_that_answers_status_must_confirm_each_label():
+    """A real pty is the serial line; the 'printer' on its other end answers DLE EOT 1
+    with ``reply`` (None: stays silent)."""
+    from devices.connections import PrinterError, open_connection
+
+    master, slave = os.openpty()
+    reply: list[bytes | None] = [b"\x12"]
+    got = bytearray()
+    done = threading.Event()
+
+    def printer() -> None:
+        while not done.is_set():
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            got.extend(chunk)
+            if got.endswith(b"\x10\x04\x01") and reply[0] is not None:
+                os.write(master, reply[0])
+
+    threading.Thread(target=printer, daemon=True).start()
+    try:
+        conn = open_connection(f"serial://{os.ttyname(slave)}?baud=19200")
+        conn.probe(2)  # it answers: from now on every label must be confirmed
+        assert conn.answers_status is True
+        conn.send(b"\x1b@label one\n\x1dV\x00", 5)
+        reply[0] = b"\x1a"  # cover open: offline
+        with pytest.raises(PrinterError, match="offline"):
+            conn.send(b"\x1b@label two\n\x1dV\x00", 5)
+        reply[0] = None  # unplugged mid-label: no answer at all
+        with pytest.raises(PrinterError, match="did not confirm"):
+            conn.send(b"\x1b@label three\n\x1dV\x00", 5)
+        assert b"label one" in got and b"label three" in got
+    finally:
+        done.set()
+        os.close(slave)
+        os.close(master)
