@@ -436,8 +436,12 @@ async def run(cfg: Config) -> list[Result]:
     return results
 
 
+ROUNDS = 4  # alternating windows per configuration, so drift in the machine's load hits both
+
+
 async def workers_run(cfg: Config, workers: int) -> list[Result]:
-    """The HTTP closed loop at 1 worker, then at ``workers``, on one Redis."""
+    """The HTTP closed loop against ``serve --workers 1`` and ``--workers N`` (both running,
+    on one Redis), measured in alternating windows; each row sums its windows."""
     results = []
     with tempfile.TemporaryDirectory(prefix="flashdrop-") as tmp:
         tmp_path = Path(tmp)
@@ -445,30 +449,50 @@ async def workers_run(cfg: Config, workers: int) -> list[Result]:
         redis_server.start()
         manifest = tmp_path / "bench.toml"
         manifest.write_text(MANIFEST)
+        servers: dict[int, tuple[subprocess.Popen, str]] = {}
         try:
             for w in (1, workers):
-                proc, url = start_server(manifest, redis_server.url, tmp_path / f"var{w}", w)
+                servers[w] = start_server(manifest, redis_server.url, tmp_path / f"var{w}", w)
+            rounds = 1 if cfg.quick else ROUNDS
+            for n in cfg.concurrency:
+                buyers = {w: await _buyers(url, n) for w, (_p, url) in servers.items()}
+                windows: dict[int, list[Result]] = {w: [] for w in servers}
                 try:
-                    for n in cfg.concurrency:
-                        sessions = await _buyers(url, n)
-                        presses = [functools.partial(press, b) for b in sessions]
-                        try:
-                            results.append(
+                    for i in range(rounds):
+                        order = list(servers) if i % 2 == 0 else list(reversed(servers))
+                        for w in order:
+                            presses = [functools.partial(press, b) for b in buyers[w]]
+                            windows[w].append(
                                 await closed_loop(
-                                    f"HTTP closed loop, {w} worker{'s' if w > 1 else ''}",
+                                    "",
                                     presses,
-                                    cfg.window_s,
+                                    cfg.window_s / rounds,
                                     cfg.warmup_s,
-                                    proc.pid,
+                                    servers[w][0].pid,
                                 )
                             )
-                        finally:
-                            _close(sessions)
                 finally:
-                    proc.terminate()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(30)
+                    for sessions in buyers.values():
+                        _close(sessions)
+                for w, parts in windows.items():
+                    results.append(
+                        Result(
+                            f"HTTP closed loop, {w} worker{'s' if w > 1 else ''}",
+                            n,
+                            sum(r.ops for r in parts),
+                            sum(r.seconds for r in parts),
+                            [x for r in parts for x in r.latencies_ms],
+                            sum(r.errors for r in parts),
+                            server_cpu_s=sum(r.server_cpu_s or 0.0 for r in parts),
+                            client_cpu_s=sum(r.client_cpu_s or 0.0 for r in parts),
+                        )
+                    )
         finally:
+            for proc, _url in servers.values():
+                proc.terminate()
+            for proc, _url in servers.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(30)
             redis_server.stop()
     return results
 
@@ -514,14 +538,22 @@ def workers_report(cfg: Config, results: list[Result], workers: int) -> None:
             f"{many.server_cpu_s or 0:.1f} s of a {cfg.window_s:.0f} s window, load generator "
             f"{one.client_cpu_s or 0:.1f} s -> {many.client_cpu_s or 0:.1f} s)."
         )
+    load = os.getloadavg()
+    lines.append(
+        f"Machine load average at the end of the run: {load[0]:.1f} / {load[1]:.1f} "
+        f"(1 / 5 min, {os.cpu_count()} cores): other work shared the cores, so read the "
+        "CPU columns with the throughput."
+    )
     print(body)
     print("\n".join(lines))
     if cfg.quick:
         return
     notes = (
         f"The same closed loop as the flash_drop section, against `serve --workers 1` and "
-        f"then `serve --workers {workers}` (SO_REUSEPORT: the kernel spreads the buyers' "
-        "connections over the workers) on one Redis, in one run. *server CPU s* sums every "
+        f"`serve --workers {workers}` (SO_REUSEPORT: the kernel spreads the buyers' "
+        "connections over the workers), both running on one Redis, measured in "
+        f"{ROUNDS} alternating windows each (their sums are the rows), so a change in "
+        "the machine's other load falls on both. *server CPU s* sums every "
         "server process (parent and workers, from /proc) over the window; *client CPU s* is "
         "the load generator, which runs on the same cores (nproc above), as does Redis: "
         "with 2 cores the workers cannot each have a core to themselves, so the throughput "
