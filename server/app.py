@@ -27,6 +27,7 @@ from server.routes import (
     health,
     media,
     pages,
+    preflight,
     recordings,
     report,
     scene,
@@ -61,6 +62,7 @@ ROUTE_MODULES = (
     report,
     cues,
     floor,
+    preflight,
     pages,
     schedule,
 )

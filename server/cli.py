@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server.config import ManifestError, Settings, load_shows
+from server.config import REHEARSAL_DB, ManifestError, Settings, load_shows, rehearsal_redis_url
 from server.embedded import EmbeddedRedis, ManagedProcess
 
 log = logging.getLogger("showroom")
@@ -169,6 +169,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             args, "max_pending_orders", "SHOWROOM_MAX_PENDING_ORDERS", 2
         ),
         drop_hold_seconds=_int_option(args, "drop_hold_seconds", "SHOWROOM_DROP_HOLD_SECONDS", 120),
+        rehearsal=getattr(args, "rehearsal", False),
     )
 
 
@@ -189,6 +190,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from checkout.sandbox import payment_mode_problem
 
+    if settings.rehearsal:  # test cards only, whatever keys the environment carries
+        for name in ("STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY", "STRIPE_WEBHOOK_SECRET"):
+            os.environ.pop(name, None)
+        settings.stripe_secret_key = settings.stripe_webhook_secret = None
+        log.info("rehearsal: shows unlisted, test payments only, Redis database %d", REHEARSAL_DB)
     problem = payment_mode_problem(
         settings.stripe_secret_key or os.environ.get("STRIPE_SECRET_KEY"),
         os.environ.get("STRIPE_PUBLISHABLE_KEY"),
@@ -202,6 +208,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     services = Services()
     try:
         redis_url = start_embedded(settings, services)
+        if settings.rehearsal:
+            redis_url = rehearsal_redis_url(redis_url)
         if settings.workers > 1:
             return run(supervise(args, settings, redis_url, services))
         return run(serve(settings, redis_url, services=services))
@@ -270,6 +278,60 @@ def cmd_stock(args: argparse.Namespace) -> int:
     asyncio.run(apply())
     print(f"{show.id} {args.sku}: {args.set} available")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the manifests and preflight what a show needs; exit 1 on any red."""
+    from devices.connections import PrinterError, open_connection
+    from server import preflight
+
+    try:
+        shows = load_shows([Path(m) for m in args.manifest])
+    except ManifestError as exc:
+        print(f"showroom: bad manifest: {exc}")
+        return 2
+    secret = os.environ.get("STRIPE_SECRET_KEY")
+    checks = [
+        preflight.Check("manifest", preflight.GREEN, f"{len(shows)} show(s): {', '.join(shows)}"),
+        preflight.grade_stripe(
+            not secret,
+            bool(os.environ.get("STRIPE_WEBHOOK_SECRET")),
+            args.public_url or os.environ.get("SHOWROOM_PUBLIC_URL") or "http://127.0.0.1:8080",
+        ),
+        preflight.grade_disk(preflight.disk_free(Path(args.data_dir)), args.data_dir),
+    ]
+
+    async def redis_checks() -> list:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.Redis.from_url(args.redis, socket_timeout=3)
+        try:
+            appendonly, appendfsync, skew = await preflight.redis_figures(redis)
+        except Exception as exc:
+            return [preflight.Check("redis", preflight.RED, f"Cannot reach {args.redis}: {exc}")]
+        finally:
+            await redis.aclose()
+        return [preflight.grade_persistence(appendonly, appendfsync), preflight.grade_clock(skew)]
+
+    if args.redis:
+        checks += asyncio.run(redis_checks())
+    else:
+        checks.append(
+            preflight.Check("redis", preflight.GREEN, "Embedded Redis (AOF on) starts with serve.")
+        )
+    for show in shows.values():
+        for printer in show.printers:
+            try:
+                open_connection(printer.connection).probe(3)
+                checks.append(preflight.grade_printer(printer.name, True, None))
+            except (PrinterError, OSError) as exc:
+                checks.append(preflight.grade_printer(printer.name, False, str(exc)))
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"{c.level.upper():6} {c.name:<{width}}  {c.detail}")
+    verdict = preflight.overall(checks)
+    print(f"overall: {verdict}")
+    return 1 if verdict == preflight.RED else 0
 
 
 def cmd_printer_worker(args: argparse.Namespace) -> int:
@@ -354,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         "env SHOWROOM_DROP_HOLD_SECONDS)",
     )
     p.add_argument(
+        "--rehearsal",
+        action="store_true",
+        help="rehearse: shows unlisted, orders TEST, stock and reports kept apart",
+    )
+    p.add_argument(
         "--sandbox",
         action="store_true",
         help="allow the Stripe sandbox (test cards only) on a non-loopback --host",
@@ -419,6 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
         required=not os.environ.get("SHOWROOM_REDIS_URL"),
     )
     p.set_defaults(func=cmd_stock)
+
+    p = sub.add_parser(
+        "check", help="validate manifests and preflight Redis, Stripe, printers, disk"
+    )
+    p.add_argument("--manifest", action="append", required=True)
+    p.add_argument("--redis", default=os.environ.get("SHOWROOM_REDIS_URL"))
+    p.add_argument("--data-dir", default="var")
+    p.add_argument("--public-url", default=None)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("printer-worker", help="print station: consume paid orders and print labels")
     p.add_argument("--manifest", action="append", required=True)

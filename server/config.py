@@ -168,6 +168,9 @@ class Settings:
     run_dir: str | None = None
     print_worker: bool = True
     sandbox: bool = True  # Stripe: embedded localstripe unless STRIPE_SECRET_KEY is set
+    # A rehearsal: shows unlisted, test payments only, and its own Redis database, so its
+    # stock, orders and report never touch the real show's.
+    rehearsal: bool = False
     public_url: str | None = None  # base URL printed on labels / QR codes
     # Stripe (env STRIPE_* when unset). Sandbox mode: no secret key; api_base is localstripe.
     stripe_api_base: str | None = None
@@ -233,6 +236,17 @@ class Settings:
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+
+REHEARSAL_DB = 15
+
+
+def rehearsal_redis_url(url: str) -> str:
+    """The same Redis server, database REHEARSAL_DB (kept apart from the real show)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{REHEARSAL_DB}"))
 
 
 # --- manifest parsing -------------------------------------------------------------

@@ -37,6 +37,7 @@ _CSP_STRIPE = (
 
 def render(request: web.Request, name: str, status: int = 200, **context) -> web.Response:
     env = request.app[TEMPLATES]
+    context.setdefault("rehearsal", request.app[keys.SETTINGS].rehearsal)
     html = env.get_template(name).render(request=request, **context)
     sandbox = request.app[keys.SETTINGS].sandbox
     return web.Response(

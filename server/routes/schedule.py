@@ -50,6 +50,8 @@ def phase(show: ShowConfig, live: bool, has_ended: bool, now: datetime) -> str:
 
 
 async def list_shows(app: web.Application) -> list[dict]:
+    if app[keys.SETTINGS].rehearsal:
+        return []  # a rehearsal is unlisted: only those with the link find it
     redis = app[keys.REDIS]
     now = datetime.now(UTC)
     out = []
