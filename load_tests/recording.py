@@ -488,12 +488,14 @@ async def run(quick: bool) -> tuple[str, bool]:
     )
     ready95 = percentile(e2e["ready"], 95)
     ff95 = percentile(e2e["first_frame_ms"], 95)
-    ok = (
+    met = (
         cpu["remux_pct"] <= CPU_LIMIT_PCT
         and ready95 <= CLIP_READY_LIMIT_S
         and ff95 <= FIRST_FRAME_LIMIT_MS
-        and cpu["file_ok"]
     )
+    # A quick run proves the benchmark works (a few samples on a shared machine say
+    # little about the targets); a full run also fails when a target is not met.
+    ok = cpu["file_ok"] and e2e["clips"] >= 2 and (quick or met)
     path = plot(cpu, e2e, quick)
     body = "### CPU per show, 1280x720 30 fps, moving noise\n\n"
     body += table(["what", "% of one core", "target", "verdict"], cpu_table)

@@ -273,8 +273,8 @@ class Recorder:
         self._loop = asyncio.get_running_loop()
         self.directory.mkdir(parents=True, exist_ok=True)
         free = free_mb(self.directory)
-        session = Session(self.new_id(), self.directory / "pending.mp4", now)
-        session.path = self.directory / f"{session.id}.mp4"
+        rid = self.new_id()
+        session = Session(rid, self.directory / f"{rid}.mp4", now)
         self.session = session
         self.sessions_started += 1
         if free < self.config.min_free_mb:

@@ -56,7 +56,17 @@ async def test_disk_floor_stops_recording_show_goes_on_then_retention(app, caplo
             headers=HOST,
         ) as r:
             assert r.status == 201, await r.text()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
+        # The publisher reconnects (a PocketCam on a flaky link): the same live session,
+        # the same recording.
+        await pub.close(http)
+        pub = WhipPublisher(f"{app.url}/whip/demo", STREAM_KEY, TestPatternTrack(320, 180, 30))
+        await pub.start(http)
+        await asyncio.sleep(0.5)
+        async with s.get("/api/shows/demo/recordings") as r:
+            body = await r.json()
+        assert [x["id"] for x in body["recordings"]] == [started["id"]]
+        assert body["recorder"]["recording_id"] == started["id"]
 
         # The disk is nearly full: the floor is now above the free space.
         local = app.app[keys.EXTRA]["recordings"]["demo"]
