@@ -23,6 +23,7 @@ from media.testsrc import TestPatternTrack
 from server.embedded import free_port
 from tests.conftest import STREAM_KEY, manifest_text, wait_until
 from tests.test_checkout_payments import add, checkout, pay
+from tests.test_web_support import PHONE, JsErrors, chromium, new_page
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -192,7 +193,7 @@ async def test_reminder_is_sent_once_when_the_show_goes_live(make_app, tmp_path,
 
 
 async def test_receipt_email_links_to_the_order_on_any_device(
-    make_app, tmp_path, smtp, stripe_sandbox
+    make_app, tmp_path, smtp, stripe_sandbox, artifacts
 ):
     app = await make_app(
         [write_show(tmp_path, smtp.port)], stripe_api_base=stripe_sandbox.url, print_worker=False
@@ -229,6 +230,16 @@ async def test_receipt_email_links_to_the_order_on_any_device(
         assert len(ready) == 1 and link in body(ready[0])
         async with other_device.get(api) as r:
             assert (await r.json())["status"] == "ready"
+    # The same link in a fresh browser (no cookies, no storage): the order and its step.
+    async with chromium(app) as browser:
+        errors = JsErrors()
+        _, page = await new_page(browser, errors, "order-link", PHONE)
+        await page.goto(link)
+        await page.locator("#order-status").filter(has_text="Ready for pickup").wait_for()
+        await page.locator("#order-steps li.current", has_text="Ready for pickup").wait_for()
+        assert "Stoneware mug" in await page.content()
+        await page.screenshot(path=artifacts / "order_link_fresh_browser.png", full_page=True)
+        assert errors.unexpected() == []
 
 
 async def test_emails_wait_in_the_outbox_while_smtp_is_down(make_app, tmp_path, stripe_sandbox):
