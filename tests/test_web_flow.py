@@ -144,6 +144,7 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await viewer.screenshot(path=artifacts / "web_viewer_drop_cart.png", full_page=True)
 
     # Checkout in the page: a declined test card first, then the good one.
+    await viewer.get_by_role("button", name="View cart").tap()
     await viewer.get_by_role("button", name="Checkout").tap()
     await viewer.get_by_label("Name (for pickup)").fill("Ada Lovelace")
     await viewer.get_by_label("Email (for your receipt)").fill("ada@example.com")
@@ -161,12 +162,13 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await viewer.locator("#card-pay").tap()
     status = viewer.locator("#order-status")
     await expect(status).to_have_attribute("data-status", "printed", timeout=30000)
-    await expect(status).to_have_text("Ready for pickup")
+    # Printed is not ready: only staff say when it is packed and at the counter.
+    await expect(status).to_contain_text("Label printed")
     number = (await viewer.locator("#order-number").text_content()).strip()
     assert re.fullmatch(r"#\d+", number)
     await wait_until(lambda: b"Ada Lovelace" in printer.received, timeout=10)
     assert number.encode() in printer.received
-    await viewer.screenshot(path=artifacts / "web_viewer_ready.png", full_page=True)
+    await viewer.screenshot(path=artifacts / "web_viewer_printed.png", full_page=True)
     await expect(host.locator("#n-orders")).to_have_text("1", timeout=20000)
     await expect(host.locator("#n-revenue")).to_have_text("$25.00")
     # Conversion of the segment the order was paid in: 1 order from 1 viewer.
@@ -184,11 +186,17 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await expect(segment.locator("td").nth(4)).to_have_text("100.0%", timeout=10000)
     await expect(host.locator("#segments tr").nth(1)).to_contain_text("Stoneware mug")
 
-    # Staff see it ready to pick and mark it fulfilled; the viewer sees that live.
+    # Staff pack it and mark it ready, then hand it over; the viewer sees each step live.
     await host.goto(f"{app.url}/staff")
     card = host.locator("#q-printed .order-card")
     await expect(card).to_contain_text(number)
     await expect(card).to_contain_text("Ada Lovelace")
+    await card.get_by_role("button", name=re.compile("Mark order .* ready for pickup")).click()
+    card = host.locator("#q-ready .order-card")
+    await expect(card).to_contain_text(number)
+    await expect(status).to_have_attribute("data-status", "ready", timeout=10000)
+    await expect(status).to_have_text("Ready for pickup")
+    await viewer.screenshot(path=artifacts / "web_viewer_ready.png", full_page=True)
     await host.screenshot(path=artifacts / "web_staff_ready.png", full_page=True)
     await card.get_by_role("button", name=re.compile("Mark order .* fulfilled")).click()
     await expect(host.locator("#q-fulfilled .order-card")).to_contain_text(number)

@@ -208,6 +208,8 @@ async def test_every_page_loads_without_javascript_errors(make_app, artifacts):
         outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
         assert outline == "solid"
         await page.keyboard.press("Enter")
+        await page.locator("#cart-bar-text").filter(has_text="1 item").wait_for()
+        await page.get_by_role("button", name="View cart").click()
         await page.locator(".cart-item").filter(has_text="1 × Stoneware mug").wait_for()
         await staff_login(page, app.url, "/staff")
         await page.locator(f'.order-card[data-order="{order.order_id}"]').wait_for()

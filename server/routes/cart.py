@@ -304,6 +304,7 @@ async def checkout(request: web.Request) -> web.Response:
             "amount": cents_str(order.amount_cents),
             "currency": order.currency,
             "items": order.public()["items"],
+            "pay_by": int((order.created_at + app[keys.SETTINGS].payment_timeout_s) * 1000),
             "payment": {
                 "provider": "stripe",
                 "client_secret": intent.client_secret,
@@ -401,6 +402,21 @@ async def sandbox_pay(request: web.Request) -> web.Response:
     return web.json_response(
         {"order_id": order.order_id, "status": str(current.status), "payment_status": status}
     )
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    """The buyer gives up before paying: the order expires now, its units go back on sale."""
+    order = await _own_order(request)
+    if order.status not in (Status.PENDING_PAYMENT, Status.PAYMENT_FAILED):
+        raise conflict("conflict", f"This order is {order.status}; it cannot be cancelled.")
+    redis = _redis(request.app)
+    com = commerce(request.app)
+    _, changed = await expire_order_now(redis, order.order_id)
+    for show_id, sku in changed:
+        com.notifier.touch(show_id, sku)
+    current = await load_order(redis, order.order_id) or order
+    await com.publish_order(current)
+    return web.json_response(current.public())
 
 
 async def stripe_webhook(request: web.Request) -> web.Response:
@@ -543,6 +559,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/checkout", checkout)
     r.add_get("/api/orders/{order_id}", get_order)
     r.add_post("/api/orders/{order_id}/sandbox-pay", sandbox_pay)
+    r.add_post("/api/orders/{order_id}/cancel", cancel_order)
     r.add_post("/webhooks/stripe", stripe_webhook)
     r.add_post("/api/shows/{show}/drops", start_drop)
     r.add_get("/api/shows/{show}/drop", get_drop)

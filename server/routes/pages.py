@@ -14,7 +14,8 @@ import jinja2
 from aiohttp import web
 
 from checkout.orders import load_order
-from server import auth, keys
+from overlays.layout import make_layout
+from server import auth, keys, presence
 from server.config import ShowConfig
 from web.placeholder import product_png
 
@@ -105,6 +106,43 @@ async def logout(request: web.Request) -> web.Response:
 # --- pages --------------------------------------------------------------------------
 
 
+def picture_boxes(show: ShowConfig) -> dict[str, dict[str, float]]:
+    """Where the product card and its QR code sit in the composed picture, as fractions
+    of the frame: the page keeps its chat and buttons off them."""
+    lay = make_layout(show.video.width, show.video.height)
+    w, h = lay.width, lay.height
+    return {
+        name: {"x": b.x / w, "y": b.y / h, "w": b.w / w, "h": b.h / h}
+        for name, b in (("card", lay.card), ("qr", lay.qr))
+    }
+
+
+async def share_tags(request: web.Request, show: ShowConfig) -> dict[str, str]:
+    """Open Graph / Twitter card: title, picture, and whether it is live or when it starts."""
+    base = request.app[keys.SETTINGS].base_url.rstrip("/")
+    try:
+        live, _ = await presence.read(request.app[keys.REDIS], show.id)
+    except Exception:  # Redis away: the page still renders, the tags just say less
+        live = False
+    starts = getattr(show, "starts_at", None)
+    if live:
+        description = f"Live now: shop {show.title} as it happens."
+    elif starts:
+        description = f"Live shopping show, starting {starts}."
+    else:
+        description = "Live shopping show: watch, chat and buy in the stream."
+    if getattr(show, "description", ""):
+        description = f"{description} {show.description}"
+    sku = show.products[0].sku if show.products else ""
+    image = f"{base}/media/products/{quote(show.id)}/{quote(sku)}.png" if sku else ""
+    return {
+        "title": f"{'LIVE · ' if live else ''}{show.title}",
+        "description": description,
+        "url": f"{base}/shows/{quote(show.id)}",
+        "image": image,
+    }
+
+
 async def viewer_page(request: web.Request) -> web.Response:
     show = page_show(request)
     settings = request.app[keys.SETTINGS]
@@ -112,10 +150,14 @@ async def viewer_page(request: web.Request) -> web.Response:
         **show_summary(show),
         "sandbox": settings.sandbox,
         "hold_seconds": settings.hold_seconds,
+        "payment_timeout_s": settings.payment_timeout_s,
         "pickup_note": show.pickup_note,
         "highlight": request.query.get("sku") or None,
+        "picture": picture_boxes(show),
+        "video": {"width": show.video.width, "height": show.video.height},
     }
-    return render(request, "viewer.html", show=show, data=data)
+    og = await share_tags(request, show)
+    return render(request, "viewer.html", show=show, data=data, og=og)
 
 
 async def host_page(request: web.Request) -> web.Response:
