@@ -1060,6 +1060,11 @@ async function main() {
   await loadState();
   await loadCart();
   loadChat();
+  const me = await api("GET", "/api/me");
+  if (me.ok && me.data.name) {
+    state.name = me.data.name;
+    localStorage.setItem(NAME_KEY, state.name);
+  }
   const saved = localStorage.getItem(ORDER_KEY);
   if (saved) {
     state.order = { order_id: saved, status: "pending_payment" };
