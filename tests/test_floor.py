@@ -202,6 +202,7 @@ async def test_counter_page_on_a_phone_sells_and_prints_and_the_stream_sees_sold
             errors = JsErrors()
             _, viewer = await new_page(browser, errors, "viewer", PHONE)
             await viewer.goto(f"{app.url}/shows/demo")
+            await viewer.get_by_role("button", name="Products").click()  # the list is a sheet
             _, till = await new_page(browser, errors, "pos", PHONE)
             await till.goto(f"{app.url}/shows/demo/pos")
             await till.get_by_label("Password").fill(STAFF_PASSWORD)
