@@ -157,29 +157,31 @@ class Cluster:
             if not self.runtimes[show_id].origin:
                 await self._take(show_id, holder)
 
-    async def claim(self, show_id: str) -> None:
-        """A publisher arrived here: become the origin (the old one steps down first)."""
+    async def claim(self, show_id: str, publisher) -> None:
+        """A publisher arrived here: become the origin (the old one steps down first) and
+        make ``publisher`` the show's, under the lock a step-down request also takes."""
         runtime = self.runtimes[show_id]
         async with self._lock(show_id):
             for _ in range(10):
-                located = await self.locate(show_id)
-                if located is None:
-                    if await self._take(show_id, None):
-                        return
-                    continue
-                holder, _path = located
-                if holder == self.me:
-                    runtime.set_origin(True)
-                    return
-                if await self._ask_release(show_id, holder):
-                    if await self._take(show_id, None):
-                        return
-                elif await self._take(show_id, holder):  # it is gone
+                if await self._become_origin(show_id):
+                    await runtime.set_publisher(publisher)
                     return
                 await asyncio.sleep(0.05)
         raise ApiError(
             503, "unavailable", "Could not move the show here; try again.", {"Retry-After": "1"}
         )
+
+    async def _become_origin(self, show_id: str) -> bool:
+        located = await self.locate(show_id)
+        if located is None:
+            return await self._take(show_id, None)
+        holder, _path = located
+        if holder == self.me:
+            self.runtimes[show_id].set_origin(True)
+            return True
+        if await self._ask_release(show_id, holder):
+            return await self._take(show_id, None)
+        return await self._take(show_id, holder)  # it does not answer: it is gone
 
     async def step_down(self, show_id: str) -> None:
         runtime = self.runtimes[show_id]

@@ -139,13 +139,14 @@ async def whip_post(request: web.Request) -> web.Response:
         await publisher.close()
         raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
     workers = cluster(request.app)
-    if workers is not None:
+    if workers is None:
+        await runtime.set_publisher(publisher)
+    else:
         try:
-            await workers.claim(show.id)  # this worker composes the show from now on
+            await workers.claim(show.id, publisher)  # this worker composes the show now
         except BaseException:
             await publisher.close()
             raise
-    await runtime.set_publisher(publisher)
     return _created(answer, f"/whip/{show.id}/{publisher.id}", publisher.etag)
 
 
