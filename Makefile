@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# make demo PORT=9000 HOST=0.0.0.0 (the latter prints the address to open on a phone)
+PORT ?= 8080
+HOST ?= 127.0.0.1
 demo: system venv
-	@$(BIN)/showroom demo
+	@$(BIN)/showroom demo --port $(PORT) --host $(HOST)
 
 test: system venv
 	@echo "==> running the test suite (real redis-server, localstripe, aiortc peers, headless chromium)"

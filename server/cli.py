@@ -181,8 +181,22 @@ def _int_option(args: argparse.Namespace, name: str, env: str, default: int) -> 
     return value
 
 
+def port_problem(settings: Settings) -> str | None:
+    from server.logs import port_in_use
+
+    if settings.worker_index is None and port_in_use(settings.host, settings.port):
+        return (
+            f"port {settings.port} on {settings.host} is already in use "
+            "(another showroom?); choose another with --port (make demo PORT=...)"
+        )
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if problem := port_problem(settings):
+        print(f"showroom: {problem}", file=sys.stderr)
+        return 2
     try:
         load_shows(settings.manifests)  # fail fast, before any service starts
     except ManifestError as exc:
@@ -361,6 +375,12 @@ def cmd_printer_worker(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="showroom", description="Live-commerce streaming server")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("SHOWROOM_LOG_FORMAT", "text"),
+        help="one line per event (text) or one JSON object per line (json)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the server for one or more show manifests")
@@ -521,12 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.raw_argv = list(argv)  # what worker processes are started with
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("aioice", "aiortc", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from server import logs
+
+    logs.configure(args.verbose, args.log_format)
     return args.func(args)
 
 

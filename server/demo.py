@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from server.cli import Services, _settings, run, serve, start_embedded
+from server.cli import Services, _settings, port_problem, run, serve, start_embedded
+from server.logs import lan_addresses
 
 log = logging.getLogger("showroom.demo")
 TEMPLATE = Path(__file__).with_name("demo") / "show.toml"
@@ -35,6 +36,13 @@ def run_demo(args) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     args.manifest = [str(write_manifest(data_dir))]
     settings = _settings(args)
+    if problem := port_problem(settings):
+        print(f"showroom: {problem}", file=sys.stderr)
+        return 2
+    lan = lan_addresses() if settings.host in ("0.0.0.0", "::") else []
+    if lan and not settings.public_url:
+        # QR codes and label links must open on a phone on the same network.
+        settings.public_url = f"http://{lan[0]}:{settings.port}"
     services = Services()
     try:
         say(f"starting embedded Redis and the Stripe sandbox (data in {data_dir})")
@@ -61,7 +69,8 @@ def run_demo(args) -> int:
                 f"  Staff page:   {url}/staff             (password: demo-staff)\n"
                 f"  Labels:       {(data_dir / 'labels').resolve()}  (ESC/POS bytes + PNG previews)\n"
                 "  Test card:    4242 4242 4242 4242 (any future date, any CVC)\n"
-                "\n  Press Ctrl+C to stop.\n",
+                + "".join(f"  On a phone:   http://{ip}:{settings.port}/shows/demo\n" for ip in lan)
+                + "\n  Press Ctrl+C to stop.\n",
                 flush=True,
             )
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from checkout import carts, drops
 from checkout.catalog import set_stock
 from checkout.live import availability
-from checkout.ordering import CheckoutRefused, place_order, restore_cart
+from checkout.ordering import CheckoutRefused, expire_order_now, place_order, restore_cart
 from checkout.orders import Status, TransitionError, cents_str, load_order, transition
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from checkout.service import Commerce
