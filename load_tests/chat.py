@@ -56,8 +56,30 @@ STAFF = "bench-staff"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MESSAGE_RE = re.compile(rb'"text":"b#(\d+)#')
 DELETED_RE = re.compile(rb'"type":"chat_deleted","id":"([0-9-]+)"')
-# Extra ``serve`` options for loopback load: every client here is 127.0.0.1.
-SERVE_EXTRA: list[str] = ["--chat-ip-per-min", "0"]
+# ``serve`` options that lift per-address caps: every client here is 127.0.0.1. Each is
+# passed only if this version of ``serve`` has it (0 = no cap for all of them).
+LOOPBACK_LOAD_OPTIONS = (
+    "--chat-ip-per-min",
+    "--max-connections-per-ip",
+    "--max-streams-per-ip",
+    "--max-viewers-per-ip",
+)
+
+
+def loopback_load_flags() -> list[str]:
+    import subprocess
+
+    helptext = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    flags: list[str] = []
+    for option in LOOPBACK_LOAD_OPTIONS:
+        if re.search(re.escape(option) + r"\b", helptext):
+            flags += [option, "0"]
+    return flags
 
 
 @dataclass
@@ -247,6 +269,7 @@ class Sent:
 
     at: dict[int, float] = field(default_factory=dict)  # seq -> time the POST was written
     ids: dict[int, str] = field(default_factory=dict)  # seq -> message id (answered 201)
+    answered: dict[int, float] = field(default_factory=dict)  # seq -> POST round trip, s
     deleted_at: dict[str, float] = field(default_factory=dict)  # id -> DELETE written
 
 
@@ -270,6 +293,7 @@ async def send_loop(cfg: Config, tally: Sent, senders: list[Buyer], stop_at: flo
                 failures += 1
             else:
                 tally.ids[s] = json.loads(answer.body)["id"]
+                tally.answered[s] = time.time() - tally.at[s]
         except Exception:
             failures += 1
         finally:
@@ -446,6 +470,7 @@ class Result:
     expected: int
     latencies: list[float]
     to_all: list[float]  # per message: the last subscriber's latency
+    post_rtt: list[float]  # per message: POST written -> 201 read
     delete_to_all: list[float]
     delete_history_s: list[float]
     delete_failures: int
@@ -455,6 +480,8 @@ class Result:
     client_cpu_s: float
     subscriber_cpu_s: float
     streams_open_at_end: int
+    serve_flags: list[str]
+    load_avg: tuple[float, float]  # the machine's 1-minute load average, before and after
     window_s: float
     floor: dict
 
@@ -487,9 +514,11 @@ async def run(cfg: Config) -> Result:
     subscribers: SubscriberProcesses | None = None
     try:
         manifest = write_manifest(tmp)
+        extra = loopback_load_flags()
+        load_before = os.getloadavg()[0]
         for i in range(2):
             args = ["--manifest", str(manifest), "--port", str(free_port()), "--redis", redis.url]
-            args += ["--data-dir", str(tmp / f"var{i}"), "--no-print-worker", *SERVE_EXTRA]
+            args += ["--data-dir", str(tmp / f"var{i}"), "--no-print-worker", *extra]
             procs.append(spawn_serve(args, log_path=tmp / f"serve{i}.log"))
         urls = [u for _, u in procs]
         pids = [p.pid for p, _ in procs]
@@ -553,6 +582,7 @@ async def run(cfg: Config) -> Result:
             deliveries=len(latencies),
             expected=len(posted) * n,
             latencies=latencies,
+            post_rtt=list(sent.answered.values()),
             to_all=to_all,
             delete_to_all=del_all,
             delete_history_s=history_s,
@@ -563,6 +593,8 @@ async def run(cfg: Config) -> Result:
             client_cpu_s=client_cpu,
             subscriber_cpu_s=subscriber_cpu,
             streams_open_at_end=still_open,
+            serve_flags=extra,
+            load_avg=(load_before, os.getloadavg()[0]),
             window_s=window,
             floor=floor,
         )
@@ -663,6 +695,10 @@ def report(r: Result, command: str) -> tuple[str, bool]:
     t2 = table(
         ["figure", "value"],
         [
+            [
+                "POST /chat answered p50 / p99 ms",
+                f"{ms(median(r.post_rtt)):.1f} / {ms(percentile(r.post_rtt, 99)):.1f}",
+            ],
             ["moderation deletes", len(r.delete_to_all)],
             ["delete -> every subscriber p50 ms", f"{ms(median(r.delete_to_all)):.1f}"],
             ["delete -> every subscriber p99 ms", f"{ms(p99_del):.1f}"],
@@ -704,7 +740,10 @@ def report(r: Result, command: str) -> tuple[str, bool]:
     body = (
         f"{cfg.subscribers} SSE subscribers split over 2 `serve` processes on one Redis, "
         f"{cfg.senders} senders posting {cfg.rate:.0f} messages/s for {cfg.seconds:.0f} s "
-        f"(open loop), a moderator deleting ~{cfg.deletes_per_s:.0f}/s.\n\n"
+        f"(open loop), a moderator deleting ~{cfg.deletes_per_s:.0f}/s. `serve` options: "
+        f"`{' '.join(r.serve_flags)}` (per-address caps off: every client is 127.0.0.1). "
+        f"Machine load average (1 min) {r.load_avg[0]:.1f} before, {r.load_avg[1]:.1f} after "
+        "(the two cores are shared with other work).\n\n"
         f"{t1}\n\n{t2}\n\n{verdict}\n\n"
         "*p99 to every subscriber*: per message, the latency of the last subscriber to get "
         "it. The raw-limit row is the same fan-out (same subscribers in two processes, same "

@@ -12,12 +12,14 @@ Keys (per show):
 - ``chat:{show}:last:{author}`` — when the author last posted (slow mode);
 - ``chat:{show}:ip:{hash}`` — a sorted set of the recent posts from one IP.
 
-A post WATCHes the author's keys, reads them, the viewer's name, the settings and the
-IP's window in one round trip,
-lets ``rules.check_post`` decide, and commits in MULTI/EXEC; if another post or a
-moderation of the same author got in between, it reads again. So two processes (or two
-tabs) cannot both slip a message past slow mode or a ban. Every change is published on the show's event bus, so each process's SSE
-streams carry the same chat.
+A post reads the viewer's name, the settings, the author's moderation state and last
+post and the IP's window in one round trip, lets ``rules.check_post`` decide, and
+commits with one script that adds and publishes the message only if the author's state
+and last post are still what was read (else it reads again). So two processes (or two
+tabs) cannot both slip a message past slow mode or a ban. The IP's window is not part
+of that guard: everyone behind one address (a venue's wifi) would retry each other; near
+its limit it may let a few parallel posts through, never a steady stream. Every change
+is published on the show's event bus, so each process's SSE streams carry the same chat.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from checkout.scripts import Script
 from server import identity
 from server.chat import rules
 from server.chat.rules import ChatMessage, ChatSettings, Moderation, ModState, PostSnapshot
+from server.events import CHANNEL_PREFIX
 
 LOG_MAXLEN = 1000
 LAST_POST_TTL_MS = (rules.MAX_SLOW_MODE_S + 5) * 1000
@@ -147,65 +150,75 @@ class ChatStore:
     async def post(
         self, *, author: str, viewer_id: str, role: str, text: str, ip: str, staff: bool
     ) -> ChatMessage:
-        """Append a message if the rules allow it now; raises rules.Refused otherwise."""
+        """Append a message and publish it if the rules allow it now; raises
+        rules.Refused otherwise."""
         text = rules.clean_text(text)
         if staff:  # the host speaks freely: no slow mode, rate limit or word list
             ts, name = now_ms(), await identity.get_name(self.redis, viewer_id) or "Host"
-            entry_id = await self.redis.xadd(
-                self.log_key,
-                self._fields(author, name, role, text, ts),
-                maxlen=LOG_MAXLEN,
-                approximate=True,
-            )
+            entry_id = await self._commit(author, name, role, text, ts, None)
+            assert entry_id is not None
             return ChatMessage(_s(entry_id), author, name, role, text, ts)
         mod_key, last_key, ip_key = self.mod_key(author), self.last_key(author), self.ip_key(ip)
         for _ in range(POST_ATTEMPTS):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    # Only this author's keys are watched: the IP's window is shared by
-                    # everyone behind one address (a venue's wifi) and would make their
-                    # posts retry each other; near its limit it may let a few parallel
-                    # posts through, never a steady stream.
-                    await pipe.watch(mod_key, last_key)
-                    ts = now_ms()
-                    async with self.redis.pipeline(transaction=False) as reads:
-                        reads.hget(identity.profile_key(viewer_id), "name")
-                        reads.hgetall(self.settings_key)
-                        reads.get(mod_key)
-                        reads.get(last_key)
-                        if self.ip_limit:
-                            reads.zrangebyscore(
-                                ip_key, ts - rules.IP_WINDOW_MS, "+inf", withscores=True
-                            )
-                        name_raw, settings_raw, mod_raw, last, *ip_rows = await reads.execute()
-                    name = _s(name_raw) if name_raw else None
-                    snap = PostSnapshot(
-                        name=name,
-                        mod=parse_mod(mod_raw),
-                        last_post_ms=int(last) if last else None,
-                        ip_recent_ms=tuple(int(score) for _, score in (ip_rows or [[]])[0]),
-                        settings=self._settings_from(settings_raw),
-                        ip_limit=self.ip_limit,
-                    )
-                    rules.check_post(snap, text, ts)
-                    assert name is not None
-                    pipe.multi()
-                    pipe.xadd(
-                        self.log_key,
-                        self._fields(author, name, role, text, ts),
-                        maxlen=LOG_MAXLEN,
-                        approximate=True,
-                    )
-                    pipe.set(last_key, ts, px=LAST_POST_TTL_MS)
-                    if self.ip_limit:
-                        pipe.zadd(ip_key, {f"{ts}:{author}": ts})
-                        pipe.zremrangebyscore(ip_key, "-inf", ts - rules.IP_WINDOW_MS)
-                        pipe.pexpire(ip_key, rules.IP_WINDOW_MS)
-                    entry_id, *_ = await pipe.execute()
-                except WatchError:
-                    continue
-            return ChatMessage(_s(entry_id), author, name, role, text, ts)
+            ts = now_ms()
+            async with self.redis.pipeline(transaction=False) as reads:
+                reads.hget(identity.profile_key(viewer_id), "name")
+                reads.hgetall(self.settings_key)
+                reads.get(mod_key)
+                reads.get(last_key)
+                if self.ip_limit:
+                    reads.zrangebyscore(ip_key, ts - rules.IP_WINDOW_MS, "+inf", withscores=True)
+                name_raw, settings_raw, mod_raw, last, *ip_rows = await reads.execute()
+            name = _s(name_raw) if name_raw else None
+            snap = PostSnapshot(
+                name=name,
+                mod=parse_mod(mod_raw),
+                last_post_ms=int(last) if last else None,
+                ip_recent_ms=tuple(int(score) for _, score in (ip_rows or [[]])[0]),
+                settings=self._settings_from(settings_raw),
+                ip_limit=self.ip_limit,
+            )
+            rules.check_post(snap, text, ts)
+            assert name is not None
+            entry_id = await self._commit(
+                author, name, role, text, ts, (mod_raw or b"", last or b"", ip)
+            )
+            if entry_id is not None:
+                return ChatMessage(_s(entry_id), author, name, role, text, ts)
+            # another post or a moderation of this author came in between: decide again
         raise rules.Refused("rate_limited", "Chat is busy; please try again.", 1)
+
+    async def _commit(
+        self,
+        author: str,
+        name: str,
+        role: str,
+        text: str,
+        ts: int,
+        guard: tuple[bytes, bytes, str] | None,
+    ) -> bytes | str | None:
+        """XADD + publish in one script; with a guard (the author's moderation state and
+        last post as read), only if neither changed since. None: they did."""
+        mod_raw, last_raw, ip = guard if guard is not None else (b"", b"", "")
+        return await _COMMIT(
+            self.redis,
+            [self.log_key, self.last_key(author), self.mod_key(author), self.ip_key(ip)],
+            [
+                1 if guard is not None else 0,
+                mod_raw,
+                last_raw,
+                LAST_POST_TTL_MS,
+                rules.IP_WINDOW_MS if self.ip_limit and guard is not None else 0,
+                LOG_MAXLEN,
+                author,
+                name,
+                role,
+                text,
+                ts,
+                CHANNEL_PREFIX + self.show_id,
+                self.show_id,
+            ],
+        )
 
     @staticmethod
     def _fields(author: str, name: str, role: str, text: str, ts: int) -> dict:
@@ -272,6 +285,40 @@ class ChatStore:
         )
         return new
 
+
+# The commit of a post: one round trip, and the chat event is published with the message
+# (no window in which it is stored but not yet announced). It is the event bus's envelope
+# (server.events: msgpack of the event with "ts" and "show") built here because only the
+# script knows the entry id.
+# KEYS: log, author's last post, author's moderation state, IP window
+# ARGV: guarded, moderation as read, last post as read, last-post TTL ms, IP window ms
+#       (0 = none), log maxlen, author, name, role, text, ts, channel, show
+# -> the entry id, or false when the guarded keys changed
+_COMMIT = Script(
+    """
+if ARGV[1] == '1' then
+  if (redis.call('GET', KEYS[3]) or '') ~= ARGV[2] then return false end
+  if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return false end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*',
+  'author', ARGV[7], 'name', ARGV[8], 'role', ARGV[9], 'text', ARGV[10], 'ts', ARGV[11])
+local ts = tonumber(ARGV[11])
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[2], ARGV[11], 'PX', ARGV[4])
+  local window = tonumber(ARGV[5])
+  if window > 0 then
+    redis.call('ZADD', KEYS[4], ts, ARGV[11] .. ':' .. ARGV[7])
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ts - window)
+    redis.call('PEXPIRE', KEYS[4], window)
+  end
+end
+local message = {id = id, author = ARGV[7], name = ARGV[8], role = ARGV[9], text = ARGV[10],
+  ts = ts}
+redis.call('PUBLISH', ARGV[12],
+  cmsgpack.pack({type = 'chat', message = message, ts = ts, show = ARGV[13]}))
+return id
+"""
+)
 
 _DEL_IF_EQUAL = Script(
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"

@@ -106,7 +106,7 @@ async def post_chat(request: web.Request) -> web.Response:
         )
     except rules.Refused as exc:
         raise refused(exc) from None
-    await publish(request, show, {"type": "chat", "message": message.public()})
+    # (the store published the chat event with the message, in the same script)
     return web.json_response(message.public(), status=201)
 
 
