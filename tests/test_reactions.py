@@ -51,9 +51,14 @@ async def test_200_taps_a_second_become_at_most_4_events_a_second_on_every_proce
             await asyncio.sleep(0.6)  # nothing more may come
             for stream in (ev_a, ev_b):
                 assert total(stream) == counted
-                times = [at for at, e in stream.events if e.get("type") == "reactions"]
-                assert most_in_one_second(times) <= 4, times
-                assert len(times) >= 8  # and they did come while the taps went on
+                events = [(at, e) for at, e in stream.events if e.get("type") == "reactions"]
+                # at most 4 in any second on Redis's clock, whichever process sent them
+                stamps = [e["at"] / 1000 for _, e in events]
+                assert most_in_one_second(stamps) <= 4, stamps
+                # and as they arrived (a stalled process may bunch two on a busy machine)
+                arrived = [at for at, _ in events]
+                assert len(arrived) <= 4 * (arrived[-1] - arrived[0]) + 2, arrived
+                assert len(events) >= 8  # and they did come while the taps went on
             # both processes show the very same events
             assert [e["counts"] for e in ev_a.of("reactions")] == [
                 e["counts"] for e in ev_b.of("reactions")
@@ -94,13 +99,16 @@ async def test_unknown_kinds_are_400_and_limits_are_quiet(make_app):
             assert sum(counted) == 8 if int(time.time()) == second else sum(counted) <= 16
             # fresh cookies from the same IP: the IP's limit (12 a second) holds
             await asyncio.sleep(1.05 - (time.time() % 1))
-            replies = [
-                await s.post("/api/shows/demo/reactions", json={"kind": "clap"})
-                for s in others
-                for _ in range(6)
-            ]
+            second = int(time.time())
+            replies = await asyncio.gather(
+                *(
+                    s.post("/api/shows/demo/reactions", json={"kind": "clap"})
+                    for s in others
+                    for _ in range(6)
+                )
+            )
             n = sum([(await r.json())["counted"] for r in replies])
-            assert n <= 12
+            assert n == 12 if int(time.time()) == second else n <= 24
             await events.wait_for(lambda e: e.get("type") == "reactions" and "clap" in e["counts"])
             await asyncio.sleep(0.6)
             claps = sum(e["counts"].get("clap", 0) for e in events.of("reactions"))

@@ -54,7 +54,7 @@ return 1
 
 # KEYS: pending hash, next-allowed key, recent list, totals hash
 # ARGV: window ms, recent entries kept
-# -> {wait_ms} when too early, else {0, kind, n, kind, n, ...} (nothing pending: {0})
+# -> {wait_ms} when too early, else {0, now_ms, kind, n, kind, n, ...} (nothing: {0})
 _TAKE = Script(
     """
 local t = redis.call('TIME')
@@ -73,7 +73,7 @@ end
 redis.call('LPUSH', KEYS[3], now .. ':' .. n)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
 redis.call('EXPIRE', KEYS[3], 3600)
-local out = {0}
+local out = {0, now}
 for i = 1, #counts do out[#out + 1] = counts[i] end
 return out
 """
@@ -95,11 +95,14 @@ def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_take(reply: list) -> tuple[int, dict[str, int]]:
-    """(wait_ms, counts) from the take script's reply."""
+def parse_take(reply: list) -> tuple[int, int | None, dict[str, int]]:
+    """(wait_ms, Redis time of the take, counts) from the take script's reply."""
     wait = int(reply[0])
-    pairs = reply[1:]
-    return wait, {_s(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+    if len(reply) < 2:
+        return wait, None, {}
+    pairs = reply[2:]
+    counts = {_s(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+    return wait, int(reply[1]), counts
 
 
 def rate_per_s(recent: list, now_ms: int, window_s: int = RATE_WINDOW_S) -> float:
@@ -149,7 +152,7 @@ class Reactions:
             while show_id in self._dirty:
                 self._dirty.discard(show_id)
                 try:
-                    wait, counts = parse_take(
+                    wait, at, counts = parse_take(
                         await _TAKE(
                             self.redis,
                             [
@@ -172,7 +175,9 @@ class Reactions:
                     continue
                 if counts:
                     self.published += 1
-                    await self.publish(show_id, {"type": "reactions", "counts": counts})
+                    # "at": when Redis handed these counts out (events are WINDOW_MS apart
+                    # on that clock, whichever process sent them)
+                    await self.publish(show_id, {"type": "reactions", "counts": counts, "at": at})
                 if show_id in self._dirty:  # taps came in meanwhile: next window
                     await asyncio.sleep(WINDOW_MS / 1000)
         finally:
