@@ -53,3 +53,30 @@ def test_json_log_lines_parse():
     assert entry["level"] == "warning" and entry["msg"] == "printer counter offline"
     assert entry["logger"] == "showroom" and entry["ts"].endswith("Z")
     assert all(not ip.startswith("127.") for ip in lan_addresses())
+
+
+def test_grafana_dashboard_only_uses_metrics_the_server_exports():
+    import re
+
+    from prometheus_client import generate_latest
+
+    from server.metrics import Metrics
+
+    exported = generate_latest(Metrics().registry).decode()
+    names = set(re.findall(r"^# TYPE (\S+)", exported, re.M))
+    dashboard = json.loads((ROOT / "deploy/grafana/showroom.json").read_text())
+    used = {
+        m
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for m in re.findall(r"showroom_[a-z_]+", t["expr"])
+    }
+    assert used, "the dashboard has queries"
+    base = {re.sub(r"_(bucket|total|count|sum)$", "", m) for m in used}
+    assert base <= {re.sub(r"_total$", "", n) for n in names}, base - names
+
+
+def test_the_image_copies_every_package_folder():
+    text = (ROOT / "Dockerfile").read_text()
+    for folder in ("server", "media", "checkout", "overlays", "web", "devices"):
+        assert f"COPY {folder} {folder}" in text and (ROOT / folder).is_dir()
