@@ -64,7 +64,7 @@ def test_grafana_dashboard_only_uses_metrics_the_server_exports():
 
     exported = generate_latest(Metrics().registry).decode()
     names = set(re.findall(r"^# TYPE (\S+)", exported, re.M))
-    dashboard = json.loads((ROOT / "deploy/grafana/showroom.json").read_text())
+    dashboard = json.loads((ROOT / "server/deploy/grafana.json").read_text())
     used = {
         m
         for p in dashboard["panels"]
