@@ -48,9 +48,7 @@ from load_tests.common import (
     table,
     write_section,
 )
-from load_tests.lean_viewers import Crowd, LoopedVideo, Samples
-from media.client import WhipPublisher
-from media.testsrc import ToneTrack
+from load_tests.lean_viewers import Crowd, Publisher, Samples
 
 STREAM_KEY = "bench-stream-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -110,10 +108,56 @@ def cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
-def thread_cpu_seconds(pid: int) -> float:
-    """The main thread of ``pid`` (a server's event loop)."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def thread_cpu_seconds(root: int) -> float:
+    """The main threads (event loops) of ``root`` and its descendants."""
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError, IndexError):
+            text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+async def hot_path_us_per_packet(viewers: int = 300, frames: int = 90) -> float:
+    """The lean path's own floor: ``Broadcast.send`` of 720p-sized frames (7 packets of
+    1,100 bytes) to ``viewers`` real LeanSenders, each with its own libsrtp session and
+    UDP socket to a loopback receiver; process CPU time per packet sent (us)."""
+    import socket
+
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpsender import RTCRtpSender
+    from pylibsrtp import Policy, Session
+
+    from media.fanout import Fanout
+    from media.lean import Broadcast, LeanSender, SrtpProtector
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    fanout = Fanout(capacity=60)
+    broadcast = Broadcast(fanout, "video", 90000, lambda _r: None, lambda _k: None)
+    cert = RTCCertificate.generateCertificate()
+    dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [cert])
+    socks = []
+    for _ in range(viewers):
+        lean = LeanSender(RTCRtpSender("video", dtls), broadcast)
+        lean.pt, lean.profile, lean.b0, lean.waiting = 102, (1, b"0", 3), 0x90, False
+        policy = Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+        lean.protect = SrtpProtector(Session(policy))
+        lean.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        lean.sock.setblocking(False)
+        lean.addr = sink.getsockname()
+        socks.append(lean.sock)
+        broadcast.viewers.append(lean)
+    payloads = [os.urandom(1100) for _ in range(7)]
+    start = time.process_time()
+    for i in range(frames):
+        entry = fanout.publish(None, i == 0, 0, payloads=payloads, timestamp=i * 3000)
+        broadcast.send(entry)
+    spent = time.process_time() - start
+    for sock in [*socks, sink]:
+        sock.close()
+    return spent / (frames * len(payloads) * viewers) * 1e6
 
 
 def serve_supports_workers() -> bool:
@@ -199,6 +243,8 @@ class Point:
     loss_pct: float = 0.0  # packets missing from the sequence numbers
     sample_fps: float = 0.0  # decoded video frames/s at a sample viewer (mean)
     sample_size: str = ""
+    publisher_fps: float = 0.0  # frames/s the publisher sent (its own process)
+    show_fps: float = 0.0  # frames/s the show composed
     latency_ms: list[float] = field(default_factory=list)
     skips: int = 0  # viewers that fell behind and skipped ahead (cumulative)
 
@@ -305,11 +351,10 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
     samples = Samples(base, "demo", cfg.samples if kind != "naive" else 0)
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as http:
-        video = LoopedVideo(cfg.width, cfg.height, cfg.fps, cfg.bitrate_kbps)
-        audio = ToneTrack() if kind != "naive" else None
-        pub = WhipPublisher(f"{base}/whip/demo", STREAM_KEY, video, audio, codec="H264")
+        pub = Publisher(f"{base}/whip/demo", STREAM_KEY, cfg.width, cfg.height, cfg.fps,
+                        cfg.bitrate_kbps)  # fmt: skip
         try:
-            await pub.start(http)
+            await pub.start()
             await asyncio.sleep(1.5)
             for count in counts:
                 if count and samples.count and samples.proc is None:
@@ -318,7 +363,7 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
                 if missing > 0:
                     await crowd.add(http, missing)
                 await asyncio.sleep(cfg.warmup_s)
-                point = await window(kind, crowd, samples, proc.pid, base, http, cfg)
+                point = await window(kind, crowd, samples, pub, proc.pid, base, http, cfg, workers)
                 series.points.append(point)
                 print(
                     f"  {name:13} workers={workers} viewers={point.viewers:3d} "
@@ -326,6 +371,7 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
                     f"{point.kbps_per_viewer:.0f} kbps/viewer "
                     f"{point.pps_per_viewer:.0f} pkt/s/viewer loss={point.loss_pct:.2f}% "
                     f"sample={point.sample_fps:.1f} fps {point.sample_size} skips={point.skips} "
+                    f"publisher={point.publisher_fps:.1f} fps show={point.show_fps:.1f} fps "
                     f"failed joins={len(crowd.failures)}",
                     flush=True,
                 )
@@ -334,7 +380,7 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
         finally:
             await samples.stop()
             await crowd.close(http)
-            await pub.close(http)
+            await pub.stop()
             proc.terminate()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(proc.wait, 20)
@@ -344,9 +390,12 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
 
 
 async def window(
-    kind: str, crowd: Crowd, samples: Samples, pid: int, base: str, http, cfg: Config
-) -> Point:
+    kind: str, crowd: Crowd, samples: Samples, pub: Publisher, pid: int, base: str, http,
+    cfg: Config, workers: int = 1,
+) -> Point:  # fmt: skip
     counted = crowd.per_viewer()
+    sent0 = pub.latest["frames"]
+    composed0 = await frames_out(kind, base, http)
     lost0 = crowd.totals()[2]
     frames0 = samples.latest["frames"]
     c0, l0, t0 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
@@ -356,6 +405,8 @@ async def window(
     dt = t1 - t0
     after = crowd.per_viewer()
     frames1 = samples.latest["frames"]
+    sent1 = pub.latest["frames"]
+    composed1 = await frames_out(kind, base, http)
     lost1 = crowd.totals()[2]
     pps = [(b[0] - a[0]) / dt for a, b in zip(counted, after, strict=False)]
     kbps = [(b[1] - a[1]) * 8 / dt / 1000 for a, b in zip(counted, after, strict=False)]
@@ -369,12 +420,23 @@ async def window(
     if joined:
         point.sample_fps = (frames1 - frames0) / dt / joined
         point.sample_size = ",".join(samples.latest["sizes"])
+    point.publisher_fps = (sent1 - sent0) / dt
+    # With workers, /api/.../media answers from whichever worker the request lands on.
+    point.show_fps = (composed1 - composed0) / dt if workers == 1 else float("nan")
     if kind != "naive":
         async with http.get(f"{base}/api/shows/demo/media") as resp:
             stats = await resp.json()
         point.latency_ms = [ms for wall, ms in stats["server_latency_ms"] if wall >= wall0]
         point.skips = stats["viewer_skips"]
     return point
+
+
+async def frames_out(kind: str, base: str, http) -> int:
+    """Frames the show composed so far (the origin's compositor; 0 for naive)."""
+    if kind == "naive":
+        return 0
+    async with http.get(f"{base}/api/shows/demo/media") as resp:
+        return int((await resp.json()).get("frames_out", 0))
 
 
 def plot(series: list[Series], quick: bool) -> Path:
@@ -404,9 +466,14 @@ def plot(series: list[Series], quick: bool) -> Path:
     return path
 
 
+HOT_PATH: list[float] = []  # us per packet, measured in this run
+
+
 async def run(cfg: Config) -> list[Series]:
     from server.embedded import EmbeddedRedis
 
+    HOT_PATH.append(await hot_path_us_per_packet(30 if cfg.quick else 300))
+    print(f"lean hot path alone: {HOT_PATH[-1]:.2f} us per packet", flush=True)
     out: list[Series] = []
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         folder = Path(tmp)
@@ -454,20 +521,28 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
             rows.append(
                 [s.name, s.workers, p.viewers, f"{p.cpu_cores:.3f}", f"{p.loop_cores:.3f}",
                  f"{p.kbps_per_viewer:.0f}", f"{p.pps_per_viewer:.0f}", f"{p.loss_pct:.2f}",
-                 f"{p.sample_fps:.1f} {p.sample_size}" if p.sample_size else "-", p.skips]
+                 f"{p.sample_fps:.1f} {p.sample_size}" if p.sample_size else "-",
+                 f"{p.publisher_fps:.1f}",
+                 f"{p.show_fps:.1f}" if p.show_fps == p.show_fps else "-", p.skips]
                 + (lat if p.latency_ms else ["-", "-"])
             )  # fmt: skip
+    points = table(
+        ["path", "workers", "viewers", "server CPU (cores)", "event loop threads (cores)",
+         "kbps per viewer", "RTP pkt/s per viewer", "loss %", "sample viewers: fps, size",
+         "publisher fps", "show fps", "skips", "server latency p50 ms", "p99 ms"],
+        rows,
+    )  # fmt: skip
+    floor_us = HOT_PATH[-1] if HOT_PATH else float("nan")
+    summary_rows.append(
+        ["lean hot path alone (in process, no ICE/DTLS)", "-", "-", f"{floor_us:.1f}",
+         f"{floor_us * nominal_pps / 1e4:.3f}", f"{1e6 / (floor_us * nominal_pps):.0f}", "-",
+         "-", "-", "-", "-"]
+    )  # fmt: skip
     summary = table(
         ["path", "workers", "base CPU (cores)", "us per packet", "CPU per viewer (% of a core)",
          "viewers per core", "viewers per core as delivered", "most viewers held",
          "server CPU there (cores)", "kbps per viewer there", "loss %"],
         summary_rows,
-    )  # fmt: skip
-    points = table(
-        ["path", "workers", "viewers", "server CPU (cores)", "event loop thread (cores)",
-         "kbps per viewer", "RTP pkt/s per viewer", "loss %", "sample viewers: fps, size",
-         "skips", "server latency p50 ms", "p99 ms"],
-        rows,
     )  # fmt: skip
     per_core = lean1.per_core_at(nominal_pps)
     old_core = old.per_core_at(nominal_pps) if old else 0.0

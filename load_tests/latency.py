@@ -1,6 +1,6 @@
 """Glass-to-glass latency and join time, as viewers feel them.
 
-    python -m load_tests.latency [--quick] [--viewers 1,10,50] [--seconds 15]
+    python -m load_tests.latency [--quick] [--viewers 1,10,50] [--seconds 15] [--workers 2]
 
 Starts a real ``showroom serve`` (embedded Redis and Stripe sandbox, as the CLI does),
 publishes a time-coded test pattern over WHIP from a separate process (the PocketCam,
@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,7 @@ class Options:
     browser: bool
     quick: bool
     write: bool = True
+    workers: int = 1  # with more, a row of its own for the viewers on non-origin workers
 
 
 @dataclass
@@ -96,6 +98,7 @@ class PhaseResult:
     machine_busy: float = float("nan")  # % of all cores, everything on the machine
     server_added: list[float] = field(default_factory=list)  # server's own per-frame ms
     note: str = ""
+    relayed: PhaseResult | None = None  # the same phase, viewers on non-origin workers only
 
 
 # --- processes --------------------------------------------------------------------------
@@ -117,6 +120,8 @@ def start_server(workdir: Path, opts: Options) -> tuple[subprocess.Popen, str]:
     path.write_text(manifest(opts))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWROOM_", "STRIPE_"))}
     args = ["--manifest", str(path), "--port", str(free_port()), "--data-dir", str(workdir / "var")]
+    if opts.workers > 1:
+        args += ["--workers", str(opts.workers)]
     return spawn_serve([*args, "--no-print-worker"], env=env, log_path=workdir / "server.log")
 
 
@@ -168,15 +173,16 @@ async def publish_forever(url: str, width: int, height: int, fps: int) -> None:
 
 
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one when ``pid`` is None)."""
+    """User + system CPU seconds of a process and its live children (``serve --workers``
+    is a parent and its workers); this process alone when ``pid`` is None."""
     if pid is None:
         t = os.times()
         return t.user + t.system
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    from load_tests.fanout import cpu_seconds as tree_cpu_seconds
+
+    if not Path(f"/proc/{pid}").exists():
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return tree_cpu_seconds(pid)
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -283,6 +289,37 @@ async def viewer_phase(
     result.server_added = await server_added_ms(base, start, end)
     result.server_cpu, result.client_cpu = cpu["server"], cpu["measuring"]
     result.publisher_cpu, result.machine_busy = cpu["publisher"], cpu["machine"]
+    if opts.workers > 1:
+        origin = await origin_worker(base)
+        relayed = [s for s in stats if s.worker is not None and s.worker != origin]
+        result.relayed = PhaseResult(name="non-origin worker (relayed)", viewers=len(relayed))
+        _collect(result.relayed, relayed, start, end)
+        result.note = f"origin worker {origin}"
+    _collect(result, stats, start, end)
+    # Viewers report what they felt, as browser viewers do: /metrics sees it too.
+    await asyncio.gather(
+        *(report_to_server(base, SHOW, s, start, end) for s in stats[:20]),
+        return_exceptions=True,
+    )
+    return result
+
+
+async def origin_worker(base: str) -> str | None:
+    """The worker index (as in X-Showroom-Worker) of the process composing the show."""
+    headers = {"Authorization": "Bearer latency-bench-staff"}
+    async with aiohttp.ClientSession(base) as http:
+        for _ in range(10):
+            async with http.get("/api/nodes", headers=headers) as resp:
+                nodes = (await resp.json()).get("nodes", [])
+            for node in nodes:
+                match = re.search(r"-w(\d+)$", node.get("id", ""))
+                if node.get("role") == "origin" and match:
+                    return match.group(1)
+            await asyncio.sleep(0.5)
+    return None
+
+
+def _collect(result: PhaseResult, stats: list[ViewerStats], start: float, end: float) -> None:
     for s in stats:
         result.latencies += s.latencies(start, end)
         if s.answer_ms is not None:
@@ -297,12 +334,6 @@ async def viewer_phase(
         result.unreadable += s.unreadable
         if s.error and s.join_ms is None:
             result.errors.append(s.error)
-    # Viewers report what they felt, as browser viewers do: /metrics sees it too.
-    await asyncio.gather(
-        *(report_to_server(base, SHOW, s, start, end) for s in stats[:20]),
-        return_exceptions=True,
-    )
-    return result
 
 
 async def browser_phase(
@@ -383,6 +414,8 @@ async def run(opts: Options) -> tuple[Floors, list[PhaseResult], dict]:
                 # viewers, so the first joiner's wait is not an artefact of the harness.
                 await asyncio.sleep(KEYFRAME_GAP_S)
                 phases.append(await viewer_phase(base, n, opts, pids))
+                if phases[-1].relayed is not None:
+                    phases.append(phases[-1].relayed)
             if opts.browser:
                 await asyncio.sleep(KEYFRAME_GAP_S)
                 phases.append(await browser_phase(base, opts, pids))
@@ -633,6 +666,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--publisher", choices=["auto", "pocketcam", "builtin"], default="auto")
     p.add_argument("--no-browser", action="store_true", help="skip the Chromium row")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--workers", type=int, default=1, help="serve --workers N")
     p.add_argument("--publish-to", help=argparse.SUPPRESS)  # internal: the publisher child
     args = p.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -650,6 +684,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         browser=not args.no_browser,
         quick=args.quick,
         write=not args.no_write,
+        workers=args.workers,
     )
     return opts, args
 
@@ -665,8 +700,12 @@ def main(argv: list[str] | None = None) -> int:
     save_results(opts, floors, phases)
     png = plot(opts, floors, phases)
     command = "python -m load_tests.latency" + (" --quick" if opts.quick else "")
+    section = "latency"
+    if opts.workers > 1:
+        command += f" --workers {opts.workers}"
+        section = "latency_workers"
     if opts.write and not opts.quick:
-        write_section("latency", command, body + f"\n\nPlot: `{png.relative_to(ROOT)}`")
+        write_section(section, command, body + f"\n\nPlot: `{png.relative_to(ROOT)}`")
     ok = all(not p.failed and p.latencies for p in phases)
     return 0 if ok else 1
 

@@ -2,8 +2,12 @@
 
     python -m load_tests.lean_viewers --sample BASE_URL [--show demo] [--count 2]
 
+    python -m load_tests.lean_viewers --publish WHIP_URL --key KEY [--size 1280x720] ...
+
 (the ``--sample`` form runs decoding viewers in their own process and prints one JSON
-line a second: decoded video frames, audio frames and frame sizes so far).
+line a second: decoded video frames, audio frames and frame sizes so far; the
+``--publish`` form is the publisher, in its own process so that a busy load generator
+never slows the show's source).
 
 Each viewer is a real aiortc peer: it offers over WHEP, completes ICE and DTLS, and keeps
 answering ICE consent checks and sending RTCP receiver reports. Once connected, its UDP
@@ -273,14 +277,87 @@ async def run_samples(base: str, show: str, count: int) -> None:
                 await player.close(http)
 
 
+async def publish(url: str, key: str, width: int, height: int, fps: int, kbps: int) -> None:
+    """Publish the looped pattern and a tone over WHIP until SIGTERM; one JSON line a
+    second with the frames sent."""
+    import signal
+
+    from media.client import WhipPublisher
+    from media.testsrc import ToneTrack
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    video = LoopedVideo(width, height, fps, kbps)
+    async with aiohttp.ClientSession() as http:
+        pub = WhipPublisher(url, key, video, ToneTrack(), codec="H264")
+        await pub.start(http)
+        try:
+            while not stop.is_set():
+                print(json.dumps({"frames": video.n, "kbps": round(video.kbps)}), flush=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            await pub.close(http)
+
+
+class Publisher:
+    """The publisher child process; ``latest`` is its newest report."""
+
+    def __init__(self, url: str, key: str, width: int, height: int, fps: int, kbps: int):
+        self.args = ["--publish", url, "--key", key, "--size", f"{width}x{height}",
+                     "--fps", str(fps), "--kbps", str(kbps)]  # fmt: skip
+        self.proc: asyncio.subprocess.Process | None = None
+        self.latest: dict = {"frames": 0, "kbps": 0}
+        self._reader: asyncio.Task | None = None
+
+    async def start(self, within_s: float = 60) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "load_tests.lean_viewers", *self.args,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._read())
+        end = time.monotonic() + within_s
+        while self.latest["frames"] == 0 and time.monotonic() < end:
+            if self.proc.returncode is not None:
+                raise RuntimeError("the publisher exited")
+            await asyncio.sleep(0.2)
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.latest = json.loads(line)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 15)
+            if self.proc.returncode is None:
+                self.proc.kill()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description="decoding sample viewers")
-    p.add_argument("--sample", required=True, metavar="BASE_URL")
+    p = argparse.ArgumentParser(description="decoding sample viewers, or the publisher")
+    p.add_argument("--sample", metavar="BASE_URL")
     p.add_argument("--show", default="demo")
     p.add_argument("--count", type=int, default=2)
+    p.add_argument("--publish", metavar="WHIP_URL")
+    p.add_argument("--key", default="")
+    p.add_argument("--size", default="1280x720")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--kbps", type=int, default=1500)
     args = p.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_samples(args.sample, args.show, args.count))
+        if args.publish:
+            width, height = (int(v) for v in args.size.split("x"))
+            asyncio.run(publish(args.publish, args.key, width, height, args.fps, args.kbps))
+        else:
+            asyncio.run(run_samples(args.sample, args.show, args.count))
 
 
 if __name__ == "__main__":

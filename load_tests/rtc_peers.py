@@ -120,6 +120,7 @@ class ViewerStats:
     frames: int = 0
     unreadable: int = 0
     error: str | None = None
+    worker: str | None = None  # X-Showroom-Worker of the WHEP answer (serve --workers)
 
     def latencies(self, start: float, end: float) -> list[float]:
         return [lat for t, lat in self.samples if start <= t <= end]
@@ -168,6 +169,7 @@ async def run_viewer(
                     stats.error = f"WHEP answered {resp.status}: {body[:120]}"
                     return
                 location = resp.headers.get("Location")
+                stats.worker = resp.headers.get("X-Showroom-Worker")
             stats.answer_ms = (time.perf_counter() - t0) * 1000
             await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
             async with asyncio.timeout(10):
