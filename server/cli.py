@@ -348,6 +348,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if verdict == preflight.RED else 0
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Read a password (twice on a terminal) and print its argon2 hash for the manifest."""
+    import getpass
+
+    from server.roles import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("New staff password: ")
+        if getpass.getpass("Again: ") != password:
+            print("showroom: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(hash_password(password))
+    except ValueError as exc:
+        print(f"showroom: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_printer_worker(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
@@ -515,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="var")
     p.add_argument("--public-url", default=None)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("passwd", help="read a password on stdin, print a hash for [[staff.members]]")
+    p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("printer-worker", help="print station: consume paid orders and print labels")
     p.add_argument("--manifest", action="append", required=True)

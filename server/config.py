@@ -73,6 +73,15 @@ class ChatConfig:
     blocked_words: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class StaffMember:
+    """A named staff member (manifest ``[[staff.members]]``) with one role."""
+
+    name: str
+    role: str  # host | moderator | floor | cashier
+    password_hash: str  # argon2, from ``showroom passwd``
+
+
 CUE_ACTIONS = ("feature", "unfeature", "drop", "ticker", "pin")
 
 
@@ -130,6 +139,13 @@ class ShowConfig:
     cover: Path | None = None
     email: EmailConfig | None = None
     cues: tuple[CueConfig, ...] = ()
+    members: tuple[StaffMember, ...] = ()
+
+    def member(self, name: str) -> StaffMember | None:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
 
     def product(self, sku: str) -> ProductConfig | None:
         for p in self.products:
@@ -288,7 +304,9 @@ _CUE_KEYS = {
     "text",
 }
 _CHAT_KEYS = {"slow_mode_s", "blocked_words"}
-_STAFF_KEYS = {"password"}
+_STAFF_KEYS = {"password", "members"}
+_MEMBER_KEYS = {"name", "role", "password_hash"}
+ROLES = ("host", "moderator", "floor", "cashier")
 
 
 def _unknown(path: Path, where: str, data: dict[str, Any], allowed: set[str]) -> None:
@@ -552,6 +570,7 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         )
 
     chat = _chat(path, data.get("chat", {}))
+    members = _members(path, staff.get("members", []))
 
     return ShowConfig(
         id=show_id,
@@ -565,6 +584,7 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         manifest_path=path.resolve(),
         pickup_note=pickup_note,
         chat=chat,
+        members=members,
         cues=_cues(path, data.get("cues", []), {p.sku: p for p in products}),
         starts_at=starts_at,
         description=description,
@@ -616,6 +636,31 @@ def _cues(path: Path, data: Any, products: dict[str, ProductConfig]) -> tuple[Cu
             CueConfig(action, label or default_label, sku, quantity, duration, limit, price, text)
         )
     return tuple(cues)
+
+
+def _members(path: Path, data: Any) -> tuple[StaffMember, ...]:
+    members: list[StaffMember] = []
+    for i, m in enumerate(_typed(path, "staff.members", data, list)):
+        where = f"staff.members[{i}]"
+        _typed(path, where, m, dict)
+        _unknown(path, where, m, _MEMBER_KEYS)
+        name = _req(path, where, m, "name", str).strip()
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", name):
+            raise ManifestError(
+                path, f"{where}.name", "must be 1-32 letters, digits, '.', '_' or '-'"
+            )
+        if any(x.name == name for x in members):
+            raise ManifestError(path, f"{where}.name", f"duplicate member {name!r}")
+        role = _req(path, where, m, "role", str)
+        if role not in ROLES:
+            raise ManifestError(path, f"{where}.role", f"must be one of {', '.join(ROLES)}")
+        hashed = _req(path, where, m, "password_hash", str)
+        if not hashed.startswith("$argon2"):
+            raise ManifestError(
+                path, f"{where}.password_hash", "must be an argon2 hash from `showroom passwd`"
+            )
+        members.append(StaffMember(name, role, hashed))
+    return tuple(members)
 
 
 def _chat(path: Path, data: Any) -> ChatConfig:
