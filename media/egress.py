@@ -29,8 +29,10 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
 
+from media.dtls import DtlsInterop
 from media.fanout import Cursor, Fanout
 from media.lean import LeanSender
+from media.sdp import parse_offer
 
 if TYPE_CHECKING:
     from media.runtime import ShowRuntime
@@ -125,6 +127,7 @@ class Viewer:
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
         self.pc = RTCPeerConnection()
+        self.dtls = DtlsInterop(self.pc, f"WHEP viewer {self.id} of show {runtime.show.id}")
         self.remote_ufrag: str | None = None
         self.lean = runtime.egress == "lean"
         self.video_track: MediaStreamTrack = (
@@ -168,6 +171,7 @@ class Viewer:
             else:
                 _share_packetiser(audio.sender, self.runtime.audio, "opus")
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        self.dtls.answer_passive(parse_offer(offer_sdp))
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self.runtime.add_viewer(self)

@@ -21,7 +21,8 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
-from media.sdp import SdpFrag
+from media.dtls import DtlsInterop
+from media.sdp import SdpFrag, parse_offer
 
 if TYPE_CHECKING:
     from media.runtime import ShowRuntime
@@ -58,6 +59,7 @@ class Publisher:
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
         self.pc = RTCPeerConnection()
+        self.dtls = DtlsInterop(self.pc, f"WHIP publisher {self.id} of show {runtime.show.id}")
         self.created = time.monotonic()
         self.remote_ufrag: str | None = None
         self.frames = 0
@@ -79,6 +81,7 @@ class Publisher:
         """Apply the WHIP offer; return the SDP answer (ICE candidates included)."""
         self.remote_ufrag = remote_ufrag
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        self.dtls.answer_passive(parse_offer(offer_sdp))
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
                 shorten_audio_jitter_buffer(transceiver.receiver)

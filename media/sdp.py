@@ -30,6 +30,7 @@ class MediaSection:
     direction: str = "sendrecv"
     codecs: list[str] = field(default_factory=list)  # encoding names in offer order
     mid: str | None = None
+    setup: str | None = None  # DTLS a=setup: actpass | active | passive
 
 
 @dataclass
@@ -40,9 +41,16 @@ class Offer:
     def section(self, kind: str) -> MediaSection | None:
         return next((m for m in self.media if m.kind == kind), None)
 
+    @property
+    def dtls_setup(self) -> str | None:
+        """The offerer's DTLS role (RFC 8842): the first media section's ``a=setup``; with
+        BUNDLE every section shares that transport."""
+        return next((m.setup for m in self.media if m.setup), None)
+
 
 _RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([A-Za-z0-9_.-]+)/")
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_OFFER_SETUPS = ("actpass", "active", "passive")
 
 
 def parse_offer(sdp: str) -> Offer:
@@ -55,6 +63,7 @@ def parse_offer(sdp: str) -> Offer:
     media: list[MediaSection] = []
     session_ufrag: str | None = None
     session_direction = "sendrecv"
+    session_setup: str | None = None
     for line in lines:
         if len(line) < 2 or line[1] != "=":
             raise SdpError(400, f"Malformed SDP line: {line[:40]!r}.")
@@ -62,12 +71,20 @@ def parse_offer(sdp: str) -> Offer:
             parts = line[2:].split()
             if len(parts) < 4:
                 raise SdpError(400, f"Malformed media line: {line[:60]!r}.")
-            media.append(MediaSection(kind=parts[0], direction=session_direction))
+            media.append(
+                MediaSection(kind=parts[0], direction=session_direction, setup=session_setup)
+            )
             continue
         current = media[-1] if media else None
         if line.startswith("a=ice-ufrag:") and session_ufrag is None:
             session_ufrag = line.split(":", 1)[1]
-        if line[2:] in _DIRECTIONS:
+        if line.startswith("a=setup:"):
+            value = line[8:].strip().lower()
+            if current is None:
+                session_setup = value
+            else:
+                current.setup = value
+        elif line[2:] in _DIRECTIONS:
             if current is None:
                 session_direction = line[2:]
             else:
@@ -83,8 +100,18 @@ def parse_offer(sdp: str) -> Offer:
     return Offer(media=media, ice_ufrag=session_ufrag)
 
 
+def check_dtls_setup(offer: Offer) -> None:
+    """An offer's DTLS role must be one an answer can take the other side of."""
+    for m in offer.media:
+        if m.setup is not None and m.setup not in _OFFER_SETUPS:
+            raise SdpError(
+                422, f"The offer's a=setup:{m.setup[:20]} must be actpass, active or passive."
+            )
+
+
 def check_publish_offer(offer: Offer) -> None:
     """A WHIP offer must send video in a codec we decode (H.264 or VP8)."""
+    check_dtls_setup(offer)
     video = offer.section("video")
     if video is None or video.direction not in ("sendonly", "sendrecv"):
         raise SdpError(422, "The offer must send a video track.")
@@ -98,6 +125,7 @@ def check_publish_offer(offer: Offer) -> None:
 
 def choose_view_codec(offer: Offer) -> str:
     """Video codec for a WHEP viewer: H.264 (always encoded) if offered, else VP8."""
+    check_dtls_setup(offer)
     video = offer.section("video")
     if video is None or video.direction not in ("recvonly", "sendrecv"):
         raise SdpError(422, "The offer must receive a video track.")
