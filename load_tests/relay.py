@@ -245,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         f"frames of 720p{fps} video + Opus audio; {viewers} aiortc viewer(s) per worker "
         f"at {', '.join(map(str, info['viewer_fps']))} fps)."
     )
+    load = os.getloadavg()
+    verdict += (
+        f"\nMachine load average at the end of the run: {load[0]:.1f} / {load[1]:.1f} "
+        f"(1 / 5 min, {os.cpu_count()} cores): the raw row shows what the machine's other "
+        "work does to a bare socket between two processes."
+    )
     print(body)
     print(verdict)
     png = RESULTS / ("relay_quick.png" if args.quick else "relay.png")
@@ -263,7 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         write_section(
             "relay",
             "python -m load_tests.relay",
-            "\n\n".join([body, f"- {verdict}", notes, "![relay](load_tests/results/relay.png)"]),
+            "\n\n".join(
+                [
+                    body,
+                    "\n".join(f"- {v}" for v in verdict.splitlines()),
+                    notes,
+                    "![relay](load_tests/results/relay.png)",
+                ]
+            ),
         )
     return 0
 

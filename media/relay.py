@@ -211,7 +211,7 @@ class RelayClient:
             "frames": self.frames,
             "latency_ms_p50": lat[len(lat) // 2] * 1000 if lat else None,
             "latency_ms_p95": p95,
-            "latency_ms": [round(x * 1000, 3) for x in list(self.latency_s)[-500:]],
+            "latency_ms": [round(x * 1000, 3) for x in list(self.latency_s)[-1000:]],
         }
 
     async def _pause(self, seconds: float) -> None:
