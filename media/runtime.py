@@ -121,6 +121,9 @@ class ShowRuntime:
         self.origin = True
         self.relay_watchers: dict[str, int] = {}
         self.upstream_keyframe: Callable[[], None] | None = None
+        # The picture's viewer badge follows this process's own viewers; with worker
+        # processes it follows the total over all of them (the "viewers" live event).
+        self.badge_counts_local_viewers = True
         self._last_pts = -1
         self._tokens = 1.0
         self._token_time = time.monotonic()
@@ -230,7 +233,7 @@ class ShowRuntime:
         if self.metrics:
             self.metrics.viewers.labels(self.show.id).set(self.audience)
         scene = self.scene_lookup()
-        if scene is not None and hasattr(scene, "set_viewers"):
+        if scene is not None and self.badge_counts_local_viewers and hasattr(scene, "set_viewers"):
             scene.set_viewers(self.audience)
 
     def codecs_in_use(self) -> list[str]:

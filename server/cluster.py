@@ -103,6 +103,7 @@ class Cluster:
     async def start(self) -> None:
         for show_id, runtime in self.runtimes.items():
             runtime.set_origin(False)
+            runtime.badge_counts_local_viewers = False  # the total comes as a live event
             holder = _s(await self.redis.get(lease_key(show_id)))
             if holder and holder.split("|")[0] == str(self.index):
                 # Left by this worker's previous life: nobody encodes under it now.
