@@ -732,12 +732,11 @@ def report(r: Result, command: str) -> tuple[str, bool]:
     ok_delivery = p99_all <= 0.250
     ok_delete = p99_del <= 1.0
     ok_all = r.deliveries == r.expected and r.post_failures == 0
-    verdict = "\n".join(
-        [
-            f"- delivery p99 to every subscriber <= 250 ms: {'met' if ok_delivery else 'NOT met'} ({ms(p99_all):.0f} ms)",
-            f"- moderation delete everywhere p99 <= 1 s: {'met' if ok_delete else 'NOT met'} ({ms(p99_del):.0f} ms)",
-            f"- every message to every subscriber, no failed post: {'yes' if ok_all else 'NO'}",
-        ]
+    verdict = (
+        f"Targets: delivery to every subscriber p99 <= 250 ms: "
+        f"{'met' if ok_delivery else 'NOT met'} ({ms(p99_all):.0f} ms); moderation delete "
+        f"everywhere p99 <= 1 s: {'met' if ok_delete else 'NOT met'} ({ms(p99_del):.0f} ms); "
+        f"every message to every subscriber and no failed post: {'yes' if ok_all else 'NO'}."
     )
     body = (
         f"{cfg.subscribers} SSE subscribers split over 2 `serve` processes on one Redis, "

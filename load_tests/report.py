@@ -3,7 +3,7 @@
     python -m load_tests.report [--quick] [--only latency,labels] [--skip fanout]
 
 Runs each benchmark that exists (fanout, overlays, card_sync, flash_drop, labels,
-latency, recording) as ``python -m load_tests.NAME`` in its own process, one at a time (the
+latency, recording, chat) as ``python -m load_tests.NAME`` in its own process, one at a time (the
 machine has two cores; benchmarks never share it with each other). Each full run writes its own
 BENCHMARKS.md section; this one adds a summary section at the top (machine, command,
 each benchmark's main table with its comparison column, and its target lines) and a
@@ -27,7 +27,16 @@ from pathlib import Path
 
 from load_tests.common import BENCHMARKS, RESULTS, ROOT, machine, table
 
-BENCHES = ("fanout", "overlays", "card_sync", "flash_drop", "labels", "latency", "recording")
+BENCHES = (
+    "fanout",
+    "overlays",
+    "card_sync",
+    "flash_drop",
+    "labels",
+    "latency",
+    "recording",
+    "chat",
+)
 FULL_TIMEOUT_S = 1200
 QUICK_TIMEOUT_S = 300
 SUMMARY = "summary"
