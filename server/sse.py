@@ -45,6 +45,20 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Event bytes as written: as an HTTP/1.1 chunk, or as they are to an HTTP/1.0 client
+    (a proxy such as nginx speaks 1.0 upstream by default: no chunking, the stream ends
+    with the connection)."""
+
+    raw: bytes
+    chunked: bytes
+
+    @classmethod
+    def of(cls, data: bytes) -> Frame:
+        return cls(data, chunk(data))
+
+
 def encode(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":"), default=str).encode() + b"\n\n"
 
@@ -55,6 +69,7 @@ class SseClient:
     done: asyncio.Future
     viewer: str | None = None
     staff: bool = False
+    chunked: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,11 +108,12 @@ class SseHub:
         *,
         viewer: str | None = None,
         staff: bool = False,
+        chunked: bool = True,
     ) -> SseClient:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._housekeeping(), name="sse-housekeeping")
-        client = SseClient(transport, loop.create_future(), viewer, staff)
+        client = SseClient(transport, loop.create_future(), viewer, staff, chunked)
         self._channels.setdefault(show_id, _Channel()).clients.add(client)
         return client
 
@@ -129,10 +145,10 @@ class SseHub:
         if not any(isinstance(item, _Personal) for item in items):
             data = b"".join(items)  # type: ignore[arg-type]
             if data:
-                self._write_all(show_id, channel, chunk(data))
+                self._write_all(show_id, channel, Frame.of(data))
             return
         # Some events are personal: streams that see them alike share one chunk.
-        frames: dict[tuple, bytes] = {}
+        frames: dict[tuple, Frame] = {}
         for client in list(channel.clients):
             key = tuple(
                 (client.staff, client.viewer is not None and client.viewer == i.event.get("viewer"))
@@ -141,8 +157,8 @@ class SseHub:
             )
             frame = frames.get(key)
             if frame is None:
-                frame = frames[key] = chunk(b"".join(self._shown(items, client)))
-            if frame != chunk(b""):
+                frame = frames[key] = Frame.of(b"".join(self._shown(items, client)))
+            if frame.raw:  # (an empty chunk would end the stream)
                 self._write_all(show_id, channel, frame, only=client)
 
     def _shown(self, items: list[bytes | _Personal], client: SseClient) -> list[bytes]:
@@ -158,7 +174,7 @@ class SseHub:
         return out
 
     def _write_all(
-        self, show_id: str, channel: _Channel, frame: bytes, only: SseClient | None = None
+        self, show_id: str, channel: _Channel, frame: Frame, only: SseClient | None = None
     ) -> None:
         for client in [only] if only is not None else list(channel.clients):
             t = client.transport
@@ -170,12 +186,12 @@ class SseHub:
                 t.close()
                 self.remove(show_id, client)
             else:
-                t.write(frame)
+                t.write(frame.chunked if client.chunked else frame.raw)
 
     # --- sweep and heartbeat -------------------------------------------------------------
     async def _housekeeping(self) -> None:
         since_beat = 0.0
-        beat = chunk(b": keep-alive\n\n")
+        beat = Frame.of(b": keep-alive\n\n")
         while True:
             await asyncio.sleep(SWEEP_S)
             since_beat += SWEEP_S

@@ -60,3 +60,20 @@ async def test_a_burst_is_delivered_whole_and_in_order(app):
         await asyncio.gather(*(bus.publish("demo", {"type": "burst", "i": i}) for i in range(300)))
         await wait_until(lambda: len(events.of("burst")) == 300, 10)
         assert sorted(e["i"] for e in events.of("burst")) == list(range(300))
+
+
+async def test_an_http_1_0_client_gets_plain_events(app):
+    """nginx speaks HTTP/1.0 to its upstream unless told otherwise: no chunk framing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(app.url.rsplit(":", 1)[1]))
+    try:
+        writer.write(b"GET /api/shows/demo/events HTTP/1.0\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b" 200 " in head.split(b"\r\n")[0] and b"chunked" not in head.lower()
+        assert await asyncio.wait_for(reader.readuntil(b"\n\n"), 5) == b"retry: 2000\n\n"
+        hub = app.app[keys.BUS].streams
+        await wait_until(lambda: hub.count("demo") == 1, 5)
+        await app.app[keys.BUS].publish("demo", {"type": "plain", "n": 1})
+        line = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        assert line.startswith(b'data: {"type":"plain","n":1'), line
+    finally:
+        writer.close()

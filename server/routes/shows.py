@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from server import keys, presence, segments
 from server.auth import ensure_viewer, get_show, is_host, require_host, viewer_cookie
@@ -114,7 +114,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         return resp
     # From here the hub writes this stream's events (server.sse); the handler only waits
     # for the stream to end: the client left, fell behind, or the server is stopping.
-    client = streams.add(show.id, transport, viewer=viewer, staff=staff)
+    chunked = resp.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
+    client = streams.add(show.id, transport, viewer=viewer, staff=staff, chunked=chunked)
     try:
         await client.done
     finally:
