@@ -233,3 +233,19 @@ async def test_failed_handshake_is_one_warning_naming_the_peer_and_reason(
             assert len([r for r in caplog.records if r.name == "showroom.media.dtls"]) == 1
         finally:
             await pc.close()
+
+
+async def test_offer_with_an_unusable_dtls_role_is_a_422_and_leaves_no_session(app):
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    pc = RTCPeerConnection()
+    pc.addTransceiver(TestPatternTrack(320, 180, 10), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp.replace("a=setup:actpass", "a=setup:holdconn")
+    await pc.close()
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {STREAM_KEY}"}
+    for path in ("/whip/demo", "/whep/demo"):
+        body = offer if path == "/whip/demo" else offer.replace("a=sendonly", "a=recvonly")
+        resp = await app.session.post(path, data=body, headers=headers)
+        payload = await resp.json()
+        assert resp.status == 422 and "a=setup" in payload["detail"], (path, payload)
+    assert runtime.publisher is None and not runtime.viewers
