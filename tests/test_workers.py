@@ -166,6 +166,25 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
         async with on[other].get(f"{url}/metrics", headers=auth) as r:
             assert 'showroom_viewers{show="demo"} 3.0' in await r.text()
 
+        # A PLI from a viewer of the other worker reaches the origin's keyframe gate.
+        async def origin_keyframe_requests() -> float:
+            async with on[origin].get(f"{url}/metrics", headers=auth) as r:
+                text = await r.text()
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith('showroom_keyframes_requested_total{show="demo"}')
+            )
+
+        async def origin_keyframe_requests_after(count: float) -> bool:
+            return await origin_keyframe_requests() > count
+
+        before = await origin_keyframe_requests()
+        receiver = next(t.receiver for t in players[1].pc.getTransceivers() if t.kind == "video")
+        (source,) = receiver.getSynchronizationSources()
+        await receiver._send_rtcp_pli(source.source)  # what aiortc sends when it needs one
+        await wait_until(lambda: origin_keyframe_requests_after(before), 5)
+
         # PATCH and DELETE of a session held by the other worker.
         far = players[0]  # held by the origin worker, asked through the other one
         async with on[other].patch(far.location, data="a=end-of-candidates\r\n", headers=FRAG) as r:
