@@ -97,6 +97,8 @@ def start_server(
     args += ["--workers", str(workers)]
     # Every simulated buyer is on 127.0.0.1: no per-IP limits (--buyers-per-ip 0).
     args += ["--buyers-per-ip", "0"]
+    # Thousands of buyers from one loopback address: no per-address connection cap.
+    args += ["--max-connections-per-ip", "0"]
     return spawn_serve([*args, "--data-dir", str(data_dir), "--no-print-worker"])
 
 
@@ -302,11 +304,11 @@ async def python_client_run(redis_url: str, coalesced: bool, callers: int, cfg: 
         await client.aclose()
 
 
-def redis_benchmark(port: int, clients: int, requests: int) -> Result:
+def redis_benchmark(port: int, password: str, clients: int, requests: int) -> Result:
     """The add-to-cart script itself, via EVALSHA, from redis-benchmark's C clients."""
     import redis as redis_sync
 
-    client = redis_sync.Redis(port=port)
+    client = redis_sync.Redis(port=port, password=password)
     client.hset("stock:rawbench", "BAG-07", 10**12)
     sha = client.script_load(scripts.ADD_TO_CART)
     assert sha == scripts.add_to_cart.sha
@@ -316,6 +318,8 @@ def redis_benchmark(port: int, clients: int, requests: int) -> Result:
         "redis-benchmark",
         "-p",
         str(port),
+        "-a",
+        password,
         "-c",
         str(clients),
         "-n",
@@ -425,7 +429,11 @@ async def run(cfg: Config) -> list[Result]:
             for clients in sorted({50, min(cfg.concurrency)}):
                 results.append(
                     await asyncio.to_thread(
-                        redis_benchmark, redis_server.port, clients, cfg.redis_requests
+                        redis_benchmark,
+                        redis_server.port,
+                        redis_server.password,
+                        clients,
+                        cfg.redis_requests,
                     )
                 )
         finally:

@@ -245,7 +245,8 @@ async def server_added_ms(base: str, start: float, end: float) -> list[float]:
     fan-out, ms) for frames composed between ``start`` and ``end`` (epoch s)."""
     try:
         async with aiohttp.ClientSession(base, timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async with http.get(f"/api/shows/{SHOW}/media") as resp:
+            staff = {"Authorization": "Bearer latency-bench-staff"}  # operator figures
+            async with http.get(f"/api/shows/{SHOW}/media", headers=staff) as resp:
                 if resp.status != 200:
                     return []
                 data = await resp.json()

@@ -13,7 +13,7 @@ import logging
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import auth, cluster, keys, nodes
+from server import auth, cluster, connections, keys, nodes, security
 from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
@@ -72,7 +72,13 @@ def create_app(
     settings: Settings, show_configs: dict[str, ShowConfig], redis_url: str
 ) -> web.Application:
     app = web.Application(
-        middlewares=[json_errors, auth.viewer_cookie],
+        middlewares=[
+            connections.guard,
+            json_errors,
+            security.same_origin,
+            auth.identify,
+            auth.viewer_cookie,
+        ],
         client_max_size=1024 * 1024,
         # Bodies are decoded by server.errors.read_body: a bad Content-Encoding is a 400
         # JSON answer there, not a parser error that drops the connection.
@@ -105,6 +111,8 @@ def create_app(
         await redis.aclose()
 
     app.cleanup_ctx.append(core_ctx)
+    security.setup(app)
+    connections.setup(app)
     for module in ROUTE_MODULES:
         module.setup(app)
     return app

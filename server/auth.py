@@ -1,9 +1,15 @@
 """Who is asking: viewers (signed cookie), staff (session cookie or Bearer password),
-hosts (Bearer stream key or a staff session).
+hosts (Bearer stream key or a staff session), operators (metrics token or staff).
 
-Tokens are ``payload.signature`` with an HMAC-SHA256 over the payload. The key comes
-from ``SHOWROOM_SECRET`` or, when unset, is created once in Redis so that every server
+Tokens are ``kind.subject.issued.expires.mac``: an HMAC-SHA256 over all four fields,
+so a viewer token can never pass as a staff token (or the other way round), and both
+ends of its validity are checked. The key comes from ``SHOWROOM_SECRET`` (at least
+``MIN_SECRET_CHARS``) or, when unset, is created once in Redis so that every server
 process on one Redis accepts the same cookies.
+
+``identify`` (a middleware) resolves the request's credentials once: a Bearer secret
+goes through the failure throttle (``throttle``), a staff cookie names a server-side
+session (``sessions``). Route code asks the sync helpers below.
 """
 
 from __future__ import annotations
@@ -12,24 +18,51 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
+import socket
 import time
 import uuid
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from server import keys
+from server import keys, sessions, throttle
 from server.config import ShowConfig
-from server.errors import ApiError, not_found, unauthorized
+from server.errors import ApiError, error_response, not_found, unauthorized
 
 VIEWER_COOKIE = "sr_viewer"
 STAFF_COOKIE = "sr_staff"
-STAFF_SESSION_S = 12 * 3600
+VIEWER = "viewer"
+STAFF = "staff"
+VIEWER_S = 30 * 86400
+STAFF_SESSION_S = sessions.SESSION_S
+MIN_SECRET_CHARS = 32
+CLOCK_SKEW_S = 60  # a token issued this far in the future still counts (clock drift)
+METRICS_TOKEN_ENV = "SHOWROOM_METRICS_TOKEN"
 VIEWER_ID: web.RequestKey[str] = web.RequestKey("viewer_id")
 VIEWER_NEW: web.RequestKey[bool] = web.RequestKey("viewer_new")
+_SUBJECT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+# --- the signing key ----------------------------------------------------------------
+
+
+def secret_problem(env: dict[str, str] | None = None) -> str | None:
+    """What is wrong with SHOWROOM_SECRET, if it is set and unfit (None: fine or unset)."""
+    value = (os.environ if env is None else env).get("SHOWROOM_SECRET")
+    if value is not None and len(value) < MIN_SECRET_CHARS:
+        return (
+            f"SHOWROOM_SECRET must be at least {MIN_SECRET_CHARS} characters "
+            f"(got {len(value)}); e.g. python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return None
 
 
 async def load_secret(redis) -> bytes:
+    problem = secret_problem()
+    if problem:
+        raise ValueError(problem)
     env = os.environ.get("SHOWROOM_SECRET")
     if env:
         return env.encode()
@@ -38,24 +71,82 @@ async def load_secret(redis) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+# --- tokens -------------------------------------------------------------------------
 
 
-def sign(secret: bytes, payload: str) -> str:
-    mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:18]
-    return f"{payload}.{_b64(mac)}"
+def _mac(secret: bytes, body: str) -> str:
+    digest = hmac.new(secret, f"showroom-token|{body}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
 
 
-def unsign(secret: bytes, token: str | None) -> str | None:
-    if not token or "." not in token or len(token) > 512:
+def issue_token(
+    secret: bytes, kind: str, subject: str, ttl_s: int, now: float | None = None
+) -> str:
+    if not _SUBJECT.match(subject):
+        raise ValueError(f"token subject must be URL-safe, got {subject!r}")
+    issued = int(time.time() if now is None else now)
+    body = f"{kind}.{subject}.{issued}.{issued + ttl_s}"
+    return f"{body}.{_mac(secret, body)}"
+
+
+def read_token(secret: bytes, kind: str, token: str | None, now: float | None = None) -> str | None:
+    """The token's subject if it is a valid ``kind`` token right now, else None."""
+    if not token or len(token) > 256:
         return None
-    payload, _, _sig = token.rpartition(".")
-    return payload if hmac.compare_digest(sign(secret, payload), token) else None
+    parts = token.split(".")
+    if len(parts) != 5 or parts[0] != kind:
+        return None
+    body, mac = token.rpartition(".")[0], parts[4]
+    if not hmac.compare_digest(_mac(secret, body), mac):
+        return None
+    if not (parts[2].isdigit() and parts[3].isdigit()):
+        return None
+    now = time.time() if now is None else now
+    if int(parts[2]) > now + CLOCK_SKEW_S or int(parts[3]) <= now:
+        return None
+    return parts[1]
 
 
 def constant_eq(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+# --- cookies ------------------------------------------------------------------------
+
+
+def https(request: web.Request) -> bool:
+    return request.app[keys.SETTINGS].base_url.startswith("https://")
+
+
+def set_cookie(
+    request: web.Request,
+    response: web.StreamResponse,
+    name: str,
+    value: str,
+    max_age: int,
+    samesite: str = "Lax",
+) -> None:
+    """Every cookie we set: HttpOnly, whole site, Secure when the public URL is https."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite=samesite,
+        secure=https(request),
+        path="/",
+    )
+
+
+def client_ip(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def internal(request: web.Request) -> bool:
+    """Sent by another worker process over its Unix socket (a forwarded request, already
+    counted by the worker that took it from the client)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 # --- viewers ------------------------------------------------------------------------
@@ -65,7 +156,7 @@ def viewer_id(request: web.Request) -> str | None:
     """The viewer's id from the signed cookie, or None for a new visitor."""
     if VIEWER_ID in request:
         return request[VIEWER_ID]
-    return unsign(request.app[keys.SECRET], request.cookies.get(VIEWER_COOKIE))
+    return read_token(request.app[keys.SECRET], VIEWER, request.cookies.get(VIEWER_COOKIE))
 
 
 def ensure_viewer(request: web.Request) -> str:
@@ -86,55 +177,134 @@ async def viewer_cookie(request: web.Request, handler):
         and isinstance(response, web.StreamResponse)
         and not response.prepared
     ):
-        response.set_cookie(
-            VIEWER_COOKIE,
-            sign(request.app[keys.SECRET], request[VIEWER_ID]),
-            max_age=30 * 86400,
-            httponly=True,
-            samesite="Lax",
-            path="/",
-        )
+        token = issue_token(request.app[keys.SECRET], VIEWER, request[VIEWER_ID], VIEWER_S)
+        set_cookie(request, response, VIEWER_COOKIE, token, VIEWER_S)
     return response
 
 
-# --- staff and hosts ----------------------------------------------------------------
+# --- who is asking ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The request's credentials, resolved once by ``identify``."""
+
+    staff: tuple[str, ...] = ()  # shows it may act on as staff
+    stream_keys: tuple[str, ...] = ()  # shows whose stream key it presented
+    operator: bool = False  # the metrics token
+    session: sessions.StaffSession | None = None  # the staff cookie's session
+
+
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
+NOBODY = Identity()
+# Paths that never act on a staff cookie (media authenticates by Bearer only): no session
+# lookup, so a WHEP DELETE is not a Redis round trip slower than the peer's own close.
+NO_SESSION_PREFIXES = ("/whip/", "/whep/", "/static/")
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+def _account(request: web.Request) -> str:
+    """Whose secret a Bearer guess is aimed at: the show in the path, else staff at large."""
+    show = request.match_info.get("show")
+    return f"show:{show}" if show in request.app[keys.SHOWS] else STAFF
 
 
 def staff_shows_for_password(shows: dict[str, ShowConfig], password: str) -> list[str]:
     return [s.id for s in shows.values() if constant_eq(s.staff_password, password)]
 
 
-def staff_cookie_value(secret: bytes, show_ids: list[str]) -> str:
-    expires = int(time.time()) + STAFF_SESSION_S
-    return sign(secret, f"{','.join(show_ids)}|{expires}")
-
-
-def set_staff_cookie(
-    request: web.Request, response: web.StreamResponse, show_ids: list[str]
-) -> None:
-    response.set_cookie(
-        STAFF_COOKIE,
-        staff_cookie_value(request.app[keys.SECRET], show_ids),
-        max_age=STAFF_SESSION_S,
-        httponly=True,
-        samesite="Lax",
-        path="/",
+def rate_limited(verdict: throttle.Verdict) -> web.Response:
+    return error_response(
+        429,
+        "rate_limited",
+        f"Too many failed attempts; try again in {verdict.retry_after} s.",
+        {"Retry-After": verdict.retry_after},
     )
+
+
+async def _from_bearer(request: web.Request, bearer: str) -> Identity | web.Response:
+    shows = request.app[keys.SHOWS]
+    staff = tuple(staff_shows_for_password(shows, bearer))
+    keyed = tuple(s.id for s in shows.values() if constant_eq(s.stream_key, bearer))
+    metrics_token = os.environ.get(METRICS_TOKEN_ENV)
+    operator = bool(metrics_token) and constant_eq(bearer, metrics_token or "")
+    if internal(request):
+        return Identity(staff=staff, stream_keys=keyed, operator=operator)
+    verdict = await throttle.attempt(
+        request.app[keys.REDIS],
+        request.app[keys.SETTINGS].throttle,
+        client_ip(request),
+        _account(request),
+        ok=bool(staff or keyed or operator),
+    )
+    if verdict.locked:
+        return rate_limited(verdict)
+    return Identity(staff=staff, stream_keys=keyed, operator=operator)
+
+
+async def _from_cookie(request: web.Request, token: str) -> Identity:
+    secret = request.app[keys.SECRET]
+    session_id = read_token(secret, STAFF, token)
+    if session_id is None:
+        return NOBODY
+    session = await sessions.load(request.app[keys.REDIS], session_id)
+    if session is None:
+        return NOBODY
+    return Identity(
+        staff=sessions.valid_shows(session, secret, request.app[keys.SHOWS]), session=session
+    )
+
+
+@web.middleware
+async def identify(request: web.Request, handler):
+    bearer = _bearer(request)
+    identity = NOBODY
+    if bearer is not None:
+        resolved = await _from_bearer(request, bearer)
+        if isinstance(resolved, web.Response):
+            return resolved
+        identity = resolved
+    elif STAFF_COOKIE in request.cookies and not request.path.startswith(NO_SESSION_PREFIXES):
+        identity = await _from_cookie(request, request.cookies[STAFF_COOKIE])
+    request[IDENTITY] = identity
+    return await handler(request)
+
+
+def identity(request: web.Request) -> Identity:
+    return request.get(IDENTITY, NOBODY)
+
+
+# --- staff and hosts ----------------------------------------------------------------
+
+
+async def start_staff_session(
+    request: web.Request, response: web.StreamResponse, show_ids: list[str]
+) -> sessions.StaffSession:
+    shows = request.app[keys.SHOWS]
+    session = await sessions.create(
+        request.app[keys.REDIS], request.app[keys.SECRET], [shows[s] for s in show_ids]
+    )
+    token = issue_token(request.app[keys.SECRET], STAFF, session.id, STAFF_SESSION_S)
+    set_cookie(request, response, STAFF_COOKIE, token, STAFF_SESSION_S)
+    return session
+
+
+async def end_staff_session(request: web.Request, response: web.StreamResponse) -> None:
+    session = identity(request).session
+    if session is not None:
+        await sessions.end(request.app[keys.REDIS], session.id)
+    response.del_cookie(STAFF_COOKIE, path="/")
 
 
 def staff_shows(request: web.Request) -> list[str]:
     """Shows this request may act on as staff (session cookie or Bearer password)."""
-    shows = request.app[keys.SHOWS]
-    bearer = _bearer(request)
-    if bearer is not None:
-        return staff_shows_for_password(shows, bearer)
-    payload = unsign(request.app[keys.SECRET], request.cookies.get(STAFF_COOKIE))
-    if not payload or "|" not in payload:
-        return []
-    ids, _, expires = payload.rpartition("|")
-    if not expires.isdigit() or int(expires) < time.time():
-        return []
-    return [i for i in ids.split(",") if i in shows]
+    return list(identity(request).staff)
 
 
 def require_staff(request: web.Request, show_id: str | None = None) -> list[str]:
@@ -144,11 +314,15 @@ def require_staff(request: web.Request, show_id: str | None = None) -> list[str]
     return allowed
 
 
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return None
+def is_operator(request: web.Request) -> bool:
+    """Operations data (/metrics, media figures): the metrics token or any staff."""
+    who = identity(request)
+    return who.operator or bool(who.staff)
+
+
+def require_operator(request: web.Request) -> None:
+    if not is_operator(request):
+        raise unauthorized(f"Send Authorization: Bearer ${METRICS_TOKEN_ENV}, or log in as staff.")
 
 
 def get_show(request: web.Request, show_id: str | None = None) -> ShowConfig:
@@ -160,12 +334,8 @@ def get_show(request: web.Request, show_id: str | None = None) -> ShowConfig:
 
 
 def is_host(request: web.Request, show: ShowConfig) -> bool:
-    bearer = _bearer(request)
-    if bearer is not None and (
-        constant_eq(bearer, show.stream_key) or constant_eq(bearer, show.staff_password)
-    ):
-        return True
-    return show.id in staff_shows(request)
+    who = identity(request)
+    return show.id in who.stream_keys or show.id in who.staff
 
 
 def require_host(request: web.Request, show: ShowConfig) -> None:
@@ -184,8 +354,7 @@ def require_role(request: web.Request, role: str, show_id: str | None = None) ->
 
 
 def require_stream_key(request: web.Request, show: ShowConfig) -> None:
-    bearer = _bearer(request)
-    if bearer is None or not constant_eq(bearer, show.stream_key):
+    if show.id not in identity(request).stream_keys:
         raise ApiError(
             401,
             "unauthorized",

@@ -14,7 +14,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server.config import REHEARSAL_DB, ManifestError, Settings, load_shows, rehearsal_redis_url
+from server.config import (
+    REHEARSAL_DB,
+    ManifestError,
+    Settings,
+    ShowConfig,
+    load_shows,
+    public_secrets_in,
+    rehearsal_redis_url,
+)
+from server.connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from server.embedded import EmbeddedRedis, ManagedProcess
 
 log = logging.getLogger("showroom")
@@ -104,15 +113,20 @@ async def serve(
     shows = load_shows(settings.manifests)
     app = create_app(settings, shows, redis_url)
     stop = _stop_event()  # before we announce ourselves: an early SIGTERM still stops cleanly
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    limits = settings.connections
+    # The keep-alive timer is also the deadline for a request head (slowloris).
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, keepalive_timeout=limits.header_timeout_s
+    )
     await runner.setup()
     worker = settings.worker_index
     # A drop brings thousands of new connections in a second: a deep accept queue.
     # Worker processes each bind the port too (SO_REUSEPORT; see server/workers.py).
-    site = web.TCPSite(
+    site = GuardedSite(
         runner,
         settings.host,
         settings.port,
+        ConnectionGuard(limits),
         reuse_address=True,
         reuse_port=worker is not None,
         backlog=1024,
@@ -170,6 +184,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         ),
         drop_hold_seconds=_int_option(args, "drop_hold_seconds", "SHOWROOM_DROP_HOLD_SECONDS", 120),
         rehearsal=getattr(args, "rehearsal", False),
+        connections=_connection_limits(args),
     )
 
 
@@ -192,15 +207,54 @@ def port_problem(settings: Settings) -> str | None:
     return None
 
 
+def _connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    default = ConnectionLimits()
+    return ConnectionLimits(
+        per_ip=_arg(args, "max_connections_per_ip", default.per_ip),
+        streams_per_ip=_arg(args, "max_streams_per_ip", default.streams_per_ip),
+        header_timeout_s=_arg(args, "header_timeout", default.header_timeout_s),
+        body_timeout_s=_arg(args, "body_timeout", default.body_timeout_s),
+    )
+
+
+def _arg(args: argparse.Namespace, name: str, default):
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def serve_refusal(settings: Settings, shows: dict[str, ShowConfig]) -> str | None:
+    """Why ``serve`` must not start with these settings (one line), or None."""
+    from server.auth import secret_problem
+
+    problem = secret_problem()
+    if problem:
+        return problem
+    if settings.loopback_host:
+        return None
+    for show in shows.values():
+        public = public_secrets_in(show)
+        if public:
+            return (
+                f"refusing to serve show {show.id!r} on {settings.host} with the published "
+                f"demo secret in {' and '.join(public)} ({show.manifest_path}); set your own "
+                "(or SHOWROOM_STAFF_PASSWORD / SHOWROOM_<SHOW>_STREAM_KEY)"
+            )
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if problem := port_problem(settings):
         print(f"showroom: {problem}", file=sys.stderr)
         return 2
     try:
-        load_shows(settings.manifests)  # fail fast, before any service starts
+        shows = load_shows(settings.manifests)  # fail fast, before any service starts
     except ManifestError as exc:
         print(f"showroom: bad manifest: {exc}", file=sys.stderr)
+        return 2
+    refusal = serve_refusal(settings, shows)
+    if refusal:
+        print(f"showroom: {refusal}", file=sys.stderr)
         return 2
     from checkout.sandbox import payment_mode_problem
 
@@ -475,7 +529,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-print-worker", action="store_true", help="do not print in this process")
-    p.add_argument("--public-url", help="base URL for links on labels (default http://HOST:PORT)")
+    limits = ConnectionLimits()
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        help=f"concurrent connections from one address (default {limits.per_ip}; 0 = no cap)",
+    )
+    p.add_argument(
+        "--max-streams-per-ip",
+        type=int,
+        help=f"concurrent live event streams from one address (default {limits.streams_per_ip}; "
+        "0 = no cap)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        help=f"seconds to send a request head or stay idle (default {limits.header_timeout_s:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        help=f"seconds to send a whole request body (default {limits.body_timeout_s:g})",
+    )
+    p.add_argument(
+        "--public-url",
+        help="base of every link and QR code (default http://HOST:PORT); "
+        "https:// turns on Secure cookies and HSTS",
+    )
     for kind in ("loopback", "private"):
         p.add_argument(
             f"--allow-{kind}-candidates",

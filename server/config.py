@@ -19,10 +19,17 @@ from typing import Any
 
 from checkout import text
 from media.recording import RecordingConfig
+from server.connections import ConnectionLimits
+from server.throttle import Limits
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PRINTER_SCHEMES = ("tcp://", "usb://", "serial://", "file://")
+# Guessing is throttled (server/throttle.py); these lengths keep it hopeless anyway.
+MIN_STREAM_KEY = 12
+MIN_STAFF_PASSWORD = 10
+# Secrets published in the docs and the demo: refused by `serve` off loopback.
+PUBLIC_SECRETS = frozenset({"change-me", "changeme", "demo-staff", "demo-stream-key"})
 
 
 class ManifestError(ValueError):
@@ -248,6 +255,10 @@ class Settings:
 
     # Recordings, replays and clips (env SHOWROOM_RECORDING_*, see media/recording.py).
     recording: RecordingConfig = field(default_factory=RecordingConfig.from_env)
+    # Failed secret guesses per IP and per account (server/throttle.py).
+    throttle: Limits = field(default_factory=Limits)
+    # Connections, read deadlines and event streams per address (server/connections.py).
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     @property
     def base_url(self) -> str:
@@ -448,8 +459,13 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         or env.get("SHOWROOM_STREAM_KEY")
         or _req(path, "show", show, "stream_key", str)
     )
-    if len(stream_key) < 4:
-        raise ManifestError(path, "show.stream_key", "must be at least 4 characters")
+    if len(stream_key) < MIN_STREAM_KEY:
+        raise ManifestError(
+            path,
+            "show.stream_key",
+            f"must be at least {MIN_STREAM_KEY} characters (got {len(stream_key)}); "
+            "a long random key is best",
+        )
     currency = _req(path, "show", show, "currency", str).lower()
     if not re.fullmatch(r"[a-z]{3}", currency):
         raise ManifestError(path, "show.currency", f"must be a 3-letter ISO code, got {currency!r}")
@@ -568,6 +584,12 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         raise ManifestError(
             path, "staff.password", "missing required key (or set SHOWROOM_STAFF_PASSWORD)"
         )
+    if len(password) < MIN_STAFF_PASSWORD:
+        raise ManifestError(
+            path,
+            "staff.password",
+            f"must be at least {MIN_STAFF_PASSWORD} characters (got {len(password)})",
+        )
 
     chat = _chat(path, data.get("chat", {}))
     members = _members(path, staff.get("members", []))
@@ -677,6 +699,16 @@ def _chat(path: Path, data: Any) -> ChatConfig:
     except rules.Refused as exc:
         raise ManifestError(path, "chat.blocked_words", exc.detail) from None
     return ChatConfig(slow, words)
+
+
+def public_secrets_in(show: ShowConfig) -> list[str]:
+    """Which of the show's secrets are ones anybody can read in the docs or the demo."""
+    found = []
+    if show.staff_password in PUBLIC_SECRETS:
+        found.append("staff.password")
+    if show.stream_key in PUBLIC_SECRETS:
+        found.append("show.stream_key")
+    return found
 
 
 def load_shows(paths: list[Path], env: dict[str, str] | None = None) -> dict[str, ShowConfig]:

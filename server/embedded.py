@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -126,23 +127,36 @@ def redis_server_binary() -> str:
 
 @dataclass
 class EmbeddedRedis(ManagedProcess):
-    """``redis-server`` with its data (AOF) under ``data_dir``; survives restarts there."""
+    """``redis-server`` with its data (AOF) under ``data_dir``; survives restarts there.
+
+    Loopback only, with a password generated for this run (other local users and
+    browsers' DNS-rebinding tricks cannot talk to it); the password is in ``url``."""
 
     data_dir: Path = Path("var/redis")
     port: int = 0
     appendfsync: str = "everysec"
+    password: str = ""
 
     def __init__(self, data_dir: Path, port: int = 0, appendfsync: str = "everysec") -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        self.password = secrets.token_urlsafe(32)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(argv=[], name="redis")
         self.log_path = self.data_dir / "redis.log"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def _auth_conf(self) -> Path:
+        """The password in a file only we can read, not on the command line (ps shows it)."""
+        path = self.data_dir / "auth.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"requirepass {self.password}\n")
+        return path
 
     restart_on_exit = True
 
@@ -153,6 +167,7 @@ class EmbeddedRedis(ManagedProcess):
         self._stopping = False
         self.argv = [
             redis_server_binary(),
+            str(self._auth_conf()),
             "--port",
             str(self.port),
             "--bind",
@@ -175,8 +190,8 @@ class EmbeddedRedis(ManagedProcess):
         super().start()
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         log.info(
-            "embedded redis-server on %s (data in %s, appendfsync %s)",
-            self.url,
+            "embedded redis-server on 127.0.0.1:%d (data in %s, appendfsync %s)",
+            self.port,
             self.data_dir,
             self.appendfsync,
         )

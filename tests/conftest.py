@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -121,6 +122,17 @@ def buyer_session(
     )
 
 
+async def http_login(
+    session: aiohttp.ClientSession, password: str, next_path: str = "/staff", **kwargs
+) -> aiohttp.ClientResponse:
+    """Log in as a browser does: load the form (its token and cookie), then post it."""
+    async with session.get(f"/login?next={next_path}") as r:
+        token = re.search(r'name="csrf" value="([^"]+)"', await r.text()).group(1)
+    return await session.post(
+        "/login", data={"password": password, "next": next_path, "csrf": token}, **kwargs
+    )
+
+
 @dataclass
 class RunningApp:
     url: str
@@ -188,11 +200,16 @@ async def app(make_app) -> RunningApp:
 
 
 def start_server_process(
-    manifests: list[Path], redis_url: str, data_dir: Path, env: dict | None = None
+    manifests: list[Path],
+    redis_url: str,
+    data_dir: Path,
+    env: dict | None = None,
+    extra_args: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """``showroom serve`` as a child process; returns it and its base URL once listening."""
     args = ["--port", str(free_port()), "--redis", redis_url, "--data-dir", str(data_dir)]
     args += sum((["--manifest", str(m)] for m in manifests), [])
+    args += extra_args or []
     return spawn_serve(args, env={**os.environ, **(env or {})})
 
 

@@ -93,7 +93,7 @@ async def test_order_events_and_metrics(make_app, stripe_sandbox):
         "show": "demo",
         "ts": ev["ts"],
     }
-    async with s.get("/metrics") as r:
+    async with s.get("/metrics", headers=app.auth()) as r:
         text = await r.text()
     assert 'showroom_cart_operations_total{op="add",result="ok"} 1.0' in text
     assert 'showroom_cart_operations_total{op="add",result="sold_out"} 1.0' in text

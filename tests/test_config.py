@@ -50,10 +50,11 @@ def test_env_overrides_secrets(tmp_path):
     path = tmp_path / "show.toml"
     path.write_text(manifest_text("demo"))
     show = load_manifest(
-        path, env={"SHOWROOM_STREAM_KEY": "from-env", "SHOWROOM_STAFF_PASSWORD": "pw-env"}
+        path,
+        env={"SHOWROOM_STREAM_KEY": "key-from-env-1", "SHOWROOM_STAFF_PASSWORD": "pw-from-env"},
     )
-    assert show.stream_key == "from-env"
-    assert show.staff_password == "pw-env"
+    assert show.stream_key == "key-from-env-1"
+    assert show.staff_password == "pw-from-env"
 
 
 def test_serve_refuses_bad_manifest_with_clear_message(tmp_path):

@@ -92,7 +92,7 @@ async def test_viewers_get_composed_frames_at_show_size_and_fps_with_audio(app):
 
         state = await (await app.session.get("/api/shows/demo")).json()
         assert state["live"] is True and state["viewers"] == 3
-        metrics = await (await app.session.get("/metrics")).text()
+        metrics = await (await app.session.get("/metrics", headers=app.auth())).text()
         assert 'showroom_viewers{show="demo"} 3.0' in metrics
         assert 'showroom_publisher_live{show="demo"} 1.0' in metrics
         count = [

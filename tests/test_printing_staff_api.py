@@ -162,7 +162,7 @@ async def test_order_list_printers_metrics_and_label_preview(setup):
     assert counter["online"] is True and counter["last_error"] is None
     assert counter["printed"] == 2 and counter["queued"] == 0 and counter["parked"] == []
 
-    async with s.get("/metrics") as r:
+    async with s.get("/metrics", headers=app.auth()) as r:
         text = await r.text()
     assert 'showroom_printer_online{printer="counter"} 1.0' in text
     assert 'showroom_print_jobs{state="printed"} 2.0' in text

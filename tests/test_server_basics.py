@@ -6,14 +6,14 @@ import asyncio
 import json
 import signal
 
-from tests.conftest import STREAM_KEY, buyer_session, start_server_process
+from tests.conftest import STREAM_KEY, buyer_session, http_login, start_server_process
 
 
 async def test_healthz_and_metrics(app):
     async with app.session.get("/healthz") as r:
         assert r.status == 200
         assert await r.json() == {"ok": True, "redis": "ok"}
-    async with app.session.get("/metrics") as r:
+    async with app.session.get("/metrics", headers=app.auth()) as r:
         assert r.status == 200
         text = await r.text()
         assert "showroom_viewers" in text
@@ -31,7 +31,7 @@ async def test_feature_needs_host_and_valid_input(app):
     async with app.session.post("/api/shows/demo/feature", json={"sku": "MUG-01"}) as r:
         assert r.status == 401
         assert (await r.json())["error"] == "unauthorized"
-    hdr = {"Authorization": f"Bearer {STREAM_KEY}"}
+    hdr = {"Authorization": f"Bearer {STREAM_KEY}", "Content-Type": "application/json"}
     async with app.session.post("/api/shows/demo/feature", data=b"{not json", headers=hdr) as r:
         assert r.status == 400
         assert (await r.json())["error"] == "bad_request"
@@ -70,14 +70,10 @@ async def test_featured_event_reaches_sse_subscriber(app):
 
 async def test_staff_login_sets_session(app):
     async with buyer_session(app.url) as s:
-        async with s.post(
-            "/login", data={"password": "wrong", "next": "/staff"}, allow_redirects=False
-        ) as r:
+        async with await http_login(s, "wrong", allow_redirects=False) as r:
             assert r.status == 401
-        async with s.post(
-            "/login",
-            data={"password": "test-staff-pw", "next": "https://evil.example/"},
-            allow_redirects=False,
+        async with await http_login(
+            s, "test-staff-pw", "https://evil.example/", allow_redirects=False
         ) as r:
             assert r.status == 302
             assert r.headers["Location"] == "/staff"  # never off-site

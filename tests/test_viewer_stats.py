@@ -41,7 +41,7 @@ async def test_reports_show_up_as_percentiles_and_on_metrics(app):
     assert got["glass_to_glass_ms"] == {"count": 10, "p50": 120.0, "p95": 400.0}
     assert got["join_ms"]["count"] == 10
     assert got["join_ms"]["p50"] == 204.0
-    async with app.session.get("/metrics") as resp:
+    async with app.session.get("/metrics", headers=app.auth()) as resp:
         text = await resp.text()
     assert histogram_count(text, "showroom_viewer_latency_seconds") == 10
     assert histogram_count(text, "showroom_join_seconds") == 10
@@ -84,7 +84,8 @@ async def test_bad_reports_are_400_and_change_nothing(app, raw):
 
 
 async def test_not_json_unknown_show_and_too_large(app):
-    async with app.session.post("/api/shows/demo/stats", data=b"not json") as resp:
+    as_json = {"Content-Type": "application/json"}
+    async with app.session.post("/api/shows/demo/stats", data=b"not json", headers=as_json) as resp:
         assert resp.status == 400
     async with app.session.post("/api/shows/nope/stats", json={"join_ms": 1}) as resp:
         assert resp.status == 404
@@ -92,7 +93,7 @@ async def test_not_json_unknown_show_and_too_large(app):
     async with app.session.get("/api/shows/nope/stats") as resp:
         assert resp.status == 404
     async with app.session.post(
-        "/api/shows/demo/stats", data=b'{"join_ms": 1' + b" " * 4096 + b"}"
+        "/api/shows/demo/stats", data=b'{"join_ms": 1' + b" " * 4096 + b"}", headers=as_json
     ) as resp:
         assert resp.status == 413
 

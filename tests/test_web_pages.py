@@ -12,7 +12,7 @@ from PIL import Image
 
 from checkout.orders import Order, OrderItem, Status, save_new_order
 from server import keys
-from tests.conftest import STAFF_PASSWORD, buyer_session, manifest_text
+from tests.conftest import STAFF_PASSWORD, buyer_session, http_login, manifest_text
 from tests.test_web_support import DESKTOP, PHONE, JsErrors, chromium, new_page, staff_login
 
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -70,9 +70,7 @@ async def test_host_and_staff_pages_and_apis_refuse_strangers(make_app, tmp_path
             assert r.status == 404  # someone else's order is not even confirmed to exist
 
         # Staff of another show: no host page, and the order page does not show the order.
-        async with s.post(
-            "/login", data={"password": "other-staff-pw", "next": "/staff"}, allow_redirects=False
-        ) as r:
+        async with await http_login(s, "other-staff-pw", allow_redirects=False) as r:
             assert r.status == 302
         async with s.get("/shows/demo/host", allow_redirects=False) as r:
             assert r.status == 302 and r.headers["Location"].startswith("/login")
@@ -85,9 +83,9 @@ async def test_host_and_staff_pages_and_apis_refuse_strangers(make_app, tmp_path
 
     # The show's own staff see the order page with its Fulfil button.
     async with stranger(app) as s:
-        async with s.post("/login", data={"password": "wrong", "next": "/staff"}) as r:
+        async with await http_login(s, "wrong") as r:
             assert r.status == 401 and "not right" in await r.text()
-        async with s.post("/login", data={"password": STAFF_PASSWORD, "next": "/staff"}) as r:
+        async with await http_login(s, STAFF_PASSWORD) as r:
             assert r.status == 200 and str(r.url).endswith("/staff")
         async with s.get(f"/staff/orders/{order.order_id}") as r:
             html = await r.text()

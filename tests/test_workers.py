@@ -26,6 +26,8 @@ from tests.conftest import STAFF_PASSWORD, STREAM_KEY, wait_until
 from tests.test_ice_candidates import with_candidates
 from tests.test_media_http import real_offer
 
+OPERATOR = {"Authorization": f"Bearer {STAFF_PASSWORD}"}  # media figures are for operators
+
 pytestmark = pytest.mark.timeout(240)
 
 FPS = 15
@@ -131,7 +133,7 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
         # One encoder: the origin composes, the other worker only relays.
         media = {}
         for worker in (0, 1):
-            async with on[worker].get(f"{url}/api/shows/demo/media") as r:
+            async with on[worker].get(f"{url}/api/shows/demo/media", headers=OPERATOR) as r:
                 media[worker] = await r.json()
                 assert r.headers["X-Showroom-Worker"] == str(worker)
         assert media[origin]["origin"] and not media[other]["origin"]
@@ -270,7 +272,7 @@ async def test_origin_worker_killed_publisher_moves_and_viewers_recover(
         await wait_until(
             lambda: player.latest_video is not None and live_picture(player.latest_video), 20
         )
-        async with on[0].get(f"{url}/api/shows/demo/media") as r:
+        async with on[0].get(f"{url}/api/shows/demo/media", headers=OPERATOR) as r:
             origin_pid = (await r.json())["pid"]
 
         os.kill(origin_pid, signal.SIGKILL)
@@ -303,7 +305,7 @@ async def test_origin_worker_killed_publisher_moves_and_viewers_recover(
         # The parent restarted worker 0; it answers again, with a new pid.
         restarted = await pinned(url, 0, within_s=60)
         clients.append(restarted)
-        async with restarted.get(f"{url}/api/shows/demo/media") as r:
+        async with restarted.get(f"{url}/api/shows/demo/media", headers=OPERATOR) as r:
             assert (await r.json())["pid"] != origin_pid
     finally:
         for p in players:
@@ -376,7 +378,7 @@ async def commerce_works_from_every_worker(url: str) -> list[int]:
     try:
         pids = []
         for i in (0, 1):
-            async with on[i].get(f"{url}/api/shows/demo/media") as r:
+            async with on[i].get(f"{url}/api/shows/demo/media", headers=OPERATOR) as r:
                 pids.append((await r.json())["pid"])
             for page in ("/shows/demo", "/staff", "/"):
                 async with on[i].get(f"{url}{page}") as r:

@@ -8,6 +8,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server import keys
+from server.auth import METRICS_TOKEN_ENV, is_operator
+from server.errors import error_response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -21,6 +23,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not is_operator(request):
+        return error_response(
+            401,
+            "unauthorized",
+            f"Send Authorization: Bearer ${METRICS_TOKEN_ENV}, or log in as staff.",
+            {"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     body = await request.app[keys.METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -38,7 +38,7 @@ from media.sdp import (
     parse_sdpfrag,
 )
 from server import keys, presence, segments, viewer_slots
-from server.auth import get_show, is_host, require_stream_key
+from server.auth import get_show, is_host, require_operator, require_stream_key
 from server.cluster import cluster, maybe_forward
 from server.errors import ApiError, bad_request, not_found, read_body
 
@@ -321,6 +321,7 @@ async def media_stats(request: web.Request) -> web.Response:
     """Live media figures for operators and benchmarks (recent server-added latency; with
     worker processes, which worker answered, whether it is the show's origin, and the
     relay's figures)."""
+    require_operator(request)
     runtime = _runtime(request)
     stats = runtime.stats()
     workers = cluster(request.app)

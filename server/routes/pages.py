@@ -7,6 +7,7 @@ the page's script needs, and the script talks to the JSON API like any other cli
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from checkout.orders import load_order
 from overlays.layout import make_layout
-from server import auth, keys, presence
+from server import auth, keys, presence, security, throttle
 from server.config import ShowConfig
 from web.placeholder import product_png
 
@@ -36,12 +37,16 @@ _CSP_STRIPE = (
 )
 
 
-def render(request: web.Request, name: str, status: int = 200, **context) -> web.Response:
+def render(
+    request: web.Request, name: str, status: int = 200, headers: dict | None = None, **context
+) -> web.Response:
+    """A page; ``csrf`` in the template is the token its login/logout form posts back."""
     env = request.app[TEMPLATES]
     context.setdefault("rehearsal", request.app[keys.SETTINGS].rehearsal)
-    html = env.get_template(name).render(request=request, **context)
+    csrf = security.form_token(request)
+    html = env.get_template(name).render(request=request, csrf=csrf, **context)
     sandbox = request.app[keys.SETTINGS].sandbox
-    return web.Response(
+    response = web.Response(
         text=html,
         status=status,
         content_type="text/html",
@@ -50,13 +55,22 @@ def render(request: web.Request, name: str, status: int = 200, **context) -> web
             "Content-Security-Policy": _CSP_SANDBOX if sandbox else _CSP_STRIPE,
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "same-origin",
+            **(headers or {}),
         },
     )
+    security.set_form_cookie(request, response)
+    return response
+
+
+# A path on this site: one leading slash, then printable ASCII without spaces or
+# backslashes. Browsers drop tabs and newlines from URLs, so "/\t/evil.example" would
+# become "//evil.example", another site; such characters are refused, not stripped.
+_LOCAL_PATH = re.compile(r"^/(?![/\\])[\x21-\x5b\x5d-\x7e]*$")
 
 
 def safe_next(value: str | None) -> str:
-    # Only same-site paths: never redirect a logged-in staff member off-site.
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """Where to go after login: only a path on this site, never anywhere else."""
+    if not value or not _LOCAL_PATH.match(value):
         return "/staff"
     return value
 
@@ -83,23 +97,45 @@ async def login_form(request: web.Request) -> web.Response:
     return render(request, "login.html", next=safe_next(request.query.get("next")), error=None)
 
 
+def _login_page(request: web.Request, nxt: str, status: int, error: str, **kw) -> web.Response:
+    return render(request, "login.html", status=status, next=nxt, error=error, **kw)
+
+
 async def login_submit(request: web.Request) -> web.Response:
     form = await request.post()
-    password = str(form.get("password", ""))
     nxt = safe_next(str(form.get("next", "")))
+    if not security.form_token_ok(request, form.get(security.CSRF_FIELD)):
+        return _login_page(request, nxt, 403, "This form had expired. Please log in again.")
+    password = str(form.get("password", ""))
     show_ids = auth.staff_shows_for_password(request.app[keys.SHOWS], password) if password else []
-    if not show_ids:
-        return render(
-            request, "login.html", status=401, next=nxt, error="That password is not right."
+    verdict = await throttle.attempt(
+        request.app[keys.REDIS],
+        request.app[keys.SETTINGS].throttle,
+        auth.client_ip(request),
+        auth.STAFF,
+        ok=bool(show_ids),
+    )
+    if verdict.locked:
+        return _login_page(
+            request,
+            nxt,
+            429,
+            f"Too many failed attempts. Wait {verdict.retry_after} seconds, then try again.",
+            headers={"Retry-After": verdict.retry_after},
         )
+    if not show_ids:
+        return _login_page(request, nxt, 401, "That password is not right.")
     resp = web.HTTPFound(nxt)
-    auth.set_staff_cookie(request, resp, show_ids)
+    await auth.start_staff_session(request, resp, show_ids)
     raise resp
 
 
 async def logout(request: web.Request) -> web.Response:
+    form = await request.post()
+    if not security.form_token_ok(request, form.get(security.CSRF_FIELD)):
+        raise web.HTTPForbidden(text="This form had expired; reload the page and try again.")
     resp = web.HTTPFound("/login")
-    resp.del_cookie(auth.STAFF_COOKIE, path="/")
+    await auth.end_staff_session(request, resp)
     raise resp
 
 

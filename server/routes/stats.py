@@ -19,7 +19,7 @@ from aiohttp import web
 from checkout.carts import cart_adds
 from checkout.orders import ORDERS_INDEX, cents_str
 from server import keys, segments
-from server.auth import ensure_viewer, get_show, is_host
+from server.auth import client_ip, ensure_viewer, get_show, is_host
 from server.errors import ApiError, bad_request, read_json
 from server.routes.chat import reactions_summary
 
@@ -29,6 +29,9 @@ RING = 200  # reports kept per show and figure
 WINDOW_S = 120  # "current" = reported within the last two minutes
 RING_TTL_S = 600
 REPORTS_PER_VIEWER_PER_S = 5
+# Per address as well: a fresh cookie per request must not get around the viewer limit.
+# Generous, since a venue's viewers may share one public address.
+REPORTS_PER_IP_PER_S = 50
 
 
 def ring_key(show_id: str, field: str) -> str:
@@ -89,13 +92,17 @@ def summarise(entries: list[bytes], now_ms: int, window_s: float = WINDOW_S) -> 
     return Summary(len(values), nearest_rank(values, 50), nearest_rank(values, 95))
 
 
-async def _rate_limit(redis, show_id: str, viewer: str) -> None:
-    key = f"show:{show_id}:stats:rl:{viewer}:{int(time.time())}"
+async def _rate_limit(redis, show_id: str, viewer: str, ip: str) -> None:
+    second = int(time.time())
+    by_viewer = f"show:{show_id}:stats:rl:{viewer}:{second}"
+    by_ip = f"show:{show_id}:stats:rl:ip:{ip}:{second}"
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, 2)
-        count, _ = await pipe.execute()
-    if count > REPORTS_PER_VIEWER_PER_S:
+        pipe.incr(by_ip)
+        pipe.expire(by_ip, 2)
+        pipe.incr(by_viewer)
+        pipe.expire(by_viewer, 2)
+        ip_count, _, count, _ = await pipe.execute()
+    if count > REPORTS_PER_VIEWER_PER_S or ip_count > REPORTS_PER_IP_PER_S:
         raise ApiError(429, "rate_limited", "Too many reports; slow down.", {"Retry-After": "1"})
 
 
@@ -103,7 +110,7 @@ async def post_stats(request: web.Request) -> web.Response:
     show = get_show(request)
     report = parse_report(await read_json(request, max_bytes=1024))
     redis = request.app[keys.REDIS]
-    await _rate_limit(redis, show.id, ensure_viewer(request))
+    await _rate_limit(redis, show.id, ensure_viewer(request), client_ip(request))
     metrics = request.app[keys.METRICS]
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=True) as pipe:

@@ -41,9 +41,9 @@ async function exchange(url, sdp, headers) {
 }
 
 function deleteSession(location, headers = {}) {
-  if (!location) return;
+  if (!location) return Promise.resolve();
   // keepalive: the request survives the page being closed (pagehide).
-  fetch(location, { method: "DELETE", headers, keepalive: true }).catch(() => {});
+  return fetch(location, { method: "DELETE", headers, keepalive: true }).catch(() => {});
 }
 
 // Plays a show: reconnects with exponential backoff (1 s .. 15 s) whenever the
@@ -85,11 +85,14 @@ export class WhepPlayer {
   }
 
   _teardown() {
-    deleteSession(this.location);
+    const deleted = deleteSession(this.location);
     this.location = null;
-    if (this.pc) {
-      this.pc.onconnectionstatechange = null;
-      this.pc.close();
+    const pc = this.pc;
+    if (pc) {
+      pc.onconnectionstatechange = null;
+      // Close once the DELETE is answered: closed first, the server may end the session
+      // on its own and answer the DELETE 404.
+      deleted.finally(() => pc.close());
       this.pc = null;
     }
     this.playing = false;

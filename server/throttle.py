@@ -1,0 +1,127 @@
+"""Throttling of failed secret guesses (staff login, staff Bearer, stream keys).
+
+Failures are counted per client IP and per account in Redis, so every server process on
+one Redis shares them. After ``free`` consecutive failures each further failure locks the
+key for an exponentially growing time (``base`` s, doubling, at most ``cap`` s), and at
+most ``per_hour`` failures are evaluated per hour. While locked, every attempt is
+answered 429 without looking at the secret, right or wrong: the answer never tells a
+guesser whether a guess was good.
+
+An IP that recently logged in to an account is exempt from that account's lock (not
+from its own IP lock), so a guesser hammering an account from elsewhere cannot lock out
+the staff or the show's camera.
+
+Verdicts are one Lua script per attempt: concurrent guesses cannot slip past the lock
+between a check and the failure count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from checkout.scripts import Script
+
+# KEYS: ip hash, account hash, known marker (account, ip)
+# ARGV: now (s), ok (0/1), ip policy (free, base, cap, per_hour), account policy (same), known ttl
+_ATTEMPT = Script(
+    """
+local now = tonumber(ARGV[1])
+local function wait_of(key)
+  local u = tonumber(redis.call('HGET', key, 'until') or '0') or 0
+  if u > now then return u - now end
+  return 0
+end
+local wait = wait_of(KEYS[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then wait = math.max(wait, wait_of(KEYS[2])) end
+if wait > 0 then return {2, tostring(wait)} end
+if ARGV[2] == '1' then
+  for i = 1, 2 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'n', 0, 'until', 0) end
+  end
+  redis.call('SET', KEYS[3], 1, 'EX', tonumber(ARGV[11]))
+  return {0, '0'}
+end
+local worst = 0
+for i = 1, 2 do
+  local o = 3 + (i - 1) * 4
+  local free, base = tonumber(ARGV[o]), tonumber(ARGV[o + 1])
+  local cap, per_hour = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
+  local h = redis.call('HMGET', KEYS[i], 'n', 'w', 'c')
+  local n, w, c = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if now - w >= 3600 then w = now; c = 0 end
+  n = n + 1
+  c = c + 1
+  local lock = 0
+  if n > free then lock = math.min(base * 2 ^ (n - free - 1), cap) end
+  if c >= per_hour then lock = math.max(lock, w + 3600 - now) end
+  redis.call('HSET', KEYS[i], 'n', n, 'w', w, 'c', c, 'until', now + lock)
+  redis.call('EXPIRE', KEYS[i], math.ceil(math.max(w + 3600 - now, lock)) + 1)
+  worst = math.max(worst, lock)
+end
+return {1, tostring(worst)}
+"""
+)
+
+ALLOWED, FAILED, LOCKED = 0, 1, 2
+PREFIX = "showroom:throttle:"
+
+
+@dataclass(frozen=True)
+class Policy:
+    free: int  # consecutive failures before any lock
+    base_s: float  # first lock; doubles with each further failure
+    cap_s: float  # longest lock from backoff
+    per_hour: int  # failures evaluated per hour, at most
+
+    def args(self) -> list:
+        return [self.free, self.base_s, self.cap_s, self.per_hour]
+
+
+@dataclass(frozen=True)
+class Limits:
+    ip: Policy = Policy(free=10, base_s=1, cap_s=60, per_hour=200)
+    account: Policy = Policy(free=5, base_s=1, cap_s=60, per_hour=100)
+    known_ip_s: int = 12 * 3600  # how long a successful login exempts its IP
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int  # ALLOWED, FAILED or LOCKED
+    retry_after_s: float  # how long until the next attempt is evaluated (0: now)
+
+    @property
+    def locked(self) -> bool:
+        return self.status == LOCKED
+
+    @property
+    def retry_after(self) -> str:
+        """The Retry-After header value: whole seconds, at least 1."""
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
+def _keys(ip: str, account: str) -> list[str]:
+    return [f"{PREFIX}ip:{ip}", f"{PREFIX}acct:{account}", f"{PREFIX}known:{account}:{ip}"]
+
+
+async def attempt(
+    redis, limits: Limits, ip: str, account: str, ok: bool, now: float | None = None
+) -> Verdict:
+    """Record one attempt with a secret that was (``ok``) or was not right.
+
+    LOCKED: the attempt was not evaluated; answer 429 whatever the secret was.
+    FAILED: a wrong secret, counted. ALLOWED: right secret, counters reset."""
+    now = time.time() if now is None else now
+    status, wait = await _ATTEMPT(
+        redis,
+        _keys(ip, account),
+        [
+            f"{now:.3f}",
+            1 if ok else 0,
+            *limits.ip.args(),
+            *limits.account.args(),
+            limits.known_ip_s,
+        ],
+    )
+    return Verdict(int(status), float(wait))
