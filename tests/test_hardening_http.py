@@ -166,7 +166,7 @@ def test_serve_off_loopback_refuses_the_demo_secrets(tmp_path, redis_url):
     path = tmp_path / "demo.toml"
     path.write_text(demo)
     common = ["--manifest", str(path), "--redis", redis_url, "--port", str(free_port())]
-    proc = _serve([*common, "--host", "0.0.0.0"])
+    proc = _serve([*common, "--host", "0.0.0.0", "--sandbox"])
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert "refusing" in line and "staff.password" in line and "show.stream_key" in line
@@ -432,9 +432,12 @@ async def test_nosniff_on_every_kind_of_answer(app):
 
 
 async def test_viewer_latency_reports_are_limited_per_address_too(app):
-    statuses = []
     async with aiohttp.ClientSession() as s:  # no cookie jar: a fresh viewer every time
-        for _ in range(80):
+
+        async def report() -> int:
             async with s.post(f"{app.url}/api/shows/demo/stats", json={"join_ms": 100}) as r:
-                statuses.append(r.status)
-    assert statuses.count(429) >= 20 and statuses.count(202) <= 60, statuses
+                return r.status
+
+        statuses = await asyncio.gather(*(report() for _ in range(150)))
+    # At most 50 a second from one address: 150 at once span at most two seconds.
+    assert statuses.count(429) >= 40 and statuses.count(202) <= 110, statuses
