@@ -3,7 +3,7 @@
     python -m load_tests.report [--quick] [--only latency,labels] [--skip fanout]
 
 Runs each benchmark that exists (fanout, overlays, card_sync, flash_drop, labels,
-latency, recording, chat) as ``python -m load_tests.NAME`` in its own process, one at a time (the
+latency, recording, chat, abuse) as ``python -m load_tests.NAME`` in its own process, one at a time (the
 machine has two cores; benchmarks never share it with each other). Each full run writes its own
 BENCHMARKS.md section; this one adds a summary section at the top (machine, command,
 each benchmark's main table with its comparison column, and its target lines) and a
@@ -36,6 +36,7 @@ BENCHES = (
     "latency",
     "recording",
     "chat",
+    "abuse",
 )
 FULL_TIMEOUT_S = 1200
 QUICK_TIMEOUT_S = 300
