@@ -237,7 +237,7 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
             print(f"origin moved: live picture again after {took:.3f} s")
             assert took < 3.0, took  # 1 s on a quiet machine; this one is shared
         for worker, is_origin in ((other, True), (origin, False)):
-            async with on[worker].get(f"{url}/api/shows/demo/media") as r:
+            async with on[worker].get(f"{url}/api/shows/demo/media", headers=OPERATOR) as r:
                 stats = await r.json()
             assert stats["origin"] is is_origin
             assert stats["codecs"] == (["H264"] if is_origin else [])
