@@ -13,7 +13,7 @@ import logging
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import auth, cluster, connections, keys, nodes, security
+from server import auth, cluster, connections, keys, nodes, security, throttle
 from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
@@ -106,7 +106,9 @@ def create_app(
         bus = EventBus(redis)
         await bus.start()
         app[keys.BUS] = bus
+        locks = await throttle.watch_locks(app, redis, bus)
         yield
+        locks.cancel()
         await bus.stop()
         await redis.aclose()
 

@@ -242,6 +242,7 @@ async def _from_bearer(request: web.Request, bearer: str) -> Identity | web.Resp
         client_ip(request),
         _account(request),
         ok=bool(staff or keyed or operator),
+        mirror=request.app.get(throttle.MIRROR),
     )
     if verdict.locked:
         return rate_limited(verdict)

@@ -107,6 +107,22 @@ async def test_a_locked_account_still_admits_an_address_that_logged_in_before(ap
             assert r.status == 302
 
 
+async def test_a_lock_set_on_one_process_holds_on_another(make_app, write_manifest):
+    """Right secrets skip Redis while no lock is known; every process hears of new locks."""
+    manifest = write_manifest("demo")
+    first, second = await make_app([manifest]), await make_app([manifest])
+    async with buyer_session(second.url) as s, s.get("/api/orders", headers=second.auth()) as r:
+        assert r.status == 200  # the right secret, before any lock
+    async with buyer_session(first.url) as s:
+        for i in range(12):
+            async with s.get("/api/orders", headers=first.auth(f"guess-{i}")) as r:
+                pass
+        assert r.status == 429
+    await asyncio.sleep(0.2)  # the lock event crosses Redis pub/sub
+    async with buyer_session(second.url) as s, s.get("/api/orders", headers=second.auth()) as r:
+        assert r.status == 429 and (await r.json())["error"] == "rate_limited"
+
+
 async def test_at_most_100_failures_an_hour_per_account_from_any_number_of_ips(redis_url):
     """An attacker rotating addresses, guessing whenever the lock allows, for an hour."""
     redis = aioredis.Redis.from_url(redis_url)

@@ -114,6 +114,7 @@ async def login_submit(request: web.Request) -> web.Response:
         auth.client_ip(request),
         auth.STAFF,
         ok=bool(show_ids),
+        mirror=request.app.get(throttle.MIRROR),
     )
     if verdict.locked:
         return _login_page(
