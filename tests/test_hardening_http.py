@@ -6,9 +6,11 @@ Each test replays what an attacker did on loopback against a real server and Red
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
@@ -340,8 +342,8 @@ async def test_viewer_and_staff_tokens_carry_their_type_and_both_time_limits(app
         async with c.get(f"{app.url}/api/cart") as r:
             assert "sr_viewer" in r.cookies  # treated as a newcomer: a fresh viewer id
     # Not yet valid, and no longer valid: both refused for a live session id.
-    future = issue_token(secret, STAFF, session_id, 3600, now=__import__("time").time() + 7200)
-    expired = issue_token(secret, STAFF, session_id, 60, now=__import__("time").time() - 120)
+    future = issue_token(secret, STAFF, session_id, 3600, now=time.time() + 7200)
+    expired = issue_token(secret, STAFF, session_id, 60, now=time.time() - 120)
     for token in (future, expired):
         async with aiohttp.ClientSession(cookies={"sr_staff": token}) as c:
             async with c.get(f"{app.url}/api/orders") as r:
@@ -352,7 +354,7 @@ def test_signing_key_from_showroom_secret_with_a_minimum_length(tmp_path, redis_
     path = tmp_path / "demo.toml"
     path.write_text(manifest_text("demo"))
     common = ["--manifest", str(path), "--redis", redis_url, "--port", str(free_port())]
-    proc = _serve(common, env={**__import__("os").environ, "SHOWROOM_SECRET": "too-short"})
+    proc = _serve(common, env={**os.environ, "SHOWROOM_SECRET": "too-short"})
     assert proc.returncode == 2 and "SHOWROOM_SECRET must be at least 32" in proc.stderr
 
 
@@ -454,6 +456,8 @@ async def test_viewer_latency_reports_are_limited_per_address_too(app):
             async with s.post(f"{app.url}/api/shows/demo/stats", json={"join_ms": 100}) as r:
                 return r.status
 
-        statuses = await asyncio.gather(*(report() for _ in range(150)))
-    # At most 50 a second from one address: 150 at once span at most two seconds.
-    assert statuses.count(429) >= 40 and statuses.count(202) <= 110, statuses
+        t0 = time.time()
+        statuses = await asyncio.gather(*(report() for _ in range(300)))
+        seconds = int(time.time()) - int(t0) + 1  # the per-second windows touched
+    # At most 50 a second from one address, however many viewers it claims to be.
+    assert statuses.count(202) <= 50 * seconds and statuses.count(429) > 0, (seconds, statuses)
