@@ -17,10 +17,12 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+import redis.asyncio as aioredis
 
 from load_tests.common import spawn_serve
 from media.client import WhepPlayer, WhipPublisher
 from media.testsrc import TestPatternTrack
+from server import viewer_slots
 from server.embedded import free_port
 from tests.conftest import STAFF_PASSWORD, STREAM_KEY, wait_until
 from tests.test_ice_candidates import with_candidates
@@ -274,6 +276,15 @@ async def test_origin_worker_killed_publisher_moves_and_viewers_recover(
         )
         async with on[0].get(f"{url}/api/shows/demo/media", headers=OPERATOR) as r:
             origin_pid = (await r.json())["pid"]
+        # A WHEP session on the worker about to die (never connecting): its slot.
+        offer = with_candidates(await real_offer("view"), [])
+        async with on[0].post(f"{url}/whep/demo", data=offer, headers=SDP) as r:
+            assert r.status == 201
+            doomed = r.headers["Location"].rsplit("/", 1)[1]
+        redis = aioredis.Redis.from_url(redis_url)
+        clients.append(redis)
+        slot_members = await redis.zrange(viewer_slots.show_key("demo"), 0, -1)
+        assert len(slot_members) == 2
 
         os.kill(origin_pid, signal.SIGKILL)
         # The publisher reconnects (PocketCam does on its own): worker 0 is dead, so this
@@ -307,13 +318,24 @@ async def test_origin_worker_killed_publisher_moves_and_viewers_recover(
         clients.append(restarted)
         async with restarted.get(f"{url}/api/shows/demo/media", headers=OPERATOR) as r:
             assert (await r.json())["pid"] != origin_pid
+
+        # The dead worker's viewer slot frees up when its lease runs out (nobody renews
+        # it); the living worker's viewer keeps its slot.
+        async def one_slot_left() -> bool:  # leases still running (taking a slot purges the rest)
+            now_ms = int(time.time() * 1000)
+            return await redis.zcount(viewer_slots.show_key("demo"), now_ms, "+inf") == 1
+
+        await wait_until(one_slot_left, viewer_slots.LEASE_MS / 1000 + 5)
+        async with on[1].get(f"{url}/api/shows/demo") as r:
+            assert (await r.json())["viewers"] == 1
+        assert doomed.startswith("w0.")
     finally:
         for p in players:
             await p.close()
         for pub in publishers:
             await pub.close()
         for http in clients:
-            await http.close()
+            await (http.aclose() if isinstance(http, aioredis.Redis) else http.close())
         stop(proc)
 
 
