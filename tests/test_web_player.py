@@ -12,7 +12,7 @@ from playwright.async_api import Page, expect
 
 from media.client import WhipPublisher
 from media.testsrc import TestPatternTrack
-from tests.conftest import STREAM_KEY
+from tests.conftest import STREAM_KEY, buyer_session, wait_until
 from tests.test_web_support import (
     DESKTOP,
     PHONE,
@@ -258,3 +258,35 @@ async def test_a_vertical_show_fills_a_portrait_phone(make_app, write_manifest, 
     finally:
         await publisher.close(app.session)
     assert errors.unexpected() == []
+
+
+async def test_cancel_returns_the_items_to_sale_and_only_for_the_buyer(
+    make_app, write_manifest, stripe_sandbox
+):
+    """Checkout's Cancel: the buyer's unpaid order expires now and its units go back on
+    sale; nobody else can cancel it, and a paid order cannot be cancelled."""
+    app = await make_app([write_manifest("demo")], stripe_api_base=stripe_sandbox.url)
+
+    async def tees() -> int:
+        async with app.session.get("/api/shows/demo") as r:
+            return {p["sku"]: p["available"] for p in (await r.json())["products"]}["TEE-02"]
+
+    async with buyer_session(app.url) as buyer, buyer_session(app.url) as other:
+        async with buyer.post("/api/cart/items", json={"show": "demo", "sku": "TEE-02"}) as r:
+            assert r.status == 200
+        async with buyer.post("/api/checkout", json={"name": "C", "email": "c@x.io"}) as r:
+            assert r.status == 201
+            order = await r.json()
+        assert order["pay_by"] > 0 and order["items"][0]["sku"] == "TEE-02"
+        assert await tees() == 4
+        async with other.post(f"/api/orders/{order['order_id']}/cancel") as r:
+            assert r.status == 404
+        async with buyer.post(f"/api/orders/{order['order_id']}/cancel") as r:
+            assert r.status == 200 and (await r.json())["status"] == "expired"
+
+        async def back_on_sale() -> bool:
+            return await tees() == 5
+
+        await wait_until(back_on_sale, timeout=5)
+        async with buyer.post(f"/api/orders/{order['order_id']}/cancel") as r:
+            assert r.status == 409

@@ -161,17 +161,20 @@ async def share_tags(request: web.Request, show: ShowConfig) -> dict[str, str]:
         live, _ = await presence.read(request.app[keys.REDIS], show.id)
     except Exception:  # Redis away: the page still renders, the tags just say less
         live = False
-    starts = getattr(show, "starts_at", None)
     if live:
         description = f"Live now: shop {show.title} as it happens."
-    elif starts:
-        description = f"Live shopping show, starting {starts}."
+    elif show.starts_at:
+        when = show.starts_at.strftime("%a %d %b %Y, %H:%M %Z").strip()
+        description = f"Live shopping show, starting {when}."
     else:
         description = "Live shopping show: watch, chat and buy in the stream."
-    if getattr(show, "description", ""):
+    if show.description:
         description = f"{description} {show.description}"
     sku = show.products[0].sku if show.products else ""
-    image = f"{base}/media/products/{quote(show.id)}/{quote(sku)}.png" if sku else ""
+    if show.cover:
+        image = f"{base}/media/covers/{quote(show.id)}"
+    else:
+        image = f"{base}/media/products/{quote(show.id)}/{quote(sku)}.png" if sku else ""
     return {
         "title": f"{'LIVE · ' if live else ''}{show.title}",
         "description": description,

@@ -269,7 +269,154 @@ async function loadStats() {
   const join = resp.data.join_ms || {};
   if (g2g.p50 !== null && g2g.p50 !== undefined) setText("n-latency", `${Math.round(g2g.p50)} ms`);
   else if (join.p50 !== null && join.p50 !== undefined) setText("n-latency", `join ${Math.round(join.p50)} ms`);
+  if (resp.data.reactions && typeof resp.data.reactions.per_s === "number") {
+    hearts.server = resp.data.reactions.per_s * 60;
+    renderHearts();
+  }
 }
+
+// --- reactions: hearts per minute, live from the aggregated events -------------------
+const hearts = { events: [], server: 0 };
+function renderHearts() {
+  const since = Date.now() - 60000;
+  hearts.events = hearts.events.filter(([t]) => t >= since);
+  const live = hearts.events.reduce((n, [, c]) => n + c, 0);
+  setText("n-hearts", Math.round(hearts.events.length ? live : hearts.server));
+}
+setInterval(renderHearts, 1000);
+
+// --- chat moderation -------------------------------------------------------------------
+const chatList = $("host-chat-list");
+const muted = new Map(); // author -> {name, what}
+const ROLE = { host: "Host", moderator: "Mod" };
+
+async function moderate(author, action, minutes) {
+  const body = { action, author };
+  if (minutes) body.minutes = minutes;
+  const resp = await api("POST", `${showPath}/chat/moderation`, body);
+  if (!resp.ok) {
+    showNotice(notice, resp.data.detail || "Could not change that.", "bad");
+    return false;
+  }
+  return true;
+}
+
+function messageItem(m) {
+  const name = m.name || "Someone";
+  const actions = el("div", { class: "mod-actions" });
+  actions.append(el("button", { type: "button", class: "small", "aria-label": `Pin the message of ${name}`, onclick: () => pin(m.id) }, "Pin"));
+  actions.append(el("button", { type: "button", class: "small danger", "aria-label": `Delete the message of ${name}`, onclick: () => deleteMessage(m.id) }, "Delete"));
+  if (m.role !== "host" && m.author) {
+    actions.append(el("button", { type: "button", class: "small", "aria-label": `Time out ${name} for 5 minutes`, onclick: () => mute(m, "timeout", 5) }, "Time out 5 min"));
+    actions.append(el("button", { type: "button", class: "small danger", "aria-label": `Ban ${name}`, onclick: () => mute(m, "ban") }, "Ban"));
+  }
+  return el(
+    "li",
+    { "data-id": m.id, "data-author": m.author || "" },
+    el("div", {}, ROLE[m.role] ? el("span", { class: `chat-role ${m.role}` }, ROLE[m.role]) : null, el("strong", {}, name), " ", el("span", { class: "chat-text" }, m.text)),
+    actions,
+  );
+}
+
+function addMessage(m) {
+  if (!m || !m.id || chatList.querySelector(`[data-id="${CSS.escape(String(m.id))}"]`)) return;
+  chatList.append(messageItem(m));
+  while (chatList.children.length > 100) chatList.firstElementChild.remove();
+  chatList.scrollTop = chatList.scrollHeight;
+}
+
+function setPinned(m) {
+  $("host-pinned").hidden = !m;
+  setText("host-pinned-name", m ? m.name : "");
+  setText("host-pinned-text", m ? m.text : "");
+}
+
+async function deleteMessage(id) {
+  const resp = await api("DELETE", `${showPath}/chat/${encodeURIComponent(id)}`);
+  if (resp.ok || resp.status === 404) chatList.querySelector(`[data-id="${CSS.escape(String(id))}"]`)?.remove();
+  else showNotice(notice, resp.data.detail || "Could not delete the message.", "bad");
+}
+
+async function pin(id) {
+  const resp = await api("POST", `${showPath}/chat/pin`, { id });
+  if (resp.ok) setPinned(resp.data.pinned);
+  else showNotice(notice, resp.data.detail || "Could not pin the message.", "bad");
+}
+$("unpin").addEventListener("click", () => pin(null));
+
+async function mute(m, action, minutes) {
+  if (!(await moderate(m.author, action, minutes))) return;
+  muted.set(m.author, { name: m.name || "Someone", what: action === "ban" ? "banned" : `timed out for ${minutes} min` });
+  renderMuted();
+  showNotice(notice, `${m.name || "Someone"} is ${action === "ban" ? "banned from the chat" : `timed out for ${minutes} minutes`}.`, "ok");
+}
+
+function renderMuted() {
+  const list = $("host-muted-list");
+  list.replaceChildren(
+    ...[...muted.entries()].map(([author, who]) =>
+      el(
+        "li",
+        {},
+        el("span", {}, `${who.name} · ${who.what}`),
+        el("button", { type: "button", class: "small", "aria-label": `Unban ${who.name}`, onclick: async () => {
+          if (await moderate(author, "unban")) {
+            muted.delete(author);
+            renderMuted();
+            showNotice(notice, `${who.name} may chat again.`, "ok");
+          }
+        } }, "Unban"),
+      ),
+    ),
+  );
+  $("host-muted").hidden = muted.size === 0;
+}
+
+$("host-chat-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const input = $("host-chat-text");
+  const text = input.value.trim();
+  if (!text) return;
+  const resp = await api("POST", `${showPath}/chat`, { text });
+  if (resp.ok) {
+    input.value = "";
+    addMessage(resp.data);
+  } else showNotice(notice, resp.data.detail || "Could not send.", "bad");
+});
+
+async function loadChat() {
+  const resp = await api("GET", `${showPath}/chat`);
+  if (!resp.ok || !Array.isArray(resp.data.messages)) return;
+  chatList.replaceChildren();
+  resp.data.messages.forEach(addMessage);
+  setPinned(resp.data.pinned || null);
+}
+
+async function loadChatSettings() {
+  const resp = await api("GET", `${showPath}/chat/settings`);
+  if (!resp.ok) return;
+  $("slow-mode").value = resp.data.slow_mode_s || 0;
+  $("blocked-words").value = (resp.data.blocked_words || []).join("\n");
+}
+
+$("chat-settings").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const out = $("settings-error");
+  out.textContent = "";
+  const slow = Number($("slow-mode").value);
+  if (!Number.isInteger(slow) || slow < 0 || slow > 300) {
+    out.textContent = "Slow mode is a whole number of seconds from 0 to 300.";
+    $("slow-mode").focus();
+    return;
+  }
+  const words = $("blocked-words").value.split(/[\n,]/).map((w) => w.trim()).filter(Boolean);
+  const resp = await api("PUT", `${showPath}/chat/settings`, { slow_mode_s: slow, blocked_words: words });
+  if (!resp.ok) {
+    out.textContent = resp.data.detail || "Could not save the chat settings.";
+    return;
+  }
+  showNotice(notice, slow ? `Chat settings saved: slow mode ${slow} s.` : "Chat settings saved: slow mode off.", "ok");
+});
 
 // --- state and events ----------------------------------------------------------------
 function setLive(live) {
@@ -338,6 +485,19 @@ function onEvent(ev) {
     case "ticker":
       setText("ticker-current", ev.text || "nothing");
       break;
+    case "chat":
+      addMessage(ev.message);
+      break;
+    case "chat_deleted":
+      chatList.querySelector(`[data-id="${CSS.escape(String(ev.id))}"]`)?.remove();
+      break;
+    case "pinned":
+      setPinned(ev.message || null);
+      break;
+    case "reactions":
+      hearts.events.push([Date.now(), Number(ev.counts && ev.counts.heart) || 0]);
+      renderHearts();
+      break;
     case "order":
       // Coalesce bursts (a flash drop) into one refresh.
       clearTimeout(ordersTimer);
@@ -353,7 +513,10 @@ renderProducts();
 liveEvents(cfg.id, onEvent, () => {
   loadState();
   loadOrders();
+  loadChat();
 });
+loadChat();
+loadChatSettings();
 loadState();
 loadOrders();
 loadStats();

@@ -146,6 +146,7 @@ function largestGap(lo, hi, intervals) {
 function placeOverlays() {
   const mode = MODES.desktop.matches ? "desktop" : MODES.landscape.matches ? "landscape" : "portrait";
   playerBox.dataset.mode = mode;
+  if (mode !== "portrait") playerBox.classList.remove("dock-over");
   const style = playerBox.style;
   const margin = 6;
   if (mode === "portrait") {
