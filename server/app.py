@@ -20,6 +20,7 @@ from server.events import EventBus
 from server.metrics import Metrics
 from server.redis_pipelining import CoalescingRedis
 from server.routes import (
+    audit,
     cart,
     chat,
     cues,
@@ -49,6 +50,7 @@ REDIS_WAIT_S = 5.0
 # recordings after media: it attaches recorders to the runtimes and finishes them first.
 ROUTE_MODULES = (
     health,
+    audit,
     shows,
     scene,
     cart,

@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 import time
 
+from aiohttp import web
+
+ACTOR: web.RequestKey[str] = web.RequestKey("actor")  # set by login: the member's name
+
 KEEP = 2000
 
 
@@ -26,3 +30,15 @@ async def record(redis, show_id: str, who: str, action: str, target: str = "") -
 
 async def entries(redis, show_id: str, limit: int = 200) -> list[dict]:
     return [json.loads(raw) for raw in await redis.lrange(key(show_id), 0, limit - 1)]
+
+
+def actor(request) -> str:
+    """Who is acting: the staff member's name once login has set it, else the owner
+    (the show's shared staff password or its stream key)."""
+    return request.get(ACTOR, "owner")
+
+
+async def log(request, show_id: str, action: str, target: str = "") -> None:
+    from server import keys  # the app's Redis
+
+    await record(request.app[keys.REDIS], show_id, actor(request), action, target)

@@ -617,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-url", default=None)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("passwd", help="read a password on stdin, print a hash for [[staff.members]]")
+    p = sub.add_parser(
+        "passwd", help="read a password on stdin, print a hash for [[staff.members]]"
+    )
     p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("printer-worker", help="print station: consume paid orders and print labels")

@@ -20,8 +20,15 @@ from checkout.orders import Status, TransitionError, cents_str, load_order, tran
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from checkout.service import Commerce
 from checkout.webhooks import BadEvent, BadSignature, handle_event, verify
-from server import keys, links, segments
-from server.auth import ensure_viewer, get_show, require_host, staff_shows, viewer_id
+from server import audit, keys, links, segments
+from server.auth import (
+    ensure_viewer,
+    get_show,
+    require_host,
+    require_role,
+    staff_shows,
+    viewer_id,
+)
 from server.config import SKU, ShowConfig
 from server.errors import (
     ApiError,
@@ -464,6 +471,7 @@ async def start_drop(request: web.Request) -> web.Response:
     price = _price_cents(body["price"]) if body.get("price") is not None else None
     req = drops.DropRequest(product.sku, quantity, float(duration), limit, price)
     view = await run_drop(request.app, show, req)
+    await audit.log(request, show.id, "drop", f"{req.sku} x{req.quantity}")
     return web.json_response({"drop": view}, status=201)
 
 
@@ -493,13 +501,14 @@ async def get_drop(request: web.Request) -> web.Response:
 
 
 async def put_stock(request: web.Request) -> web.Response:
-    show = get_show(request)
-    require_host(request, show)
+    """A stock count: the host, or a cashier who counted the shelf (audited)."""
+    show = require_role(request, "pos")
     body = await read_json(request)
     product = _product(show, body.get("sku"))
     available = _int(body, "available", 0, 10_000_000)
     await set_stock(_redis(request.app), show.id, product.sku, available)
     commerce(request.app).notifier.touch(show.id, product.sku)
+    await audit.log(request, show.id, "stock", f"{product.sku}={available}")
     return web.json_response({"sku": product.sku, "available": available})
 
 

@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from server import identity, keys
+from server import audit, identity, keys
 from server.auth import ensure_viewer, get_show, is_host, require_role, viewer_id
 from server.chat import rules
 from server.chat.reactions import Reactions, clean_kind
@@ -117,6 +117,7 @@ async def delete_message(request: web.Request) -> web.Response:
     if not existed:
         raise ApiError(404, "not_found", f"No chat message {message_id!r} in this show.")
     await publish(request, show, {"type": "chat_deleted", "id": message_id})
+    await audit.log(request, show.id, "chat delete", message_id)
     if unpinned:
         await apply_pinned(request.app, show.id, None)
         await publish(request, show, {"type": "pinned", "message": None})
@@ -130,6 +131,7 @@ async def post_moderation(request: web.Request) -> web.Response:
         state = await store_for(request.app, show).moderate(action)
     except rules.Refused as exc:
         raise refused(exc) from None
+    await audit.log(request, show.id, f"chat {action.action}", action.author)
     return web.json_response(
         {"author": action.author, "action": action.action, **state.public(_now_ms())}
     )
@@ -148,6 +150,7 @@ async def post_pin(request: web.Request) -> web.Response:
     public = message.public() if message else None
     await apply_pinned(request.app, show.id, public)
     await publish(request, show, {"type": "pinned", "message": public})
+    await audit.log(request, show.id, "pin", message_id or "(unpinned)")
     return web.json_response({"pinned": public})
 
 

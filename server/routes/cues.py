@@ -15,7 +15,7 @@ import time
 from aiohttp import web
 
 from checkout import drops
-from server import keys
+from server import audit, keys
 from server.auth import get_show, require_host
 from server.config import CueConfig, ShowConfig
 from server.errors import ApiError, bad_request, read_json
@@ -119,6 +119,7 @@ async def next_cue(request: web.Request) -> web.Response:
     entry = {"index": int(at), "label": cue.label, "at_ms": int(time.time() * 1000)}
     await redis.rpush(log_key(show.id), json.dumps(entry))
     await request.app[keys.BUS].publish(show.id, {"type": "cue", "next": int(at) + 1})
+    await audit.log(request, show.id, "cue", cue.label)
     return web.json_response(
         {"ran": {"index": int(at), **cue.public()}, **cues_view(show, int(at) + 1)}
     )

@@ -32,7 +32,7 @@ from checkout.payments import PaymentUnavailable
 from devices import picklist
 from devices.connections import PrinterError, open_connection
 from devices.label import render_escpos
-from server import keys
+from server import audit, keys
 from server.auth import require_role
 from server.errors import ApiError, bad_request, check_text, conflict, read_json
 from server.routes.cart import MAX_QUANTITY, _int, _product, commerce
@@ -98,6 +98,7 @@ async def post_sale(request: web.Request) -> web.Response:
     for line in lines:  # the stream's card and the viewer page follow within a second
         com.notifier.touch(show.id, line.sku)
     await _publish_order(request.app, order, Status.PAID)
+    await audit.log(request, show.id, "sale", f"#{order.number} {payment}")
     return web.json_response(order.public(), status=201)
 
 
@@ -126,6 +127,7 @@ async def refund(request: web.Request) -> web.Response:
             raise conflict("conflict", f"Order is {exc.current}; it cannot be refunded.") from None
     else:
         await _publish_order(request.app, order, Status.REFUNDED)
+        await audit.log(request, order.show, "refund", f"#{order.number}")
         for item in order.items:
             commerce(request.app).notifier.touch(order.show, item.sku)
     fresh: Order | None = await load_order(redis, order.order_id)
@@ -203,6 +205,7 @@ async def undo(request: web.Request) -> web.Response:
     except TransitionError as exc:
         raise conflict("conflict", f"Order is {exc.current}: nothing to undo.") from None
     await _publish_order(request.app, order, back)
+    await audit.log(request, order.show, "undo", f"#{order.number} back to {back}")
     fresh = await load_order(redis, order.order_id)
     return web.json_response((fresh or order).public())
 

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from overlays.layers import DropInfo, PinnedInfo
 from overlays.scene import Scene, product_info
-from server import keys
+from server import audit, keys
 from server.auth import get_show, require_host
 from server.chat.store import message_from_json, pinned_key
 from server.config import ShowConfig
@@ -228,7 +228,9 @@ async def post_ticker(request: web.Request) -> web.Response:
     require_host(request, show)
     body = await read_json(request)
     text = string_or_null(body, "text", "<message>")
-    return web.json_response({"ticker": await set_ticker(request.app, show, text)})
+    text = await set_ticker(request.app, show, text)
+    await audit.log(request, show.id, "ticker", text or "(cleared)")
+    return web.json_response({"ticker": text})
 
 
 async def set_ticker(app: web.Application, show: ShowConfig, text: str | None) -> str | None:

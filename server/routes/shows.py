@@ -8,7 +8,7 @@ import time
 
 from aiohttp import hdrs, web
 
-from server import keys, presence, segments
+from server import audit, keys, presence, segments
 from server.auth import ensure_viewer, get_show, is_host, require_host, viewer_cookie
 from server.config import ShowConfig
 from server.errors import not_found, read_json, string_or_null
@@ -70,6 +70,7 @@ async def feature(request: web.Request) -> web.Response:
     if sku is not None and show.product(sku) is None:
         raise not_found(f"No product {sku!r} in this show.")
     await set_featured(request.app, show, sku)
+    await audit.log(request, show.id, "feature", sku or "(nothing)")
     return web.json_response(await show_state(request.app, show))
 
 

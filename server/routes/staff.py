@@ -33,7 +33,7 @@ from devices import store
 from devices.label import render_png
 from devices.routing import preview_label
 from devices.worker import PrintWorker, WorkerOptions
-from server import keys
+from server import audit, keys
 from server.auth import require_staff
 from server.errors import ApiError, bad_request, conflict, not_found
 
@@ -107,6 +107,7 @@ async def reprint(request: web.Request) -> web.Response:
     if show is None or not show.printers:
         raise conflict("conflict", "This show has no printer to print the label on.")
     await enqueue_reprint(request.app[keys.REDIS], order)
+    await audit.log(request, order.show, "reprint", f"#{order.number}")
     return web.json_response(
         {"order_id": order.order_id, "number": order.number, "reprint": "queued"}, status=202
     )
@@ -126,6 +127,7 @@ async def _move(request: web.Request, status: Status, verb: str) -> web.Response
                 ) from None
         else:
             await _publish_order(request.app, order, status)
+            await audit.log(request, order.show, str(status), f"#{order.number}")
     fresh = await load_order(redis, order.order_id)
     return web.json_response(fresh.public() if fresh else order.public())
 

@@ -15,12 +15,47 @@ function setStatus(status) {
   const ready = $("ready");
   ready.disabled = !["paid", "printed"].includes(status);
   if (status === "ready") ready.textContent = "Ready at the counter";
+  else if (["paid", "printed"].includes(status)) ready.textContent = "Packed — mark ready for pickup";
+  if (["paid", "printed", "ready"].includes(status)) button.textContent = "Fulfil — handed to the buyer";
+  $("refund").disabled = !["paid", "printed", "ready", "fulfilled"].includes(status);
 }
+
+// A slip of the thumb: the last Ready or Fulfil can be taken back for a minute.
+let undoTimer = null;
+function offerUndo() {
+  const undo = $("undo");
+  undo.hidden = false;
+  clearTimeout(undoTimer);
+  undoTimer = setTimeout(() => (undo.hidden = true), 60_000);
+}
+
+$("undo").addEventListener("click", async () => {
+  const resp = await api("POST", `/api/orders/${encodeURIComponent(cfg.order_id)}/undo`);
+  $("undo").hidden = true;
+  if (resp.ok) {
+    setStatus(resp.data.status);
+    showNotice(notice, `Undone: the order is ${resp.data.status} again.`, "ok");
+  } else {
+    showNotice(notice, resp.data.detail || "Could not undo.", "bad");
+  }
+});
+
+$("refund").addEventListener("click", async () => {
+  if (!window.confirm("Refund this order? Online payments go back to the buyer's card.")) return;
+  const resp = await api("POST", `/api/orders/${encodeURIComponent(cfg.order_id)}/refund`);
+  if (resp.ok) {
+    setStatus(resp.data.status);
+    showNotice(notice, "Refunded; the items are back in stock.", "ok");
+  } else {
+    showNotice(notice, resp.data.detail || "Could not refund.", "bad");
+  }
+});
 
 $("ready").addEventListener("click", async () => {
   const resp = await api("POST", `/api/orders/${encodeURIComponent(cfg.order_id)}/ready`);
   if (resp.ok) {
     setStatus(resp.data.status || "ready");
+    offerUndo();
     showNotice(notice, "Marked ready: the buyer sees it is waiting at the counter.", "ok");
   } else {
     showNotice(notice, resp.data.detail || "Could not mark it ready.", "bad");
@@ -33,6 +68,7 @@ $("fulfil").addEventListener("click", async () => {
   const resp = await api("POST", `/api/orders/${encodeURIComponent(cfg.order_id)}/fulfil`);
   if (resp.ok) {
     setStatus(resp.data.status || "fulfilled");
+    offerUndo();
     showNotice(notice, "Fulfilled. Thank you!", "ok");
   } else {
     button.disabled = false;
