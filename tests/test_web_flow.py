@@ -126,6 +126,7 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     await expect(viewer.locator("#drop")).to_be_visible(timeout=8000)
     await expect(viewer.locator("#drop-time")).to_have_text(re.compile(r"^[12]:\d\d$"))
     await expect(viewer.locator("#f-buy")).to_have_text("Buy · $25.00")
+    await expect(viewer.locator("#f-was")).to_have_text("$32.00")  # the regular price, struck
     await host.screenshot(path=artifacts / "web_host_live_drop.png", full_page=True)
 
     # One tap: the featured product is held in the cart with a timer.

@@ -6,13 +6,15 @@ portrait, landscape and desktop layouts; one break screen; errors that clear the
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 from playwright.async_api import Page, expect
 
 from media.client import WhipPublisher
 from media.testsrc import TestPatternTrack
-from tests.conftest import STREAM_KEY, buyer_session, wait_until
+from server.embedded import EmbeddedRedis
+from tests.conftest import STREAM_KEY, buyer_session, manifest_text, start_app, wait_until
 from tests.test_web_support import (
     DESKTOP,
     PHONE,
@@ -290,3 +292,64 @@ async def test_cancel_returns_the_items_to_sale_and_only_for_the_buyer(
         await wait_until(back_on_sale, timeout=5)
         async with buyer.post(f"/api/orders/{order['order_id']}/cancel") as r:
             assert r.status == 409
+
+
+@pytest.mark.timeout(120)
+async def test_briefly_unavailable_clears_by_itself_when_redis_is_back(tmp_path, artifacts):
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    manifest = tmp_path / "demo.toml"
+    manifest.write_text(manifest_text("demo"))
+    app = await start_app([manifest], server.url, tmp_path)
+    errors = JsErrors()
+    try:
+        async with chromium(app) as browser:
+            _, page = await new_page(
+                browser, errors, "phone", PHONE, is_mobile=True, has_touch=True
+            )
+            await page.goto(f"{app.url}/shows/demo")
+            await page.get_by_role("button", name="Products").tap()
+            await expect(page.locator("#product-MUG-01")).to_be_visible()
+            server.kill(signal.SIGKILL)
+            await page.get_by_role("button", name="Add Stoneware mug to cart").tap()
+            away = page.locator(".toast", has_text="briefly unavailable")
+            await expect(away).to_be_visible()
+            await page.screenshot(path=artifacts / "web_player_unavailable.png")
+            server.start()
+            await expect(away).to_have_count(0, timeout=20000)  # nobody had to tap anything
+            await page.get_by_role("button", name="Add Stoneware mug to cart").tap()
+            await expect(page.locator("#notice")).to_contain_text("Added Stoneware mug")
+    finally:
+        await app.stop()
+        server.stop()
+    assert errors.unexpected("status of 503", "ERR_") == []
+
+
+async def test_show_page_has_share_tags(make_app, write_manifest):
+    app = await make_app([write_manifest("demo")])
+    async with app.session.get("/shows/demo") as r:
+        html = await r.text()
+    base = app.settings.base_url.rstrip("/")
+    for tag in (
+        '<meta property="og:title" content="Test Show demo">',
+        f'<meta property="og:url" content="{base}/shows/demo">',
+        f'<meta property="og:image" content="{base}/media/products/demo/MUG-01.png">',
+        '<meta name="twitter:card" content="summary_large_image">',
+        '<meta name="twitter:title" content="Test Show demo">',
+    ):
+        assert tag in html, tag
+    assert "Live shopping show" in html
+    publisher = await start_show(app)
+    try:
+
+        async def live() -> bool:
+            async with app.session.get("/api/shows/demo") as r:
+                return (await r.json())["live"]
+
+        await wait_until(live, timeout=10)
+        async with app.session.get("/shows/demo") as r:
+            html = await r.text()
+        assert '<meta property="og:title" content="LIVE · Test Show demo">' in html
+        assert "Live now" in html
+    finally:
+        await publisher.close(app.session)

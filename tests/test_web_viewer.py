@@ -51,6 +51,10 @@ async def test_sold_out_limit_and_expired_hold_are_explained(make_app, write_man
         # The limit (1 per buyer) shows on the button before anyone taps it again.
         await expect(page.locator("#product-MUG-01 button")).to_have_text("Limit reached")
         await expect(page.locator("#product-MUG-01 button")).to_be_disabled()
+        # The hold timer sits in the cart bar and warns in the hold's last minute.
+        bar_hold = page.locator("#cart-bar-hold")
+        await expect(bar_hold).to_have_class(re.compile("soon"))
+        await expect(bar_hold).to_have_text(re.compile(r"Hurry · 0:0\d"))
         await page.get_by_role("button", name="Close the product list").tap()
         await page.get_by_role("button", name="View cart").tap()
         await page.get_by_role("button", name="Add one more Stoneware mug").tap()
