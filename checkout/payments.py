@@ -154,3 +154,101 @@ class PaymentGateway:
             log.error("refund of %s failed: %s", intent_id, exc)
             if strict:
                 raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+
+    # --- saved cards (auctions) --------------------------------------------------------
+    async def save_card(self, card: Card, customer: str | None = None) -> tuple[str, str]:
+        """Sandbox: a test card saved for off-session charges, as Stripe.js would after a
+        SetupIntent. Returns (customer, payment method); PaymentDeclined if the card check
+        refuses it (4000 0000 0000 0002)."""
+        return await self._bounded(self._save_card(card, customer))
+
+    async def _save_card(self, card: Card, customer: str | None) -> tuple[str, str]:
+        try:
+            pm = await self.client.v1.payment_methods.create_async(
+                params={
+                    "type": "card",
+                    "card": {
+                        "number": card.number,
+                        "exp_month": card.exp_month,
+                        "exp_year": card.exp_year,
+                        "cvc": card.cvc,
+                    },
+                }
+            )
+            if customer is None:
+                customer = (await self.client.v1.customers.create_async(params={})).id
+            await self.client.v1.payment_methods.attach_async(pm.id, params={"customer": customer})
+        except stripe.CardError as exc:
+            raise PaymentDeclined(
+                exc.code or "card_declined", exc.user_message or str(exc)
+            ) from exc
+        except stripe.InvalidRequestError as exc:
+            raise PaymentDeclined("invalid_card", exc.user_message or str(exc)) from exc
+        except stripe.StripeError as exc:
+            raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+        return customer, pm.id
+
+    async def create_setup(self, customer: str | None = None) -> tuple[str, str, str]:
+        """A SetupIntent for saving a card in the browser (Stripe.js confirms it).
+        Returns (customer, setup intent id, client secret)."""
+        try:
+            if customer is None:
+                customer = (
+                    await self._bounded(self.client.v1.customers.create_async(params={}))
+                ).id
+            si = await self._bounded(
+                self.client.v1.setup_intents.create_async(
+                    params={"customer": customer, "usage": "off_session"}
+                )
+            )
+        except stripe.StripeError as exc:
+            raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+        return customer, si.id, si.client_secret or ""
+
+    async def setup_result(self, setup_id: str) -> str | None:
+        """The payment method a confirmed SetupIntent saved (None while unconfirmed)."""
+        try:
+            si = await self._bounded(self.client.v1.setup_intents.retrieve_async(setup_id))
+        except stripe.StripeError as exc:
+            raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+        if si.status != "succeeded" or not si.payment_method:
+            return None
+        pm = si.payment_method
+        return pm if isinstance(pm, str) else pm.id
+
+    async def charge_off_session(
+        self,
+        order_id: str,
+        amount_cents: int,
+        currency: str,
+        show: str,
+        customer: str,
+        payment_method: str,
+        idempotency_key: str,
+    ) -> tuple[str, str]:
+        """Charge a saved card without the buyer present (the auction's end). Returns
+        (PaymentIntent id, status); PaymentDeclined when the card is refused."""
+        try:
+            pi = await self._bounded(
+                self.client.v1.payment_intents.create_async(
+                    params={
+                        "amount": amount_cents,
+                        "currency": currency,
+                        "customer": customer,
+                        "payment_method": payment_method,
+                        "confirm": True,
+                        "off_session": True,
+                        "metadata": {"order_id": order_id, "show": show},
+                    },
+                    options={"idempotency_key": idempotency_key},
+                )
+            )
+        except stripe.CardError as exc:
+            raise PaymentDeclined(
+                exc.code or "card_declined", exc.user_message or str(exc)
+            ) from exc
+        except stripe.InvalidRequestError as exc:
+            raise PaymentDeclined("invalid_request", exc.user_message or str(exc)) from exc
+        except stripe.StripeError as exc:
+            raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+        return pi.id, pi.status

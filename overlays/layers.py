@@ -420,3 +420,91 @@ def render_pinned(pin: PinnedInfo, w: int, h: int, unit: float) -> Image.Image:
         y += int(size * 1.15)
         draw.text((u(14), y), line, font=font(size), fill=INK, anchor="ls")
     return img
+
+
+@dataclass(frozen=True)
+class AuctionInfo:
+    """What the auction card shows (from the auction's live events)."""
+
+    id: str
+    name: str  # the product
+    status: str  # running | settling | sold | unsold | cancelled
+    start: Decimal
+    current: Decimal | None
+    leader: str | None
+    ends_at_ms: int
+    bids: int = 0
+    winner: str | None = None
+    sold_for: Decimal | None = None
+
+
+def auction_text_box(w: int, h: int, unit: float) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) inside the auction card of the bid and leader lines: the part
+    that changes with each bid (and not with the clock)."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    pad = u(12)
+    return pad, u(44), w - pad - u(96), h - pad
+
+
+def render_auction(
+    info: AuctionInfo, ms_left: int, w: int, h: int, currency: str, unit: float
+) -> Image.Image:
+    """Auction card: AUCTION tag, product, the current bid and its leader, mm:ss; once
+    over, "SOLD to Ana — $42" (or no sale)."""
+    u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
+    img = _panel(w, h, PANEL_DARK, u(14))
+    draw = ImageDraw.Draw(img)
+    pad = u(12)
+    tag = "AUCTION"
+    tag_size = u(18)
+    tag_w = u(10) + text_width(tag, tag_size, True) + u(10)
+    draw.rounded_rectangle((pad, pad, pad + tag_w, pad + u(26)), radius=u(8), fill=ACCENT)
+    draw.text((pad + tag_w / 2, pad + u(13)), tag, font=font(tag_size, True), fill=INK, anchor="mm")
+    nx = pad + tag_w + u(10)
+    clock_size = u(34)
+    clock_w = text_width("00:00", clock_size, True)
+    running = info.status in ("running", "settling")
+    name = fit_text(info.name, w - nx - pad - (clock_w + u(10) if running else 0), u(18), bold=True)
+    draw.text(
+        (nx, pad + u(20)),
+        name.text,
+        font=font(name.size, True),
+        fill=(220, 220, 226, 255),
+        anchor="ls",
+    )
+    x0, _y0, x1, _y1 = auction_text_box(w, h, unit)
+    text_w = (x1 if running else w - pad) - x0
+    if running:
+        clock = countdown(ms_left)
+        draw.text(
+            (w - pad, h - pad - u(8)),
+            clock,
+            font=font(clock_size, True),
+            fill=LIVE_RED if ms_left <= 10_000 else WHITE,
+            anchor="rs",
+        )
+        if info.current is None:
+            big = f"Starting bid {format_price(info.start, currency)}"
+            small = "No bids yet"
+        else:
+            big = format_price(info.current, currency)
+            small = (
+                f"{info.leader or ''} leads \u00b7 {info.bids} bid{'s' if info.bids != 1 else ''}"
+            )
+        colour = ACCENT
+    elif info.status == "sold":
+        amount = format_price(
+            info.sold_for if info.sold_for is not None else info.current or 0, currency
+        )
+        big = f"SOLD to {info.winner or info.leader or ''} \u2014 {amount}"
+        small = f"{info.bids} bid{'s' if info.bids != 1 else ''}"
+        colour = GREEN
+    else:
+        big = "No sale"
+        small = "Auction ended" if info.status == "unsold" else "Auction cancelled"
+        colour = WHITE
+    b = fit_text(big, text_w, u(36), bold=True)
+    draw.text((x0, u(44) + u(38)), b.text, font=font(b.size, True), fill=colour, anchor="ls")
+    s = fit_text(small, text_w, u(20), bold=True)
+    draw.text((x0, h - pad - u(6)), s.text, font=font(s.size, True), fill=WHITE, anchor="ls")
+    return img

@@ -58,6 +58,7 @@ class Layout:
     title: Box
     ticker: Box
     pinned: Box  # the pinned chat message: clear of the card, QR and drop banner
+    auction: Box  # the auction card: under the drop banner, clear of the product card
 
     def px(self, value: float) -> int:
         """A length given for a 720-line picture, scaled to this frame."""
@@ -90,6 +91,9 @@ def make_layout(width: int, height: int) -> Layout:
         drop = Box(mx, badge.bottom + u(12), min(u(400), _even(safe.w * 0.4)), u(96))
         pinned_h = u(92)
         pinned = Box(mx, _even(ticker.y - u(12) - pinned_h), title.w, pinned_h)
+        auction = Box(
+            mx, drop.bottom + u(12), drop.w, min(u(132), pinned.y - u(12) - drop.bottom - u(12))
+        )
     else:
         qr = Box(_even(safe.right - qr_w), my, qr_w, qr_h)
         drop_w = _even(qr.x - u(12) - mx)
@@ -101,4 +105,7 @@ def make_layout(width: int, height: int) -> Layout:
         card = Box(mx, ticker.y - u(14) - card_h, safe.w, card_h)
         pinned_h = u(92)
         pinned = Box(mx, _even(card.y - u(14) - pinned_h), safe.w, pinned_h)
-    return Layout(width, height, vertical, unit, safe, badge, drop, card, qr, title, ticker, pinned)
+        auction = Box(mx, drop.bottom + u(12), drop.w, u(132))
+    return Layout(
+        width, height, vertical, unit, safe, badge, drop, card, qr, title, ticker, pinned, auction
+    )

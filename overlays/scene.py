@@ -24,7 +24,7 @@ from urllib.parse import quote
 import numpy as np
 
 from overlays import layers
-from overlays.layers import DropInfo, PinnedInfo, ProductInfo
+from overlays.layers import AuctionInfo, DropInfo, PinnedInfo, ProductInfo
 from overlays.layout import Box, Layout, make_layout
 from overlays.yuv import (
     BlendPlan,
@@ -40,6 +40,7 @@ from overlays.yuv import (
 
 ANIM_MS = 250
 DROP_LINGER_MS = 3000  # keep showing 00:00 briefly after a drop ends, then hide
+AUCTION_LINGER_MS = 10_000  # "SOLD to Ana" stays this long after the result, then hides
 SUBTITLE = "Live shopping \u00b7 tap Buy or scan the code"
 
 # One rendering thread for every scene in the process: renders are short and rare, and
@@ -60,6 +61,7 @@ class SceneState:
     drop: DropInfo | None = None
     ticker: str | None = None
     pinned: PinnedInfo | None = None
+    auction: AuctionInfo | None = None
 
 
 @dataclass
@@ -79,6 +81,14 @@ class _DropSlot:
     pending: set[int] = field(default_factory=set)
 
 
+@dataclass
+class _AuctionSlot:
+    info: AuctionInfo
+    sprites: dict[int, Sprite] = field(default_factory=dict)  # seconds left -> card
+    pending: set[int] = field(default_factory=set)
+    hide_at_ms: int | None = None  # finished auctions: when the card leaves the picture
+
+
 @dataclass(frozen=True)
 class _Sprites:
     """Everything a frame needs; replaced as a whole when something changes."""
@@ -88,6 +98,7 @@ class _Sprites:
     card: _CardSlot | None
     leaving: _CardSlot | None
     drop: _DropSlot | None
+    auction: _AuctionSlot | None = None
 
 
 def _ease_out(p: float) -> float:
@@ -261,6 +272,17 @@ class Scene:
 
         return self._change({"pinned"}, apply)
 
+    def set_auction(self, auction: AuctionInfo | None) -> concurrent.futures.Future:
+        """The show's auction (None or cancelled: no card). Older states of the same
+        auction (events may arrive out of order) are the caller's to drop."""
+
+        def apply(s: SceneState) -> bool:
+            changed = s.auction != auction
+            s.auction = auction
+            return changed
+
+        return self._change({"auction"}, apply)
+
     def flush(self, timeout: float = 5.0) -> int:
         """Wait until every change so far is rendered; returns the version."""
         with self._lock:
@@ -422,9 +444,60 @@ class Scene:
                         drop.sprites[s] = self._timed(
                             "drop", lambda s=s: self._drop_sprite(drop.info, s)
                         )
+        auction = old.auction
+        if "auction" in dirty:
+            info = state.auction
+            if info is None or info.status == "cancelled":
+                auction = None
+            else:
+                auction = _AuctionSlot(info)
+                now = int(time.time() * 1000)
+                if info.status in ("running", "settling"):
+                    secs = _secs_left(info, now)
+                else:
+                    secs, auction.hide_at_ms = 0, now + AUCTION_LINGER_MS
+                auction.sprites[secs] = self._timed(
+                    "auction", lambda: self._auction_sprite(info, secs)
+                )
         order = ("title", "ticker", "pinned", "badge")
         static = tuple(s for s in (self._static[k] for k in order) if s)
-        return _Sprites(version, static, card, leaving, drop)
+        return _Sprites(version, static, card, leaving, drop, auction)
+
+    def _auction_sprite(self, info: AuctionInfo, secs: int) -> Sprite:
+        lay = self.layout
+        return _place(
+            layers.render_auction(
+                info, secs * 1000, lay.auction.w, lay.auction.h, self.currency, lay.unit
+            ),
+            lay.auction,
+        )
+
+    def _prerender_auction(self, slot: _AuctionSlot, seconds: list[int]) -> None:
+        for s in seconds:
+            if s not in slot.sprites:
+                slot.sprites[s] = self._timed(
+                    "auction", lambda s=s: self._auction_sprite(slot.info, s)
+                )
+            slot.pending.discard(s)
+        for s in [k for k in slot.sprites if k > max(seconds) + 1]:
+            slot.sprites.pop(s, None)
+
+    def _auction_sprite_for(self, slot: _AuctionSlot | None, now_ms: int) -> Sprite | None:
+        """The auction card for this second; like the drop banner, the next second is
+        rendered ahead on the render thread."""
+        if slot is None:
+            return None
+        if slot.hide_at_ms is not None:
+            return None if now_ms >= slot.hide_at_ms else next(iter(slot.sprites.values()), None)
+        secs = _secs_left(slot.info, now_ms)
+        want = [s for s in (secs, secs - 1) if s >= 0 and s not in slot.sprites]
+        if want and not (set(want) <= slot.pending):
+            slot.pending.update(want)
+            _RENDERER.submit(self._prerender_auction, slot, [secs, secs - 1] if secs > 0 else [0])
+        sprite = slot.sprites.get(secs)
+        if sprite is None and slot.sprites:
+            sprite = slot.sprites[min(slot.sprites, key=lambda k: abs(k - secs))]
+        return sprite
 
     def _drop_sprite(self, info: DropInfo, secs: int) -> Sprite:
         lay = self.layout
@@ -455,6 +528,9 @@ class Scene:
         drop = self._drop_sprite_for(sprites.drop, now_ms)
         if drop is not None:
             still.append(drop)
+        auction = self._auction_sprite_for(sprites.auction, now_ms)
+        if auction is not None:
+            still.append(auction)
         moving: list[tuple[_CardSlot, float]] = []
         if sprites.leaving is not None:
             slot = sprites.leaving
@@ -561,6 +637,7 @@ class Scene:
             "title": lay.title,
             "ticker": lay.ticker,
             "pinned": lay.pinned,
+            "auction": lay.auction,
         }
 
 
@@ -568,7 +645,7 @@ def _place(image, box: Box) -> Sprite:
     return sprite_from_rgba(image, box.x, box.y)
 
 
-def _secs_left(info: DropInfo, now_ms: int) -> int:
+def _secs_left(info: DropInfo | AuctionInfo, now_ms: int) -> int:
     return max(0, -(-(info.ends_at_ms - now_ms) // 1000))
 
 

@@ -20,6 +20,7 @@ from server.events import EventBus
 from server.metrics import Metrics
 from server.redis_pipelining import CoalescingRedis
 from server.routes import (
+    auctions,
     audit,
     cart,
     chat,
@@ -54,6 +55,7 @@ ROUTE_MODULES = (
     shows,
     scene,
     cart,
+    auctions,
     chat,
     staff,
     media,

@@ -52,8 +52,14 @@ async def publish(request: web.Request, show: ShowConfig, event: dict) -> None:
 
 
 async def get_me(request: web.Request) -> web.Response:
-    name = await identity.get_name(request.app[keys.REDIS], viewer_id(request))
-    return web.json_response({"name": name, "has_payment_method": False})
+    from server.routes.auctions import has_payment_method
+
+    vid = viewer_id(request)
+    name = await identity.get_name(request.app[keys.REDIS], vid)
+    me = {"name": name, "has_payment_method": await has_payment_method(request.app, vid)}
+    if vid is not None:  # compared with an auction's leader_handle: winning or outbid
+        me["handle"] = rules.author_handle(request.app[keys.SECRET], vid)
+    return web.json_response(me)
 
 
 async def put_me(request: web.Request) -> web.Response:

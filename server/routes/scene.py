@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
-from overlays.layers import DropInfo, PinnedInfo
+from overlays.layers import AuctionInfo, DropInfo, PinnedInfo
 from overlays.scene import Scene, product_info
 from server import audit, keys
 from server.auth import get_show, require_host
@@ -32,8 +32,8 @@ from server.errors import bad_request, read_json, string_or_null
 
 log = logging.getLogger("showroom.scene")
 
-SCENE_EVENTS = ("featured", "stock", "drop", "ticker", "pinned", "viewers", "live")
-MEDIA_TS_EVENTS = ("featured", "drop", "stock", "pinned")
+SCENE_EVENTS = ("featured", "stock", "drop", "ticker", "pinned", "viewers", "live", "auction")
+MEDIA_TS_EVENTS = ("featured", "drop", "stock", "pinned", "auction")
 TICKER_MAX_CHARS = 140
 # Without a frame showing a change this soon (no compositor, or it stalled), the event
 # goes out anyway, stamped with the time it was ready.
@@ -61,6 +61,7 @@ class SceneSync:
         self.scene = scene
         self.available: dict[str, int] = {p.sku: p.stock for p in show.products}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.auction_seen: tuple[str, int, int] | None = None  # (id, status rank, bids)
         self._timers: set[asyncio.TimerHandle] = set()
 
     # --- event -> scene ----------------------------------------------------------------
@@ -88,7 +89,22 @@ class SceneSync:
             return scene.set_viewers(event["viewers"])
         if kind == "live" and isinstance(event.get("live"), bool):
             return scene.set_live(event["live"])
+        if kind == "auction":
+            return self.apply_auction(event.get("auction"))
         return None
+
+    def apply_auction(self, auction: dict | None) -> concurrent.futures.Future | None:
+        """The auction card; None for a state older than the one shown (events of one
+        auction may arrive out of order: its status and bid count only move forward)."""
+        info = auction_info(self.show, auction)
+        if info is None:
+            return self.scene.set_auction(None) if auction is None else None
+        rank = AUCTION_RANK.get(info.status, 0)
+        seen = self.auction_seen
+        if seen is not None and seen[0] == info.id and (rank, info.bids) < seen[1:]:
+            return None
+        self.auction_seen = (info.id, rank, info.bids)
+        return self.scene.set_auction(info)
 
     def apply_featured(self, sku: str | None) -> concurrent.futures.Future:
         product = self.show.product(sku) if isinstance(sku, str) else None
@@ -202,6 +218,35 @@ async def apply_featured(app: web.Application, show: ShowConfig, sku: str | None
     sync = app[keys.EXTRA].get("scene_sync", {}).get(show.id)
     if sync is not None:
         await asyncio.wrap_future(sync.apply_featured(sku))
+
+
+AUCTION_RANK = {"running": 0, "settling": 1, "sold": 2, "unsold": 2, "cancelled": 2}
+
+
+def auction_info(show: ShowConfig, auction: dict | None) -> AuctionInfo | None:
+    """What the picture shows of an auction event's ``auction`` (None: unreadable)."""
+    if not isinstance(auction, dict):
+        return None
+    product = show.product(str(auction.get("sku")))
+    try:
+        status = "settling" if auction.get("settling") else str(auction["status"])
+        current = auction.get("current_bid")
+        sold_for = auction.get("sold_for")
+        return AuctionInfo(
+            id=str(auction["id"]),
+            name=product.name if product else str(auction.get("sku")),
+            status=status,
+            start=Decimal(str(auction["start_price"])),
+            current=Decimal(str(current)) if current is not None else None,
+            leader=auction.get("leader"),
+            ends_at_ms=int(auction["ends_at"]),
+            bids=int(auction.get("bids") or 0),
+            winner=auction.get("winner"),
+            sold_for=Decimal(str(sold_for)) if sold_for is not None else None,
+        )
+    except (KeyError, TypeError, ValueError, InvalidOperation):
+        log.warning("show %s: unreadable auction %r", show.id, auction)
+        return None
 
 
 def pinned_info(message: dict | None) -> PinnedInfo | None:

@@ -1,0 +1,260 @@
+"""Live auctions through the real server: real Redis (every bid one Lua script), the
+Stripe sandbox (localstripe) for saved cards and off-session charges, the print worker
+with a socket printer, and a real WHEP viewer for what the picture shows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from checkout.orders import ORDERS_INDEX, PRINT_STREAM, PrintJob
+from tests.conftest import STREAM_KEY, buyer_session, wait_until
+from tests.test_web_support import PrinterSocket, printer_toml
+
+pytestmark = pytest.mark.timeout(90)
+
+GOOD_CARD = "4242 4242 4242 4242"
+CHARGE_DECLINED = "4000 0000 0000 0341"  # saves fine, every charge is declined
+SAVE_DECLINED = "4000 0000 0000 0002"  # declined when saved
+
+HOST = {"Authorization": f"Bearer {STREAM_KEY}"}
+
+
+@pytest.fixture
+async def printer():
+    sock = await PrinterSocket().start()
+    yield sock
+    await sock.stop()
+
+
+@pytest.fixture
+async def shop(make_app, write_manifest, stripe_sandbox, printer):
+    manifest = write_manifest("demo", printers=printer_toml(printer.url))
+    return await make_app([manifest], stripe_api_base=stripe_sandbox.url, buyers_per_ip=0)
+
+
+async def bidder(
+    url: str, name: str | None, card: str | None = GOOD_CARD, connector=None
+) -> aiohttp.ClientSession:
+    s = buyer_session(url, connector)
+    if name is not None:
+        r = await s.put("/api/me", json={"name": name})
+        assert r.status == 200, await r.text()
+    if card is not None:
+        r = await s.post(
+            "/api/me/payment-method",
+            json={"card": {"number": card, "exp_month": 12, "exp_year": 2034, "cvc": "123"}},
+        )
+        assert r.status == 200, await r.text()
+    return s
+
+
+async def start(app, **body) -> tuple[int, dict]:
+    payload = {"sku": "MUG-01", "start_price": "10.00", "increment": "1.00", "duration_s": 10}
+    payload.update(body)
+    r = await app.session.post("/api/shows/demo/auctions", json=payload, headers=HOST)
+    return r.status, await r.json()
+
+
+async def bid(s: aiohttp.ClientSession, auction_id: str, amount) -> tuple[int, dict]:
+    r = await s.post(f"/api/auctions/{auction_id}/bids", json={"amount": amount})
+    return r.status, await r.json()
+
+
+async def stock(app) -> int:
+    r = await app.session.get("/api/shows/demo")
+    state = await r.json()
+    return next(p["available"] for p in state["products"] if p["sku"] == "MUG-01")
+
+
+async def current(app) -> dict:
+    r = await app.session.get("/api/shows/demo/auctions/current")
+    assert r.status == 200
+    return await r.json()
+
+
+async def print_jobs(redis_url: str, order_id: str) -> list:
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        entries = await r.xrange(PRINT_STREAM)
+    finally:
+        await r.aclose()
+    return [e for _, e in entries if PrintJob.unpack(e[b"job"]).order_id == order_id]
+
+
+async def show_orders(redis_url: str) -> list[dict]:
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        ids = await r.zrange(ORDERS_INDEX.format(show="demo"), 0, -1)
+        return [
+            {k.decode(): v.decode() for k, v in (await r.hgetall(b"order:" + i)).items()}
+            for i in ids
+        ]
+    finally:
+        await r.aclose()
+
+
+async def test_payment_method_and_me(shop):
+    s = buyer_session(shop.url)
+    try:
+        me = await (await s.get("/api/me")).json()
+        assert me["has_payment_method"] is False
+        # no card: a SetupIntent for Stripe.js (the live-mode path, here against the sandbox)
+        r = await s.post("/api/me/payment-method")
+        body = await r.json()
+        assert r.status == 200 and body["setup"]["client_secret"].startswith("seti_")
+        assert body["setup"]["sandbox"] is True and body["setup"]["publishable_key"]
+        assert (await (await s.get("/api/me")).json())["has_payment_method"] is False
+        # a declined card is not saved
+        r = await s.post(
+            "/api/me/payment-method",
+            json={"card": {"number": SAVE_DECLINED, "exp_month": 1, "exp_year": 2033, "cvc": "1"}},
+        )
+        assert r.status == 400  # cvc too short: refused before Stripe
+        r = await s.post(
+            "/api/me/payment-method",
+            json={
+                "card": {"number": SAVE_DECLINED, "exp_month": 1, "exp_year": 2033, "cvc": "123"}
+            },
+        )
+        assert r.status == 402 and (await r.json())["error"] == "card_declined"
+        assert (await (await s.get("/api/me")).json())["has_payment_method"] is False
+        r = await s.post(
+            "/api/me/payment-method",
+            json={"card": {"number": GOOD_CARD, "exp_month": 1, "exp_year": 2033, "cvc": "123"}},
+        )
+        assert r.status == 200 and (await r.json())["card"]["last4"] == "4242"
+        assert (await (await s.get("/api/me")).json())["has_payment_method"] is True
+    finally:
+        await s.close()
+
+
+async def test_setup_intent_confirmed_in_the_browser_counts(shop, stripe_sandbox):
+    s = buyer_session(shop.url)
+    try:
+        body = await (await s.post("/api/me/payment-method")).json()
+        seti = body["setup"]["client_secret"].split("_secret_")[0]
+        # What Stripe.js does with the client secret: confirm with the card entered.
+        async with aiohttp.ClientSession() as raw:
+            auth = {"Authorization": "Bearer sk_test_showroom_sandbox"}
+            r = await raw.post(
+                f"{stripe_sandbox.url}/v1/payment_methods",
+                data={
+                    "type": "card",
+                    "card[number]": "4242424242424242",
+                    "card[exp_month]": "12",
+                    "card[exp_year]": "2034",
+                    "card[cvc]": "123",
+                },
+                headers=auth,
+            )
+            pm = (await r.json())["id"]
+            r = await raw.post(
+                f"{stripe_sandbox.url}/v1/setup_intents/{seti}/confirm",
+                data={"payment_method": pm},
+                headers=auth,
+            )
+            assert r.status == 200, await r.text()
+        assert (await (await s.get("/api/me")).json())["has_payment_method"] is True
+    finally:
+        await s.close()
+
+
+async def test_rules_refusals_and_bad_input_change_nothing(shop):
+    app = shop
+    before = await stock(app)
+    status, a = await start(app, extend_s=5)
+    assert status == 201 and a["status"] == "running" and a["current_bid"] is None
+    assert await stock(app) == before - 1  # the unit is the auction's now
+    status, other = await start(app, sku="TEE-02")
+    assert status == 409, other  # one auction per show at a time
+
+    anon = await bidder(app.url, None, card=None)
+    nocard = await bidder(app.url, "Nora", card=None)
+    ana = await bidder(app.url, "Ana")
+    try:
+        assert (await bid(anon, a["id"], "10.00"))[1]["error"] == "name_required"
+        status, body = await bid(nocard, a["id"], "10.00")
+        assert (status, body["error"]) == (402, "payment_required")
+        status, body = await bid(ana, a["id"], "9.99")
+        assert (status, body["error"]) == (409, "bid_too_low")
+        for bad in ("ten", "-1.00", "10.001", "1e3", 10.5, None, True, "99999999.00", "", "0"):
+            status, body = await bid(ana, a["id"], bad)
+            assert status == 400 and body["error"] == "bad_request", (bad, status, body)
+        status, body = await bid(ana, "auc_0000000000000000", "10.00")
+        assert status == 404 and body["error"] == "not_found"
+        status, body = await bid(ana, "nope", "10.00")
+        assert status == 404
+        untouched = await current(app)
+        assert untouched["bids"] == 0 and untouched["current_bid"] is None
+
+        status, body = await bid(ana, a["id"], "10.00")
+        assert status == 201 and body["current_bid"] == "10.00" and body["leader"] == "Ana"
+        # ~10 s left, more than extend_s: the end stays
+        assert body["you_lead"] is True and body["ends_at"] == a["ends_at"]
+        status, body = await bid(nocard, a["id"], "11.00")
+        assert status == 402
+        status, body = await bid(ana, a["id"], "10.50")
+        assert (status, body["error"]) == (409, "bid_too_low")  # below current + increment
+
+        # host input
+        for payload in (
+            {"duration_s": 9},
+            {"duration_s": 601},
+            {"extend_s": 61},
+            {"start_price": "1.001"},
+            {"increment": "-1"},
+            {"sku": "NOPE"},
+            {"sudden_death": "yes"},
+        ):
+            status, body = await start(app, **payload)
+            assert status in (400, 404, 409) and "error" in body, (payload, status, body)
+        r = await anon.delete(f"/api/auctions/{a['id']}")
+        assert r.status == 401
+        r = await app.session.delete(f"/api/auctions/{a['id']}", headers=HOST)
+        assert r.status == 200 and (await r.json())["status"] == "cancelled"
+        assert await stock(app) == before  # the unit is back
+        assert (await bid(ana, a["id"], "20.00"))[0] == 409
+        r = await app.session.delete(f"/api/auctions/{a['id']}", headers=HOST)
+        assert r.status == 409  # cancelled once: the unit came back once
+        assert await stock(app) == before
+        assert (await current(app))["status"] == "cancelled"
+    finally:
+        for s in (anon, nocard, ana):
+            await s.close()
+
+
+async def test_no_auction_is_404(shop):
+    r = await shop.session.get("/api/shows/demo/auctions/current")
+    assert r.status == 404 and (await r.json())["error"] == "not_found"
+
+
+async def wait_settled(app, timeout: float = 20) -> dict:
+    async def done():
+        a = await current(app)
+        return a if a["status"] in ("sold", "unsold") else None
+
+    return await wait_until(done, timeout, 0.1)
+
+
+async def test_sudden_death_bid_1ms_after_the_end_is_closed(shop):
+    app = shop
+    status, a = await start(app, sudden_death=True, start_price="5.00")
+    assert status == 201
+    ana = await bidder(app.url, "Ana")
+    try:
+        await asyncio.sleep(max(0, a["ends_at"] / 1000 - time.time() - 1.5))
+        status, body = await bid(ana, a["id"], "5.00")
+        assert status == 201 and body["ends_at"] == a["ends_at"]  # sudden death: no extension
+        await asyncio.sleep(max(0, a["ends_at"] / 1000 + 0.001 - time.time()))
+        status, body = await bid(ana, a["id"], "6.00")
+        assert (status, body["error"]) == (409, "auction_closed")
+        done = await wait_settled(app)
+        assert done["status"] == "sold" and done["current_bid"] == "5.00"
+        assert done["winner"] == "Ana" and done["ends_at"] == a["ends_at"]
+    finally:
+        await ana.close()
