@@ -20,7 +20,7 @@ from aiohttp import web
 from checkout import auctions
 from checkout.auctions import AuctionError, AuctionRequest, BadAmount, ChargeFailed, SavedCard
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
-from server import identity, keys
+from server import audit, identity, keys
 from server.auth import ensure_viewer, get_show, require_role, viewer_id
 from server.chat.rules import author_handle
 from server.errors import ApiError, bad_request, conflict, not_found, read_json
@@ -187,6 +187,7 @@ async def start_auction(request: web.Request) -> web.Response:
         raise not_found(f"No stock for {product.sku!r}.") from None
     com = commerce(request.app)
     com.notifier.touch(show.id, product.sku)
+    await audit.log(request, show.id, "auction", f"{product.sku} from {body['start_price']}")
     await publish(request.app, auction)
     return web.json_response(view(request.app, auction), status=201)
 
@@ -220,6 +221,7 @@ async def cancel(request: web.Request) -> web.Response:
     if result != "ok":
         raise conflict("auction_closed", f"This auction is {result}; it cannot be cancelled.")
     done = await auctions.load_auction(_redis(request.app), auction.id)
+    await audit.log(request, done.show, "auction_cancel", done.id)
     commerce(request.app).notifier.touch(done.show, done.sku)
     await publish(request.app, done)
     return web.json_response(view(request.app, done))
