@@ -73,6 +73,11 @@ async def test_chat_moderation_and_hearts_across_viewers(make_app, artifacts):
         assert time.monotonic() - started < 1.5  # click to gone on both (incl. polling)
         await expect(msg(cy, "Hello from Ann")).to_have_count(0)
 
+        # The host speaks in the chat: badged as the host on every viewer's screen.
+        await host.get_by_label("Say something as the host").fill("Welcome, everyone!")
+        await host.get_by_role("button", name="Send", exact=True).click()
+        await expect(msg(ann, "Welcome, everyone!").locator(".chat-role.host")).to_have_text("Host")
+
         # The host pins Bob's message: every viewer sees it pinned.
         bobs = host.locator("#host-chat-list li", has_text="nice mug")
         await bobs.get_by_role("button", name="Pin the message of Bob").click()

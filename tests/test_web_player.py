@@ -255,6 +255,8 @@ async def test_a_vertical_show_fills_a_portrait_phone(make_app, write_manifest, 
             assert pic["w"] >= 0.95 * PHONE["width"], geo
             assert pic["h"] >= 0.8 * PHONE["height"], geo
             await assert_playing(page)
+            await page.get_by_role("button", name=re.compile("Buy")).tap()  # a notice shows
+            await expect(page.locator(".toast")).to_contain_text("Added Stoneware mug")
             await assert_card_uncovered(page, OVERLAYS)
             await page.screenshot(path=artifacts / "web_player_vertical_phone.png")
     finally:

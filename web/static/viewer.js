@@ -167,7 +167,8 @@ function placeOverlays() {
     const [a, b] = largestGap(top, bottom, obstacles().map((o) => [o.y - margin, o.y + o.h + margin]));
     style.setProperty("--chat-top", `${a}px`);
     style.setProperty("--chat-h", `${Math.max(0, b - a)}px`);
-    style.setProperty("--toast-bottom", `${window.innerHeight - bottom + 8}px`);
+    // Notices sit at the bottom of the same free band: over chat for a moment, never the card.
+    style.setProperty("--toast-bottom", `${window.innerHeight - b + 8}px`);
   } else if (mode === "landscape") {
     const width = playerBox.clientWidth;
     const [a, b] = largestGap(0, width, obstacles().map((o) => [o.x - margin, o.x + o.w + margin]));
