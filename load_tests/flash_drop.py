@@ -459,8 +459,21 @@ async def workers_run(cfg: Config, workers: int) -> list[Result]:
         manifest.write_text(MANIFEST)
         servers: dict[int, tuple[subprocess.Popen, str]] = {}
         try:
-            for w in (1, workers):
-                servers[w] = start_server(manifest, redis_server.url, tmp_path / f"var{w}", w)
+            started = await asyncio.gather(  # both at once: start-up takes seconds
+                *(
+                    asyncio.to_thread(
+                        start_server, manifest, redis_server.url, tmp_path / f"var{w}", w
+                    )
+                    for w in (1, workers)
+                ),
+                return_exceptions=True,
+            )
+            for w, server in zip((1, workers), started, strict=True):
+                if not isinstance(server, BaseException):
+                    servers[w] = server  # stopped below, even if the other failed
+            for server in started:
+                if isinstance(server, BaseException):
+                    raise server
             rounds = 1 if cfg.quick else ROUNDS
             for n in cfg.concurrency:
                 buyers = {w: await _buyers(url, n) for w, (_p, url) in servers.items()}
