@@ -43,6 +43,8 @@ from media.testsrc import TestPatternTrack
 from server.embedded import EmbeddedRedis, free_port
 
 KEY = "bench-stream-key-0123"
+STAFF_PASSWORD = "bench-staff-0123"
+STAFF = {"Authorization": f"Bearer {STAFF_PASSWORD}"}
 TARGET_P95_MS = 10.0
 
 
@@ -51,7 +53,7 @@ def manifest(fps: int) -> str:
         "relay",
         title="Relay benchmark",
         stream_key=KEY,
-        staff_password="bench-staff-0123",
+        staff_password=STAFF_PASSWORD,
         products='[[products]]\nsku = "A"\nname = "A"\nprice = "1.00"\nstock = 1\n',
         video=VideoSize(1280, 720, fps, 1500),
     )
@@ -95,15 +97,17 @@ async def relay_run(fps: int, viewers_per_worker: int, seconds: float) -> tuple[
             for player in players:
                 await player.wait_first_frame(20)
             await asyncio.sleep(2.0)  # past the joins' keyframe bursts
-            async with on[1].get(f"{url}/api/shows/relay/media") as r:
+            async with on[1].get(f"{url}/api/shows/relay/media", headers=STAFF) as r:
                 before = (await r.json())["relay"]["frames"]
             await asyncio.sleep(seconds)
-            async with on[1].get(f"{url}/api/shows/relay/media") as r:
+            async with on[1].get(f"{url}/api/shows/relay/media", headers=STAFF) as r:
                 stats = await r.json()
             relay = stats["relay"]
+            forward = await forwarding_cost(url, on)
             fresh = relay["frames"] - before
             samples = relay["latency_ms"][-min(fresh, len(relay["latency_ms"])) :]
             info = {
+                "forward": forward,
                 "frames": fresh,
                 "seconds": seconds,
                 "origin_worker_is_0": not stats["origin"],
@@ -126,6 +130,22 @@ async def relay_run(fps: int, viewers_per_worker: int, seconds: float) -> tuple[
             except subprocess.TimeoutExpired:
                 proc.kill()
             redis.stop()
+
+
+async def forwarding_cost(
+    url: str, on: dict[int, aiohttp.ClientSession], n: int = 200
+) -> dict[str, list[float]]:
+    """DELETE of a (gone) WHEP session held by the worker answering, and by the other one:
+    the second is sent on over the other worker's Unix socket. Both answer 404."""
+    out: dict[str, list[float]] = {"same worker": [], "other worker (forwarded)": []}
+    for _ in range(n):
+        for name, session in (("same worker", "w1.gone"), ("other worker (forwarded)", "w0.gone")):
+            t0 = time.perf_counter()
+            async with on[1].delete(f"{url}/whep/relay/{session}") as r:
+                await r.read()
+                assert r.status == 404, r.status
+            out[name].append((time.perf_counter() - t0) * 1000)
+    return out
 
 
 # --- the raw limit: a bare Unix socket between two processes ---------------------------
@@ -251,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(1 / 5 min, {os.cpu_count()} cores): the raw row shows what the machine's other "
         "work does to a bare socket between two processes."
     )
+    forward = info["forward"]
+    body += "\n\n" + table(
+        ["WHEP DELETE of a session held by", "requests", "p50 ms", "p95 ms"],
+        [
+            [name, len(v), f"{median(v):.3f}", f"{percentile(v, 95):.3f}"]
+            for name, v in forward.items()
+        ],
+    )
     print(body)
     print(verdict)
     png = RESULTS / ("relay_quick.png" if args.quick else "relay.png")
@@ -264,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             "compositor and encoder, and viewers being sent to on both workers, all on the "
             "same cores; the raw row is the same frames between two otherwise idle "
             "processes. The load generator (publisher and viewers, decoding) shares the "
-            "machine."
+            "machine. The second table is what sending a request on to the worker that "
+            "holds its session costs (a WHEP DELETE answered 404 by the holder, from the "
+            "client, keep-alive): the extra hop over the holder's Unix socket."
         )
         write_section(
             "relay",

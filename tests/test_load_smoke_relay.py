@@ -13,9 +13,14 @@ from tests.conftest import run_benchmark
 @pytest.mark.timeout(180)
 def test_relay_benchmark_quick():
     out = run_benchmark("relay", "--quick", timeout=170)
-    rows = [line for line in out.splitlines() if line.startswith("| ")][1:]
+    rows = [
+        line
+        for line in out.splitlines()
+        if line.startswith("| ") and line.split("|")[2].strip().isdigit()
+    ]
     names = [r.split("|")[1].strip() for r in rows]
     assert any(n.startswith("relay:") for n in names) and any(n.startswith("raw") for n in names)
+    assert "other worker (forwarded)" in names and "same worker" in names
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert int(cells[1]) > 20, row  # frames measured
