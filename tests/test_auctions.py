@@ -5,14 +5,17 @@ with a socket printer, and a real WHEP viewer for what the picture shows."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from checkout import auctions
 from checkout.orders import ORDERS_INDEX, PRINT_STREAM, PrintJob
 from tests.conftest import STREAM_KEY, buyer_session, wait_until
+from tests.stripe_helpers import event, signed
 from tests.test_web_support import PrinterSocket, printer_toml
 
 pytestmark = pytest.mark.timeout(90)
@@ -256,5 +259,179 @@ async def test_sudden_death_bid_1ms_after_the_end_is_closed(shop):
         done = await wait_settled(app)
         assert done["status"] == "sold" and done["current_bid"] == "5.00"
         assert done["winner"] == "Ana" and done["ends_at"] == a["ends_at"]
+    finally:
+        await ana.close()
+
+
+async def sandbox_intents(stripe_url: str, order_prefix: str) -> list[dict]:
+    """Every PaymentIntent the sandbox holds for orders starting with ``order_prefix``."""
+    found, after = [], None
+    headers = {"Authorization": "Bearer sk_test_showroom_sandbox"}
+    async with aiohttp.ClientSession() as raw:
+        while True:
+            params = {"limit": "100", **({"starting_after": after} if after else {})}
+            r = await raw.get(f"{stripe_url}/v1/payment_intents", params=params, headers=headers)
+            page = await r.json()
+            found += [
+                pi
+                for pi in page["data"]
+                if str(pi.get("metadata", {}).get("order_id", "")).startswith(order_prefix)
+            ]
+            if not page.get("has_more") or not page["data"]:
+                return found
+            after = page["data"][-1]["id"]
+
+
+async def webhook_secret(redis_url: str) -> str:
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        return (await r.get("stripe:sandbox:webhook_secret")).decode()
+    finally:
+        await r.aclose()
+
+
+@pytest.mark.timeout(150)
+async def test_300_bidders_in_the_last_3_seconds(shop, redis_url, stripe_sandbox, printer):
+    app = shop
+    connector = aiohttp.TCPConnector(limit=100)
+    sessions: list[aiohttp.ClientSession] = []
+    try:
+        for start_i in range(0, 300, 25):  # names and saved cards, 25 at a time
+            sessions += await asyncio.gather(
+                *(
+                    bidder(app.url, f"Bidder {i:03d}", connector=connector)
+                    for i in range(start_i, start_i + 25)
+                )
+            )
+        status, a = await start(app, start_price="10.00", increment="1.00", duration_s=10)
+        assert status == 201
+        first_end = a["ends_at"]
+        latest = {"cents": 0}  # what a bidder's page shows (its last answer), shared
+        accepted: list[tuple[float, int, str]] = []
+        answers: list[int] = []
+
+        async def one(s: aiohttp.ClientSession, i: int) -> None:
+            at = first_end / 1000 - 3 + random.random() * 2.95
+            await asyncio.sleep(max(0, at - time.time()))
+            cents = max(1000, latest["cents"] + 100 * random.choice((1, 1, 1, 2, 3)))
+            status, body = await bid(s, a["id"], f"{cents // 100}.{cents % 100:02d}")
+            answers.append(status)
+            if status == 201:
+                accepted.append((time.time(), cents, f"Bidder {i:03d}"))
+                assert body["leader"] == f"Bidder {i:03d}" and body["you_lead"] is True
+            else:
+                assert (status, body["error"]) == (409, "bid_too_low"), body
+            now = int(float(body.get("current_bid") or 0) * 100) if "current_bid" in body else 0
+            latest["cents"] = max(latest["cents"], now, cents if status == 201 else 0)
+
+        await asyncio.gather(*(one(s, i) for i, s in enumerate(sessions)))
+        assert len(answers) == 300 and answers.count(201) == len(accepted) > 20
+
+        # the order of acceptance, as Redis saw it
+        r = aioredis.Redis.from_url(redis_url)
+        try:
+            log = await auctions.full_log(r, a["id"])
+        finally:
+            await r.aclose()
+        assert len(log) == len(accepted)
+        amounts = [cents for _ts, _v, cents in log]
+        assert amounts == sorted(amounts) and len(set(amounts)) == len(amounts)  # ever higher
+        ends = first_end
+        for ts, _viewer, _cents in log:  # the rule: within 10 s of the end -> 10 s from the bid
+            assert ts < ends
+            if ends - ts < 10_000:
+                ends = ts + 10_000
+        state = await current(app)
+        assert state["ends_at"] == ends > first_end
+        top = max(accepted, key=lambda x: x[1])
+        assert state["current_bid"] == f"{top[1] // 100}.{top[1] % 100:02d}"
+        assert state["leader"] == top[2]
+
+        done = await wait_settled(app, timeout=20)
+        assert done["status"] == "sold" and done["winner"] == top[2]
+        assert done["sold_for"] == state["current_bid"] and done["ends_at"] == ends
+        orders = [o for o in await show_orders(redis_url) if o.get("auction_id") == a["id"]]
+        assert len(orders) == 1 and orders[0]["order_id"] == done["order_id"]
+        order = orders[0]
+        assert int(order["amount_cents"]) == top[1] and order["buyer_name"] == top[2]
+        intents = await sandbox_intents(stripe_sandbox.url, order["order_id"].rsplit("_", 1)[0])
+        assert [(pi["status"], pi["amount"]) for pi in intents] == [("succeeded", top[1])]
+
+        name = top[2].encode()
+        await wait_until(lambda: name in printer.received, 15)
+        assert await stock(app) == 39  # the unit was sold, not returned
+
+        # Stripe's webhooks (and replays of them) do not make a second order or label.
+        secret = await webhook_secret(redis_url)
+        pi = intents[0]
+        obj = {
+            "id": pi["id"],
+            "object": "payment_intent",
+            "amount": pi["amount"],
+            "currency": pi["currency"],
+            "metadata": pi["metadata"],
+        }
+        evt = event("payment_intent.succeeded", obj)
+        async with aiohttp.ClientSession() as raw:
+            for e in (evt, evt, event("payment_intent.succeeded", obj)):
+                payload, headers = signed(e, secret)
+                async with raw.post(
+                    f"{app.url}/webhooks/stripe", data=payload, headers=headers
+                ) as resp:
+                    assert resp.status == 200
+        await asyncio.sleep(1.0)
+        assert len(await print_jobs(redis_url, order["order_id"])) == 1
+        assert len([o for o in await show_orders(redis_url) if o.get("auction_id")]) == 1
+        labels = printer.received.count(name)
+        await asyncio.sleep(0.5)
+        assert printer.received.count(name) == labels
+        r = await app.session.get(f"/api/orders/{order['order_id']}", headers=app.auth())
+        assert (await r.json())["status"] in ("paid", "printed")
+    finally:
+        for s in sessions:
+            await s.close()
+        await connector.close()
+
+
+async def test_failed_charge_goes_to_the_runner_up(shop, redis_url, stripe_sandbox):
+    app = shop
+    ana = await bidder(app.url, "Ana", card=CHARGE_DECLINED)
+    bob = await bidder(app.url, "Bob")
+    try:
+        status, a = await start(app, extend_s=0)
+        assert status == 201
+        assert (await bid(bob, a["id"], "10.00"))[0] == 201
+        assert (await bid(ana, a["id"], "15.00"))[0] == 201
+        done = await wait_settled(app)
+        assert done["status"] == "sold" and done["winner"] == "Bob" and done["sold_for"] == "10.00"
+        orders = {o["buyer_name"]: o for o in await show_orders(redis_url) if o.get("auction_id")}
+        assert orders["Ana"]["status"] == "expired" and int(orders["Ana"]["amount_cents"]) == 1500
+        assert orders["Bob"]["status"] in ("paid", "printed")
+        assert int(orders["Bob"]["amount_cents"]) == 1000
+        assert orders["Bob"]["order_id"] == done["order_id"]
+        assert len(await print_jobs(redis_url, orders["Ana"]["order_id"])) == 0
+        assert len(await print_jobs(redis_url, done["order_id"])) == 1
+        prefix = done["order_id"].rsplit("_", 1)[0]
+        paid = [
+            p
+            for p in await sandbox_intents(stripe_sandbox.url, prefix)
+            if p["status"] == "succeeded"
+        ]
+        assert [p["amount"] for p in paid] == [1000]
+        assert await stock(app) == 39
+    finally:
+        await ana.close()
+        await bob.close()
+
+
+async def test_nobody_can_pay_ends_unsold_and_the_unit_returns(shop):
+    app = shop
+    ana = await bidder(app.url, "Ana", card=CHARGE_DECLINED)
+    try:
+        status, a = await start(app, extend_s=0)
+        assert (await bid(ana, a["id"], "10.00"))[0] == 201
+        done = await wait_settled(app)
+        assert done["status"] == "unsold" and done["order_id"] is None
+        assert await stock(app) == 40
     finally:
         await ana.close()
