@@ -443,7 +443,7 @@ def auction_text_box(w: int, h: int, unit: float) -> tuple[int, int, int, int]:
     that changes with each bid (and not with the clock)."""
     u = lambda v: max(1, int(round(v * unit)))  # noqa: E731
     pad = u(12)
-    return pad, u(44), w - pad - u(96), h - pad
+    return pad, u(44), w - pad - text_width("00:00", u(34), True) - u(10), h - pad
 
 
 def render_auction(

@@ -7,13 +7,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from decimal import Decimal
 
 import aiohttp
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
 from checkout import auctions
 from checkout.orders import ORDERS_INDEX, PRINT_STREAM, PrintJob
+from media.client import WhepPlayer
+from overlays.layers import AuctionInfo, auction_text_box, render_auction
+from overlays.yuv import _KY
+from server import keys
 from tests.conftest import STREAM_KEY, buyer_session, wait_until
 from tests.stripe_helpers import event, signed
 from tests.test_web_support import PrinterSocket, printer_toml
@@ -435,3 +441,76 @@ async def test_nobody_can_pay_ends_unsold_and_the_unit_returns(shop):
         assert await stock(app) == 40
     finally:
         await ana.close()
+
+
+def luma(image) -> np.ndarray:
+    """Y (limited range, as the compositor's sprites) of an RGBA rendering."""
+    rgb = np.asarray(image.convert("RGB")).astype(np.float32)
+    return 16.0 + rgb @ np.array(_KY, dtype=np.float32)
+
+
+@pytest.mark.timeout(90)
+async def test_leader_and_bid_are_in_the_video_within_300ms(shop, artifacts):
+    app = shop
+    scene = app.app[keys.EXTRA]["scenes"]["demo"]
+    lay = scene.layout
+    box = lay.auction
+    for other in (lay.card, lay.qr, lay.drop, lay.pinned, lay.title, lay.ticker, lay.badge):
+        assert not box.overlaps(other)
+    x0, y0, x1, y1 = auction_text_box(box.w, box.h, lay.unit)
+
+    def expected(leader: str | None, cents: int | None, bids: int) -> np.ndarray:
+        info = AuctionInfo(
+            id="x",
+            name="Stoneware mug",
+            status="running",
+            start=Decimal("10.00"),
+            current=None if cents is None else Decimal(cents) / 100,
+            leader=leader,
+            ends_at_ms=0,
+            bids=bids,
+        )
+        img = render_auction(info, 20_000, box.w, box.h, "usd", lay.unit)
+        return luma(img)[y0:y1, x0:x1]
+
+    def seen() -> np.ndarray:
+        y = player.latest_video.to_ndarray(format="yuv420p")[: box.bottom + 1]
+        return y[box.y + y0 : box.y + y1, box.x + x0 : box.x + x1].astype(np.float32)
+
+    def diff(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a - b).mean())
+
+    ana = await bidder(app.url, "Ana")
+    bob = await bidder(app.url, "Bob")
+    http = aiohttp.ClientSession()
+    player = WhepPlayer(f"{app.url}/whep/demo", audio=False)
+    try:
+        await player.start(http)
+        await player.wait_first_frame(10)
+        status, a = await start(app, duration_s=60, extend_s=5)
+        assert status == 201
+        no_bids = expected(None, None, 0)
+        await wait_until(lambda: diff(seen(), no_bids) < 12, 3.0, 0.01)
+        delays = []
+        for who, session, cents, bids in (("Ana", ana, 1200, 1), ("Bob", bob, 1500, 2)):
+            want = expected(who, cents, bids)
+            wrong_name = expected("Bob" if who == "Ana" else "Ana", cents, bids)
+            before = expected(None, None, 0) if bids == 1 else expected("Ana", 1200, 1)
+            sent = time.monotonic()
+            status, body = await bid(session, a["id"], f"{cents // 100}.00")
+            assert status == 201 and body["leader"] == who
+
+            def shown(want=want, before=before, wrong_name=wrong_name) -> bool:
+                now = seen()
+                d = diff(now, want)
+                return d < 12 and d < 0.6 * diff(now, before) and d < 0.5 * diff(now, wrong_name)
+
+            await wait_until(shown, 2.0, 0.005)
+            delays.append(time.monotonic() - sent)
+        assert max(delays) <= 0.3, delays
+        player.latest_video.to_image().save(artifacts / "auction-in-video.png")
+    finally:
+        await player.close(http)
+        await http.close()
+        await ana.close()
+        await bob.close()
