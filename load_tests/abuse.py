@@ -9,16 +9,17 @@ a time from 127.0.0.1:
   (slowloris);
 - **event streams**: thousands of ``GET /api/shows/{show}/events`` held open;
 - **login guessing**: wrong staff passwords through the login form, and wrong
-  ``Authorization: Bearer`` secrets on the staff API.
+  ``Authorization: Bearer`` secrets on the staff API;
+- **WHEP candidates**: viewer offers carrying 1,000 ICE candidates each (toward
+  127.0.0.1 ports, so nothing leaves the machine), and trickle PATCHes of 25 candidates
+  at a time on one session.
 
 For each it prints the answers by status, how many sockets the server held, its memory
 (RSS from /proc) and the event loop's responsiveness: ``/healthz`` latency measured by a
 separate process from another address (127.0.0.2) throughout the flood, with a target
 p99 <= 50 ms. The comparison is the same server with its caps and timeouts turned off
-(what it did before: every socket accepted and kept), measured in the same run.
-
-The WHEP candidate flood (issue 16 item 5) is not replayed here: candidate caps belong
-to the media path and are not in this tree yet.
+(what it did before: every socket accepted and kept), measured in the same run; the
+candidate caps have no switch, so that flood has no comparison row.
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ class Sizes:
     slow: int
     streams: int
     logins: int
+    candidates: int  # offers of 1,000 candidates, and as many trickle PATCHes
     hold_s: float
 
 
-FULL = Sizes(slow=10_000, streams=8_000, logins=2_000, hold_s=5.0)
-QUICK = Sizes(slow=800, streams=600, logins=150, hold_s=1.5)
+FULL = Sizes(slow=10_000, streams=8_000, logins=2_000, candidates=500, hold_s=5.0)
+QUICK = Sizes(slow=800, streams=600, logins=150, candidates=30, hold_s=1.5)
 
 
 @dataclass
@@ -285,6 +287,74 @@ async def _login_guesses(url: str, n: int) -> Counter:
     return answers
 
 
+def _candidates(offer: str, n: int, first_port: int) -> str:
+    """The offer with ``n`` host candidates toward 127.0.0.1 (nothing leaves the box)."""
+    lines = [
+        f"a=candidate:{i} 1 udp 2130706431 127.0.0.1 {first_port + i} typ host" for i in range(n)
+    ]
+    out, placed = [], False
+    for line in offer.splitlines():
+        if line.startswith(("a=candidate:", "a=end-of-candidates")):
+            continue
+        out.append(line)
+        if line.startswith("a=mid:") and not placed:
+            out.extend(lines)
+            placed = True
+    return "\r\n".join(out) + "\r\n"
+
+
+async def _viewer_offer() -> str:
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def _candidate_flood(url: str, show: str, n: int) -> Counter:
+    answers: Counter = Counter()
+    offer = await _viewer_offer()
+    big = _candidates(offer, 1000, 20_000)
+    sdp = {"Content-Type": "application/sdp"}
+    frag_type = {"Content-Type": "application/trickle-ice-sdpfrag"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as s:
+
+        async def post() -> None:
+            async with s.post(f"{url}/whep/{show}", data=big, headers=sdp) as r:
+                answers[f"offer {r.status}"] += 1
+
+        for i in range(0, n, 50):
+            await asyncio.gather(*(post() for _ in range(min(50, n - i))))
+        # One real session, then trickle PATCHes of 25 candidates each.
+        async with s.post(f"{url}/whep/{show}", data=offer, headers=sdp) as r:
+            location = r.headers.get("Location") if r.status == 201 else None
+            answers[f"session {r.status}"] += 1
+        if location:
+            ufrag = next(
+                line.split(":", 1)[1]
+                for line in offer.splitlines()
+                if line.startswith("a=ice-ufrag:")
+            )
+            lines = "".join(
+                f"a=candidate:{i} 1 udp 2130706431 127.0.0.1 {30_000 + i} typ host\r\n"
+                for i in range(25)
+            )
+            frag = f"a=ice-ufrag:{ufrag}\r\na=mid:0\r\n{lines}"
+
+            async def patch() -> None:
+                async with s.patch(f"{url}{location}", data=frag, headers=frag_type) as r:
+                    answers[f"patch {r.status}"] += 1
+
+            for i in range(0, n, 50):
+                await asyncio.gather(*(patch() for _ in range(min(50, n - i))))
+            async with s.delete(f"{url}{location}"):
+                pass
+    return answers
+
+
 # --- running --------------------------------------------------------------------
 
 
@@ -352,6 +422,16 @@ async def run(sizes: Sizes, compare: bool) -> list[Flood]:
                     )
                 )
                 if label == "guarded":
+                    floods.append(
+                        await measured(
+                            "WHEP candidates",
+                            label,
+                            2 * sizes.candidates,
+                            proc.pid,
+                            port,
+                            lambda u=url: _candidate_flood(u, "abuse", sizes.candidates),
+                        )
+                    )
                     floods.append(
                         await measured(
                             "login + Bearer guessing",
@@ -434,8 +514,9 @@ def report(floods: list[Flood], sizes: Sizes, quick: bool) -> tuple[str, bool]:
         f"probed every 50 ms from {PROBE_IP} by a separate process; it pings Redis, so it "
         "measures the event loop and the Redis round trip. *caps off* is the same server "
         "with `--max-connections-per-ip 0 --max-streams-per-ip 0 --header-timeout 3600`, "
-        "i.e. what it did before: every socket accepted and kept. The WHEP candidate flood "
-        "is not replayed (candidate caps are not in this tree)."
+        "i.e. what it did before: every socket accepted and kept. WHEP candidates: offers "
+        "of 1,000 candidates toward 127.0.0.1, then trickle PATCHes of 25 on one session "
+        "(the candidate caps have no switch: no comparison row)."
     )
     png = plot(floods, quick)
     body += f"\n\nPlot: `{png.relative_to(ROOT)}`"
