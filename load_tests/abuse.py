@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import http.client
 import multiprocessing as mp
+import os
 import re
 import subprocess
 import sys
@@ -523,13 +524,22 @@ def report(floods: list[Flood], sizes: Sizes, quick: bool) -> tuple[str, bool]:
     return body, ok
 
 
+def load_average() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small floods, no comparison run")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    before = load_average()
     floods = asyncio.run(run(sizes, compare=not args.quick))
     body, ok = report(floods, sizes, args.quick)
+    body += (
+        f"\n\nLoad average of the whole machine (1/5/15 min; other work included): "
+        f"{before} before the run, {load_average()} after."
+    )
     print(body)
     if not args.quick:
         write_section("abuse", "python -m load_tests.abuse", body)
