@@ -14,6 +14,7 @@ session (``sessions``). Route code asks the sync helpers below.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server import keys, sessions, throttle
+from server import audit, keys, roles, sessions, throttle
 from server.config import ShowConfig
 from server.errors import ApiError, error_response, not_found, unauthorized
 
@@ -193,6 +194,17 @@ class Identity:
     stream_keys: tuple[str, ...] = ()  # shows whose stream key it presented
     operator: bool = False  # the metrics token
     session: sessions.StaffSession | None = None  # the staff cookie's session
+    member: str | None = None  # a named staff member (None: the show's owner password)
+    roles: tuple[tuple[str, str], ...] = ()  # (show id, role) for a member
+
+    def role_in(self, show_id: str) -> str:
+        """The role this identity holds in a show (owner for the shared password)."""
+        return dict(self.roles).get(show_id, sessions.OWNER)
+
+    def may(self, show_id: str, capability: str) -> bool:
+        if show_id in self.stream_keys and roles.allows("host", capability):
+            return True  # whoever holds the stream key is the show's host
+        return show_id in self.staff and roles.allows(self.role_in(show_id), capability)
 
 
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
@@ -219,6 +231,51 @@ def staff_shows_for_password(shows: dict[str, ShowConfig], password: str) -> lis
     return [s.id for s in shows.values() if constant_eq(s.staff_password, password)]
 
 
+# Verified member passwords, so a script's Bearer "name:password" costs one argon2 check
+# per process, not one per request. Keyed by a hash: no password is kept in memory.
+_VERIFIED: dict[str, bool] = {}
+
+
+def _member_key(show: ShowConfig, name: str, password: str) -> str:
+    m = show.member(name)
+    raw = f"{show.id}|{name}|{m.password_hash if m else ''}|{password}".encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _verify_members(shows: list[ShowConfig], name: str, password: str) -> list[str]:
+    ok = []
+    for show in shows:
+        member = show.member(name)
+        if member is None:
+            continue
+        cache = _member_key(show, name, password)
+        if cache not in _VERIFIED:
+            if len(_VERIFIED) > 4096:
+                _VERIFIED.clear()
+            _VERIFIED[cache] = roles.check_password(member.password_hash, password)
+        if _VERIFIED[cache]:
+            ok.append(show.id)
+    return ok
+
+
+async def member_shows(shows: dict[str, ShowConfig], name: str, password: str) -> list[str]:
+    """The shows where ``name`` is a member with this password (argon2, off the loop)."""
+    candidates = [s for s in shows.values() if s.member(name) is not None]
+    if not candidates or not password:
+        return []
+    if all(_member_key(s, name, password) in _VERIFIED for s in candidates):
+        return _verify_members(candidates, name, password)
+    return await asyncio.to_thread(_verify_members, candidates, name, password)
+
+
+def member_identity(shows: dict[str, ShowConfig], name: str, show_ids: list[str]) -> Identity:
+    return Identity(
+        staff=tuple(show_ids),
+        member=name,
+        roles=tuple((s, shows[s].member(name).role) for s in show_ids),
+    )
+
+
 def rate_limited(verdict: throttle.Verdict) -> web.Response:
     return error_response(
         429,
@@ -230,6 +287,22 @@ def rate_limited(verdict: throttle.Verdict) -> web.Response:
 
 async def _from_bearer(request: web.Request, bearer: str) -> Identity | web.Response:
     shows = request.app[keys.SHOWS]
+    name, sep, password = bearer.partition(":")
+    if sep and any(s.member(name) for s in shows.values()):  # "name:password", a member
+        granted = await member_shows(shows, name, password)
+        if internal(request):
+            return member_identity(shows, name, granted)
+        verdict = await throttle.attempt(
+            request.app[keys.REDIS],
+            request.app[keys.SETTINGS].throttle,
+            client_ip(request),
+            f"member:{name}",
+            ok=bool(granted),
+            mirror=request.app.get(throttle.MIRROR),
+        )
+        if verdict.locked:
+            return rate_limited(verdict)
+        return member_identity(shows, name, granted) if granted else NOBODY
     staff = tuple(staff_shows_for_password(shows, bearer))
     keyed = tuple(s.id for s in shows.values() if constant_eq(s.stream_key, bearer))
     metrics_token = os.environ.get(METRICS_TOKEN_ENV)
@@ -257,8 +330,12 @@ async def _from_cookie(request: web.Request, token: str) -> Identity:
     session = await sessions.load(request.app[keys.REDIS], session_id)
     if session is None:
         return NOBODY
+    valid = sessions.valid_shows(session, secret, request.app[keys.SHOWS])
     return Identity(
-        staff=sessions.valid_shows(session, secret, request.app[keys.SHOWS]), session=session
+        staff=valid,
+        session=session,
+        member=session.member,
+        roles=tuple((s, session.role_in(s)) for s in valid) if session.member else (),
     )
 
 
@@ -274,6 +351,8 @@ async def identify(request: web.Request, handler):
     elif STAFF_COOKIE in request.cookies and not request.path.startswith(NO_SESSION_PREFIXES):
         identity = await _from_cookie(request, request.cookies[STAFF_COOKIE])
     request[IDENTITY] = identity
+    if identity.member:
+        request[audit.ACTOR] = identity.member
     return await handler(request)
 
 
@@ -285,11 +364,17 @@ def identity(request: web.Request) -> Identity:
 
 
 async def start_staff_session(
-    request: web.Request, response: web.StreamResponse, show_ids: list[str]
+    request: web.Request,
+    response: web.StreamResponse,
+    show_ids: list[str],
+    member: str | None = None,
 ) -> sessions.StaffSession:
     shows = request.app[keys.SHOWS]
     session = await sessions.create(
-        request.app[keys.REDIS], request.app[keys.SECRET], [shows[s] for s in show_ids]
+        request.app[keys.REDIS],
+        request.app[keys.SECRET],
+        [shows[s] for s in show_ids],
+        member=member,
     )
     token = issue_token(request.app[keys.SECRET], STAFF, session.id, STAFF_SESSION_S)
     set_cookie(request, response, STAFF_COOKIE, token, STAFF_SESSION_S)
@@ -308,11 +393,29 @@ def staff_shows(request: web.Request) -> list[str]:
     return list(identity(request).staff)
 
 
-def require_staff(request: web.Request, show_id: str | None = None) -> list[str]:
-    allowed = staff_shows(request)
-    if not allowed or (show_id is not None and show_id not in allowed):
+def forbidden(detail: str) -> ApiError:
+    return ApiError(403, "forbidden", detail)
+
+
+def require_staff(
+    request: web.Request, show_id: str | None = None, capability: str = "floor"
+) -> list[str]:
+    """Shows (or ``show_id``) whose orders this caller may work on: 401 when not logged in
+    there, 403 when logged in with a role that does not include ``capability``."""
+    who = identity(request)
+    logged_in = list(who.staff)
+    if not logged_in or (show_id is not None and show_id not in logged_in):
         raise unauthorized("Staff login required.")
+    allowed = [s for s in logged_in if who.may(s, capability)]
+    if not allowed or (show_id is not None and show_id not in allowed):
+        raise forbidden(f"Your role ({who.role_in(show_id or logged_in[0])}) cannot do this.")
     return allowed
+
+
+def is_staff(request: web.Request, show: ShowConfig) -> bool:
+    """Any staff role in the show, or its stream key (e.g. to see every order event)."""
+    who = identity(request)
+    return show.id in who.staff or show.id in who.stream_keys
 
 
 def is_operator(request: web.Request) -> bool:
@@ -335,22 +438,27 @@ def get_show(request: web.Request, show_id: str | None = None) -> ShowConfig:
 
 
 def is_host(request: web.Request, show: ShowConfig) -> bool:
-    who = identity(request)
-    return show.id in who.stream_keys or show.id in who.staff
+    return identity(request).may(show.id, "host")
 
 
 def require_host(request: web.Request, show: ShowConfig) -> None:
-    if not is_host(request, show):
-        raise unauthorized("Host login or the show's stream key is required.")
+    require_role(request, "host", show.id)
 
 
-def require_role(request: web.Request, role: str, show_id: str | None = None) -> ShowConfig:
-    """The show of this request (or ``show_id``), if the caller may act in ``role`` (e.g.
-    "moderator") there. Today every host credential and staff session holds every role;
-    named staff members with roles narrow this later (403 forbidden for a missing role)."""
+def require_role(request: web.Request, capability: str, show_id: str | None = None) -> ShowConfig:
+    """The show of this request (or ``show_id``), if the caller may ``capability`` there
+    (``roles.CAPABILITIES``): 401 when not logged in for the show, 403 when the role
+    does not include it."""
     show = get_show(request, show_id)
-    if not is_host(request, show):
-        raise unauthorized(f"Host or {role} login required.")
+    who = identity(request)
+    if not is_staff(request, show):
+        raise unauthorized(
+            f"Log in as staff of this show (or send its stream key) to {capability}."
+        )
+    if not who.may(show.id, capability):
+        raise forbidden(
+            f"Your role ({who.role_in(show.id)}) cannot do this: it takes the {capability} right."
+        )
     return show
 
 

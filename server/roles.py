@@ -10,15 +10,16 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-CAPABILITIES = ("host", "moderator", "floor", "pos", "refund")
+CAPABILITIES = ("host", "moderator", "floor", "pos", "refund", "stock")
 GRANTS: dict[str, frozenset[str]] = {
     "owner": frozenset(CAPABILITIES),
     # feature, drops, auctions, ticker, cues, restreams, stream key, report; moderation;
     # the floor's order queue; refunds
-    "host": frozenset({"host", "moderator", "floor", "refund"}),
+    "host": frozenset({"host", "moderator", "floor", "refund", "stock"}),
     "moderator": frozenset({"moderator"}),
     "floor": frozenset({"floor"}),  # orders, ready, fulfil, reprint, printers, pick list
-    "cashier": frozenset({"floor", "pos", "refund"}),  # + in-person sales and refunds
+    # the floor, plus in-person sales, refunds and stock counts
+    "cashier": frozenset({"floor", "pos", "refund", "stock"}),
 }
 MIN_PASSWORD = 10
 

@@ -36,6 +36,10 @@ class StaffSession:
     role: str = OWNER
     created_at: int = 0
     expires_at: int = 0
+    roles: dict[str, str] = field(default_factory=dict)  # show id -> the member's role there
+
+    def role_in(self, show_id: str) -> str:
+        return self.roles.get(show_id, self.role)
 
     def pack(self) -> bytes:
         return msgpack.packb(
@@ -46,6 +50,7 @@ class StaffSession:
                 "role": self.role,
                 "created_at": self.created_at,
                 "expires_at": self.expires_at,
+                "roles": self.roles,
             }
         )
 
@@ -61,15 +66,21 @@ class StaffSession:
                 role=data.get("role", OWNER),
                 created_at=int(data["created_at"]),
                 expires_at=int(data["expires_at"]),
+                roles=dict(data.get("roles") or {}),
             )
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
             return None
 
 
-def fingerprint(secret: bytes, show: ShowConfig) -> str:
-    """Stands for the show's current staff password; changes when the password does."""
-    msg = f"staff-password|{show.id}|{show.staff_password}".encode()
-    return hmac.new(secret, msg, hashlib.sha256).hexdigest()[:24]
+def fingerprint(secret: bytes, show: ShowConfig, member: str | None = None) -> str:
+    """Stands for the credential the session was opened with (the show's staff password,
+    or the member's password hash and role); changes when that does."""
+    if member is None:
+        msg = f"staff-password|{show.id}|{show.staff_password}"
+    else:
+        m = show.member(member)
+        msg = f"member|{show.id}|{member}|{m.role}|{m.password_hash}" if m else "member-gone"
+    return hmac.new(secret, msg.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def valid_shows(
@@ -82,20 +93,30 @@ def valid_shows(
         s
         for s in session.shows
         if s in shows
-        and hmac.compare_digest(session.credentials.get(s, ""), fingerprint(secret, shows[s]))
+        and hmac.compare_digest(
+            session.credentials.get(s, ""), fingerprint(secret, shows[s], session.member)
+        )
     )
 
 
 async def create(
-    redis, secret: bytes, shows: list[ShowConfig], ttl_s: int = SESSION_S
+    redis,
+    secret: bytes,
+    shows: list[ShowConfig],
+    ttl_s: int = SESSION_S,
+    member: str | None = None,
 ) -> StaffSession:
     now = int(time.time())
+    roles = {s.id: s.member(member).role for s in shows if s.member(member)} if member else {}
     session = StaffSession(
         id=secrets.token_urlsafe(18),
         shows=tuple(s.id for s in shows),
-        credentials={s.id: fingerprint(secret, s) for s in shows},
+        credentials={s.id: fingerprint(secret, s, member) for s in shows},
+        member=member,
+        role=next(iter(roles.values()), OWNER) if member else OWNER,
         created_at=now,
         expires_at=now + ttl_s,
+        roles=roles,
     )
     await redis.set(PREFIX + session.id, session.pack(), ex=ttl_s)
     return session

@@ -502,7 +502,7 @@ async def get_drop(request: web.Request) -> web.Response:
 
 async def put_stock(request: web.Request) -> web.Response:
     """A stock count: the host, or a cashier who counted the shelf (audited)."""
-    show = require_role(request, "pos")
+    show = require_role(request, "stock")
     body = await read_json(request)
     product = _product(show, body.get("sku"))
     available = _int(body, "available", 0, 10_000_000)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from server import audit, identity, keys
 from server.auth import ensure_viewer, get_show, is_host, require_role, viewer_id
+from server.auth import identity as identity_of
 from server.chat import rules
 from server.chat.reactions import Reactions, clean_kind
 from server.chat.rules import ChatSettings
@@ -97,7 +98,9 @@ async def post_chat(request: web.Request) -> web.Response:
     body = await read_json(request, max_bytes=4096)
     store = store_for(request.app, show)
     secret = request.app[keys.SECRET]
-    staff = is_host(request, show)
+    # Hosts and moderators speak with their badge (and no slow mode); viewers as viewers.
+    host = is_host(request, show)
+    staff = host or identity_of(request).may(show.id, "moderator")
     vid = ensure_viewer(request)
     try:
         message = await store.post(
@@ -105,7 +108,7 @@ async def post_chat(request: web.Request) -> web.Response:
             if staff
             else rules.author_handle(secret, vid),
             viewer_id=vid,
-            role="host" if staff else "viewer",
+            role="host" if host else "moderator" if staff else "viewer",
             text=body.get("text"),
             ip=client_ip(request),
             staff=staff,

@@ -75,7 +75,7 @@ def parse_sale(show, body: dict) -> tuple[list[pos.SaleLine], str, str]:
 
 
 async def post_sale(request: web.Request) -> web.Response:
-    show = require_role(request, "cashier")
+    show = require_role(request, "pos")
     lines, payment, name = parse_sale(show, await read_json(request))
     redis = request.app[keys.REDIS]
     try:
@@ -104,7 +104,7 @@ async def post_sale(request: web.Request) -> web.Response:
 
 async def refund(request: web.Request) -> web.Response:
     order = await _staff_order(request)
-    require_role(request, "cashier", show_id=order.show)
+    require_role(request, "refund", show_id=order.show)
     if order.status == Status.REFUNDED:
         return web.json_response(order.public())  # pressing twice is harmless
     if order.status not in (Status.PAID, Status.PRINTED, Status.READY, Status.FULFILLED):
@@ -227,7 +227,7 @@ async def checkin(request: web.Request) -> web.Response:
 async def pos_page(request: web.Request) -> web.Response:
     show = page_show(request)
     try:
-        require_role(request, "cashier", show_id=show.id)
+        require_role(request, "pos", show_id=show.id)
     except ApiError:
         raise login_redirect(request) from None
     data = {

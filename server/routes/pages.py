@@ -107,12 +107,17 @@ async def login_submit(request: web.Request) -> web.Response:
     if not security.form_token_ok(request, form.get(security.CSRF_FIELD)):
         return _login_page(request, nxt, 403, "This form had expired. Please log in again.")
     password = str(form.get("password", ""))
-    show_ids = auth.staff_shows_for_password(request.app[keys.SHOWS], password) if password else []
+    name = str(form.get("name", "")).strip()[:32]
+    shows = request.app[keys.SHOWS]
+    if name:  # a named staff member
+        show_ids = await auth.member_shows(shows, name, password)
+    else:  # the show's shared staff password: the owner
+        show_ids = auth.staff_shows_for_password(shows, password) if password else []
     verdict = await throttle.attempt(
         request.app[keys.REDIS],
         request.app[keys.SETTINGS].throttle,
         auth.client_ip(request),
-        auth.STAFF,
+        f"member:{name}" if name else auth.STAFF,
         ok=bool(show_ids),
         mirror=request.app.get(throttle.MIRROR),
     )
@@ -125,9 +130,10 @@ async def login_submit(request: web.Request) -> web.Response:
             headers={"Retry-After": verdict.retry_after},
         )
     if not show_ids:
-        return _login_page(request, nxt, 401, "That password is not right.")
+        wrong = "That name and password do not match." if name else "That password is not right."
+        return _login_page(request, nxt, 401, wrong)
     resp = web.HTTPFound(nxt)
-    await auth.start_staff_session(request, resp, show_ids)
+    await auth.start_staff_session(request, resp, show_ids, member=name or None)
     raise resp
 
 
@@ -202,9 +208,11 @@ async def viewer_page(request: web.Request) -> web.Response:
 
 async def host_page(request: web.Request) -> web.Response:
     show = page_show(request)
-    # Only a show's own staff: the page carries the stream key for going live.
+    # Only the show's hosts: the page carries the stream key for going live.
     if show.id not in auth.staff_shows(request):
         raise login_redirect(request)
+    if not auth.is_host(request, show):
+        return role_page(request, "the host page", "host")
     data = {
         **show_summary(show),
         "stream_key": show.stream_key,
@@ -216,10 +224,22 @@ async def host_page(request: web.Request) -> web.Response:
     return render(request, "host.html", show=show, data=data)
 
 
+def role_page(request: web.Request, what: str, needs: str) -> web.Response:
+    """A clear page (403) for a logged-in member whose role does not cover ``what``."""
+    return render(request, "forbidden.html", status=403, what=what, needs=needs)
+
+
+def floor_shows(request: web.Request) -> list[str]:
+    who = auth.identity(request)
+    return [s for s in auth.staff_shows(request) if who.may(s, "floor")]
+
+
 async def staff_page(request: web.Request) -> web.Response:
-    allowed = auth.staff_shows(request)
-    if not allowed:
+    if not auth.staff_shows(request):
         raise login_redirect(request)
+    allowed = floor_shows(request)
+    if not allowed:
+        return role_page(request, "the order queue", "floor, cashier or host")
     shows = [request.app[keys.SHOWS][s] for s in allowed]
     data = {"shows": [show_summary(s) for s in shows]}
     return render(request, "staff.html", shows=shows, data=data)
@@ -227,9 +247,9 @@ async def staff_page(request: web.Request) -> web.Response:
 
 async def staff_order_page(request: web.Request) -> web.Response:
     order_id = request.match_info["order_id"]
-    allowed = auth.staff_shows(request)
-    if not allowed:
+    if not auth.staff_shows(request):
         raise login_redirect(request)
+    allowed = floor_shows(request)
     order = None
     if len(order_id) <= 64:
         order = await load_order(request.app[keys.REDIS], order_id)

@@ -10,9 +10,9 @@ from aiohttp import web
 
 from checkout.orders import ORDERS_INDEX, Order
 from server import keys, report, segments
-from server.auth import get_show, require_host, staff_shows
+from server.auth import get_show, is_host, require_host, staff_shows
 from server.config import ShowConfig
-from server.routes.pages import login_redirect, page_show, render
+from server.routes.pages import login_redirect, page_show, render, role_page
 from server.routes.recordings import clip_counts, clips_key, load_clip
 
 
@@ -93,6 +93,8 @@ async def report_page(request: web.Request) -> web.Response:
     show = page_show(request)
     if show.id not in staff_shows(request):
         raise login_redirect(request)
+    if not is_host(request, show):
+        return role_page(request, "the show report", "host")
     return render(request, "report.html", show=show, report=await show_report(request.app, show))
 
 

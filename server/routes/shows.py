@@ -9,7 +9,7 @@ import time
 from aiohttp import hdrs, web
 
 from server import audit, keys, presence, segments
-from server.auth import ensure_viewer, get_show, is_host, require_host, viewer_cookie
+from server.auth import ensure_viewer, get_show, is_staff, require_host, viewer_cookie
 from server.config import ShowConfig
 from server.errors import not_found, read_json, string_or_null
 
@@ -101,7 +101,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     # Orders are personal: the buyer's own, all of them for the show's staff. A first
     # visit gets its viewer cookie here, so its own order events reach it later on.
-    viewer, staff = ensure_viewer(request), is_host(request, show)
+    viewer, staff = ensure_viewer(request), is_staff(request, show)
     await viewer_cookie(request, _this(resp))  # sets that cookie before the stream starts
     if request.app[keys.EXTRA]["sse_closing"].is_set():
         raise web.HTTPServiceUnavailable(headers={"Retry-After": "2"})
