@@ -31,6 +31,7 @@ import http.client
 import multiprocessing as mp
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -451,6 +452,7 @@ async def run(sizes: Sizes, compare: bool) -> list[Flood]:
                     proc.kill()
     finally:
         redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return floods
 
 
