@@ -223,7 +223,7 @@ async def test_counter_page_on_a_phone_sells_and_prints_and_the_stream_sees_sold
             await till.locator("#notice", has_text="Sold: order #").wait_for()
             # The stream's page says sold out within a second of the sale.
             await viewer.get_by_text("Sold out").first.wait_for(timeout=5000)
-            assert time.monotonic() - sold_at <= 1.5
+            assert time.monotonic() - sold_at <= 1.0, "the stream shows SOLD OUT within a second"
             await till.locator(".tile.out", has_text="Stoneware mug").wait_for()
             await till.screenshot(path=artifacts / "pos_phone_sold.png", full_page=True)
             assert errors.unexpected() == []

@@ -275,3 +275,19 @@ async def test_without_smtp_settings_emails_are_written_to_files(
     files = await wait_until(lambda: list(folder.glob("*.eml")), timeout=20)
     msg = email.message_from_bytes(files[0].read_bytes())
     assert msg["To"] == "ada@example.com" and "Your order" in msg["Subject"]
+
+
+async def test_refund_notice_reaches_the_buyer(make_app, tmp_path, smtp, stripe_sandbox):
+    app = await make_app(
+        [write_show(tmp_path, smtp.port)], stripe_api_base=stripe_sandbox.url, print_worker=False
+    )
+    s = app.session
+    await add(s, quantity=1)
+    order = await checkout(s)
+    assert (await pay(s, order["order_id"]))[0] == 200
+    await wait_until(lambda: smtp.to("ada@example.com"), timeout=20)  # the receipt
+    async with s.post(f"/api/orders/{order['order_id']}/refund", headers=app.auth()) as r:
+        assert r.status == 200, await r.text()
+    await wait_until(lambda: len(smtp.to("ada@example.com")) == 2, timeout=20)
+    [notice] = [m for m in smtp.to("ada@example.com") if m["Subject"].startswith("Refund")]
+    assert "18.00 USD" in body(notice)
