@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from media.egress import Viewer
     from media.ingest import Publisher
     from media.recording import Recorder
+    from media.restream import Restreams
     from server.config import ShowConfig
     from server.metrics import Metrics
 
@@ -102,6 +103,7 @@ class ShowRuntime:
             raise ValueError(f"SHOWROOM_EGRESS must be one of {EGRESS_PATHS}, not {self.egress!r}")
         self.broadcasts: dict[int, Broadcast] = {}  # id(fanout) -> its lean broadcast
         self.recorder: Recorder | None = None  # set by the server when recording is on
+        self.restream: Restreams | None = None  # set by the server when restreams are configured
         self.live = False
         self.frames_out = 0
         self.slate_frames = 0
@@ -245,8 +247,14 @@ class ShowRuntime:
 
     @property
     def watched(self) -> bool:
-        """Someone reads the encoded packets: a viewer here or a relay to another process."""
-        return bool(self.viewers) or any(self.relay_watchers.values())
+        """Someone reads the encoded packets: a viewer here, a relay to another process or
+        a restream."""
+        restream = self.restream
+        return (
+            bool(self.viewers)
+            or any(self.relay_watchers.values())
+            or (restream is not None and restream.active)
+        )
 
     def set_origin(self, origin: bool) -> None:
         """Compose and encode here (the origin) or take the packets of the process that
@@ -393,6 +401,8 @@ class ShowRuntime:
                     self.metrics.encode_time.labels(self.show.id, codec).observe(enc.seconds)
                 if codec == "H264" and recorder is not None:
                     recorder.video(enc.packet, enc.keyframe, wall)  # the same packets, no re-encode
+                if codec == "H264" and self.restream is not None:
+                    self.restream.video(enc.packet, enc.keyframe)
         if keyframe:
             self.gate.produced(handed)
         if fresh is not None and active and self.metrics:
@@ -450,6 +460,8 @@ class ShowRuntime:
                 if self.origin and (self.watched or recording):
                     samples, _real = self.audio_in.pop(AUDIO_SAMPLES)
                     wall = now_ms()
+                    if self.restream is not None:  # AAC for RTMP, from the same samples
+                        self.restream.audio_pcm(samples, n * AUDIO_SAMPLES)
                     for enc in self._audio_encoder.encode(samples, n * AUDIO_SAMPLES):
                         self.audio.publish(
                             enc.packet, True, wall, payloads=enc.payloads, timestamp=enc.timestamp

@@ -32,6 +32,7 @@ from server.routes import (
     preflight,
     recordings,
     report,
+    restreams,
     scene,
     schedule,
     shows,
@@ -49,6 +50,7 @@ REDIS_WAIT_S = 5.0
 # Order matters only for lifecycle hooks: later modules may use what earlier ones set up.
 # cluster (worker processes) after media: it drives the media runtimes.
 # recordings after media: it attaches recorders to the runtimes and finishes them first.
+# restreams after cluster: only a show's origin runs them.
 ROUTE_MODULES = (
     health,
     audit,
@@ -63,6 +65,7 @@ ROUTE_MODULES = (
     nodes,
     stats,
     recordings,
+    restreams,
     report,
     cues,
     floor,

@@ -19,6 +19,7 @@ from typing import Any
 
 from checkout import text
 from media.recording import RecordingConfig
+from media.restream import Destination, destination_problem
 from server.connections import ConnectionLimits
 from server.throttle import Limits
 
@@ -147,6 +148,8 @@ class ShowConfig:
     email: EmailConfig | None = None
     cues: tuple[CueConfig, ...] = ()
     members: tuple[StaffMember, ...] = ()
+    restreams: tuple[Destination, ...] = ()  # manifest [[restream]]
+    playback_whep_url: str | None = None  # [show.playback] whep_url: viewers play from there
 
     def member(self, name: str) -> StaffMember | None:
         for m in self.members:
@@ -288,7 +291,10 @@ _SHOW_KEYS = {
     "starts_at",
     "description",
     "cover",
+    "playback",
 }
+_PLAYBACK_KEYS = {"whep_url"}
+_RESTREAM_KEYS = {"name", "url", "key", "autostart"}
 _EMAIL_KEYS = {"host", "port", "from", "username", "password", "starttls"}
 _VIDEO_KEYS = {"width", "height", "fps", "bitrate_kbps"}
 _PRODUCT_KEYS = {
@@ -303,7 +309,7 @@ _PRODUCT_KEYS = {
     "barcode",
 }
 _PRINTER_KEYS = {"name", "connection", "profile", "paper_mm", "default"}
-_TOP_KEYS = {"show", "products", "printers", "staff", "chat", "email", "cues"}
+_TOP_KEYS = {"show", "products", "printers", "staff", "chat", "email", "cues", "restream"}
 _CUE_KEYS = {
     "action",
     "label",
@@ -612,7 +618,60 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         description=description,
         cover=cover,
         email=_email(path, data.get("email"), env),
+        restreams=_restreams(path, data.get("restream", []), env),
+        playback_whep_url=_playback(path, show.get("playback")),
     )
+
+
+def restream_env_name(name: str) -> str:
+    """``SHOWROOM_RESTREAM_<NAME>_KEY``: a destination's stream key from the environment."""
+    return f"SHOWROOM_RESTREAM_{re.sub(r'[^A-Z0-9]', '_', name.upper())}_KEY"
+
+
+def _restreams(path: Path, data: Any, env: dict[str, str]) -> tuple[Destination, ...]:
+    out: list[Destination] = []
+    for i, item in enumerate(_typed(path, "restream", data, list)):
+        where = f"restream[{i}]"
+        _typed(path, where, item, dict)
+        _unknown(path, where, item, _RESTREAM_KEYS)
+        name = _req(path, where, item, "name", str)
+        if not SLUG.match(name):
+            raise ManifestError(
+                path, f"{where}.name", "must be lowercase letters, digits and dashes (a URL slug)"
+            )
+        if any(d.name == name for d in out):
+            raise ManifestError(path, f"{where}.name", f"duplicate restream name {name!r}")
+        url = _req(path, where, item, "url", str).strip()
+        problem = destination_problem(url)
+        if problem:
+            raise ManifestError(path, f"{where}.url", problem)
+        key = env.get(restream_env_name(name)) or item.get("key")
+        if key is not None:
+            key = _typed(path, f"{where}.key", key, str).strip()
+        if not key:
+            raise ManifestError(
+                path, f"{where}.key", f"missing required key (or set {restream_env_name(name)})"
+            )
+        if any(c.isspace() or ord(c) < 32 for c in key):
+            raise ManifestError(
+                path, f"{where}.key", "must not contain spaces or control characters"
+            )
+        autostart = _typed(path, f"{where}.autostart", item.get("autostart", False), bool)
+        out.append(Destination(name, url, key, autostart))
+    return tuple(out)
+
+
+def _playback(path: Path, data: Any) -> str | None:
+    if data is None:
+        return None
+    _typed(path, "show.playback", data, dict)
+    _unknown(path, "show.playback", data, _PLAYBACK_KEYS)
+    if "whep_url" not in data:
+        return None
+    url = _typed(path, "show.playback.whep_url", data["whep_url"], str).strip()
+    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+        raise ManifestError(path, "show.playback.whep_url", f"must be an http(s) URL, got {url!r}")
+    return url
 
 
 def _cues(path: Path, data: Any, products: dict[str, ProductConfig]) -> tuple[CueConfig, ...]:

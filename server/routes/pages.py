@@ -201,6 +201,8 @@ async def viewer_page(request: web.Request) -> web.Response:
         "highlight": request.query.get("sku") or None,
         "picture": picture_boxes(show),
         "video": {"width": show.video.width, "height": show.video.height},
+        # Play from another WHEP service when the manifest says so (API.md [show.playback]).
+        "playback_whep_url": show.playback_whep_url,
     }
     og = await share_tags(request, show)
     return render(request, "viewer.html", show=show, data=data, og=og)

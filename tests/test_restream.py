@@ -1,0 +1,308 @@
+"""Restreams against real servers: Debian's nginx with libnginx-mod-rtmp receives the RTMP
+restream (read back with PyAV: H.264 at the show's size and fps, AAC, the product card in
+the pixels); a second ``showroom serve`` is the third-party WHIP server."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+
+from media.client import WhipPublisher
+from media.testsrc import TestPatternTrack, ToneTrack
+from overlays.layout import make_layout
+from server import keys
+from server.config import ManifestError, load_manifest
+from server.embedded import free_port
+from tests.conftest import STREAM_KEY, manifest_text, wait_until
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (make system)"),
+]
+
+W, H, FPS = 640, 360, 30
+KEY = "rtmp-secret-key-4711"
+RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+
+
+class Nginx:
+    """nginx in the foreground, one process, RTMP on its own port, recording every stream."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o777)  # nginx may drop to another user to write the recording
+        (root / "nginx.conf").write_text(
+            f"""
+            daemon off;
+            master_process off;
+            error_log {root}/error.log info;
+            pid {root}/nginx.pid;
+            load_module {RTMP_MODULE};
+            events {{ worker_connections 64; }}
+            rtmp {{
+              server {{
+                listen 127.0.0.1:{self.port};
+                application live {{
+                  live on;
+                  record all;
+                  record_path {root};
+                  record_unique off;
+                }}
+              }}
+            }}
+            """
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["nginx", "-c", str(self.root / "nginx.conf"), "-p", str(self.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nginx did not listen: {(self.root / 'error.log').read_text()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def recording(self, name: str) -> Path:
+        return self.root / f"{name}.flv"
+
+
+@pytest.fixture
+def nginx(tmp_path: Path):
+    server = Nginx(tmp_path / "nginx")
+    server.start()
+    yield server
+    server.kill()
+
+
+def restream_manifest(tmp_path: Path, tables: str, show_id: str = "demo", extra: str = "") -> Path:
+    path = tmp_path / f"{show_id}.toml"
+    path.write_text(manifest_text(show_id, width=W, height=H, fps=FPS, extra_show=extra) + tables)
+    return path
+
+
+def rtmp_table(port: int, name: str = "nginx", autostart: bool = False) -> str:
+    return f"""
+[[restream]]
+name = "{name}"
+url = "rtmp://127.0.0.1:{port}/live"
+key = "{KEY}"
+autostart = {"true" if autostart else "false"}
+"""
+
+
+async def publish(url: str, http: aiohttp.ClientSession, show: str = "demo") -> WhipPublisher:
+    pub = WhipPublisher(f"{url}/whip/{show}", STREAM_KEY, TestPatternTrack(W, H, FPS), ToneTrack())
+    await pub.start(http)
+    return pub
+
+
+async def restreams(app) -> list[dict]:
+    async with app.session.get("/api/shows/demo/restreams", headers=app.auth()) as r:
+        text = await r.text()
+        assert r.status == 200, text
+        assert KEY not in text, "the key never appears in the API"
+        return (await r.json())["restreams"]
+
+
+async def control(app, name: str, action: str) -> dict:
+    async with app.session.post(
+        f"/api/shows/demo/restreams/{name}/{action}", headers=app.auth()
+    ) as r:
+        text = await r.text()
+        assert r.status == 200, text
+        assert KEY not in text
+        return await r.json()
+
+
+async def state_of(app, name: str = "nginx") -> dict:
+    return next(r for r in await restreams(app) if r["name"] == name)
+
+
+def card_region(frame: av.VideoFrame) -> np.ndarray:
+    card = make_layout(W, H).card
+    luma = frame.to_ndarray(format="gray").astype(np.int16)
+    return luma[card.y : card.y + card.h, card.x : card.x + card.w]
+
+
+def read_back(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        video = c.streams.video[0]
+        audio = c.streams.audio[0]
+        info = {
+            "vcodec": video.codec_context.name,
+            "size": (video.codec_context.width, video.codec_context.height),
+            "acodec": audio.codec_context.name,
+            "rate": audio.codec_context.sample_rate,
+            "channels": audio.codec_context.channels,
+        }
+        frames, times, audio_frames = [], [], 0
+        for packet in c.demux():
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError:
+                continue
+            for f in decoded:
+                if isinstance(f, av.VideoFrame):
+                    frames.append(f)
+                    times.append(float(f.pts * f.time_base))
+                else:
+                    audio_frames += 1
+        info.update(frames=frames, times=times, audio_frames=audio_frames)
+        return info
+
+
+async def test_rtmp_restream_is_the_composed_show_h264_aac_with_the_card(make_app, tmp_path, nginx):
+    app = await make_app([restream_manifest(tmp_path, rtmp_table(nginx.port))])
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(app.url, http)
+        try:
+            await wait_until(lambda: app.app[keys.EXTRA]["media"]["demo"].live, 15)
+            listed = await restreams(app)
+            assert listed == [
+                {
+                    "name": "nginx",
+                    "kind": "rtmp",
+                    "target": f"rtmp://127.0.0.1:{nginx.port}/live",
+                    "state": "off",
+                    "since": listed[0]["since"],
+                    "last_error": None,
+                    "kbps": 0.0,
+                    "autostart": False,
+                }
+            ]
+            runtime = app.app[keys.EXTRA]["media"]["demo"]
+            started = time.monotonic()
+            answer = await control(app, "nginx", "start")
+            assert answer["state"] in ("connecting", "live")
+            await wait_until(lambda: nginx.recording(KEY).exists(), 10)
+            first_media_s = time.monotonic() - started
+            await wait_until(lambda: _is(state_of(app), "live"), 10)
+            composed_from = (runtime.frames_out, time.monotonic())
+            await asyncio.sleep(1.5)
+            async with app.session.post(
+                "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth()
+            ) as r:
+                assert r.status == 200
+            await asyncio.sleep(2.5)
+            live = await state_of(app)
+            assert live["state"] == "live" and live["kbps"] > 50, live
+            composed_fps = (runtime.frames_out - composed_from[0]) / (
+                time.monotonic() - composed_from[1]
+            )
+            stopped = await control(app, "nginx", "stop")
+            assert stopped["state"] == "off"
+        finally:
+            await pub.close(http)
+    await asyncio.sleep(0.5)  # nginx closes the recording
+    got = read_back(nginx.recording(KEY))
+    assert got["vcodec"] == "h264" and got["size"] == (W, H)
+    assert got["acodec"] == "aac" and got["rate"] == 48000 and got["channels"] == 2
+    assert got["audio_frames"] > 100
+    times = got["times"]
+    assert times[-1] - times[0] > 3
+    fps = (len(times) - 1) / (times[-1] - times[0])
+    # Every composed frame reaches the destination: the stream's rate is the show's (on
+    # a loaded machine the compositor itself may make fewer than FPS a second).
+    assert composed_fps * 0.85 <= fps <= FPS * 1.05, (fps, composed_fps)
+    assert fps >= FPS * 0.5, fps
+    no_card, with_card = card_region(got["frames"][5]), card_region(got["frames"][-5])
+    assert np.abs(with_card - no_card).mean() > 15, "the product card is in the RTMP pixels"
+    assert first_media_s < 5, first_media_s  # the benchmark holds it to 2 s
+    print(f"start -> first RTMP media at nginx: {first_media_s:.2f} s")
+
+
+async def _is(entry_coro, state: str) -> bool:
+    return (await entry_coro)["state"] == state
+
+
+async def test_rtmp_destination_killed_shows_error_then_reconnects(make_app, tmp_path, nginx):
+    app = await make_app([restream_manifest(tmp_path, rtmp_table(nginx.port, autostart=True))])
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(app.url, http)
+        try:
+            # autostart: live as soon as the show is
+            await wait_until(lambda: _is(state_of(app), "live"), 20)
+            nginx.kill()
+            await wait_until(lambda: _is(state_of(app), "error"), 15)
+            failed = await state_of(app)
+            assert failed["last_error"], failed
+            # The show and its viewers go on meanwhile.
+            runtime = app.app[keys.EXTRA]["media"]["demo"]
+            frames = runtime.frames_out
+            await asyncio.sleep(1.0)
+            assert runtime.frames_out - frames >= FPS * 0.5
+            nginx.start()
+            await wait_until(lambda: _is(state_of(app), "live"), 20)
+            await asyncio.sleep(1.0)
+            assert (await state_of(app))["kbps"] > 0
+        finally:
+            await pub.close(http)
+
+
+async def test_restream_api_errors_and_playback_url(make_app, tmp_path, nginx):
+    playback = '[show.playback]\nwhep_url = "https://cdn.example/whep/abc"\n'
+    app = await make_app([restream_manifest(tmp_path, rtmp_table(nginx.port), extra=playback)])
+    async with app.session.get("/api/shows/demo") as r:
+        assert (await r.json())["playback_whep_url"] == "https://cdn.example/whep/abc"
+    async with app.session.get("/shows/demo") as r:
+        assert "https://cdn.example/whep/abc" in await r.text()  # in the viewer page's data
+    async with app.session.get("/api/shows/demo/restreams") as r:
+        assert r.status == 401
+    async with app.session.post("/api/shows/demo/restreams/nope/start", headers=app.auth()) as r:
+        assert r.status == 404 and (await r.json())["error"] == "not_found"
+    async with app.session.post("/api/shows/demo/restreams/nginx/start") as r:
+        assert r.status == 401
+    assert (await state_of(app))["state"] == "off"  # nothing changed
+
+
+def _manifest_error(tmp_path: Path, tables: str, env: dict | None = None) -> str:
+    with pytest.raises(ManifestError) as err:
+        load_manifest(restream_manifest(tmp_path, tables), env or {})
+    return str(err.value)
+
+
+def test_restream_manifest_is_validated(tmp_path):
+    bad_scheme = '[[restream]]\nname = "yt"\nurl = "udp://x.example/live"\nkey = "k"\n'
+    assert "restream[0].url" in _manifest_error(tmp_path, bad_scheme)
+    no_key = '[[restream]]\nname = "yt"\nurl = "rtmp://a.rtmp.youtube.com/live2"\n'
+    msg = _manifest_error(tmp_path, no_key)
+    assert "restream[0].key" in msg and "SHOWROOM_RESTREAM_YT_KEY" in msg
+    plain_whip = '[[restream]]\nname = "cf"\nurl = "http://cdn.example/whip"\nkey = "k"\n'
+    assert "https://" in _manifest_error(tmp_path, plain_whip)
+    twice = no_key.replace("\n", '\nkey = "k"\n', 1) * 2
+    assert "duplicate" in _manifest_error(tmp_path, twice)
+    unknown = '[[restream]]\nname = "yt"\nurl = "rtmp://h/live"\nkey = "k"\nbitrate = 1\n'
+    assert "restream[0].bitrate" in _manifest_error(tmp_path, unknown)
+    show = load_manifest(
+        restream_manifest(
+            tmp_path, no_key, extra='[show.playback]\nwhep_url = "https://cdn.example/whep/abc"\n'
+        ),
+        {"SHOWROOM_RESTREAM_YT_KEY": "from-env"},
+    )
+    (dest,) = show.restreams
+    assert dest.key == "from-env" and dest.push_url == "rtmp://a.rtmp.youtube.com/live2/from-env"
+    assert "from-env" not in dest.target and "from-env" not in repr(dest)
+    assert show.playback_whep_url == "https://cdn.example/whep/abc"
