@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from media.client import WhipPublisher
+from media.client import WhepPlayer, WhipPublisher
 from media.testsrc import TestPatternTrack, ToneTrack
 from overlays.layout import make_layout
 from server import keys
@@ -306,3 +306,60 @@ def test_restream_manifest_is_validated(tmp_path):
     assert dest.key == "from-env" and dest.push_url == "rtmp://a.rtmp.youtube.com/live2/from-env"
     assert "from-env" not in dest.target and "from-env" not in repr(dest)
     assert show.playback_whep_url == "https://cdn.example/whep/abc"
+
+
+async def test_whip_restream_plays_on_another_server(make_app, tmp_path, redis_url):
+    """A second ``showroom serve`` (its own show) is the third-party WHIP server; a viewer
+    of it sees the composed show, product card included."""
+    from tests.conftest import start_server_process
+
+    cdn_manifest = tmp_path / "cdn.toml"
+    cdn_manifest.write_text(manifest_text("cdn", width=W, height=H, fps=FPS))
+    cdn, cdn_url = start_server_process([cdn_manifest], redis_url, tmp_path / "cdn-var")
+    try:
+        table = f"""
+[[restream]]
+name = "cdn"
+url = "{cdn_url}/whip/cdn"
+key = "{STREAM_KEY}"
+"""
+        app = await make_app([restream_manifest(tmp_path, table)])
+        async with aiohttp.ClientSession() as http:
+            pub = await publish(app.url, http)
+            player = None
+            try:
+                await wait_until(lambda: app.app[keys.EXTRA]["media"]["demo"].live, 15)
+                answer = await control(app, "cdn", "start")
+                assert answer["state"] in ("connecting", "live") and answer["kind"] == "whip"
+                assert answer["target"] == f"{cdn_url}/whip/cdn"
+                await wait_until(lambda: _is(state_of(app, "cdn"), "live"), 15)
+
+                async def cdn_live() -> bool:
+                    async with http.get(f"{cdn_url}/api/shows/cdn") as r:
+                        return (await r.json())["live"]
+
+                await wait_until(cdn_live, 15)
+                player = WhepPlayer(f"{cdn_url}/whep/cdn")
+                await player.start(http)
+                await player.wait_first_frame(15)
+                await asyncio.sleep(1.0)
+                assert player.latest_video is not None
+                assert (player.latest_video.width, player.latest_video.height) == (W, H)
+                before = card_region(player.latest_video)
+                async with app.session.post(
+                    "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth()
+                ) as r:
+                    assert r.status == 200
+                await asyncio.sleep(2.5)
+                after = card_region(player.latest_video)
+                assert np.abs(after - before).mean() > 15, "our card reached the other server"
+                assert (await state_of(app, "cdn"))["kbps"] > 50
+                stopped = await control(app, "cdn", "stop")
+                assert stopped["state"] == "off"
+            finally:
+                if player is not None:
+                    await player.close(http)
+                await pub.close(http)
+    finally:
+        cdn.terminate()
+        cdn.wait(20)
