@@ -3,7 +3,7 @@
 Each process (a single ``serve``, or each worker of ``serve --workers N``) writes a
 heartbeat about once a second into the hash ``nodes``: its id, role (``origin`` while it
 composes some show, else ``worker``), URL, viewers, CPU (share of one core since the
-previous beat) and the time it expires. A process that stops beating is reported
+previous beat), whether it runs the print worker, and the time it expires. A process that stops beating is reported
 ``healthy: false`` for a minute, then dropped.
 """
 
@@ -57,6 +57,7 @@ async def _beat(app: web.Application) -> None:
             "url": settings.base_url,
             "viewers": sum(len(r.viewers) for r in runtimes.values()),
             "cpu": round(share, 3),
+            "print_worker": app[keys.EXTRA].get("print_worker") is not None,
             "expires": time.time() + STALE_S,
         }
         try:

@@ -27,6 +27,7 @@ from server.embedded import free_port
 from tests.conftest import STAFF_PASSWORD, STREAM_KEY, wait_until
 from tests.test_ice_candidates import with_candidates
 from tests.test_media_http import real_offer
+from tests.test_web_support import printer_toml
 
 OPERATOR = {"Authorization": f"Bearer {STAFF_PASSWORD}"}  # media figures are for operators
 
@@ -340,8 +341,12 @@ async def test_origin_worker_killed_publisher_moves_and_viewers_recover(
 
 
 async def test_viewer_cap_over_workers_and_unconnected_offers_free_their_slot(
-    manifest, redis_url, tmp_path, stripe_sandbox
+    write_manifest, redis_url, tmp_path, stripe_sandbox
 ):
+    printer = f"tcp://127.0.0.1:{free_port()}"  # nobody listens: fine, nothing is paid here
+    manifest = write_manifest(
+        "demo", width=1280, height=720, fps=FPS, printers=printer_toml(printer)
+    )
     proc, url = start_workers(
         manifest, redis_url, tmp_path, stripe_sandbox.url, "--max-viewers", "5"
     )
@@ -360,6 +365,17 @@ async def test_viewer_cap_over_workers_and_unconnected_offers_free_their_slot(
         assert statuses.count(201) == 5 and statuses.count(503) == 55, statuses
         assert {a[1] for a in answers} == {"0", "1"}, "offers reached both workers"
         pids = await commerce_works_from_every_worker(url)
+
+        # The print worker runs in one place only (worker 0), so labels keep their order.
+        async def both_nodes() -> list[dict] | None:
+            async with http.get(f"{url}/api/nodes", headers=OPERATOR) as r:
+                found = (await r.json())["nodes"]
+            return found if len(found) == 2 else None
+
+        found = await wait_until(both_nodes, 10)
+        printing = [n for n in found if n["print_worker"]]
+        assert len(found) == 2 and len(printing) == 1, found
+        assert f"-{pids[0]}-" in printing[0]["id"], (printing, pids)
         # Still full while those sessions may yet connect...
         await asyncio.sleep(max(0.0, started + 10 - time.monotonic()))
         assert (await post())[0] == 503
