@@ -80,6 +80,12 @@ async def test_replay_card_follows_playback_and_clip_page_sells(
     errors = JsErrors()
     async with chromium(app) as browser:
         ctx, page = await new_page(browser, errors, "replay", PHONE)
+        # The live page of an ended show points to its replay.
+        await page.goto(f"{app.url}/shows/demo")
+        link = page.locator("#replay-banner a")
+        await expect(link).to_be_visible(timeout=10_000)
+        assert await link.get_attribute("href") == rec["page_url"]
+        await page.screenshot(path=str(artifacts / "live-page-ended-replay-link.png"))
         await page.goto(f"{app.url}{rec['page_url']}")
         await page.evaluate("document.getElementById('video').play()")
         await page.wait_for_function(

@@ -82,7 +82,11 @@ function renderStage(playerState) {
   }
   if (playerState === "playing") placeOverlays();
   let title = "", sub = "";
-  if (!state.live) {
+  const ended = !state.live && !state.everLive && state.show && state.show.latest_replay;
+  if (ended) {
+    title = "This show has ended";
+    sub = "Missed it? The replay keeps every product buyable.";
+  } else if (!state.live) {
     title = state.everLive ? "We'll be right back" : "Starting soon";
     sub = state.everLive ? "The host stepped away for a moment. Stay tuned." : "The show will start here. Stay on this page.";
   } else if (!player.playing) {
@@ -95,6 +99,11 @@ function renderStage(playerState) {
   box.classList.toggle("on-slate", Boolean(title) && player.playing);
   setText("stage-title", title);
   setText("stage-sub", sub);
+  // Once a show has ended (its recording is finished), point to the replay.
+  const replay = state.show && state.show.latest_replay;
+  const banner = $("replay-banner");
+  banner.hidden = state.live || !replay;
+  if (replay) $("replay-link").href = replay.page_url;
 }
 
 const unmute = $("unmute");
