@@ -277,7 +277,11 @@ async def post_bid(request: web.Request) -> web.Response:
         status, detail = _BID_REFUSALS[out.result]
         if out.result == "bid_too_low":
             detail = f"The next bid must be at least {auctions.cents_str(state.next_min_cents)}."
-        raise ApiError(status, out.result, detail)
+        # The state as the bid found it: the page shows the new minimum without asking.
+        return web.json_response(
+            {"error": out.result, "detail": detail, "auction": view(app, state, viewer)},
+            status=status,
+        )
     await publish(app, state, accepted_at=out.accepted_at)
     return web.json_response(view(app, state, viewer), status=201)
 

@@ -62,6 +62,12 @@ class SceneSync:
         self.available: dict[str, int] = {p.sku: p.stock for p in show.products}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.auction_seen: tuple[str, int, int] | None = None  # (id, status rank, bids)
+        # A busy auction: at most one card render per AUCTION_RENDER_INTERVAL_S, the
+        # newest state then; every event waiting for it gets the frame that shows it.
+        self._auction_next: AuctionInfo | None = None
+        self._auction_waiters: list[concurrent.futures.Future] = []
+        self._auction_timer: asyncio.TimerHandle | None = None
+        self._auction_rendered_at = 0.0
         self._timers: set[asyncio.TimerHandle] = set()
 
     # --- event -> scene ----------------------------------------------------------------
@@ -104,7 +110,32 @@ class SceneSync:
         if seen is not None and seen[0] == info.id and (rank, info.bids) < seen[1:]:
             return None
         self.auction_seen = (info.id, rank, info.bids)
-        return self.scene.set_auction(info)
+        now = time.monotonic()
+        wait = self._auction_rendered_at + AUCTION_RENDER_INTERVAL_S - now
+        if self._auction_timer is None and (wait <= 0 or self.loop is None):
+            self._auction_rendered_at = now
+            return self.scene.set_auction(info)
+        self._auction_next = info
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._auction_waiters.append(fut)
+        if self._auction_timer is None:
+            self._auction_timer = self.loop.call_later(max(0.0, wait), self._render_auction)
+        return fut
+
+    def _render_auction(self) -> None:
+        self._auction_timer = None
+        self._auction_rendered_at = time.monotonic()
+        waiters, self._auction_waiters = self._auction_waiters, []
+        done = self.scene.set_auction(self._auction_next)
+
+        def resolve(f: concurrent.futures.Future) -> None:
+            for w in waiters:
+                if f.exception() is not None:
+                    w.set_exception(f.exception())
+                else:
+                    w.set_result(f.result())
+
+        done.add_done_callback(resolve)
 
     def apply_featured(self, sku: str | None) -> concurrent.futures.Future:
         product = self.show.product(sku) if isinstance(sku, str) else None
@@ -202,6 +233,8 @@ class SceneSync:
         fut.add_done_callback(rendered)
 
     def close(self) -> None:
+        if self._auction_timer is not None:
+            self._auction_timer.cancel()
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
@@ -220,6 +253,7 @@ async def apply_featured(app: web.Application, show: ShowConfig, sku: str | None
         await asyncio.wrap_future(sync.apply_featured(sku))
 
 
+AUCTION_RENDER_INTERVAL_S = 0.066  # two frames at 30 fps
 AUCTION_RANK = {"running": 0, "settling": 1, "sold": 2, "unsold": 2, "cancelled": 2}
 
 
