@@ -294,6 +294,9 @@ async def run(cfg: Config) -> Results:
             assert resp.status == 201, await resp.text()
             auction = await resp.json()
         latest = {"cents": 900}
+        print(
+            f"bidding: {cfg.rate:.0f} bids/s for {cfg.seconds:.0f} s", file=sys.stderr, flush=True
+        )
         cpu0, own0, t0 = cpu_seconds(proc.pid), own_cpu_seconds(), time.monotonic()
         end = t0 + cfg.seconds
         await asyncio.gather(

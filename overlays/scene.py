@@ -40,6 +40,7 @@ from overlays.yuv import (
 
 ANIM_MS = 250
 DROP_LINGER_MS = 3000  # keep showing 00:00 briefly after a drop ends, then hide
+AUCTION_AHEAD_MS = 300  # the countdown's next second is rendered this long before it
 AUCTION_LINGER_MS = 10_000  # "SOLD to Ana" stays this long after the result, then hides
 SUBTITLE = "Live shopping \u00b7 tap Buy or scan the code"
 
@@ -490,10 +491,14 @@ class Scene:
         if slot.hide_at_ms is not None:
             return None if now_ms >= slot.hide_at_ms else next(iter(slot.sprites.values()), None)
         secs = _secs_left(slot.info, now_ms)
-        want = [s for s in (secs, secs - 1) if s >= 0 and s not in slot.sprites]
+        # The next second only when it is near: during a bidding war the card changes
+        # many times a second, and most states never reach their next second.
+        near = (slot.info.ends_at_ms - now_ms) % 1000 < AUCTION_AHEAD_MS
+        ahead = [secs, secs - 1] if near and secs > 0 else [max(secs, 0)]
+        want = [s for s in ahead if s >= 0 and s not in slot.sprites]
         if want and not (set(want) <= slot.pending):
             slot.pending.update(want)
-            _RENDERER.submit(self._prerender_auction, slot, [secs, secs - 1] if secs > 0 else [0])
+            _RENDERER.submit(self._prerender_auction, slot, ahead)
         sprite = slot.sprites.get(secs)
         if sprite is None and slot.sprites:
             sprite = slot.sprites[min(slot.sprites, key=lambda k: abs(k - secs))]
