@@ -184,8 +184,10 @@ async def test_rtcp_sender_reports_map_rtp_time_to_wall_time(app):
         assert abs(((info.rtp_timestamp - newest + 2**31) & 0xFFFFFFFF) - 2**31) < 45000
         ntp_s = (info.ntp_timestamp >> 32) - 2208988800
         assert abs(ntp_s - arrived) < 2
-        # The viewer's receiver reports come back and are stored per viewer.
+        # The viewer's receiver reports and REMB come back and are stored per viewer.
         await wait_until(lambda: sender.feedback.rtt_s is not None, 6)
+        await wait_until(lambda: sender.feedback.remb_bps is not None, 6)
+        assert sender.feedback.remb_bps > 0
     finally:
         await stop(http, pub, players)
 
