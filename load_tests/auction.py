@@ -79,6 +79,7 @@ class Results:
     raw_round_trip: float = 0.0
     raw_c: float = 0.0
     bidders_cpu: float = 0.0
+    load_avg: float = 0.0  # the machine's 1-minute load average around the window
 
 
 def cents_str(c: int) -> str:
@@ -298,6 +299,7 @@ async def run(cfg: Config) -> Results:
             f"bidding: {cfg.rate:.0f} bids/s for {cfg.seconds:.0f} s", file=sys.stderr, flush=True
         )
         cpu0, own0, t0 = cpu_seconds(proc.pid), own_cpu_seconds(), time.monotonic()
+        load0 = os.getloadavg()[0]
         end = t0 + cfg.seconds
         await asyncio.gather(
             *(bid_loop(b, auction["id"], cfg, res, latest, t0, end) for b in bidders)
@@ -305,6 +307,7 @@ async def run(cfg: Config) -> Results:
         res.window_s = time.monotonic() - t0
         res.server_cpu = (cpu_seconds(proc.pid) - cpu0) / res.window_s
         res.bidders_cpu = (own_cpu_seconds() - own0) / res.window_s
+        res.load_avg = (load0 + os.getloadavg()[0]) / 2
         await asyncio.sleep(1.0)  # the last events' frames
         stop.set()
         res.picture_ms, res.stale_events = await asyncio.to_thread(out.get, True, 30)
@@ -364,7 +367,9 @@ def report(cfg: Config, res: Results, command: str) -> tuple[str, bool]:
             f"serve process (640x360 show, one WHEP viewer); achieved "
             f"{answered / res.window_s:.0f} bids/s answered, {res.errors} connection errors, "
             f"server CPU {res.server_cpu * 100:.0f} % of a core (the bidders' process: "
-            f"{res.bidders_cpu * 100:.0f} %; the WHEP viewer and event stream run in another).",
+            f"{res.bidders_cpu * 100:.0f} %; the WHEP viewer and event stream run in another); "
+            f"machine load average {res.load_avg:.1f} on {os.cpu_count()} cores (others' work "
+            "included: the raw rows below, measured right after, show how much Redis got).",
             "",
             table(["measure", "n", "p50 ms", "p99 ms"], rows),
             "",

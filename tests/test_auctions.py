@@ -5,6 +5,7 @@ with a socket printer, and a real WHEP viewer for what the picture shows."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from decimal import Decimal
@@ -415,6 +416,8 @@ async def test_failed_charge_goes_to_the_runner_up(shop, redis_url, stripe_sandb
         assert orders["Bob"]["status"] in ("paid", "printed")
         assert int(orders["Bob"]["amount_cents"]) == 1000
         assert orders["Bob"]["order_id"] == done["order_id"]
+        # the report counts it for the segment on air at Bob's bid
+        assert json.loads(orders["Bob"]["added_ms"])["MUG-01"] >= a["ends_at"] - 10_000
         assert len(await print_jobs(redis_url, orders["Ana"]["order_id"])) == 0
         assert len(await print_jobs(redis_url, done["order_id"])) == 1
         prefix = done["order_id"].rsplit("_", 1)[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -20,7 +21,7 @@ from aiohttp import web
 from checkout import auctions
 from checkout.auctions import AuctionError, AuctionRequest, BadAmount, ChargeFailed, SavedCard
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
-from server import audit, identity, keys
+from server import audit, identity, keys, segments
 from server.auth import ensure_viewer, get_show, require_role, viewer_id
 from server.chat.rules import author_handle
 from server.errors import ApiError, bad_request, conflict, not_found, read_json
@@ -375,6 +376,11 @@ class AuctionWorker:
             return
         _FIXED.pop(auction_id, None)
         if done.order is not None:
+            # The report counts the sale for the segment on air when the winning bid came.
+            log_ = await auctions.full_log(redis, auction_id)
+            won = [ts for ts, v, _c in log_ if v == done.order.viewer] or [done.auction.ends_at]
+            added = json.dumps({done.auction.sku: won[-1]})
+            await redis.hset(f"order:{done.order.order_id}", segments.ADDED_FIELD, added)
             await com.publish_order(done.order)
         else:
             com.notifier.touch(done.auction.show, done.auction.sku)
