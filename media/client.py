@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import aiohttp
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 
@@ -85,9 +85,16 @@ class PlayerStats:
 class WhepPlayer:
     """A viewer: receives (and by default decodes) the show's video and audio."""
 
-    def __init__(self, url: str, *, audio: bool = True, codec: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        audio: bool = True,
+        codec: str | None = None,
+        configuration: RTCConfiguration | None = None,  # e.g. TURN only, relay policy
+    ) -> None:
         self.url = url
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(configuration)
         self.pc.addTransceiver("video", direction="recvonly")
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")

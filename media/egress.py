@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from media.dtls import DtlsInterop
 from media.fanout import Cursor, Fanout
+from media.ice import rtc_configuration
 from media.lean import LeanSender
 from media.sdp import parse_offer
 
@@ -126,7 +127,7 @@ class Viewer:
         self.preview = preview  # the host watching their own output: not in the audience
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(rtc_configuration(runtime.show.ice_servers))
         self.dtls = DtlsInterop(self.pc, f"WHEP viewer {self.id} of show {runtime.show.id}")
         self.remote_ufrag: str | None = None
         self.lean = runtime.egress == "lean"

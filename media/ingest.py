@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from media.dtls import DtlsInterop
+from media.ice import rtc_configuration
 from media.sdp import SdpFrag, parse_offer
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Publisher:
         self.runtime = runtime
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(rtc_configuration(runtime.show.ice_servers))
         self.dtls = DtlsInterop(self.pc, f"WHIP publisher {self.id} of show {runtime.show.id}")
         self.created = time.monotonic()
         self.remote_ufrag: str | None = None

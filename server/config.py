@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from checkout import text
+from media.ice import IceServer, credential_problem, url_problem
 from media.recording import RecordingConfig
 from media.restream import Destination, destination_problem
 from server.connections import ConnectionLimits
@@ -150,6 +151,7 @@ class ShowConfig:
     members: tuple[StaffMember, ...] = ()
     restreams: tuple[Destination, ...] = ()  # manifest [[restream]]
     playback_whep_url: str | None = None  # [show.playback] whep_url: viewers play from there
+    ice_servers: tuple[IceServer, ...] = ()  # manifest [ice]: STUN first, then TURN
 
     def member(self, name: str) -> StaffMember | None:
         for m in self.members:
@@ -309,7 +311,17 @@ _PRODUCT_KEYS = {
     "barcode",
 }
 _PRINTER_KEYS = {"name", "connection", "profile", "paper_mm", "default"}
-_TOP_KEYS = {"show", "products", "printers", "staff", "chat", "email", "cues", "restream"}
+_TOP_KEYS = {
+    "show",
+    "products",
+    "printers",
+    "staff",
+    "chat",
+    "email",
+    "cues",
+    "restream",
+    "ice",
+}
 _CUE_KEYS = {
     "action",
     "label",
@@ -620,7 +632,37 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         email=_email(path, data.get("email"), env),
         restreams=_restreams(path, data.get("restream", []), env),
         playback_whep_url=_playback(path, show.get("playback")),
+        ice_servers=_ice(path, data.get("ice")),
     )
+
+
+def _ice(path: Path, data: Any) -> tuple[IceServer, ...]:
+    """``[ice]``: ``stun = [urls]`` and ``[[ice.turn]]`` url/username/credential."""
+    if data is None:
+        return ()
+    _typed(path, "ice", data, dict)
+    _unknown(path, "ice", data, {"stun", "turn"})
+    out: list[IceServer] = []
+    for i, url in enumerate(_typed(path, "ice.stun", data.get("stun", []), list)):
+        url = _typed(path, f"ice.stun[{i}]", url, str).strip()
+        if problem := url_problem(url, turn=False):
+            raise ManifestError(path, f"ice.stun[{i}]", problem)
+        out.append(IceServer(url))
+    for i, item in enumerate(_typed(path, "ice.turn", data.get("turn", []), list)):
+        where = f"ice.turn[{i}]"
+        _typed(path, where, item, dict)
+        _unknown(path, where, item, {"url", "username", "credential"})
+        url = _req(path, where, item, "url", str).strip()
+        if problem := url_problem(url, turn=True):
+            raise ManifestError(path, f"{where}.url", problem)
+        creds = []
+        for key in ("username", "credential"):
+            value = _req(path, where, item, key, str)
+            if problem := credential_problem(value):
+                raise ManifestError(path, f"{where}.{key}", problem)
+            creds.append(value)
+        out.append(IceServer(url, *creds))
+    return tuple(out)
 
 
 def restream_env_name(name: str) -> str:

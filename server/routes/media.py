@@ -16,6 +16,7 @@ import secrets
 import weakref
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from media.candidates import (
     MAX_CANDIDATES,
@@ -26,6 +27,7 @@ from media.candidates import (
     screen_offer,
 )
 from media.egress import Viewer
+from media.ice import link_headers
 from media.ingest import IceRestartRequired, Publisher, add_trickle
 from media.runtime import ShowRuntime
 from media.sdp import (
@@ -40,6 +42,7 @@ from media.sdp import (
 from server import keys, presence, segments, viewer_slots
 from server.auth import get_show, is_host, require_operator, require_stream_key
 from server.cluster import cluster, maybe_forward
+from server.config import ShowConfig
 from server.errors import ApiError, bad_request, not_found, read_body
 
 log = logging.getLogger("showroom.media")
@@ -107,13 +110,11 @@ def _track_budget(session: object, offered: int) -> None:
     _budgets[session] = TrickleBudget(candidates=offered)
 
 
-def _created(answer: str, location: str, etag: str) -> web.Response:
-    return web.Response(
-        status=201,
-        text=answer,
-        content_type=SDP,
-        headers={"Location": location, "ETag": etag, "Accept-Patch": SDPFRAG},
-    )
+def _created(answer: str, location: str, etag: str, show: ShowConfig) -> web.Response:
+    headers = CIMultiDict({"Location": location, "ETag": etag, "Accept-Patch": SDPFRAG})
+    for link in link_headers(show.ice_servers):  # the manifest's [ice] (RFC 9725 4.6)
+        headers.add("Link", link)
+    return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
 
 
 # --- WHIP ---------------------------------------------------------------------------
@@ -147,7 +148,7 @@ async def whip_post(request: web.Request) -> web.Response:
         except BaseException:
             await publisher.close()
             raise
-    return _created(answer, f"/whip/{show.id}/{publisher.id}", publisher.etag)
+    return _created(answer, f"/whip/{show.id}/{publisher.id}", publisher.etag, show)
 
 
 def _publisher(request: web.Request) -> tuple[ShowRuntime, Publisher]:
@@ -232,7 +233,7 @@ async def whep_post(request: web.Request) -> web.Response:
     workers = cluster(request.app)
     if workers is not None:
         workers.clients[show.id].wake()  # relay the origin's packets here now
-    return _created(answer, f"/whep/{show.id}/{viewer.id}", viewer.etag)
+    return _created(answer, f"/whep/{show.id}/{viewer.id}", viewer.etag, show)
 
 
 def _slots(app: web.Application) -> viewer_slots.ViewerSlots:

@@ -203,6 +203,7 @@ async def viewer_page(request: web.Request) -> web.Response:
         "video": {"width": show.video.width, "height": show.video.height},
         # Play from another WHEP service when the manifest says so (API.md [show.playback]).
         "playback_whep_url": show.playback_whep_url,
+        "ice_servers": [s.browser() for s in show.ice_servers],
     }
     og = await share_tags(request, show)
     return render(request, "viewer.html", show=show, data=data, og=og)
@@ -222,6 +223,7 @@ async def host_page(request: web.Request) -> web.Response:
             {"sku": p.sku, "name": p.name, "price": f"{p.price:.2f}", "stock": p.stock}
             for p in show.products
         ],
+        "ice_servers": [s.browser() for s in show.ice_servers],
     }
     return render(request, "host.html", show=show, data=data)
 

@@ -2,7 +2,20 @@
 // HTTP POST with the full offer (ICE gathered first, no trickle needed), the answer in
 // the body, the session URL in Location, DELETE when leaving.
 
+import { pageData } from "./common.js";
+
 const GATHER_TIMEOUT_MS = 2500;
+
+// The show's STUN/TURN servers (manifest [ice], rendered into the page: the browser needs
+// them before it makes its offer). ?relay=1 forces TURN, to check a relay works.
+function rtcConfig() {
+  const relay = new URLSearchParams(window.location.search).get("relay") === "1";
+  return {
+    bundlePolicy: "max-bundle",
+    iceServers: pageData().ice_servers || [],
+    ...(relay ? { iceTransportPolicy: "relay" } : {}),
+  };
+}
 
 function waitForIce(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
@@ -112,7 +125,7 @@ export class WhepPlayer {
     if (this.stopped) return;
     this.onState("connecting");
     this.startedAt = performance.now();
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection(rtcConfig());
     this.pc = pc;
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
@@ -191,7 +204,7 @@ export class WhipPublisher {
   }
 
   async start(stream) {
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection(rtcConfig());
     this.pc = pc;
     for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
     pc.onconnectionstatechange = () => this.onState(pc.connectionState);

@@ -1,0 +1,92 @@
+"""ICE servers (STUN and TURN) of a show: validated from the manifest's ``[ice]``, sent
+to WHIP/WHEP clients as ``Link`` headers (RFC 9725 section 4.6), rendered into the pages
+(a browser needs them before it creates its offer) and used by the server's own peers,
+so the server gathers relay candidates too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aiortc import RTCConfiguration, RTCIceServer
+
+# stun:host[:port]  turn(s):host[:port][?transport=udp|tcp]
+_URL = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?"
+    r"(?:\?transport=(?P<transport>udp|tcp))?"
+)
+
+
+@dataclass(frozen=True)
+class IceServer:
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+    @property
+    def is_turn(self) -> bool:
+        return self.url.startswith("turn")
+
+    def link(self) -> str:
+        """One ``Link`` header value for this server (RFC 9725 section 4.6)."""
+        value = f'<{self.url}>; rel="ice-server"'
+        if self.is_turn:
+            value += (
+                f'; username="{self.username}"; credential="{self.credential}"'
+                '; credential-type="password"'
+            )
+        return value
+
+    def browser(self) -> dict:
+        """For ``new RTCPeerConnection({iceServers: [...]})``."""
+        out: dict = {"urls": self.url}
+        if self.is_turn:
+            out |= {"username": self.username, "credential": self.credential}
+        return out
+
+
+def url_problem(url: str, turn: bool) -> str | None:
+    """Pure: why ``url`` is not a usable STUN (``turn=False``) or TURN URL, or None."""
+    m = _URL.fullmatch(url)
+    if m is None:
+        kind = "turn:host[:port][?transport=udp|tcp] or turns:..." if turn else "stun:host[:port]"
+        return f"must look like {kind}, got {url!r}"
+    if m["scheme"].startswith("turn") != turn:
+        return f"must be a {'turn: or turns:' if turn else 'stun:'} URL, got {url!r}"
+    if m["port"] and not 1 <= int(m["port"]) <= 65535:
+        return f"port out of range in {url!r}"
+    if m["transport"] and not turn:
+        return f"a STUN URL takes no transport, got {url!r}"
+    if m["scheme"] == "turns" and m["transport"] == "udp":
+        return f"turns: runs over TCP (TLS), got {url!r}"
+    return None
+
+
+def credential_problem(value: str) -> str | None:
+    """Credentials go inside quoted header attributes: no quotes, backslashes or controls."""
+    if not value:
+        return "must not be empty"
+    if any(c in '"\\' or ord(c) < 32 or ord(c) == 127 for c in value):
+        return "must not contain quotes, backslashes or control characters"
+    return None
+
+
+def link_headers(servers: tuple[IceServer, ...]) -> list[str]:
+    return [s.link() for s in servers]
+
+
+def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration | None:
+    """The server's own peers' configuration; None (aiortc's defaults) without ``[ice]``.
+
+    aioice uses one STUN and one TURN server per connection: the first of each."""
+    if not servers:
+        return None
+    chosen: list[IceServer] = []
+    for turn in (False, True):
+        first = next((s for s in servers if s.is_turn == turn), None)
+        if first is not None:
+            chosen.append(first)
+    return RTCConfiguration(
+        iceServers=[RTCIceServer(s.url, s.username, s.credential) for s in chosen]
+    )
