@@ -517,3 +517,32 @@ async def test_leader_and_bid_are_in_the_video_within_300ms(shop, artifacts):
         await http.close()
         await ana.close()
         await bob.close()
+
+
+async def test_two_processes_settle_once_and_a_new_one_shows_the_card(
+    make_app, write_manifest, stripe_sandbox, printer, redis_url
+):
+    manifest = write_manifest("demo", printers=printer_toml(printer.url))
+    first = await make_app([manifest], stripe_api_base=stripe_sandbox.url)
+    second = await make_app([manifest], stripe_api_base=stripe_sandbox.url, print_worker=False)
+    ana = await bidder(first.url, "Ana")
+    try:
+        status, a = await start(first, extend_s=0)
+        assert status == 201
+        assert (await bid(ana, a["id"], "12.00"))[0] == 201
+        # a process that starts now draws the running auction from Redis
+        third = await make_app([manifest], stripe_api_base=stripe_sandbox.url, print_worker=False)
+        scene = third.app[keys.EXTRA]["scenes"]["demo"]
+        await wait_until(lambda: scene.state.auction is not None, 5)
+        assert scene.state.auction.leader == "Ana" and scene.state.auction.current == Decimal("12")
+        done = await wait_settled(second)
+        assert done["status"] == "sold" and done["winner"] == "Ana"
+        await asyncio.sleep(1.0)  # every worker has had its chance to claim it
+        orders = [o for o in await show_orders(redis_url) if o.get("auction_id") == a["id"]]
+        assert len(orders) == 1 and orders[0]["status"] in ("paid", "printed")
+        intents = await sandbox_intents(stripe_sandbox.url, done["order_id"].rsplit("_", 1)[0])
+        assert [pi["amount"] for pi in intents] == [1200]
+        assert len(await print_jobs(redis_url, done["order_id"])) == 1
+        await wait_until(lambda: scene.state.auction.status == "sold", 5)
+    finally:
+        await ana.close()
