@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,13 +14,14 @@ import av
 import numpy as np
 import pytest
 
+from load_tests.restream import Nginx
 from media.client import WhepPlayer, WhipPublisher
 from media.testsrc import TestPatternTrack, ToneTrack
 from overlays.layout import make_layout
 from server import keys
 from server.config import ManifestError, load_manifest
 from server.embedded import free_port
-from tests.conftest import STREAM_KEY, manifest_text, wait_until
+from tests.conftest import STAFF_PASSWORD, STREAM_KEY, manifest_text, wait_until
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -31,62 +30,6 @@ pytestmark = [
 
 W, H, FPS = 640, 360, 30
 KEY = "rtmp-secret-key-4711"
-RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
-
-
-class Nginx:
-    """nginx in the foreground, one process, RTMP on its own port, recording every stream."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        root.mkdir(parents=True, exist_ok=True)
-        root.chmod(0o777)  # nginx may drop to another user to write the recording
-        (root / "nginx.conf").write_text(
-            f"""
-            daemon off;
-            master_process off;
-            error_log {root}/error.log info;
-            pid {root}/nginx.pid;
-            load_module {RTMP_MODULE};
-            events {{ worker_connections 64; }}
-            rtmp {{
-              server {{
-                listen 127.0.0.1:{self.port};
-                application live {{
-                  live on;
-                  record all;
-                  record_path {root};
-                  record_unique off;
-                }}
-              }}
-            }}
-            """
-        )
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["nginx", "-c", str(self.root / "nginx.conf"), "-p", str(self.root)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not listen: {(self.root / 'error.log').read_text()}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def recording(self, name: str) -> Path:
-        return self.root / f"{name}.flv"
 
 
 @pytest.fixture
@@ -363,3 +306,78 @@ key = "{STREAM_KEY}"
     finally:
         cdn.terminate()
         cdn.wait(20)
+
+
+async def test_workers_only_the_origin_restreams_and_any_worker_starts_or_stops(
+    tmp_path, redis_url, nginx
+):
+    """``serve --workers 2``: start and stop sent to the worker that is not the show's
+    origin; the origin runs the destination (one stream at nginx)."""
+    import os
+
+    import redis.asyncio as aioredis
+
+    from load_tests.common import spawn_serve
+
+    manifest = restream_manifest(tmp_path, rtmp_table(nginx.port))
+    args = ["--port", str(free_port()), "--redis", redis_url, "--data-dir", str(tmp_path / "v")]
+    proc, url = spawn_serve(
+        [*args, "--workers", "2", "--manifest", str(manifest)], env=dict(os.environ)
+    )
+    redis = aioredis.from_url(redis_url)
+    auth = {"Authorization": f"Bearer {STAFF_PASSWORD}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            pub = await publish(url, http)
+            try:
+                origin = await wait_until(lambda: redis.get("show:demo:origin"), 15)
+                origin_index = origin.decode().split("|")[0]
+
+                async def on_other_worker(method: str, path: str) -> dict:
+                    # A fresh connection each time: the kernel spreads them over workers.
+                    for _ in range(40):
+                        async with aiohttp.ClientSession(
+                            connector=aiohttp.TCPConnector(force_close=True)
+                        ) as one:
+                            async with one.request(method, f"{url}{path}", headers=auth) as r:
+                                if r.headers.get("X-Showroom-Worker") != origin_index:
+                                    text = await r.text()
+                                    assert r.status == 200 and KEY not in text, text
+                                    return await r.json()
+                    raise AssertionError("never reached the other worker")
+
+                started = await on_other_worker("POST", "/api/shows/demo/restreams/nginx/start")
+                assert started["state"] in ("connecting", "live"), started
+
+                async def live_everywhere() -> bool:
+                    listed = await on_other_worker("GET", "/api/shows/demo/restreams")
+                    return listed["restreams"][0]["state"] == "live"
+
+                await wait_until(live_everywhere, 20)
+                await wait_until(lambda: nginx.recording(KEY).exists(), 10)
+                stopped = await on_other_worker("POST", "/api/shows/demo/restreams/nginx/stop")
+                assert stopped["state"] == "off", stopped
+            finally:
+                await pub.close(http)
+    finally:
+        await redis.aclose()
+        proc.terminate()
+        proc.wait(30)
+
+
+async def test_rtmp_restream_stop_then_start_again_streams(make_app, tmp_path, nginx):
+    app = await make_app([restream_manifest(tmp_path, rtmp_table(nginx.port))])
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(app.url, http)
+        try:
+            await wait_until(lambda: app.app[keys.EXTRA]["media"]["demo"].live, 15)
+            for _ in range(3):
+                await control(app, "nginx", "start")
+                await wait_until(lambda: _is(state_of(app), "live"), 10)
+                await asyncio.sleep(2.0)
+                live = await state_of(app)
+                assert live["state"] == "live" and live["kbps"] > 50, live
+                assert (await control(app, "nginx", "stop"))["state"] == "off"
+                await asyncio.sleep(0.3)
+        finally:
+            await pub.close(http)
