@@ -6,6 +6,7 @@ so the server gathers relay candidates too.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -90,3 +91,30 @@ def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration | None
     return RTCConfiguration(
         iceServers=[RTCIceServer(s.url, s.username, s.credential) for s in chosen]
     )
+
+
+def advertise_address(sdp: str, public_ip: str) -> str:
+    """Pure: the answer with its host candidates (and ``c=`` lines) of the public IP's
+    family naming ``public_ip`` (``--public-ip``: a cloud server behind 1:1 NAT knows only
+    its private addresses; the sockets stay bound to those, the NAT maps the ports)."""
+    public = ipaddress.ip_address(public_ip)
+    family = f"IP{public.version}"
+    out = []
+    for line in sdp.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        if body.startswith("a=candidate:"):
+            fields = body.split(" ")
+            if len(fields) >= 8 and fields[7] == "host" and _version(fields[4]) == public.version:
+                fields[4] = public_ip
+                line = " ".join(fields) + line[len(body) :]
+        elif body.startswith(f"c=IN {family} "):
+            line = f"c=IN {family} {public_ip}" + line[len(body) :]
+        out.append(line)
+    return "".join(out)
+
+
+def _version(address: str) -> int | None:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from media.udp_ports import PortRange
 from server.config import (
     REHEARSAL_DB,
     ManifestError,
@@ -154,6 +156,23 @@ async def serve(
     return 0
 
 
+def _public_ip(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+    if address.is_unspecified or address.is_multicast:
+        raise argparse.ArgumentTypeError(f"not a usable address: {text!r}")
+    return str(address)
+
+
+def _udp_ports(text: str) -> PortRange:
+    try:
+        return PortRange.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
         manifests=[Path(m) for m in getattr(args, "manifest", None) or []],
@@ -172,6 +191,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         print_worker=not getattr(args, "no_print_worker", False)
         and getattr(args, "worker_index", None) in (None, 0),
         public_url=getattr(args, "public_url", None),
+        public_ip=getattr(args, "public_ip", None),
+        udp_ports=getattr(args, "udp_ports", None),
         redis_appendfsync=getattr(args, "appendfsync", None)
         or os.environ.get("SHOWROOM_REDIS_APPENDFSYNC", "everysec"),
         allow_loopback_candidates=getattr(args, "allow_loopback_candidates", None),
@@ -577,6 +598,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="reaction taps counted a second from one client address, 0 = no limit "
         "(default 40; no limit when --host is a loopback address)",
+    )
+    p.add_argument(
+        "--public-ip",
+        type=_public_ip,
+        default=None,
+        help="the address viewers reach this server's media on (cloud 1:1 NAT): "
+        "advertised in the server's ICE candidates",
+    )
+    p.add_argument(
+        "--udp-ports",
+        type=_udp_ports,
+        default=None,
+        metavar="LO-HI",
+        help="every media (ICE) UDP socket inside this range, e.g. 40000-40999 (firewalls)",
     )
     p.set_defaults(func=cmd_serve)
 

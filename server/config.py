@@ -21,6 +21,7 @@ from checkout import text
 from media.ice import IceServer, credential_problem, url_problem
 from media.recording import RecordingConfig
 from media.restream import Destination, destination_problem
+from media.udp_ports import PortRange
 from server.connections import ConnectionLimits
 from server.throttle import Limits
 
@@ -200,6 +201,10 @@ class Settings:
     # stock, orders and report never touch the real show's.
     rehearsal: bool = False
     public_url: str | None = None  # base URL printed on labels / QR codes
+    # --public-ip: the address viewers reach (1:1 NAT), put in the server's candidates;
+    # --udp-ports: every media (ICE) UDP socket inside this range, for firewalls.
+    public_ip: str | None = None
+    udp_ports: PortRange | None = None
     # Stripe (env STRIPE_* when unset). Sandbox mode: no secret key; api_base is localstripe.
     stripe_api_base: str | None = None
     stripe_secret_key: str | None = None

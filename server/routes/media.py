@@ -27,7 +27,7 @@ from media.candidates import (
     screen_offer,
 )
 from media.egress import Viewer
-from media.ice import link_headers
+from media.ice import advertise_address, link_headers
 from media.ingest import IceRestartRequired, Publisher, add_trickle
 from media.runtime import ShowRuntime
 from media.sdp import (
@@ -39,10 +39,10 @@ from media.sdp import (
     parse_offer,
     parse_sdpfrag,
 )
+from media.udp_ports import PortRangeBinding
 from server import keys, presence, segments, viewer_slots
 from server.auth import get_show, is_host, require_operator, require_stream_key
 from server.cluster import cluster, maybe_forward
-from server.config import ShowConfig
 from server.errors import ApiError, bad_request, not_found, read_body
 
 log = logging.getLogger("showroom.media")
@@ -110,7 +110,10 @@ def _track_budget(session: object, offered: int) -> None:
     _budgets[session] = TrickleBudget(candidates=offered)
 
 
-def _created(answer: str, location: str, etag: str, show: ShowConfig) -> web.Response:
+def _created(request: web.Request, answer: str, location: str, etag: str) -> web.Response:
+    show = get_show(request)
+    if public_ip := request.app[keys.SETTINGS].public_ip:
+        answer = advertise_address(answer, public_ip)
     headers = CIMultiDict({"Location": location, "ETag": etag, "Accept-Patch": SDPFRAG})
     for link in link_headers(show.ice_servers):  # the manifest's [ice] (RFC 9725 4.6)
         headers.add("Link", link)
@@ -148,7 +151,7 @@ async def whip_post(request: web.Request) -> web.Response:
         except BaseException:
             await publisher.close()
             raise
-    return _created(answer, f"/whip/{show.id}/{publisher.id}", publisher.etag, show)
+    return _created(request, answer, f"/whip/{show.id}/{publisher.id}", publisher.etag)
 
 
 def _publisher(request: web.Request) -> tuple[ShowRuntime, Publisher]:
@@ -233,7 +236,7 @@ async def whep_post(request: web.Request) -> web.Response:
     workers = cluster(request.app)
     if workers is not None:
         workers.clients[show.id].wake()  # relay the origin's packets here now
-    return _created(answer, f"/whep/{show.id}/{viewer.id}", viewer.etag, show)
+    return _created(request, answer, f"/whep/{show.id}/{viewer.id}", viewer.etag)
 
 
 def _slots(app: web.Application) -> viewer_slots.ViewerSlots:
@@ -405,6 +408,10 @@ def _status_publisher(app: web.Application, show_id: str):
 async def media_ctx(app: web.Application):
     metrics = app[keys.METRICS]
     extra = app[keys.EXTRA]
+    ports = app[keys.SETTINGS].udp_ports
+    binding = PortRangeBinding(ports) if ports is not None else None
+    if binding is not None:
+        binding.install()  # before any peer gathers candidates
     shows: dict[str, ShowRuntime] = {}
     extra["media"] = shows
     extra["viewer_slots"] = slots = viewer_slots.ViewerSlots(app[keys.REDIS])
@@ -430,6 +437,8 @@ async def media_ctx(app: web.Application):
             await presence.clear(app[keys.REDIS], show_id)
     with contextlib.suppress(Exception):
         await slots.release_all()
+    if binding is not None:
+        binding.uninstall()
 
 
 def setup(app: web.Application) -> None:
