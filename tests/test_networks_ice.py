@@ -184,7 +184,8 @@ RELAY_PAIR_JS = """async () => {
   const out = [];
   for (const r of stats.values()) {
     if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") {
-      out.push(stats.get(r.localCandidateId).candidateType);
+      const local = stats.get(r.localCandidateId);
+      out.push(`${local.candidateType}/${local.relayProtocol}`);
     }
   }
   return out;
@@ -204,11 +205,14 @@ TRACK_PCS_JS = """(() => {
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("transport", ["udp", "tcp"])  # tcp: a network that blocks UDP
 async def test_chromium_relay_only_viewer_page_plays_through_coturn(
-    make_app, tmp_path, turn, artifacts
+    make_app, tmp_path, turn, artifacts, transport
 ):
     path = tmp_path / "demo.toml"
-    path.write_text(manifest_text("demo") + ice_toml([], [(turn.url, USER, PASSWORD)]))
+    path.write_text(
+        manifest_text("demo") + ice_toml([], [(turn.url_for(transport), USER, PASSWORD)])
+    )
     running = await make_app([path])
     async with chromium(running) as browser:
         errors = JsErrors()
@@ -221,8 +225,8 @@ async def test_chromium_relay_only_viewer_page_plays_through_coturn(
             " return v.videoWidth === 640 && v.currentTime > 0.5; }",
             timeout=30000,
         )
-        await page.screenshot(path=str(artifacts / "networks-relay-viewer.png"))
+        await page.screenshot(path=str(artifacts / f"networks-relay-viewer-{transport}.png"))
         # The browser reached the server only through coturn: a relay candidate pair.
         types = await page.evaluate(RELAY_PAIR_JS)
-    assert types == ["relay"], types
+    assert types == [f"relay/{transport}"], types
     assert errors.unexpected() == []
