@@ -82,7 +82,11 @@ async def test_unknown_kinds_are_400_and_limits_are_quiet(make_app):
             for body in ({"kind": "poop"}, {"kind": None}, {}, {"kind": ["heart"]}):
                 resp = await fast.post("/api/shows/demo/reactions", json=body)
                 assert resp.status == 400 and (await resp.json())["error"] == "bad_request"
-            resp = await fast.post("/api/shows/demo/reactions", data=b"{oops")
+            resp = await fast.post(
+                "/api/shows/demo/reactions",
+                data=b"{oops",
+                headers={"Content-Type": "application/json"},
+            )
             assert resp.status == 400
             resp = await fast.post("/api/shows/nope/reactions", json={"kind": "heart"})
             assert resp.status == 404
