@@ -204,7 +204,7 @@ async def run(quick: bool) -> tuple[str, bool]:
 
     size = VideoSize(1280, 720, 30, 1500)
     window_s = 2.0 if quick else 8.0
-    rounds = 1 if quick else 3
+    rounds = int(os.environ.get("RESTREAM_BENCH_ROUNDS", 1 if quick else 3))
     starts = 2 if quick else 6
     tmp = Path(tempfile.mkdtemp(prefix="restream-bench-"))
     nginx = Nginx(tmp / "nginx")
@@ -215,12 +215,14 @@ async def run(quick: bool) -> tuple[str, bool]:
     manifest.write_text(bench_manifest(size, nginx.port))
     env = {**os.environ, "SHOWROOM_RECORDING": "0"}
     args = ["--port", str(free_port()), "--redis", redis.url, "--data-dir", str(tmp / "var")]
-    log_path = tmp / "serve.log"
-    proc, base = spawn_serve([*args, "--manifest", str(manifest)], env=env, log_path=log_path)
     cpu: dict[int, list[float]] = {0: [], 1: [], 2: []}
     kbps: list[float] = []
     firsts: list[float] = []
+    proc = None
     try:
+        proc, base = spawn_serve(
+            [*args, "--manifest", str(manifest)], env=env, log_path=tmp / "serve.log"
+        )
         async with aiohttp.ClientSession() as http:
             pub = WhipPublisher(
                 f"{base}/whip/bench",
@@ -254,11 +256,12 @@ async def run(quick: bool) -> tuple[str, bool]:
                 await viewer.close(http)
                 await pub.close(http)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         nginx.kill()
         redis.stop()
 

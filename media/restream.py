@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("showroom.restream")
 
 STATES = ("off", "connecting", "live", "error")
-PUSH_LIMIT_BYTES = 1_000_000  # unsent bytes for one destination before it drops packets
+PUSH_LIMIT_BYTES = 500_000  # unsent bytes for one destination (~2.5 s at 1.6 Mb/s) before it drops
 CONNECT_TIMEOUT_S = 10.0
 STALL_S = 8.0  # a live pusher silent this long is stuck: killed, then reconnect
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -206,6 +206,7 @@ class Sender:
             "since": self.since,
             "last_error": self.last_error,
             "kbps": self.kbps,
+            "dropped": self.dropped,  # packets a slow destination could not take
             "autostart": self.dest.autostart,
         }
 
@@ -222,8 +223,9 @@ class Sender:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._samples.clear()
-        self._set("off")
+        if self._task is None:  # not started again meanwhile
+            self._samples.clear()
+            self._set("off")
 
     async def _run(self) -> None:
         attempt = 0
@@ -256,6 +258,7 @@ class RtmpSender(Sender):
         super().__init__(dest, hub)
         self._stdin: asyncio.StreamWriter | None = None
         self._need_keyframe = True
+        self.pid: int | None = None  # the pusher process
 
     async def _session(self) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -272,7 +275,9 @@ class RtmpSender(Sender):
             # The URL (it carries the key) goes on stdin, never on a command line.
             config = json.dumps({"url": self.dest.push_url, "aac_bitrate": AAC_BITRATE}).encode()
             proc.stdin.write(HEADER.pack(CONFIG, 0, 0, len(config)) + config)
-            self._stdin, self._need_keyframe = proc.stdin, True
+            stdin = proc.stdin
+            self._stdin, self._need_keyframe = stdin, True
+            self.pid = proc.pid
             self.hub.seed(self)
             while True:
                 wait = STALL_S if self.state == "live" else CONNECT_TIMEOUT_S
@@ -295,7 +300,8 @@ class RtmpSender(Sender):
                 elif text.startswith("error "):
                     error = text[6:]
         finally:
-            self._stdin = None
+            if self._stdin is proc.stdin:  # never another session's pipe
+                self._stdin = None
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

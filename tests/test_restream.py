@@ -133,6 +133,7 @@ async def test_rtmp_restream_is_the_composed_show_h264_aac_with_the_card(make_ap
                     "since": listed[0]["since"],
                     "last_error": None,
                     "kbps": 0.0,
+                    "dropped": 0,
                     "autostart": False,
                 }
             ]
@@ -379,5 +380,46 @@ async def test_rtmp_restream_stop_then_start_again_streams(make_app, tmp_path, n
                 assert live["state"] == "live" and live["kbps"] > 50, live
                 assert (await control(app, "nginx", "stop"))["state"] == "off"
                 await asyncio.sleep(0.3)
+        finally:
+            await pub.close(http)
+
+
+async def test_a_stalled_destination_drops_to_a_keyframe_and_never_slows_the_show(
+    make_app, tmp_path, nginx
+):
+    """The pusher frozen (SIGSTOP) for 6.5 s: the show keeps its frame rate, the unsent
+    data stays bounded (packets dropped), and the stream resumes at a keyframe."""
+    import os
+    import signal
+
+    from media.restream import PUSH_LIMIT_BYTES
+
+    app = await make_app([restream_manifest(tmp_path, rtmp_table(nginx.port))])
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(app.url, http)
+        try:
+            runtime = app.app[keys.EXTRA]["media"]["demo"]
+            await wait_until(lambda: runtime.live, 15)
+            sender = app.app[keys.EXTRA]["restreams"]["demo"].hub.senders["nginx"]
+            await control(app, "nginx", "start")
+            await wait_until(lambda: _is(state_of(app), "live"), 10)
+            os.kill(sender.pid, signal.SIGSTOP)
+            frames, since = runtime.frames_out, time.monotonic()
+            biggest = 0
+            try:
+                for _ in range(65):  # past PUSH_LIMIT_BYTES, short of STALL_S
+                    await asyncio.sleep(0.1)
+                    stdin = sender._stdin
+                    if stdin is not None:
+                        biggest = max(biggest, stdin.transport.get_write_buffer_size())
+            finally:
+                os.kill(sender.pid, signal.SIGCONT)
+            fps = (runtime.frames_out - frames) / (time.monotonic() - since)
+            assert fps >= FPS * 0.6, fps
+            assert sender.dropped > 0
+            assert biggest <= PUSH_LIMIT_BYTES + 200_000, biggest
+            await asyncio.sleep(2.0)
+            resumed = await state_of(app)
+            assert resumed["state"] == "live" and resumed["kbps"] > 50, resumed
         finally:
             await pub.close(http)

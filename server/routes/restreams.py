@@ -52,6 +52,7 @@ def _off(dest: Destination) -> dict:
         "since": None,
         "last_error": None,
         "kbps": 0.0,
+        "dropped": 0,
         "autostart": dest.autostart,
     }
 
@@ -67,6 +68,9 @@ class ShowRestreams:
         runtime.restream = self.hub
         self._was_live = False
         self._task: asyncio.Task | None = None
+        # Reading the wanted set and acting on it is one step: a start or stop from the
+        # API never interleaves with the watcher acting on an older read.
+        self._lock = asyncio.Lock()
 
     @property
     def redis(self):
@@ -97,6 +101,10 @@ class ShowRestreams:
             await asyncio.sleep(POLL_S)
 
     async def sync(self) -> None:
+        async with self._lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
         runtime = self.runtime
         if not runtime.origin:
             self._was_live = False
@@ -143,19 +151,20 @@ class ShowRestreams:
 
     async def set_wanted(self, name: str, on: bool) -> dict:
         key = want_key(self.show.id)
-        if on:
-            await self.redis.hset(key, name, 1)
-        else:
-            await self.redis.hdel(key, name)
-        if self.runtime.origin:
-            sender = self.hub.senders[name]
+        async with self._lock:
             if on:
-                sender.start()
+                await self.redis.hset(key, name, 1)
             else:
-                await sender.stop()
-            with contextlib.suppress(Exception):
-                await self.publish()
-            return sender.status()
+                await self.redis.hdel(key, name)
+            if self.runtime.origin:
+                sender = self.hub.senders[name]
+                if on:
+                    sender.start()
+                else:
+                    await sender.stop()
+                with contextlib.suppress(Exception):
+                    await self.publish()
+                return sender.status()
         deadline = time.monotonic() + ANSWER_WAIT_S
         while True:
             entry = next(e for e in await self.statuses() if e["name"] == name)
