@@ -204,7 +204,7 @@ async def run(quick: bool) -> tuple[str, bool]:
 
     size = VideoSize(1280, 720, 30, 1500)
     window_s = 2.0 if quick else 8.0
-    rounds = int(os.environ.get("RESTREAM_BENCH_ROUNDS", 1 if quick else 3))
+    rounds = int(os.environ.get("RESTREAM_BENCH_ROUNDS", 1 if quick else 5))
     starts = 2 if quick else 6
     tmp = Path(tempfile.mkdtemp(prefix="restream-bench-"))
     nginx = Nginx(tmp / "nginx")
@@ -287,6 +287,9 @@ async def run(quick: bool) -> tuple[str, bool]:
                 rows,
             ),
             "",
+            "Per window (% of a core): "
+            + "; ".join(f"{n}: " + ", ".join(f"{v:.1f}" for v in cpu[n]) for n in sorted(cpu)),
+            "",
             f"Restream bitrate at nginx: median {median(kbps):.0f} kbps "
             f"(nominal {size.bitrate_kbps} video + 128 AAC); samples {len(kbps)}.",
             "",
@@ -297,6 +300,8 @@ async def run(quick: bool) -> tuple[str, bool]:
             "",
             f"Limits: <= {CPU_LIMIT_PCT} % of a core per destination, first media <= "
             f"{FIRST_MEDIA_LIMIT_S} s: {'PASS' if ok else 'FAIL'}.",
+            "",
+            "![restream](load_tests/results/restream.png)",
         ]
     )
     plot(cpu, firsts, quick)
