@@ -80,6 +80,14 @@ async def _read_sdp(request: web.Request, expected: str = SDP) -> str:
         raise bad_request("SDP must be UTF-8 text.") from None
 
 
+def _refuse_candidate_floods(text: str) -> None:
+    """A cheap count before any parsing: an offer stuffed with candidates costs one
+    substring count, not a parse of every line (a flood of them stalled the loop)."""
+    n = text.count("a=candidate:")
+    if n > MAX_CANDIDATES:
+        raise bad_request(f"Too many ICE candidates ({n}; at most {MAX_CANDIDATES}).")
+
+
 def _sdp_error(exc: SdpError) -> ApiError:
     return ApiError(exc.status, "bad_request", exc.detail)
 
@@ -127,6 +135,7 @@ async def whip_post(request: web.Request) -> web.Response:
     show = get_show(request)
     require_stream_key(request, show)
     text = await _read_sdp(request)
+    _refuse_candidate_floods(text)
     try:
         offer = parse_offer(text)
         check_publish_offer(offer)
@@ -187,6 +196,7 @@ async def whip_delete(request: web.Request) -> web.StreamResponse:
 async def whep_post(request: web.Request) -> web.Response:
     show = get_show(request)
     text = await _read_sdp(request)
+    _refuse_candidate_floods(text)
     try:
         offer = parse_offer(text)
         codec = choose_view_codec(offer)
