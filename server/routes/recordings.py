@@ -318,6 +318,8 @@ class ShowRecording:
             self._featured(sku, at)
         elif kind == "drop" and isinstance(event.get("drop"), dict):
             self._drop(event["drop"], int(event.get("media_ts") or now_ms()))
+        elif kind == "auction" and isinstance(event.get("auction"), dict):
+            self._auction(event["auction"], int(event.get("media_ts") or now_ms()))
 
     def _featured(self, sku: str | None, at_ms: int, tries: int = 0) -> None:
         rec, session = self.record, self.session
@@ -348,6 +350,25 @@ class ShowRecording:
         start = session.media_time(at_ms)
         end = max(start, session.media_time(int(ends_at)))
         rec.chapters.append(Chapter("drop", sku, start, end, at_ms, int(ends_at)))
+        self.spawn(self.save())
+
+    def _auction(self, auction: dict, at_ms: int) -> None:
+        """An auction is a chapter from its start to its end (sold, unsold or cancelled)."""
+        rec, session = self.record, self.session
+        sku, status = auction.get("sku"), auction.get("status")
+        if rec is None or session is None or not isinstance(sku, str):
+            return
+        t = session.media_time(at_ms)
+        open_ = next(
+            (c for c in rec.chapters if c.kind == "auction" and c.end_s is None and c.sku == sku),
+            None,
+        )
+        if status == "running" and open_ is None:
+            rec.chapters.append(Chapter("auction", sku, t, start_ms=at_ms))
+        elif status in ("sold", "unsold", "cancelled") and open_ is not None:
+            self._close_chapter(rec, open_, t, at_ms, session)
+        else:
+            return
         self.spawn(self.save())
 
     def _close_chapter(
