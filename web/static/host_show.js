@@ -76,10 +76,59 @@ async function loadAudit() {
   );
 }
 
+// --- auction: start, watch bids live, cancel ---------------------------------------
+let auction = null;
+function renderAuction() {
+  const running = auction && auction.status === "running";
+  document.getElementById("auction-cancel").hidden = !running;
+  document.getElementById("auction-form").hidden = running;
+  let text = "No auction running.";
+  if (auction) {
+    const bid = auction.current_bid ? `${auction.current_bid} by ${auction.leader}` : `no bids yet (starts at ${auction.start_price})`;
+    text = running
+      ? `${auction.sku}: ${bid} · ${auction.bids} bids · ends ${timeOfDay(auction.ends_at)}`
+      : auction.status === "sold" ? `Last: SOLD to ${auction.winner} for ${auction.sold_for}` : `Last: ${auction.status}`;
+  }
+  setText("host-auction", text);
+}
+async function loadAuction() {
+  const resp = await api("GET", `${base}/auctions/current`);
+  auction = resp.ok ? resp.data : null;
+  renderAuction();
+}
+document.getElementById("auction-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const v = (id) => document.getElementById(id).value.trim();
+  const resp = await api("POST", `${base}/auctions`, {
+    sku: v("auction-sku"),
+    start_price: v("auction-start"),
+    increment: v("auction-step"),
+    duration_s: Number(v("auction-duration")),
+    extend_s: Number(v("auction-extend")),
+    sudden_death: document.getElementById("auction-sudden").checked,
+  });
+  setText("auction-error", resp.ok ? "" : resp.data.detail || "The auction did not start.");
+  if (resp.ok) {
+    auction = resp.data;
+    renderAuction();
+  }
+});
+document.getElementById("auction-cancel").addEventListener("click", async () => {
+  if (!auction) return;
+  const resp = await api("DELETE", `/api/auctions/${encodeURIComponent(auction.id)}`);
+  setText("auction-error", resp.ok ? "" : resp.data.detail || "Could not cancel.");
+  loadAuction();
+});
+
 liveEvents(data.id, (event) => {
+  if (event.type === "auction" && event.auction) {
+    auction = event.auction;
+    renderAuction();
+  }
   if (event.type === "cue") loadCues();
   if (["cue", "featured", "drop", "ticker", "pinned", "order", "auction"].includes(event.type)) loadAudit();
 });
 loadCues();
+loadAuction();
 loadPreflight();
 loadAudit();

@@ -998,6 +998,8 @@ function setLive(live) {
 
 function onEvent(ev) {
   if (ev.ts) offset.add(ev.ts);
+  // Other parts of the page (the auction panel) follow the same stream.
+  window.dispatchEvent(new CustomEvent("showroom-event", { detail: ev }));
   switch (ev.type) {
     case "featured":
       scheduleAtPicture(ev, () => applyFeatured(ev.sku));
