@@ -119,11 +119,12 @@ async function loadMe() {
 }
 
 async function loadCurrent() {
+  // The show state carries the current (or last) auction: no extra request, no 404.
   const show = await api("GET", `/api/shows/${encodeURIComponent(cfg.id)}`);
-  for (const p of (show.ok && show.data.products) || []) names.set(p.sku, p.name);
-  const resp = await api("GET", `/api/shows/${encodeURIComponent(cfg.id)}/auctions/current`);
-  if (resp.ok) {
-    auction = resp.data;
+  if (!show.ok) return;
+  for (const p of show.data.products || []) names.set(p.sku, p.name);
+  if (show.data.auction) {
+    auction = show.data.auction;
     if (auction.status !== "running") auction.shownEnded = 0;
     render();
   }

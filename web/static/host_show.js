@@ -92,8 +92,8 @@ function renderAuction() {
   setText("host-auction", text);
 }
 async function loadAuction() {
-  const resp = await api("GET", `${base}/auctions/current`);
-  auction = resp.ok ? resp.data : null;
+  const resp = await api("GET", base); // the show state carries the current auction
+  auction = resp.ok ? resp.data.auction || null : null;
   renderAuction();
 }
 document.getElementById("auction-form").addEventListener("submit", async (event) => {
