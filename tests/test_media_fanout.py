@@ -13,6 +13,7 @@ from media.audio import AudioFifo
 from media.client import WhepPlayer, WhipPublisher
 from media.fanout import JOIN_KEYFRAME_MAX_AGE_MS, Fanout
 from media.keyframes import KeyframeGate
+from media.recording import RecordingConfig
 from media.sdp import (
     SdpError,
     choose_view_codec,
@@ -209,7 +210,9 @@ def test_mdns_candidates_are_dropped_from_offers_and_fragments():
     assert frag.candidates == [("0", "candidate:2 1 udp 1 127.0.0.1 5001 typ host")]
 
 
-async def test_many_joins_and_plis_force_at_most_one_keyframe_per_second(app):
+async def test_many_joins_and_plis_force_at_most_one_keyframe_per_second(make_app):
+    # The viewers' keyframe gate alone: recording off (its seek-point keyframes are its own).
+    app = await make_app(recording=RecordingConfig(enabled=False))
     http = aiohttp.ClientSession()
     runtime = app.app[keys.EXTRA]["media"]["demo"]
     pub = WhipPublisher(f"{app.url}/whip/demo", STREAM_KEY, TestPatternTrack(320, 180, 30))

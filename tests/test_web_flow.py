@@ -136,11 +136,11 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     # A drop's units are held for the drop hold (2 min), not the usual 10.
     await expect(item.locator(".hold")).to_have_text(re.compile(r"Held for you · (2:00|1:\d\d)"))
     await expect(viewer.locator("#drop-left")).to_have_text("2", timeout=8000)
-    await expect(host.locator("#n-adds")).to_have_text("1", timeout=8000)
+    await expect(host.locator("#n-adds")).to_have_text("1", timeout=15000)
     # The tally is the server's: another host page (or a reload) shows the same number.
     second_host = await host.context.new_page()
     await second_host.goto(host.url)
-    await expect(second_host.locator("#n-adds")).to_have_text("1", timeout=8000)
+    await expect(second_host.locator("#n-adds")).to_have_text("1", timeout=15000)
     await second_host.close()
     await viewer.screenshot(path=artifacts / "web_viewer_drop_cart.png", full_page=True)
 
