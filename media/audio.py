@@ -19,7 +19,7 @@ CHANNELS = 2
 class AudioFifo:
     capacity: int = 48000 // 5  # samples per channel (200 ms): older audio is dropped
     resume_at: int = 960 * 2  # samples per channel needed to resume after running dry
-    high_water: int = 960 * 4  # more than this buffered: audio would lag the video
+    high_water: int = 960 * 3  # more than this buffered: audio would lag the video
     dropped: int = 0
     _buf: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     _playing: bool = False
@@ -47,7 +47,7 @@ class AudioFifo:
         excess = self.buffered - samples - self.high_water
         if excess > 0:
             # Each underrun leaves a little more audio buffered; shed it so the audio
-            # stays within ~80 ms of the live video instead of drifting behind.
+            # stays within ~60 ms of the live video instead of drifting behind.
             drop = self.buffered - samples - self.resume_at
             self.dropped += drop
             self._buf = self._buf[drop * CHANNELS :]

@@ -232,6 +232,7 @@ class Recorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False  # the server is stopping: no new session may start
         self._max_items = (fps + AUDIO_RATE // AUDIO_FRAME) * QUEUE_SECONDS
 
     # --- what the compositor asks --------------------------------------------------------
@@ -259,7 +260,7 @@ class Recorder:
         the show has been off air for ``idle_s``."""
         s = self.session
         if s is None:
-            if live and self.config.enabled:
+            if live and self.config.enabled and not self._closed:
                 self._start(now)
             return
         if live:
@@ -343,6 +344,7 @@ class Recorder:
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Server stop: end the session and wait (off the loop) for the file to be done."""
+        self._closed = True
         thread = self._thread
         self.end()
         if thread is not None:

@@ -9,10 +9,6 @@ from load_tests.common import ROOT
 from tests.conftest import run_benchmark
 
 
-@pytest.mark.skip(
-    reason="under pytest the quick card-sync run does not finish (it does from a shell); "
-    "being investigated, see the closing note"
-)
 @pytest.mark.timeout(320)
 def test_card_sync_benchmark_quick_run_measures_both_buffers():
     out = run_benchmark("card_sync", "--quick", "--switches", "4", timeout=300)

@@ -141,9 +141,16 @@ async def test_audio_and_video_stay_in_sync(app):
                 loud = is_loud
             await asyncio.sleep(0.005)
         assert len(video_onsets) >= 4 and len(audio_onsets) >= 4
-        # Each flash's video onset against the nearest audio onset (skip the edges).
-        offsets = [min(abs(a - v) for a in audio_onsets) for v in video_onsets[1:-1]]
-        assert max(offsets) < 0.1, f"audio/video offsets {offsets}"
+        # Each flash's video onset against the nearest audio onset (skip the edges);
+        # positive: the sound comes after the picture. Viewers notice sound that leads
+        # the picture by more than ~45 ms or trails it by more than ~125 ms (ITU-R
+        # BT.1359); one late flash on a busy machine gets a little more slack.
+        offsets = sorted(
+            min((a - v for a in audio_onsets), key=abs) for v in video_onsets[1:-1]
+        )
+        median = offsets[len(offsets) // 2]
+        assert -0.045 <= median <= 0.125, f"audio/video offsets {offsets}"
+        assert -0.08 <= offsets[0] and offsets[-1] <= 0.16, f"audio/video offsets {offsets}"
     finally:
         await viewer.close(http)
         await pub.close(http)
