@@ -211,7 +211,8 @@ def test_mdns_candidates_are_dropped_from_offers_and_fragments():
 
 
 async def test_many_joins_and_plis_force_at_most_one_keyframe_per_second(make_app):
-    # The viewers' keyframe gate alone: recording off (its seek-point keyframes are its own).
+    # The viewers' keyframe gate alone, recording off: a recording starts at go-live with
+    # a keyframe of its own, one frame after the one the first join forced on the slate.
     app = await make_app(recording=RecordingConfig(enabled=False))
     http = aiohttp.ClientSession()
     runtime = app.app[keys.EXTRA]["media"]["demo"]
