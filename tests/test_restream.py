@@ -22,6 +22,7 @@ from server import keys
 from server.config import ManifestError, load_manifest
 from server.embedded import free_port
 from tests.conftest import STAFF_PASSWORD, STREAM_KEY, manifest_text, wait_until
+from tests.test_web_support import DESKTOP, JsErrors, chromium, new_page, staff_login
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -423,3 +424,31 @@ async def test_a_stalled_destination_drops_to_a_keyframe_and_never_slows_the_sho
             assert resumed["state"] == "live" and resumed["kbps"] > 50, resumed
         finally:
             await pub.close(http)
+
+
+async def test_host_page_starts_and_stops_a_restream(make_app, tmp_path, nginx, artifacts):
+    app = await make_app([restream_manifest(tmp_path, rtmp_table(nginx.port))])
+    errors = JsErrors()
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(app.url, http)
+        try:
+            await wait_until(lambda: app.app[keys.EXTRA]["media"]["demo"].live, 15)
+            async with chromium(app) as browser:
+                _, page = await new_page(browser, errors, "host", DESKTOP)
+                await staff_login(page, app.url, "/shows/demo/host")
+                row = page.locator("#restreams li[data-name=nginx]")
+                await row.locator(".badge", has_text="off").wait_for(timeout=10000)
+                assert KEY not in await page.content(), "the stream key never reaches the page"
+                await page.get_by_role("button", name="Start nginx").click()
+                await row.locator(".badge", has_text="kbps").wait_for(timeout=15000)
+                assert (await state_of(app))["state"] == "live"
+                await page.screenshot(path=artifacts / "host_restream_live.png", full_page=True)
+                nginx.kill()  # the destination goes away: the host sees why
+                await row.locator(".error", has_text="Last error").wait_for(timeout=20000)
+                nginx.start()
+                await page.get_by_role("button", name="Stop nginx").click()
+                await row.locator(".badge", has_text="off").wait_for(timeout=10000)
+                assert (await state_of(app))["state"] == "off"
+        finally:
+            await pub.close(http)
+    assert errors.unexpected() == []
