@@ -205,7 +205,8 @@ TRACK_PCS_JS = """(() => {
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("transport", ["udp", "tcp"])  # tcp: a network that blocks UDP
+# tcp: a network that blocks UDP; tls: one that only lets HTTPS-like traffic out.
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_chromium_relay_only_viewer_page_plays_through_coturn(
     make_app, tmp_path, turn, artifacts, transport
 ):
@@ -214,7 +215,9 @@ async def test_chromium_relay_only_viewer_page_plays_through_coturn(
         manifest_text("demo") + ice_toml([], [(turn.url_for(transport), USER, PASSWORD)])
     )
     running = await make_app([path])
-    async with chromium(running) as browser:
+    # The test's TURN certificate is self-signed; a deployment's is a real one.
+    trust = ("--ignore-certificate-errors",) if transport == "tls" else ()
+    async with chromium(running, trust) as browser:
         errors = JsErrors()
         _, page = await new_page(browser, errors, "viewer", PHONE, is_mobile=True)
         # iceTransportPolicy "relay" from ?relay=1: only coturn's relay candidates.
@@ -226,7 +229,8 @@ async def test_chromium_relay_only_viewer_page_plays_through_coturn(
             timeout=30000,
         )
         await page.screenshot(path=str(artifacts / f"networks-relay-viewer-{transport}.png"))
-        # The browser reached the server only through coturn: a relay candidate pair.
+        # The browser reached the server only through coturn: a relay candidate pair, its
+        # leg to coturn over the transport asked for ("tls" for turns:).
         types = await page.evaluate(RELAY_PAIR_JS)
     assert types == [f"relay/{transport}"], types
     assert errors.unexpected() == []

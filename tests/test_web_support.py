@@ -20,12 +20,13 @@ DESKTOP = {"width": 1280, "height": 900}
 
 
 @contextlib.asynccontextmanager
-async def chromium(app=None) -> AsyncIterator[Browser]:
+async def chromium(app=None, extra_args: tuple[str, ...] = ()) -> AsyncIterator[Browser]:
     """Chromium for one test. With the test's app: once the browser is gone, one event
     goes to every show so the server's event streams notice their closed clients now
     (a stream only learns that when it next writes) and the app stops without waiting."""
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        args = [*CHROMIUM_ARGS, *extra_args]
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
             yield browser
         finally:

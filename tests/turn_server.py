@@ -1,8 +1,11 @@
 """A real TURN server for tests: Debian's coturn (``turnserver``) on free loopback ports,
-long-term credentials ``u``/``p``, realm ``showroom``, loopback peers allowed."""
+long-term credentials ``u``/``p``, realm ``showroom``, loopback peers allowed; UDP and TCP
+on one port, TLS (``turns:``, a self-signed certificate made here) on another."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import random
 import shutil
 import socket
@@ -19,6 +22,7 @@ USER, PASSWORD = "u", "p"
 @dataclass
 class TurnServer:
     port: int
+    tls_port: int
     proc: subprocess.Popen
     log: Path
 
@@ -27,6 +31,10 @@ class TurnServer:
         return f"turn:127.0.0.1:{self.port}?transport=udp"
 
     def url_for(self, transport: str) -> str:
+        """``udp``, ``tcp`` or ``tls`` (TURN over TLS: what gets through a network that only
+        lets HTTPS out)."""
+        if transport == "tls":
+            return f"turns:127.0.0.1:{self.tls_port}?transport=tcp"
         return f"turn:127.0.0.1:{self.port}?transport={transport}"
 
     def stop(self) -> None:
@@ -42,7 +50,8 @@ def start_turn(tmp: Path) -> TurnServer:
     binary = shutil.which("turnserver")
     if binary is None:
         raise RuntimeError("coturn's turnserver is not installed: run `make system`")
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    cert, key = self_signed(tmp)
     low = random.randrange(20000, 60000, 100)  # relay ports: a small random range
     log = tmp / "turnserver.log"
     proc = subprocess.Popen(
@@ -52,12 +61,14 @@ def start_turn(tmp: Path) -> TurnServer:
             "--listening-ip=127.0.0.1",
             "--relay-ip=127.0.0.1",
             f"--listening-port={port}",
+            f"--tls-listening-port={tls_port}",
+            f"--cert={cert}",
+            f"--pkey={key}",
             f"--min-port={low}",
             f"--max-port={low + 99}",
             "--lt-cred-mech",
             f"--user={USER}:{PASSWORD}",
             "--realm=showroom",
-            "--no-tls",
             "--no-dtls",
             "--no-cli",
             "--allow-loopback-peers",
@@ -76,7 +87,43 @@ def start_turn(tmp: Path) -> TurnServer:
             raise RuntimeError(f"turnserver exited ({proc.returncode}); see {log}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return TurnServer(port, proc, log)
+                return TurnServer(port, tls_port, proc, log)
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"turnserver did not listen on {port} within 10 s; see {log}")
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (clients in the tests do not verify it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "turn-cert.pem", tmp / "turn-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
