@@ -5,7 +5,6 @@ one warning a failed handshake leaves in the log."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import inspect
 import logging
 import re
@@ -16,7 +15,6 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate, RTCDtlsTransport
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL
 
@@ -25,6 +23,7 @@ from media.dtls import DtlsInterop, InteropCertificate
 from media.sdp import SdpError, check_publish_offer, choose_view_codec, parse_offer
 from media.testsrc import TestPatternTrack
 from server import keys
+from tests.certs import self_signed
 from tests.conftest import STREAM_KEY, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,19 +32,7 @@ pytestmark = pytest.mark.timeout(60)
 def rsa_certificate() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     """A self-signed RSA-2048 certificate, like the one GStreamer's DTLS elements make."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "rsa-peer")])
-    now = datetime.datetime.now(tz=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    return key, self_signed(key, "rsa-peer")
 
 
 def rsa_dtls_server() -> SSL.Connection:

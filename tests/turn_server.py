@@ -4,8 +4,6 @@ on one port, TLS (``turns:``, a self-signed certificate made here) on another.""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import random
 import shutil
 import socket
@@ -15,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.embedded import free_port
+from tests.certs import self_signed
 
 USER, PASSWORD = "u", "p"
 
@@ -51,7 +50,7 @@ def start_turn(tmp: Path) -> TurnServer:
     if binary is None:
         raise RuntimeError("coturn's turnserver is not installed: run `make system`")
     port, tls_port = free_port(), free_port()
-    cert, key = self_signed(tmp)
+    cert, key = certificate_files(tmp)
     low = random.randrange(20000, 60000, 100)  # relay ports: a small random range
     log = tmp / "turnserver.log"
     proc = subprocess.Popen(
@@ -93,30 +92,13 @@ def start_turn(tmp: Path) -> TurnServer:
     raise RuntimeError(f"turnserver did not listen on {port} within 10 s; see {log}")
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
+def certificate_files(tmp: Path) -> tuple[Path, Path]:
     """A throwaway certificate for 127.0.0.1 (clients in the tests do not verify it)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(key, "127.0.0.1", ip="127.0.0.1")
     cert_path, key_path = tmp / "turn-cert.pem", tmp / "turn-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
