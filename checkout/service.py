@@ -46,6 +46,7 @@ log = logging.getLogger("showroom.checkout")
 REAP_INTERVAL_S = 0.25
 PRUNE_INTERVAL_S = 60.0  # finished orders Redis dropped leave the show's index
 WEBHOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
+STRIPE_JS_URL = "https://js.stripe.com/v3"  # live mode's card forms load Stripe.js from here
 
 Publish = Callable[[str, dict], Awaitable[None]]
 
@@ -57,6 +58,7 @@ class StripeSetup:
     api_base: str | None
     webhook_secret: str | None
     sandbox: bool
+    js_url: str = STRIPE_JS_URL
 
 
 def stripe_setup(settings: Settings) -> StripeSetup | None:
@@ -66,7 +68,8 @@ def stripe_setup(settings: Settings) -> StripeSetup | None:
     base = getattr(settings, "stripe_api_base", None) or env.get("STRIPE_API_BASE")
     hook = getattr(settings, "stripe_webhook_secret", None) or env.get("STRIPE_WEBHOOK_SECRET")
     if secret:
-        return StripeSetup(secret, env.get("STRIPE_PUBLISHABLE_KEY", ""), base, hook, False)
+        js = getattr(settings, "stripe_js_url", None) or env.get("STRIPE_JS_URL") or STRIPE_JS_URL
+        return StripeSetup(secret, env.get("STRIPE_PUBLISHABLE_KEY", ""), base, hook, False, js)
     if not base:
         return None
     return StripeSetup(SANDBOX_SECRET_KEY, SANDBOX_PUBLISHABLE_KEY, base, hook, True)

@@ -210,6 +210,7 @@ class Settings:
     stripe_secret_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_timeout_s: float = 10.0  # a Stripe call (retries included) never takes longer
+    stripe_js_url: str | None = None  # Stripe.js for live-mode card forms (env STRIPE_JS_URL)
     # Embedded Redis AOF policy: everysec (a machine crash may lose ~1 s) or always.
     redis_appendfsync: str = "everysec"
     # Per-IP limits, so fresh cookies do not get around the per-viewer ones. A venue's

@@ -252,7 +252,11 @@ async def post_bid(request: web.Request) -> web.Response:
         raise bad_request(str(exc)) from None
     app = request.app
     redis = _redis(app)
-    out = await auctions.place_bid(redis, auction_id, viewer, cents, identity.profile_key(viewer))
+    profile = identity.profile_key(viewer)
+    out = await auctions.place_bid(redis, auction_id, viewer, cents, profile)
+    if out.result == "payment_required" and await has_payment_method(app, viewer):
+        # Saved in the browser since (Stripe.js confirmed the SetupIntent): now on file.
+        out = await auctions.place_bid(redis, auction_id, viewer, cents, profile)
     if out.result == "not_found":
         raise not_found(f"No auction {auction_id!r}.")
     fixed = _FIXED.get(auction_id)

@@ -7,9 +7,10 @@ the page's script needs, and the script talks to the JSON API like any other cli
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -31,10 +32,26 @@ _CSP_BASE = (
     "form-action 'self'"
 )
 _CSP_SANDBOX = _CSP_BASE + "; script-src 'self'; connect-src 'self'"
-_CSP_STRIPE = (
-    _CSP_BASE + "; script-src 'self' https://js.stripe.com; frame-src https://js.stripe.com "
-    "https://hooks.stripe.com; connect-src 'self' https://api.stripe.com"
-)
+
+
+@functools.cache
+def _csp_stripe(js_url: str) -> str:
+    """Live mode: Stripe.js from its origin (STRIPE_JS_URL), which also frames its card
+    fields and calls its API; hooks.stripe.com frames 3-D Secure."""
+    parts = urlsplit(js_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return (
+        f"{_CSP_BASE}; script-src 'self' {origin}; frame-src {origin} https://hooks.stripe.com; "
+        f"connect-src 'self' https://api.stripe.com {origin}"
+    )
+
+
+def live_stripe_js(app: web.Application) -> str | None:
+    """Stripe.js's URL when the payment gateway is live (real keys); None in sandbox mode,
+    whose card forms post test cards to this server."""
+    com = app[keys.EXTRA].get("commerce")
+    setup = com.stripe if com is not None else None
+    return setup.js_url if setup is not None and not setup.sandbox else None
 
 
 def render(
@@ -45,14 +62,14 @@ def render(
     context.setdefault("rehearsal", request.app[keys.SETTINGS].rehearsal)
     csrf = security.form_token(request)
     html = env.get_template(name).render(request=request, csrf=csrf, **context)
-    sandbox = request.app[keys.SETTINGS].sandbox
+    stripe_js = live_stripe_js(request.app)
     response = web.Response(
         text=html,
         status=status,
         content_type="text/html",
         headers={
             "Cache-Control": "no-store",
-            "Content-Security-Policy": _CSP_SANDBOX if sandbox else _CSP_STRIPE,
+            "Content-Security-Policy": _csp_stripe(stripe_js) if stripe_js else _CSP_SANDBOX,
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "same-origin",
             **(headers or {}),
@@ -192,9 +209,13 @@ async def share_tags(request: web.Request, show: ShowConfig) -> dict[str, str]:
 async def viewer_page(request: web.Request) -> web.Response:
     show = page_show(request)
     settings = request.app[keys.SETTINGS]
+    stripe_js = live_stripe_js(request.app)
     data = {
         **show_summary(show),
-        "sandbox": settings.sandbox,
+        # The card forms' mode is the payment gateway's: test cards posted here (sandbox),
+        # or Stripe.js Elements (live), loaded from stripe_js_url.
+        "sandbox": stripe_js is None,
+        "stripe_js_url": stripe_js,
         "hold_seconds": settings.hold_seconds,
         "payment_timeout_s": settings.payment_timeout_s,
         "pickup_note": show.pickup_note,

@@ -1,8 +1,9 @@
 // The viewer's auction panel: the current bid, the leader and the clock, one-tap bids
 // (the next step, or five steps up, or an amount), "you're winning" / "outbid" at once,
-// and the result. A first bid asks for a display name and a saved card (sandbox: a
-// test card), as the server requires (400 name_required, 402 payment_required).
-import { api, clock, money, pageData, setText } from "./common.js";
+// and the result. A first bid asks for a display name and a saved card, as the server
+// requires (400 name_required, 402 payment_required): in sandbox mode a test card posted
+// to the server; in live mode Stripe's card field confirming a SetupIntent in the browser.
+import { api, clock, loadStripe, money, pageData, setText } from "./common.js";
 
 const cfg = pageData();
 const $ = (id) => document.getElementById(id);
@@ -75,7 +76,12 @@ async function bid(value) {
   } else if (code === "payment_required") {
     pending = value;
     $("a-card-form").hidden = false;
-    $("a-card").focus();
+    if (cfg.sandbox) {
+      $("a-card-test").hidden = false;
+      $("a-card").focus();
+    } else {
+      await mountStripeCard();
+    }
   } else {
     if (resp.data.auction) {
       auction = resp.data.auction;
@@ -102,12 +108,68 @@ $("a-name-form").addEventListener("submit", async (event) => {
   if (pending) bid(pending);
 });
 
-$("a-card-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
+// Live mode: Stripe.js's card field, and a SetupIntent (from the server) it confirms.
+// A declined card cancels that SetupIntent, so the next try asks for a fresh one.
+const live = { stripe: null, card: null, secret: null };
+
+async function newSetup() {
+  const resp = await api("POST", "/api/me/payment-method", {});
+  if (!resp.ok || !resp.data.setup) throw new Error(resp.data.detail || "The card form is not available right now.");
+  return resp.data.setup;
+}
+
+async function mountStripeCard() {
+  if (live.card) return;
+  $("a-card-save").disabled = true;
+  try {
+    const setup = await newSetup();
+    const Stripe = await loadStripe(cfg.stripe_js_url);
+    live.stripe = Stripe(setup.publishable_key);
+    live.secret = setup.client_secret;
+    live.card = live.stripe.elements().create("card");
+    $("a-card-element").hidden = false;
+    live.card.mount("#a-card-element");
+  } catch (err) {
+    setText("a-error", err.message.startsWith("could not load") ? "The card form could not load. Check your connection and try again." : err.message);
+  } finally {
+    $("a-card-save").disabled = false;
+  }
+}
+
+// Each resolves true once the card is saved.
+async function saveLiveCard() {
+  if (!live.card) {
+    await mountStripeCard(); // it had not loaded: the buyer fills it in first
+    return false;
+  }
+  if (!live.secret) live.secret = (await newSetup()).client_secret;
+  const result = await live.stripe.confirmCardSetup(live.secret, { payment_method: { card: live.card } });
+  live.secret = null; // used: confirmed, or cancelled by the decline
+  if (result.error) throw new Error(result.error.message || "That card could not be saved.");
+  return true;
+}
+
+async function saveTestCard() {
   const [mm, yy] = $("a-exp").value.split("/").map((x) => Number(x.trim()));
   const card = { number: $("a-card").value.replace(/\s/g, ""), exp_month: mm, exp_year: yy, cvc: $("a-cvc").value.trim() };
   const resp = await api("POST", "/api/me/payment-method", { card });
-  if (!resp.ok) return setText("a-error", resp.data.detail || "That card could not be saved.");
+  if (!resp.ok) throw new Error(resp.data.detail || "That card could not be saved.");
+  return true;
+}
+
+$("a-card-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  setText("a-error", "");
+  $("a-card-save").disabled = true;
+  let saved = false;
+  try {
+    saved = await (cfg.sandbox ? saveTestCard() : saveLiveCard());
+  } catch (err) {
+    return setText("a-error", err.message);
+  } finally {
+    $("a-card-save").disabled = false;
+  }
+  if (!saved) return;
   $("a-card-form").hidden = true;
   await loadMe();
   if (pending) bid(pending);

@@ -132,3 +132,22 @@ export function showNotice(node, text, kind = "") {
   clearTimeout(node._timer);
   if (text && kind !== "bad") node._timer = setTimeout(() => (node.hidden = true), 8000);
 }
+
+// Stripe.js (live mode), once per page, from the URL the server's page data names
+// (stripe_js_url: js.stripe.com unless configured otherwise). Resolves to window.Stripe.
+let stripeJs = null;
+export function loadStripe(src) {
+  if (window.Stripe) return Promise.resolve(window.Stripe);
+  stripeJs ||= new Promise((resolve, reject) => {
+    const s = document.createElement("script");
+    s.src = src;
+    s.onload = () => (window.Stripe ? resolve(window.Stripe) : reject(new Error(`no Stripe in ${src}`)));
+    s.onerror = () => {
+      stripeJs = null; // a later try loads it again
+      s.remove();
+      reject(new Error(`could not load ${src}`));
+    };
+    document.head.append(s);
+  });
+  return stripeJs;
+}

@@ -1,7 +1,7 @@
 // Viewer page: the live picture fills the screen; Buy, chat and hearts float over the part
 // of the picture the product card does not use; cart, checkout and order status open as
 // sheets over the video, which keeps playing.
-import { api, clock, ClockOffset, el, epochMs, liveEvents, money, pageData, setText, timeOfDay } from "./common.js";
+import { api, clock, ClockOffset, el, epochMs, liveEvents, loadStripe, money, pageData, setText, timeOfDay } from "./common.js";
 import { WhepPlayer } from "./webrtc.js";
 
 const cfg = pageData();
@@ -669,16 +669,6 @@ $("card-form").addEventListener("submit", async (ev) => {
   paymentDone();
 });
 
-function loadScript(src) {
-  return new Promise((resolve, reject) => {
-    const s = document.createElement("script");
-    s.src = src;
-    s.onload = resolve;
-    s.onerror = () => reject(new Error(`could not load ${src}`));
-    document.head.append(s);
-  });
-}
-
 async function startStripe(checkout) {
   const form = $("stripe-form");
   const out = $("stripe-error");
@@ -687,7 +677,7 @@ async function startStripe(checkout) {
   form.hidden = false;
   $("checkout-cancel").hidden = false;
   try {
-    if (!window.Stripe) await loadScript("https://js.stripe.com/v3");
+    await loadStripe(cfg.stripe_js_url);
   } catch (_) {
     out.textContent = "The payment form could not load. Check your connection and try again.";
     return;
