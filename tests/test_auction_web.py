@@ -41,13 +41,16 @@ async def test_bid_from_the_phone_player_and_watch_it_on_the_host_page(
         await expect(host.locator("#host-auction")).to_contain_text("no bids yet", timeout=10_000)
 
         _, viewer = await new_page(browser, errors, "viewer", PHONE)
-        await viewer.goto(f"{app.url}/shows/demo")
+        response = await viewer.goto(f"{app.url}/shows/demo")
+        # Sandbox mode: the page loads scripts from this server only (no Stripe.js).
+        assert "script-src 'self';" in response.headers["content-security-policy"]
         panel = viewer.locator("#auction")
         await expect(panel).to_be_visible(timeout=10_000)
         await expect(viewer.locator("#a-bid-next")).to_have_text("Bid $10.00")
         await viewer.locator("#a-bid-next").click()
         await viewer.locator("#a-display-name").fill("Ana")
         await viewer.get_by_role("button", name="Save name").click()
+        assert await viewer.locator("#a-card-element").is_hidden()
         await viewer.locator("#a-card").fill("4242 4242 4242 4242")
         await viewer.locator("#a-exp").fill("12/31")
         await viewer.locator("#a-cvc").fill("123")
