@@ -87,14 +87,16 @@ def spawn_serve(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     timeout: float = 60,
+    command: str = "serve",
 ) -> tuple[subprocess.Popen, str]:
-    """``showroom serve ARGS`` as a child process; returns it and its URL once it listens.
+    """``showroom serve ARGS`` (or another ``command``: ``edge``) as a child process;
+    returns it and its URL once it listens.
 
     Its output keeps being drained (into ``log_path``, or nowhere) so a full pipe never
     blocks the server; a server that hangs without a word is killed after ``timeout``.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", *args],
+        [sys.executable, "-m", "server.cli", command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -116,7 +118,7 @@ def spawn_serve(
         watchdog.cancel()
     proc.kill()
     proc.wait()
-    raise RuntimeError("showroom serve did not start:\n" + "".join(lines[-30:]))
+    raise RuntimeError(f"showroom {command} did not start:\n" + "".join(lines[-30:]))
 
 
 def _drain(proc: subprocess.Popen, log_path: Path | None) -> None:

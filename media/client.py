@@ -45,7 +45,8 @@ async def negotiate(
         body = await resp.text()
         if resp.status != 201:
             raise WhipError(resp.status, body[:300])
-        location = urljoin(url, resp.headers["Location"])
+        # Relative to where the answer came from: a WHEP server may redirect (307).
+        location = urljoin(str(resp.url), resp.headers["Location"])
     await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
     return location
 

@@ -125,6 +125,7 @@ class Viewer:
         self.runtime = runtime
         self.codec = codec
         self.preview = preview  # the host watching their own output: not in the audience
+        self.edge: str | None = None  # the edge node whose pull session this is, if one
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
         self.pc = RTCPeerConnection(rtc_configuration(runtime.show.ice_servers))

@@ -13,7 +13,7 @@ import logging
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import auth, cluster, connections, keys, nodes, security, throttle
+from server import auth, cluster, connections, edges, keys, nodes, security, throttle
 from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
@@ -63,6 +63,7 @@ ROUTE_MODULES = (
     media,
     cluster,
     nodes,
+    edges,
     stats,
     recordings,
     restreams,

@@ -191,6 +191,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         print_worker=not getattr(args, "no_print_worker", False)
         and getattr(args, "worker_index", None) in (None, 0),
         public_url=getattr(args, "public_url", None),
+        origin_share=getattr(args, "origin_share", 0.0),
         public_ip=getattr(args, "public_ip", None),
         udp_ports=getattr(args, "udp_ports", None),
         redis_appendfsync=getattr(args, "appendfsync", None)
@@ -325,6 +326,26 @@ async def supervise(
     finally:
         if watcher is not None:
             watcher.cancel()
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from server.edge_app import EdgeConfig, run_edge
+
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis,
+        public_url=args.public_url,
+        public_ip=args.public_ip,
+        max_viewers_per_show=args.max_viewers,
+        max_viewers_per_ip=args.max_viewers_per_ip,
+    )
+    config = EdgeConfig(origin=args.origin, linger_s=args.linger)
+
+    async def main() -> int:
+        return await run_edge(settings, config, args.redis, _stop_event())
+
+    return run(main())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -613,7 +634,41 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LO-HI",
         help="every media (ICE) UDP socket inside this range, e.g. 40000-40999 (firewalls)",
     )
+    p.add_argument(
+        "--origin-share",
+        type=_share,
+        default=0.0,
+        metavar="F",
+        help="with edge nodes: the part (0-1) of a show's viewers this server keeps "
+        "before it sends new ones to an edge (default 0: all to edges while one is up)",
+    )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "edge", help="serve viewers' WHEP for shows pulled from an origin (an edge node)"
+    )
+    p.add_argument(
+        "--origin", required=True, help="the origin's base URL, e.g. http://10.0.0.5:8080"
+    )
+    p.add_argument(
+        "--redis",
+        default=os.environ.get("SHOWROOM_REDIS_URL"),
+        required=not os.environ.get("SHOWROOM_REDIS_URL"),
+        help="the origin's Redis (heartbeat, presence, viewer slots, shared secret)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--public-url", default=None, help="the URL viewers reach this edge at")
+    p.add_argument("--public-ip", type=_public_ip, default=None)
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=10.0,
+        help="seconds a show's pull from the origin stays open after its last viewer left",
+    )
+    p.add_argument("--max-viewers", type=int, default=500, help="per show, over every node")
+    p.add_argument("--max-viewers-per-ip", type=int, default=None)
+    p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser(
         "demo", help="embedded Redis + Stripe sandbox + demo show + PocketCam + virtual printer"
@@ -667,6 +722,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-url", default=None)
     p.set_defaults(func=cmd_printer_worker)
     return parser
+
+
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError("expected a number from 0 to 1")
+    return share
 
 
 def _workers(value: str) -> int:

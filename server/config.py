@@ -201,6 +201,9 @@ class Settings:
     # stock, orders and report never touch the real show's.
     rehearsal: bool = False
     public_url: str | None = None  # base URL printed on labels / QR codes
+    # With edge nodes: the part of a show's audience the origin keeps itself before it
+    # sends new viewers to an edge (307); 0 = every viewer to an edge while one is up.
+    origin_share: float = 0.0
     # --public-ip: the address viewers reach (1:1 NAT), put in the server's candidates;
     # --udp-ports: every media (ICE) UDP socket inside this range, for firewalls.
     public_ip: str | None = None

@@ -4,7 +4,8 @@ Each process (a single ``serve``, or each worker of ``serve --workers N``) write
 heartbeat about once a second into the hash ``nodes``: its id, role (``origin`` while it
 composes some show, else ``worker``), URL, viewers, CPU (share of one core since the
 previous beat), whether it runs the print worker, and the time it expires. A process that stops beating is reported
-``healthy: false`` for a minute, then dropped.
+``healthy: false`` for a minute, then dropped. Edge nodes (``showroom edge``) are listed
+from their own heartbeat keys (``server.edges``) and leave the list when those expire.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 from aiohttp import web
 
-from server import keys, presence
+from server import edges, keys, presence
 from server.auth import require_staff
 
 log = logging.getLogger("showroom.nodes")
@@ -81,9 +82,12 @@ async def list_nodes(request: web.Request) -> web.Response:
         if expires < now - FORGET_S:
             gone.append(field)
             continue
-        nodes.append({**record, "healthy": expires >= now})
+        nodes.append({**record, "healthy": expires >= now, "last_heartbeat": expires - STALE_S})
     if gone:
         await redis.hdel(KEY, *gone)
+    # Edge nodes: listed while their heartbeat key lives (TTL edges.TTL_MS).
+    for edge in await edges.live_edges(redis):
+        nodes.append({**edge, "healthy": True, "last_heartbeat": edge.get("at")})
     nodes.sort(key=lambda n: n["id"])
     return web.json_response({"nodes": nodes})
 

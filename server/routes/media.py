@@ -40,7 +40,7 @@ from media.sdp import (
     parse_sdpfrag,
 )
 from media.udp_ports import PortRangeBinding
-from server import keys, presence, segments, viewer_slots
+from server import edges, keys, presence, segments, viewer_slots
 from server.auth import get_show, is_host, require_operator, require_stream_key
 from server.cluster import cluster, maybe_forward
 from server.errors import ApiError, bad_request, not_found, read_body
@@ -205,12 +205,24 @@ async def whep_post(request: web.Request) -> web.Response:
     text, offered = _screened_offer(request, text)
     runtime = runtimes(request.app)[show.id]
     settings = request.app[keys.SETTINGS]
+    edge = edges.edge_of(request)  # an edge node pulling the show for its viewers
+    wants_preview = request.query.get("preview") == "1"
+    if edge is None and codec == "H264" and not wants_preview:
+        target = await edges.redirect_for(request, show.id)
+        if target is not None:
+            return web.Response(status=307, headers={"Location": target})
     slots = _slots(request.app)
     # The slot is taken (atomically, over every process) before any work that awaits.
     slot = secrets.token_urlsafe(9)
-    taken = await slots.take(
-        show.id, slot, request.remote or "-", settings.max_viewers_per_show, settings.viewer_ip_cap
-    )
+    taken = viewer_slots.TAKEN  # an edge's pull takes none: its viewers take theirs there
+    if edge is None:
+        taken = await slots.take(
+            show.id,
+            slot,
+            request.remote or "-",
+            settings.max_viewers_per_show,
+            settings.viewer_ip_cap,
+        )
     if taken == viewer_slots.SHOW_FULL:
         raise ApiError(
             503,
@@ -229,11 +241,14 @@ async def whep_post(request: web.Request) -> web.Response:
     with_audio = audio is not None and audio.direction in ("recvonly", "sendrecv")
     try:
         # The host page's preview asks with ?preview=1; only the show's host is believed.
-        preview = request.query.get("preview") == "1" and is_host(request, show)
+        # An edge's pull is not one of the audience either (its viewers are counted there).
+        preview = (wants_preview and is_host(request, show)) or edge is not None
         viewer = Viewer(runtime, codec, preview=preview)
+        viewer.edge = edge
         viewer.id = _session_id(request.app, viewer.id)
         _track_budget(viewer, offered)
-        slots.held[slot].session = viewer
+        if slot in slots.held:
+            slots.held[slot].session = viewer
         try:
             answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
         except Exception as exc:
@@ -338,6 +353,10 @@ async def media_stats(request: web.Request) -> web.Response:
     require_operator(request)
     runtime = _runtime(request)
     stats = runtime.stats()
+    # Edge nodes' pull sessions held here (each edge pulls a show once for its viewers).
+    stats["edge_pulls"] = sorted(
+        v.edge for v in runtime.viewers.values() if getattr(v, "edge", None)
+    )
     workers = cluster(request.app)
     if workers is not None:
         stats["worker"] = workers.index

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from checkout.orders import load_order
 from overlays.layout import make_layout
-from server import auth, keys, presence, security, throttle
+from server import auth, edges, keys, presence, security, throttle
 from server.config import ShowConfig
 from web.placeholder import product_png
 
@@ -63,13 +63,16 @@ def render(
     csrf = security.form_token(request)
     html = env.get_template(name).render(request=request, csrf=csrf, **context)
     stripe_js = live_stripe_js(request.app)
+    csp = _csp_stripe(stripe_js) if stripe_js else _CSP_SANDBOX
+    if extra := " ".join(edges.connect_sources(request.app)):  # WHEP may be sent to an edge
+        csp = csp.replace("connect-src 'self'", f"connect-src 'self' {extra}")
     response = web.Response(
         text=html,
         status=status,
         content_type="text/html",
         headers={
             "Cache-Control": "no-store",
-            "Content-Security-Policy": _csp_stripe(stripe_js) if stripe_js else _CSP_SANDBOX,
+            "Content-Security-Policy": csp,
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "same-origin",
             **(headers or {}),

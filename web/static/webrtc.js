@@ -32,11 +32,17 @@ function waitForIce(pc) {
 }
 
 async function exchange(url, sdp, headers) {
-  const resp = await fetch(url, {
-    method: "POST",
-    headers: { "Content-Type": "application/sdp", ...headers },
-    body: sdp,
-  });
+  let resp;
+  try {
+    resp = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", ...headers },
+      body: sdp,
+    });
+  } catch (err) {
+    err.network = true; // no answer at all (e.g. redirected to an edge that just died)
+    throw err;
+  }
   if (resp.status !== 201) {
     const err = new Error(`${url} answered ${resp.status}`);
     err.status = resp.status;
@@ -49,7 +55,8 @@ async function exchange(url, sdp, headers) {
   }
   const session = resp.headers.get("Location");
   const answer = await resp.text();
-  const base = new URL(url, window.location.href);
+  // resp.url: where the answer came from (the origin may send a viewer to an edge, 307).
+  const base = new URL(resp.url || url, window.location.href);
   return { answer, location: session ? new URL(session, base).href : null };
 }
 
@@ -60,7 +67,9 @@ function deleteSession(location, headers = {}) {
 }
 
 // Plays a show: reconnects with exponential backoff (1 s .. 15 s) whenever the
-// connection fails or the server is at capacity.
+// connection fails or the server is at capacity. The server may send the POST on to an
+// edge node (307); when that brings no answer at all, the next attempt asks the
+// server to serve this viewer itself (?direct=1), so a dead edge is never a dead end.
 export class WhepPlayer {
   constructor(url, video, { onState = () => {} } = {}) {
     this.url = url;
@@ -74,6 +83,7 @@ export class WhepPlayer {
     this.startedAt = 0;
     this.firstFrameMs = null;
     this.playing = false;
+    this.direct = false;
     this._leave = () => this.stop();
     video.addEventListener("playing", () => {
       this.playing = true;
@@ -142,6 +152,7 @@ export class WhepPlayer {
       clearTimeout(failTimer);
       if (s === "connected") {
         this.attempt = 0;
+        this.direct = false;
         this.onState("connected");
       } else if (s === "failed" || s === "closed") {
         this._retry();
@@ -153,7 +164,9 @@ export class WhepPlayer {
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIce(pc);
-      const { answer, location } = await exchange(this.url, pc.localDescription.sdp, {});
+      const url = new URL(this.url, window.location.href);
+      if (this.direct) url.searchParams.set("direct", "1");
+      const { answer, location } = await exchange(url.href, pc.localDescription.sdp, {});
       if (pc !== this.pc) {
         deleteSession(location);
         return;
@@ -162,6 +175,7 @@ export class WhepPlayer {
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
     } catch (err) {
       if (pc !== this.pc) return;
+      if (err.network) this.direct = true;
       this._retry(err.retryAfter ? err.retryAfter * 1000 : 0);
     }
   }

@@ -1,0 +1,464 @@
+"""An edge node's side of a show: pulled from the origin over standard WHEP, sent on to
+the edge's own viewers by the lean path, with no decode and no encode.
+
+- ``WhepPull`` is one WHEP session to the origin (an aiortc peer, recvonly H.264 +
+  Opus). Its receivers' RTP handler is replaced (``_handle_rtp_packet`` on the
+  instances), so aiortc neither reassembles nor decodes: each packet's payload (the
+  origin's own H.264 FU-A/STAP-A or Opus payload) goes straight into a ``FrameAssembler``
+  and whole frames into the edge's ``Fanout``s, exactly as the origin's encoder feeds
+  its own. The edge's ``Broadcast`` then writes them to its viewers with their own SSRC,
+  sequence numbers and timestamp offset.
+- Keyframe requests of the edge's viewers (joins, PLI/FIR, a lagging viewer) go upstream
+  as one RTCP PLI on the pull session (at most one per ``PLI_MIN_INTERVAL_S``; requests
+  in between are sent as one when it has passed); the origin's ``KeyframeGate``
+  coalesces them with everyone else's.
+- A lost packet drops the frame and every frame after it until the next keyframe (and
+  asks for one): a decoder never sees a broken reference. No NACKs upstream (the pull
+  runs between servers); viewers' NACKs are answered from the edge's own history.
+- The session is re-opened with backoff whenever it fails or stalls (no video for
+  ``STALL_S``, e.g. the origin restarting); meanwhile viewers keep their connection and
+  the last picture. Timestamps are rebased (``Timeline``) so a new upstream session
+  continues the viewers' RTP clock instead of jumping.
+
+aiortc internals used here (besides those of ``media.lean``): ``RTCRtpReceiver``'s
+``_handle_rtp_packet(packet, arrival_time_ms)`` (called by the DTLS transport's RTP
+router), ``_send_rtcp_pli(media_ssrc)`` and its name-mangled codec map
+``_RTCRtpReceiver__codecs`` (payload type -> codec, to tell RTX apart); checked by
+``tests/test_edges.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import is_rtx
+
+from media.client import prefer_codec
+from media.fanout import Fanout
+from media.lean import Broadcast
+from media.relay import RelayedPacket
+
+log = logging.getLogger("showroom.media.pull")
+
+STALL_S = 2.0  # no video from the origin this long: the session is re-opened
+CONNECT_TIMEOUT_S = 10.0
+PLI_MIN_INTERVAL_S = 0.2
+BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 3.0)
+VIDEO_CLOCK, AUDIO_CLOCK = 90000, 48000
+VIDEO_RING = 60  # two seconds at 30 fps (the origin's ring is 2 x fps)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def h264_keyframe(payload: bytes) -> bool:
+    """Pure: whether an H.264 RTP payload (RFC 6184) starts or carries an IDR or SPS."""
+    if not payload:
+        return False
+    nal = payload[0] & 0x1F
+    if nal in (5, 7):
+        return True
+    if nal == 24:  # STAP-A: [2-byte size, NAL] ...
+        i = 1
+        while i + 2 < len(payload):
+            size = int.from_bytes(payload[i : i + 2], "big")
+            if payload[i + 2] & 0x1F in (5, 7):
+                return True
+            i += 2 + size
+        return False
+    if nal == 28 and len(payload) > 1:  # FU-A: the start fragment names the NAL type
+        return bool(payload[1] & 0x80) and payload[1] & 0x1F in (5, 7)
+    return False
+
+
+@dataclass
+class Frame:
+    timestamp: int
+    payloads: list[bytes]
+    keyframe: bool
+
+
+@dataclass
+class FrameAssembler:
+    """Pure: RTP packets of one video stream -> whole frames (same timestamp, ending with
+    the marker bit). A gap in sequence numbers drops frames until the next keyframe."""
+
+    expected_seq: int | None = None
+    timestamp: int | None = None
+    payloads: list[bytes] = field(default_factory=list)
+    broken: bool = False
+    need_keyframe: bool = True  # nothing decodable before the first keyframe
+    lost: int = 0
+
+    def reset(self) -> None:
+        self.expected_seq = self.timestamp = None
+        self.payloads = []
+        self.broken = False
+        self.need_keyframe = True
+
+    def add(self, seq: int, timestamp: int, marker: bool, payload: bytes) -> Frame | None:
+        gap = 0
+        if self.expected_seq is not None and seq != self.expected_seq:
+            gap = (seq - self.expected_seq) & 0xFFFF
+            if gap > 0x8000:
+                return None  # late or duplicate: already counted as lost
+        self.expected_seq = (seq + 1) & 0xFFFF
+        if timestamp != self.timestamp:
+            if self.payloads:  # the previous frame never got its marker
+                self.need_keyframe = True
+            self.timestamp, self.payloads, self.broken = timestamp, [], False
+        if gap:  # packets of this frame (or of frames before it) are missing
+            self.lost += gap
+            self.broken = self.need_keyframe = True
+        self.payloads.append(payload)
+        if not marker:
+            return None
+        payloads, self.payloads = self.payloads, []
+        self.timestamp = None
+        if self.broken:
+            self.broken = False
+            return None
+        keyframe = h264_keyframe(payloads[0])
+        if self.need_keyframe and not keyframe:
+            return None
+        self.need_keyframe = False
+        return Frame(timestamp, payloads, keyframe)
+
+
+@dataclass
+class Timeline:
+    """Rebases one stream's RTP timestamps: each new upstream session (a new SSRC)
+    continues from where the previous one left off, by elapsed wall time."""
+
+    clock_rate: int
+    ssrc: int | None = None
+    offset: int = 0
+    last_out: int | None = None
+    last_at: float = 0.0
+
+    def map(self, ssrc: int, timestamp: int, now: float) -> int:
+        if ssrc != self.ssrc:
+            self.ssrc = ssrc
+            if self.last_out is None:
+                self.offset = 0
+            else:
+                elapsed = max(1, int((now - self.last_at) * self.clock_rate))
+                self.offset = (self.last_out + elapsed - timestamp) & 0xFFFFFFFF
+        out = (timestamp + self.offset) & 0xFFFFFFFF
+        self.last_out, self.last_at = out, now
+        return out
+
+
+@dataclass(frozen=True)
+class EdgeShowInfo:
+    """What a viewer's peer needs of the show on an edge (``Viewer`` reads ``show``)."""
+
+    id: str
+    ice_servers: tuple = ()
+
+
+class EdgeShow:
+    """Stands in for ``ShowRuntime`` on an edge: the same fan-outs, lean broadcasts and
+    viewers, fed by a ``WhepPull`` instead of an encoder."""
+
+    egress = "lean"
+    origin = False
+
+    def __init__(
+        self,
+        show_id: str,
+        make_pull: Callable[[EdgeShow], WhepPull],
+        linger_s: float = 10.0,
+        on_viewers: Callable[[EdgeShow], None] | None = None,
+    ) -> None:
+        self.show = EdgeShowInfo(show_id)
+        self.make_pull = make_pull
+        self.linger_s = linger_s
+        self.on_viewers = on_viewers
+        self.video = {"H264": Fanout(capacity=VIDEO_RING, keyframes=True)}
+        self.video["H264"].on_need_keyframe = lambda: self.request_keyframe("lagging")
+        self.audio = Fanout(capacity=25, keyframes=False, max_lag=10)
+        self.viewers: dict[str, Any] = {}
+        self.broadcasts: dict[int, Broadcast] = {}
+        self.pull: WhepPull | None = None
+        self.pulls_opened = 0
+        self.viewer_skips = 0
+        self._linger: asyncio.TimerHandle | None = None
+
+    def video_fanout(self, codec: str) -> Fanout:
+        if codec != "H264":
+            raise ValueError("an edge relays H.264 only")
+        return self.video["H264"]
+
+    def broadcast(self, fanout: Fanout, kind: str) -> Broadcast:
+        broadcast = self.broadcasts.get(id(fanout))
+        if broadcast is None:
+            clock_rate = VIDEO_CLOCK if kind == "video" else AUDIO_CLOCK
+            broadcast = self.broadcasts[id(fanout)] = Broadcast(
+                fanout, kind, clock_rate, self.request_keyframe, self.viewer_skipped
+            )
+        return broadcast
+
+    @property
+    def audience(self) -> int:
+        return len(self.viewers)
+
+    def add_viewer(self, viewer: Any) -> None:
+        self.viewers[viewer.id] = viewer
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self.pull is None:
+            self.pull = self.make_pull(self)
+            self.pulls_opened += 1
+            self.pull.start()
+        if self.on_viewers:
+            self.on_viewers(self)
+
+    def remove_viewer(self, viewer: Any) -> None:
+        if self.viewers.pop(viewer.id, None) is None:
+            return
+        if not self.viewers and self.pull is not None:
+            # Closed a while after the last viewer: a reload or a quick return rejoins
+            # the running session instead of waiting for a new one.
+            loop = asyncio.get_running_loop()
+            self._linger = loop.call_later(self.linger_s, self._close_pull)
+        if self.on_viewers:
+            self.on_viewers(self)
+
+    def _close_pull(self) -> None:
+        self._linger = None
+        if self.viewers or self.pull is None:
+            return
+        pull, self.pull = self.pull, None
+        asyncio.get_running_loop().create_task(pull.stop())
+
+    def request_keyframe(self, reason: str = "join") -> None:
+        if self.pull is not None:
+            self.pull.request_keyframe()
+
+    def viewer_skipped(self, kind: str) -> None:
+        self.viewer_skips += 1
+
+    def stats(self) -> dict:
+        pull = self.pull
+        return {
+            "viewers": self.audience,
+            "pulls_opened": self.pulls_opened,
+            "viewer_skips": self.viewer_skips,
+            "pull": pull.stats() if pull is not None else None,
+        }
+
+    async def stop(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        await asyncio.gather(*(v.close() for v in list(self.viewers.values())))
+        if self.pull is not None:
+            await self.pull.stop()
+            self.pull = None
+        for broadcast in self.broadcasts.values():
+            broadcast.stop()
+
+
+class WhepPull:
+    """One show pulled from the origin's WHEP endpoint into an ``EdgeShow``'s fan-outs,
+    re-opened with backoff until ``stop``."""
+
+    def __init__(
+        self, show: EdgeShow, url: str, http: aiohttp.ClientSession, headers: dict[str, str]
+    ) -> None:
+        self.show = show
+        self.url = url
+        self.http = http
+        self.headers = headers
+        self.state = "connecting"  # connecting | live | retrying
+        self.sessions = 0  # WHEP sessions opened at the origin
+        self.frames = 0
+        self.video_bytes = 0  # RTP payload bytes of the frames relayed
+        self.audio_packets = 0
+        self.keyframes = 0
+        self.plis_sent = 0
+        self.last_error: str | None = None
+        self.last_video = 0.0
+        self.location: str | None = None
+        self._assembler = FrameAssembler()
+        self._video_clock = Timeline(VIDEO_CLOCK)
+        self._audio_clock = Timeline(AUDIO_CLOCK)
+        self._pc: RTCPeerConnection | None = None
+        self._video_receiver: Any = None
+        self._video_ssrc: int | None = None
+        self._last_pli = 0.0
+        self._pli_later: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"whep-pull-{self.show.show.id}")
+
+    async def stop(self) -> None:
+        if self._pli_later is not None:
+            self._pli_later.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._end_session()
+
+    def stats(self) -> dict:
+        return {
+            "state": self.state,
+            "sessions": self.sessions,
+            "frames": self.frames,
+            "video_bytes": self.video_bytes,
+            "keyframes": self.keyframes,
+            "audio_packets": self.audio_packets,
+            "lost_packets": self._assembler.lost,
+            "plis_sent": self.plis_sent,
+            "last_error": self.last_error,
+        }
+
+    # --- keyframes upstream -------------------------------------------------------------
+    def request_keyframe(self) -> None:
+        """One PLI upstream now, or (coalesced) when ``PLI_MIN_INTERVAL_S`` has passed."""
+        receiver, ssrc = self._video_receiver, self._video_ssrc
+        if receiver is None or ssrc is None:
+            return  # the next session starts with a keyframe anyway
+        now = time.monotonic()
+        wait = self._last_pli + PLI_MIN_INTERVAL_S - now
+        if wait > 0:
+            if self._pli_later is None:
+                loop = asyncio.get_running_loop()
+                self._pli_later = loop.call_later(wait, self._deferred_pli)
+            return
+        self._last_pli = now
+        self.plis_sent += 1
+        task = asyncio.get_running_loop().create_task(receiver._send_rtcp_pli(ssrc))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _deferred_pli(self) -> None:
+        self._pli_later = None
+        self.request_keyframe()
+
+    # --- the session loop ---------------------------------------------------------------
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the origin away, refusing, or a torn answer
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.info("edge pull of %s: %s", self.show.show.id, self.last_error)
+            await self._end_session()
+            self.state = "retrying"
+            if time.monotonic() - started > 10:
+                attempt = 0  # it was up for a while: retry quickly
+            await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+
+    async def _session(self) -> None:
+        self.state = "connecting"
+        pc = self._pc = RTCPeerConnection()
+        video = pc.addTransceiver("video", direction="recvonly")
+        audio = pc.addTransceiver("audio", direction="recvonly")
+        prefer_codec(pc, "video", "video/H264")
+        self._assembler.reset()
+        self._video_ssrc = None
+        self._video_receiver = video.receiver
+        video.receiver._handle_rtp_packet = self._rtp_handler(video.receiver, "video")
+        audio.receiver._handle_rtp_packet = self._rtp_handler(audio.receiver, "audio")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with self.http.post(
+            self.url,
+            data=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", **self.headers},
+            timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S),
+            allow_redirects=False,  # the origin never sends an edge elsewhere
+        ) as resp:
+            body = await resp.text()
+            if resp.status != 201:
+                raise RuntimeError(f"origin answered {resp.status}: {body[:200]}")
+            self.location = urljoin(self.url, resp.headers.get("Location", ""))
+        self.sessions += 1
+        await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        self.last_video = time.monotonic()
+        deadline = self.last_video + CONNECT_TIMEOUT_S
+        while True:
+            await asyncio.sleep(0.1)
+            if pc.connectionState in ("failed", "closed"):
+                raise RuntimeError(f"pull session {pc.connectionState}")
+            now = time.monotonic()
+            if self.frames and self.state == "connecting" and self.last_video > now - STALL_S:
+                self.state = "live"
+            if self.state == "live" and now - self.last_video > STALL_S:
+                raise RuntimeError(f"no video from the origin for {STALL_S:.0f} s")
+            if self.state == "connecting" and now > deadline:
+                raise RuntimeError("no video from the origin after connecting")
+
+    async def _end_session(self) -> None:
+        pc, location = self._pc, self.location
+        self._pc = self._video_receiver = None
+        self.location = None
+        if location:
+            with contextlib.suppress(Exception):
+                async with self.http.delete(location, timeout=aiohttp.ClientTimeout(total=2)):
+                    pass
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pc.close(), 5)
+
+    def _rtp_handler(self, receiver: Any, kind: str):
+        codecs = receiver._RTCRtpReceiver__codecs  # payload type -> codec, set on receive()
+        video = kind == "video"
+        show = self.show
+
+        async def handle(packet: Any, arrival_time_ms: int = 0) -> None:
+            codec = codecs.get(packet.payload_type)
+            if codec is None or is_rtx(codec) or not packet.payload:
+                return  # no NACKs upstream, so no RTX either; padding-only probes
+            now = time.monotonic()
+            if not video:
+                ts = self._audio_clock.map(packet.ssrc, packet.timestamp, now)
+                show.audio.publish(
+                    RelayedPacket(len(packet.payload)),
+                    True,
+                    now_ms(),
+                    payloads=[packet.payload],
+                    timestamp=ts,
+                )
+                self.audio_packets += 1
+                return
+            self._video_ssrc = packet.ssrc
+            self.last_video = now
+            was_waiting = self._assembler.need_keyframe
+            frame = self._assembler.add(
+                packet.sequence_number, packet.timestamp, packet.marker, packet.payload
+            )
+            if frame is None:
+                if self._assembler.need_keyframe and not was_waiting:
+                    self.request_keyframe()  # a loss: ask for a fresh picture
+                return
+            ts = self._video_clock.map(packet.ssrc, frame.timestamp, now)
+            fanout = show.video["H264"]
+            size = sum(map(len, frame.payloads))
+            fanout.publish(
+                RelayedPacket(size), frame.keyframe, now_ms(), payloads=frame.payloads, timestamp=ts
+            )
+            self.frames += 1
+            self.video_bytes += size
+            self.keyframes += frame.keyframe
+
+        return handle

@@ -1,0 +1,343 @@
+"""Edge nodes: ``showroom serve`` (the origin) and ``showroom edge`` as real processes,
+real aiortc publishers and viewers, a real Redis.
+
+A viewer's WHEP POST at the origin is answered 307 to the edge and plays there; the edge
+pulls each show once over WHEP whatever its number of viewers; a killed edge leaves the
+choice and ``/api/nodes`` within the heartbeat TTL; the edge's viewers survive an origin
+restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+import aiohttp
+import numpy as np
+import pytest
+
+from load_tests.common import spawn_serve
+from media.client import WhepPlayer, WhipPublisher
+from media.pull import FrameAssembler, Timeline, h264_keyframe
+from media.testsrc import TestPatternTrack
+from server import edges
+from server.embedded import free_port
+from tests.conftest import STAFF_PASSWORD, STREAM_KEY, wait_until
+from tests.test_media_http import real_offer
+
+pytestmark = pytest.mark.timeout(240)
+
+FPS = 15
+SDP = {"Content-Type": "application/sdp"}
+STAFF = {"Authorization": f"Bearer {STAFF_PASSWORD}"}
+METRICS_TOKEN = "edge-test-metrics"
+OPS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+def _env(stripe_url: str) -> dict[str, str]:
+    return {**os.environ, "STRIPE_API_BASE": stripe_url, "SHOWROOM_METRICS_TOKEN": METRICS_TOKEN}
+
+
+def start_origin(manifest: Path, redis_url: str, tmp_path: Path, stripe_url: str, port: int):
+    args = ["--port", str(port), "--redis", redis_url, "--data-dir", str(tmp_path / "var")]
+    args += ["--manifest", str(manifest)]
+    return spawn_serve(args, env=_env(stripe_url), log_path=tmp_path / "origin.log", timeout=90)
+
+
+def start_edge(origin: str, redis_url: str, tmp_path: Path, stripe_url: str, linger: float = 2):
+    args = ["--origin", origin, "--redis", redis_url, "--port", str(free_port())]
+    args += ["--linger", str(linger)]
+    return spawn_serve(
+        args, env=_env(stripe_url), log_path=tmp_path / "edge.log", timeout=60, command="edge"
+    )
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def live_picture(frame) -> bool:
+    """The publisher's teal test pattern, not the dark slate."""
+    y = frame.to_ndarray(format="gray")[::8, ::8]
+    return float(np.mean(y)) > 90
+
+
+async def nodes(http: aiohttp.ClientSession, url: str) -> list[dict]:
+    async with http.get(f"{url}/api/nodes", headers=STAFF) as r:
+        assert r.status == 200
+        return (await r.json())["nodes"]
+
+
+async def edge_listed(http, url: str, edge_url: str) -> dict | None:
+    found = [n for n in await nodes(http, url) if n["role"] == "edge" and n["url"] == edge_url]
+    return found[0] if found and found[0]["healthy"] else None
+
+
+async def media(http, url: str) -> dict:
+    async with http.get(f"{url}/api/shows/demo/media", headers=STAFF) as r:
+        return await r.json()
+
+
+async def first_answer(http, url: str) -> aiohttp.ClientResponse:
+    """A viewer's WHEP POST at ``url`` without following a redirect."""
+    offer = await real_offer("view")
+    async with http.post(f"{url}/whep/demo", data=offer, headers=SDP, allow_redirects=False) as r:
+        await r.read()
+    if r.status == 201:  # not a viewer we keep: end the session again
+        async with http.delete(urljoin(url, r.headers["Location"])):
+            pass
+    return r
+
+
+async def live_pictures(player: WhepPlayer, within: float) -> None:
+    start = player.stats.video_frames
+    await wait_until(
+        lambda: (
+            player.stats.video_frames > start + FPS
+            and player.latest_video is not None
+            and live_picture(player.latest_video)
+        ),
+        within,
+    )
+
+
+async def keyframe_requests(http, url: str) -> float:
+    async with http.get(f"{url}/metrics", headers=STAFF) as r:
+        text = await r.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('showroom_keyframes_requested_total{show="demo"}')
+    )
+
+
+@pytest.fixture
+def manifest(write_manifest) -> Path:
+    return write_manifest("demo", width=640, height=360, fps=FPS)
+
+
+async def test_viewers_redirected_to_an_edge_play_through_one_pull_session(
+    manifest, redis_url, tmp_path, stripe_sandbox
+):
+    origin_proc, url = start_origin(manifest, redis_url, tmp_path, stripe_sandbox.url, free_port())
+    edge_proc = None
+    players: list[WhepPlayer] = []
+    publisher = None
+    http = aiohttp.ClientSession()
+    try:
+        # No edge yet: the origin serves the viewer itself.
+        assert (await first_answer(http, url)).status == 201
+        edge_proc, edge_url = start_edge(url, redis_url, tmp_path, stripe_sandbox.url)
+        await wait_until(lambda: edge_listed(http, url, edge_url), 10)
+        publisher = WhipPublisher(f"{url}/whip/demo", STREAM_KEY, TestPatternTrack(640, 360, FPS))
+        await publisher.start(http)
+
+        r = await first_answer(http, url)
+        assert r.status == 307 and r.headers["Location"] == f"{edge_url}/whep/demo"
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+        # Two viewers ask the origin, follow the redirect and play from the edge.
+        for _ in range(2):
+            player = WhepPlayer(f"{url}/whep/demo", audio=True)
+            await player.start(http)
+            assert player.location is not None and player.location.startswith(edge_url)
+            players.append(player)
+        for player in players:
+            await player.wait_first_frame(20)
+            await live_pictures(player, 20)
+            assert player.stats.sizes == {(640, 360)}
+        await wait_until(lambda: all(p.stats.audio_frames > 10 for p in players), 10)
+
+        # One pull session at the origin for both, not counted as a viewer there; the
+        # show's audience (over every node) is the edge's two viewers.
+        stats = await media(http, url)
+        assert len(stats["edge_pulls"]) == 1 and stats["viewers"] == 0, stats
+        assert stats["codecs"] == ["H264"]  # the origin's one encode, nothing per viewer
+
+        async def audience_is(n: int) -> bool:
+            async with http.get(f"{url}/api/shows/demo") as r:
+                return (await r.json())["viewers"] == n
+
+        await wait_until(lambda: audience_is(2), 10)
+        node = await wait_until(
+            lambda: _with(edge_listed(http, url, edge_url), lambda n: n["viewers"] == 2), 10
+        )
+        assert node["shows"] == {"demo": 2} and node["pulls"] == {"demo": "live"}
+        assert {"id", "url", "viewers", "cpu", "healthy", "last_heartbeat"} <= set(node)
+        async with http.get(f"{edge_url}/metrics", headers=OPS) as r:
+            text = await r.text()
+        assert 'showroom_viewers{show="demo"} 2.0' in text
+        assert 'showroom_edge_pull_up{show="demo"} 1.0' in text
+        async with http.get(f"{edge_url}/metrics") as r:
+            assert r.status == 401
+
+        # A viewer's PLI at the edge reaches the origin's keyframe gate (upstream RTCP).
+        await asyncio.sleep(0.5)  # past the edge's PLI spacing
+        before = await keyframe_requests(http, url)
+        receiver = next(t.receiver for t in players[0].pc.getTransceivers() if t.kind == "video")
+        (source,) = receiver.getSynchronizationSources()
+        await receiver._send_rtcp_pli(source.source)
+        await wait_until(lambda: _after(keyframe_requests(http, url), before), 5)
+
+        # Both leave: the pull closes once the edge's linger (2 s) is over.
+        for player in players:
+            await player.close(http)
+        players.clear()
+        await wait_until(lambda: _with(media(http, url), lambda m: not m["edge_pulls"]), 10)
+    finally:
+        for player in players:
+            await player.close(http)
+        if publisher is not None:
+            await publisher.close(http)
+        await http.close()
+        if edge_proc is not None:
+            stop(edge_proc)
+        stop(origin_proc)
+
+
+async def test_edge_survives_an_origin_restart_and_a_dead_edge_leaves_the_choice(
+    manifest, redis_url, tmp_path, stripe_sandbox
+):
+    port = free_port()
+    origin_proc, url = start_origin(manifest, redis_url, tmp_path, stripe_sandbox.url, port)
+    edge_proc, edge_url = start_edge(url, redis_url, tmp_path, stripe_sandbox.url)
+    publisher = player = None
+    http = aiohttp.ClientSession()
+    try:
+        await wait_until(lambda: edge_listed(http, url, edge_url), 10)
+        publisher = WhipPublisher(f"{url}/whip/demo", STREAM_KEY, TestPatternTrack(640, 360, FPS))
+        await publisher.start(http)
+        player = WhepPlayer(f"{url}/whep/demo", audio=False)
+        await player.start(http)
+        assert player.location is not None and player.location.startswith(edge_url)
+        await player.wait_first_frame(20)
+        await live_pictures(player, 20)
+
+        # The origin goes away (crash) and comes back on the same port; the publisher
+        # publishes again. The edge's viewer never reconnects: the edge pulls again.
+        stop(origin_proc, signal.SIGKILL)
+        await publisher.close()
+        publisher = None
+        await asyncio.sleep(1.5)
+        origin_proc, url2 = start_origin(manifest, redis_url, tmp_path, stripe_sandbox.url, port)
+        assert url2 == url
+        publisher = WhipPublisher(f"{url}/whip/demo", STREAM_KEY, TestPatternTrack(640, 360, FPS))
+        await publisher.start(http)
+        await live_pictures(player, 30)
+        assert player.pc.connectionState == "connected"
+        async with http.get(f"{edge_url}/api/edge", headers=OPS) as r:
+            pull = (await r.json())["shows"]["demo"]["pull"]
+        assert pull["sessions"] >= 2 and pull["state"] == "live", pull
+
+        # The edge dies: within the heartbeat TTL (3 s) it is out of /api/nodes and the
+        # origin serves new viewers itself.
+        assert (await first_answer(http, url)).status == 307
+        stop(edge_proc, signal.SIGKILL)
+        killed = time.monotonic()
+
+        async def edge_gone() -> bool:
+            if await edge_listed(http, url, edge_url):
+                return False
+            return (await first_answer(http, url)).status == 201
+
+        await wait_until(edge_gone, 6, interval=0.1)
+        gone_after = time.monotonic() - killed
+        print(f"dead edge left the choice after {gone_after:.2f} s")
+        assert gone_after <= edges.TTL_MS / 1000 + 0.5  # the TTL, plus one poll on a busy box
+    finally:
+        if player is not None:
+            await player.close()
+        if publisher is not None:
+            await publisher.close(http)
+        await http.close()
+        stop(edge_proc, signal.SIGKILL)
+        stop(origin_proc)
+
+
+async def _with(value, check):
+    value = await value
+    return value if value and check(value) else None
+
+
+async def _after(value, before: float) -> bool:
+    return await value > before
+
+
+# --- the pure parts ---------------------------------------------------------------------
+
+IDR_STAP = bytes([24, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xCE])  # STAP-A: SPS, PPS
+P_SLICE = bytes([0x41, 0x9A])
+FU_IDR_START = bytes([28, 0x80 | 5, 0xAA])
+
+
+def test_h264_keyframes_are_recognised_in_every_packetisation():
+    assert h264_keyframe(IDR_STAP)
+    assert h264_keyframe(FU_IDR_START)
+    assert h264_keyframe(bytes([0x65, 0x88]))
+    assert not h264_keyframe(P_SLICE)
+    assert not h264_keyframe(bytes([28, 5, 0xAA]))  # an IDR's middle fragment
+    assert not h264_keyframe(b"")
+
+
+def test_a_lost_packet_drops_frames_until_the_next_keyframe():
+    a = FrameAssembler()
+    assert a.add(1, 100, True, P_SLICE) is None  # nothing before the first keyframe
+    frame = a.add(2, 200, False, IDR_STAP)
+    assert frame is None
+    frame = a.add(3, 200, True, FU_IDR_START)
+    assert frame is not None and frame.keyframe and frame.payloads == [IDR_STAP, FU_IDR_START]
+    assert a.add(4, 300, True, P_SLICE) is not None
+    assert a.add(6, 400, True, P_SLICE) is None  # seq 5 lost
+    assert a.add(7, 500, True, P_SLICE) is None  # still no keyframe
+    assert a.lost == 1
+    assert a.add(8, 600, False, IDR_STAP) is None
+    assert a.add(9, 600, True, FU_IDR_START).keyframe
+
+
+def test_a_new_upstream_session_continues_the_viewers_clock():
+    t = Timeline(90000)
+    assert t.map(1, 1000, 10.0) == 1000
+    assert t.map(1, 4000, 10.033) == 4000
+    # A new session (new SSRC, unrelated timestamps) half a second later.
+    assert t.map(2, 777_777, 10.533) == 4000 + 45000
+    assert t.map(2, 777_777 + 3000, 10.566) == 4000 + 48000
+
+
+def test_the_least_loaded_edge_is_chosen_and_the_origin_keeps_its_share():
+    a = {"id": "a", "viewers": 5, "cpu": 0.2, "at": 100.0}
+    b = {"id": "b", "viewers": 3, "cpu": 0.5, "at": 100.0}
+    hot = {"id": "c", "viewers": 0, "cpu": 0.95, "at": 100.0}
+    assert edges.choose([a, b, hot], {}, 0, 0, 0.0) is b
+    # Three viewers sent to b since its last beat: a is now the lighter one.
+    assert edges.choose([a, b], {"b": [100.5, 100.6, 100.7]}, 0, 0, 0.0) is a
+    assert edges.choose([a, b], {"b": [99.0, 99.5, 100.7]}, 0, 0, 0.0) is b
+    assert edges.choose([hot], {}, 0, 0, 0.0) is None
+    # Origin share 0.25 of an audience of 10 with 2 of its own: it keeps the viewer.
+    assert edges.choose([a, b], {}, 2, 10, 0.25) is None
+    assert edges.choose([a, b], {}, 3, 10, 0.25) is b
+
+
+async def test_aiortc_internals_the_pull_relies_on():
+    """``media.pull`` replaces a receiver's RTP handler and sends PLI through it."""
+    from aiortc import RTCPeerConnection, RTCRtpReceiver
+
+    assert callable(RTCRtpReceiver._handle_rtp_packet)
+    assert callable(RTCRtpReceiver._send_rtcp_pli)
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        assert isinstance(receiver._RTCRtpReceiver__codecs, dict)
+    finally:
+        await pc.close()
