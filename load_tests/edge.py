@@ -1,0 +1,260 @@
+"""Edge benchmark: glass-to-glass through an edge node next to straight from the origin.
+
+    python -m load_tests.edge [--quick] [--seconds 20]
+
+Starts a real ``showroom serve`` (the origin, ``--origin-share 1`` so it keeps the viewer
+that asks it directly) and a real ``showroom edge`` pulling from it, publishes a
+time-coded moving test pattern with noise over WHIP (the origin encodes it at the show's
+nominal bitrate), and watches with two aiortc viewers in the same process and the same
+seconds: one straight from the origin, one from the edge. Each decoded frame's capture
+time is read back (glass-to-glass = decoded arrival - capture). The same captured frame
+reaches both viewers, so the edge's own cost is also measured frame by frame (edge
+viewer's latency - origin viewer's latency for the same frame), which cancels what
+both share (the publisher's encode, the origin's compose and encode, decoding).
+
+Target: the edge adds at most 15 ms at p95. The stream's measured bitrate (at the edge's
+pull) is reported next to the nominal one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from load_tests.common import (
+    RESULTS,
+    VideoSize,
+    manifest_toml,
+    median,
+    percentile,
+    spawn_serve,
+    table,
+    write_section,
+)
+from load_tests.rtc_peers import StampedSource, ViewerStats, run_viewer, whip_publish
+from server.embedded import EmbeddedRedis, free_port
+
+SHOW = "edgebench"
+KEY = "edge-bench-stream-key"
+STAFF_PASSWORD = "edge-bench-staff"
+METRICS_TOKEN = "edge-bench-metrics"
+TARGET_P95_MS = 15.0
+WARMUP_S = 3.0
+
+
+def manifest(video: VideoSize) -> str:
+    return manifest_toml(
+        SHOW,
+        title="Edge benchmark",
+        stream_key=KEY,
+        staff_password=STAFF_PASSWORD,
+        products='[[products]]\nsku = "A"\nname = "A"\nprice = "1.00"\nstock = 1\n',
+        video=video,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def pull_stats(http: aiohttp.ClientSession, edge_url: str) -> dict:
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    async with http.get(f"{edge_url}/api/edge", headers=headers) as r:
+        return (await r.json())["shows"][SHOW]["pull"]
+
+
+def paired_ms(origin: ViewerStats, edge: ViewerStats, start: float, end: float) -> list[float]:
+    """Per captured frame seen by both viewers: edge latency - origin latency."""
+    by_code: dict[int, float] = {}
+    for arrived, lat in origin.samples:
+        if start <= arrived <= end:
+            by_code[round(arrived * 1000 - lat)] = lat
+    out = []
+    for arrived, lat in edge.samples:
+        base = by_code.get(round(arrived * 1000 - lat))
+        if base is not None and start <= arrived <= end + 1:
+            out.append(lat - base)
+    return out
+
+
+async def run(video: VideoSize, seconds: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="edgebench-") as tmp:
+        tmp_path = Path(tmp)
+        redis = EmbeddedRedis(tmp_path / "redis")
+        redis.start()
+        path = tmp_path / "show.toml"
+        path.write_text(manifest(video))
+        env = {**os.environ, "SHOWROOM_METRICS_TOKEN": METRICS_TOKEN}
+        args = ["--manifest", str(path), "--port", str(free_port()), "--redis", redis.url]
+        args += ["--data-dir", str(tmp_path / "var"), "--no-print-worker", "--origin-share", "1"]
+        origin, url = spawn_serve(args, env=env, log_path=tmp_path / "origin.log")
+        edge_args = ["--origin", url, "--redis", redis.url, "--port", str(free_port())]
+        edge, edge_url = spawn_serve(
+            edge_args, env=env, log_path=tmp_path / "edge.log", command="edge"
+        )
+        http = aiohttp.ClientSession()
+        publisher = None
+        try:
+            source = StampedSource(video.width, video.height, video.fps)
+            publisher = await whip_publish(http, f"{url}/whip/{SHOW}", KEY, source)
+            await asyncio.sleep(1.0)
+            halt = asyncio.Event()
+            straight, through = ViewerStats(), ViewerStats()
+            tasks = [
+                asyncio.create_task(run_viewer(url, SHOW, straight, halt)),
+                asyncio.create_task(run_viewer(edge_url, SHOW, through, halt)),
+            ]
+            await asyncio.sleep(WARMUP_S)
+            start = time.time()
+            before = await pull_stats(http, edge_url)
+            await asyncio.sleep(seconds)
+            after = await pull_stats(http, edge_url)
+            end = time.time()
+            halt.set()
+            await asyncio.gather(*tasks)
+            kbps = (after["video_bytes"] - before["video_bytes"]) * 8 / 1000 / (end - start)
+            return {
+                "origin": straight.latencies(start, end),
+                "edge": through.latencies(start, end),
+                "paired": paired_ms(straight, through, start, end),
+                "kbps": kbps,
+                "errors": [e for e in (straight.error, through.error) if e],
+                "pull": after,
+                "seconds": end - start,
+            }
+        finally:
+            if publisher is not None:
+                await publisher.pc.close()
+            await http.close()
+            stop(edge)
+            stop(origin)
+            redis.stop()
+
+
+def plot(rows: list[tuple[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, values in rows:
+        xs = sorted(values)
+        ax.plot(xs, [i / max(1, len(xs) - 1) for i in range(len(xs))], label=name)
+    ax.set_xlabel("glass-to-glass ms (capture -> decoded at the viewer)")
+    ax.set_ylabel("fraction of frames")
+    ax.set_title("Through an edge node vs straight from the origin (loopback)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds, no BENCHMARKS.md")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    video = VideoSize(640, 360, 30, 1000)
+    seconds = 4.0 if args.quick else args.seconds
+    result = asyncio.run(run(video, seconds))
+    rows = [
+        ("straight from the origin", result["origin"]),
+        ("through the edge", result["edge"]),
+    ]
+    body = table(
+        ["viewer", "frames", "p50 ms", "p95 ms", "p99 ms"],
+        [
+            [
+                name,
+                len(v),
+                f"{median(v):.1f}",
+                f"{percentile(v, 95):.1f}",
+                f"{percentile(v, 99):.1f}",
+            ]
+            for name, v in rows
+        ],
+    )
+    paired = result["paired"]
+    body += "\n\n" + table(
+        ["edge-added, same frame (edge - origin)", "frames", "p50 ms", "p95 ms", "p99 ms"],
+        [
+            [
+                "per frame",
+                len(paired),
+                f"{median(paired):.1f}",
+                f"{percentile(paired, 95):.1f}",
+                f"{percentile(paired, 99):.1f}",
+            ],
+            [
+                "edge row - origin row",
+                "",
+                f"{median(result['edge']) - median(result['origin']):.1f}",
+                f"{percentile(result['edge'], 95) - percentile(result['origin'], 95):.1f}",
+                "",
+            ],
+        ],
+    )
+    added = percentile(result["edge"], 95) - percentile(result["origin"], 95)
+    met = added <= TARGET_P95_MS and percentile(paired, 95) <= TARGET_P95_MS
+    verdict = [
+        f"Target: the edge adds <= {TARGET_P95_MS:.0f} ms p95 glass-to-glass: "
+        f"{'met' if met else 'NOT met'} (p95 difference {added:.1f} ms; per-frame p95 "
+        f"{percentile(paired, 95):.1f} ms over {len(paired)} frames).",
+        f"Stream: {video.width}x{video.height}@{video.fps}, nominal {video.bitrate_kbps} kbps; "
+        f"measured at the edge's pull {result['kbps']:.0f} kbps over {result['seconds']:.1f} s "
+        f"(moving bars + noise); pull lost {result['pull']['lost_packets']} packets.",
+    ]
+    load = os.getloadavg()
+    verdict.append(
+        f"Machine load average at the end: {load[0]:.1f} / {load[1]:.1f} (1 / 5 min, "
+        f"{os.cpu_count()} cores)."
+    )
+    if result["errors"]:
+        verdict.append(f"Viewer errors: {result['errors']}")
+    print(body)
+    print("\n".join(verdict))
+    png = RESULTS / ("edge_quick.png" if args.quick else "edge.png")
+    plot(rows, png)
+    if not args.quick:
+        notes = (
+            "Both viewers run in the benchmark's process at the same time, decoding, next "
+            "to the publisher (aiortc, encoding); the origin and the edge are separate "
+            "processes on the same machine, connected over loopback by standard WHEP "
+            "(the edge's pull session is an ordinary viewer of the origin's lean path). "
+            "The per-frame row pairs each captured frame's arrival at the two viewers, so "
+            "what both paths share cancels; it is what the edge's hop costs: the origin's "
+            "send to the edge, SRTP in and out, and the edge's own lean send."
+        )
+        write_section(
+            "edge",
+            f"python -m load_tests.edge --seconds {args.seconds:g}",
+            "\n\n".join(
+                [
+                    body,
+                    "\n".join(f"- {v}" for v in verdict),
+                    notes,
+                    "![edge](load_tests/results/edge.png)",
+                ]
+            ),
+        )
+    return 0 if not result["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
