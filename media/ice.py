@@ -77,6 +77,35 @@ def link_headers(servers: tuple[IceServer, ...]) -> list[str]:
     return [s.link() for s in servers]
 
 
+_LINK = re.compile(r'^\s*<([^>]*)>\s*((?:;\s*[A-Za-z-]+="[^"]*"\s*)*)$')
+_LINK_ATTR = re.compile(r';\s*([A-Za-z-]+)="([^"]*)"')
+
+
+def parse_link_headers(values: list[str]) -> tuple[IceServer, ...]:
+    """Pure: the ICE servers of a WHIP/WHEP answer's ``Link`` headers (RFC 9725 4.6),
+    as ``IceServer.link`` writes them; anything else (or invalid) is left out."""
+    servers = []
+    for value in values:
+        m = _LINK.match(value)
+        if m is None:
+            continue
+        attrs = dict(_LINK_ATTR.findall(m[2]))
+        url = m[1]
+        if attrs.get("rel") != "ice-server":
+            continue
+        turn = url.startswith("turn")
+        if url_problem(url, turn):
+            continue
+        if turn:
+            username, credential = attrs.get("username", ""), attrs.get("credential", "")
+            if credential_problem(username) or credential_problem(credential):
+                continue
+            servers.append(IceServer(url, username, credential))
+        else:
+            servers.append(IceServer(url))
+    return tuple(servers)
+
+
 def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration | None:
     """The server's own peers' configuration; None (aiortc's defaults) without ``[ice]``.
 

@@ -44,6 +44,7 @@ from aiortc.codecs import is_rtx
 
 from media.client import prefer_codec
 from media.fanout import Fanout
+from media.ice import parse_link_headers
 from media.lean import Broadcast
 from media.relay import RelayedPacket
 
@@ -194,6 +195,15 @@ class EdgeShow:
         self.pulls_opened = 0
         self.viewer_skips = 0
         self._linger: asyncio.TimerHandle | None = None
+
+    @property
+    def ice_servers(self) -> tuple:
+        return self.show.ice_servers
+
+    @ice_servers.setter
+    def ice_servers(self, servers: tuple) -> None:
+        if servers != self.show.ice_servers:
+            self.show = EdgeShowInfo(self.show.id, servers)
 
     def video_fanout(self, codec: str) -> Fanout:
         if codec != "H264":
@@ -392,6 +402,9 @@ class WhepPull:
             if resp.status != 201:
                 raise RuntimeError(f"origin answered {resp.status}: {body[:200]}")
             self.location = urljoin(self.url, resp.headers.get("Location", ""))
+            # The show's STUN/TURN servers (manifest [ice]): the edge's own viewer peers
+            # gather with them and pass them on in their answers.
+            self.show.ice_servers = parse_link_headers(resp.headers.getall("Link", []))
         self.sessions += 1
         await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
         self.last_video = time.monotonic()

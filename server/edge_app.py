@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from media.egress import Viewer
-from media.ice import advertise_address
+from media.ice import advertise_address, link_headers
 from media.pull import EdgeShow, WhepPull
 from media.sdp import SdpError, choose_view_codec, parse_offer
 from server import auth, edges, keys, presence, viewer_slots
@@ -209,6 +209,8 @@ async def whep_post(request: web.Request) -> web.Response:
     # An absolute Location: the client came here by a redirect from the origin.
     location = f"{edge.url}/whep/{show_id}/{viewer.id}"
     headers = CIMultiDict({"Location": location, "ETag": viewer.etag, "Accept-Patch": whep.SDPFRAG})
+    for link in link_headers(show.ice_servers):  # the origin's [ice], from its pull answer
+        headers.add("Link", link)
     return web.Response(status=201, text=answer, content_type=whep.SDP, headers=headers)
 
 

@@ -171,6 +171,11 @@ async def _refresh(app: web.Application) -> None:
         try:
             found = {web_origin(e.get("url", "")) for e in await live_edges(app[keys.REDIS])}
             app[keys.EXTRA]["edge_origins"] = sorted(o for o in found if o)
+            # The picture's viewer badge: the origin's own viewers are not the audience
+            # while edges have some; it follows the total ("viewers" live event) then.
+            local_only = not found and app[keys.EXTRA].get("cluster") is None
+            for runtime in app[keys.EXTRA].get("media", {}).values():
+                runtime.badge_counts_local_viewers = local_only
         except Exception as exc:  # Redis away: keep the last list
             log.debug("edge list: %s", exc)
         await asyncio.sleep(REFRESH_S)

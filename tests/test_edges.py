@@ -341,3 +341,25 @@ async def test_aiortc_internals_the_pull_relies_on():
         assert isinstance(receiver._RTCRtpReceiver__codecs, dict)
     finally:
         await pc.close()
+
+
+def test_the_origins_ice_servers_pass_through_link_headers():
+    """The edge learns the show's STUN/TURN servers from its pull answer's Link headers."""
+    from media.ice import IceServer, link_headers, parse_link_headers
+
+    servers = (
+        IceServer("stun:stun.example.org:3478"),
+        IceServer("turn:turn.example.org:3478?transport=udp", "u", "p"),
+    )
+    assert parse_link_headers(link_headers(servers)) == servers
+    assert (
+        parse_link_headers(
+            [
+                '<https://example.org/x>; rel="ice-server"',  # not a STUN/TURN URL
+                '<stun:a.example>; rel="next"',
+                '<turn:a.example:3478>; rel="ice-server"',  # TURN without credentials
+                "garbage",
+            ]
+        )
+        == ()
+    )
