@@ -166,7 +166,8 @@ class Commerce:
             except Exception as exc:  # Redis away: try again next tick
                 log.warning("checkout reaper: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), REAP_INTERVAL_S)
+                async with asyncio.timeout(REAP_INTERVAL_S):
+                    await self._closing.wait()
 
     async def reap_once(self) -> None:
         for show, sku in await reap_expired_holds(self.redis):

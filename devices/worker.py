@@ -350,7 +350,8 @@ class PrintWorker:
             if not lane.queue:
                 lane.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lane.wake.wait(), self.opts.idle_probe_s)
+                    async with asyncio.timeout(self.opts.idle_probe_s):
+                        await lane.wake.wait()
                 if not lane.queue and not self._stopping.is_set():
                     if not lane.wake.is_set():
                         await self._probe(lane)
@@ -400,7 +401,8 @@ class PrintWorker:
             if left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), min(left, 0.25))
+                async with asyncio.timeout(min(left, 0.25)):
+                    await self._stopping.wait()
             with contextlib.suppress(Exception):
                 if await self.redis.getdel(store.retry_key(lane.name)):
                     log.info("printer %s: retry requested by staff", lane.name)

@@ -85,7 +85,8 @@ async def publish_once(opts: CamOptions, http: aiohttp.ClientSession, stop: asyn
         log.info("publishing %s to %s (session %s)", opts.source, opts.url, location)
         while not stop.is_set() and not failed.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), CHECK_EVERY_S)
+                async with asyncio.timeout(CHECK_EVERY_S):
+                    await stop.wait()
             if stop.is_set() or not await session_alive(http, location, opts.key):
                 break
         if not stop.is_set():
@@ -130,7 +131,8 @@ async def run(opts: CamOptions, stop: asyncio.Event) -> None:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("server unreachable (%s); retrying in %.1fs", exc, backoff)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await stop.wait()
             backoff = next_backoff(backoff)
 
 

@@ -282,7 +282,10 @@ class RtmpSender(Sender):
             while True:
                 wait = STALL_S if self.state == "live" else CONNECT_TIMEOUT_S
                 try:
-                    line = await asyncio.wait_for(proc.stdout.readline(), wait)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                    # cancel that lands as the line arrives, and stop() would wait forever.
+                    async with asyncio.timeout(wait):
+                        line = await proc.stdout.readline()
                 except TimeoutError:
                     error = (
                         "the destination stopped taking data"
@@ -376,7 +379,8 @@ class WhipSender(Sender):
                 location = await negotiate(
                     http, pc, self.dest.url, self.dest.key, CONNECT_TIMEOUT_S
                 )
-                await asyncio.wait_for(connected.wait(), CONNECT_TIMEOUT_S)
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await connected.wait()
                 runtime.request_keyframe("join")
                 self._set("live")
                 await ended.wait()

@@ -338,7 +338,8 @@ class ShowRuntime:
                 await asyncio.sleep(max(0.0, min(wake, latest) - now))
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.slot.fresh.wait(), max(0.0, latest - now))
+                    async with asyncio.timeout(max(0.0, latest - now)):
+                        await self.slot.fresh.wait()
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.origin:  # another process composes this show (and reports it live)

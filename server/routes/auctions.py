@@ -332,7 +332,8 @@ class AuctionWorker:
             except Exception as exc:  # Redis away: next tick
                 log.warning("auction worker: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._closing.wait()
 
     async def settle(self, auction_id: str) -> None:
         app = self.app
