@@ -2,7 +2,7 @@
 
     python -m load_tests.report [--quick] [--only latency,labels] [--skip fanout]
 
-Runs each benchmark that exists (fanout, overlays, card_sync, flash_drop, relay, labels,
+Runs each benchmark that exists (fanout, overlays, card_sync, flash_drop, relay, edge, labels,
 latency, recording, chat, abuse) as ``python -m load_tests.NAME`` in its own process, one at a time (the
 machine has two cores; benchmarks never share it with each other). Each full run writes its own
 BENCHMARKS.md section; this one adds a summary section at the top (machine, command,
@@ -33,6 +33,7 @@ BENCHES = (
     "card_sync",
     "flash_drop",
     "relay",
+    "edge",
     "labels",
     "latency",
     "recording",

@@ -24,6 +24,10 @@ def test_edge_benchmark_quick():
         assert int(rows[name][1]) > 30, rows[name]  # frames measured
         assert 0 < float(rows[name][3]) < 1000, rows[name]  # p95 ms
     assert re.search(r"the edge adds <= 15 ms p95 glass-to-glass: (met|NOT met)", out)
+    # Capacity: counting viewers joined on each (too few here for a steady CPU slope).
+    for name in ("origin", "edge"):
+        assert rows[name][5] == "0" and float(rows[name][4]) > 500, rows[name]  # kbps each
+    assert re.search(r"viewers per core on an edge match the origin's lean path: (met|NOT)", out)
     kbps = float(re.search(r"measured at the edge's pull (\d+) kbps", out).group(1))
     assert 500 <= kbps <= 2000, out  # nominal 1000 kbps: the stream is not a still picture
     assert (RESULTS / "edge_quick.png").stat().st_size > 1000
