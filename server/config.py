@@ -720,7 +720,8 @@ def _playback(path: Path, data: Any) -> str | None:
     if "whep_url" not in data:
         return None
     url = _typed(path, "show.playback.whep_url", data["whep_url"], str).strip()
-    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+    # A plain host[:port]: the page's Content-Security-Policy names this origin.
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?", url):
         raise ManifestError(path, "show.playback.whep_url", f"must be an http(s) URL, got {url!r}")
     return url
 

@@ -21,8 +21,14 @@ from overlays.layout import make_layout
 from server import keys
 from server.config import ManifestError, load_manifest
 from server.embedded import free_port
-from tests.conftest import STAFF_PASSWORD, STREAM_KEY, manifest_text, wait_until
-from tests.test_web_support import DESKTOP, JsErrors, chromium, new_page, staff_login
+from tests.conftest import (
+    STAFF_PASSWORD,
+    STREAM_KEY,
+    manifest_text,
+    start_server_process,
+    wait_until,
+)
+from tests.test_web_support import DESKTOP, PHONE, JsErrors, chromium, new_page, staff_login
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -256,8 +262,6 @@ def test_restream_manifest_is_validated(tmp_path):
 async def test_whip_restream_plays_on_another_server(make_app, tmp_path, redis_url):
     """A second ``showroom serve`` (its own show) is the third-party WHIP server; a viewer
     of it sees the composed show, product card included."""
-    from tests.conftest import start_server_process
-
     cdn_manifest = tmp_path / "cdn.toml"
     cdn_manifest.write_text(manifest_text("cdn", width=W, height=H, fps=FPS))
     cdn, cdn_url = start_server_process([cdn_manifest], redis_url, tmp_path / "cdn-var")
@@ -452,3 +456,53 @@ async def test_host_page_starts_and_stops_a_restream(make_app, tmp_path, nginx, 
         finally:
             await pub.close(http)
     assert errors.unexpected() == []
+
+
+async def test_viewer_page_plays_from_the_playback_whep_service(
+    make_app, tmp_path, redis_url, artifacts
+):
+    """[show.playback] whep_url: the page at this server plays the picture from another
+    WHEP service (a second ``serve`` fed by our WHIP restream) while its cart stays here."""
+    cdn_manifest = tmp_path / "cdn.toml"
+    cdn_manifest.write_text(manifest_text("cdn", width=W, height=H, fps=FPS))
+    cdn, cdn_url = start_server_process([cdn_manifest], redis_url, tmp_path / "cdn-var")
+    try:
+        table = f'\n[[restream]]\nname = "cdn"\nurl = "{cdn_url}/whip/cdn"\nkey = "{STREAM_KEY}"\nautostart = true\n'
+        playback = f'[show.playback]\nwhep_url = "{cdn_url}/whep/cdn"\n'
+        app = await make_app([restream_manifest(tmp_path, table, extra=playback)])
+        runtime = app.app[keys.EXTRA]["media"]["demo"]
+        errors = JsErrors()
+        async with aiohttp.ClientSession() as http:
+            pub = await publish(app.url, http)
+            try:
+                await wait_until(lambda: _is(state_of(app, "cdn"), "live"), 20)
+                async with chromium(app) as browser:
+                    _, page = await new_page(
+                        browser, errors, "viewer", PHONE, is_mobile=True, has_touch=True
+                    )
+                    await page.goto(f"{app.url}/shows/demo")
+                    await page.wait_for_function(
+                        f"() => {{ const v = document.getElementById('video');"
+                        f" return v.videoWidth === {W} && v.currentTime > 1; }}",
+                        timeout=30000,
+                    )
+
+                    async def cdn_viewers() -> int:
+                        async with http.get(f"{cdn_url}/api/shows/cdn") as r:
+                            return (await r.json())["viewers"]
+
+                    assert await wait_until(cdn_viewers, 10) == 1, "the page plays from the CDN"
+                    assert not runtime.viewers, "no WHEP session at this server"
+                    async with app.session.post(
+                        "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth()
+                    ) as r:
+                        assert r.status == 200
+                    await page.locator("#f-buy").tap()  # the cart is this server's
+                    await page.locator("#cart-bar-text", has_text="1 item").wait_for(timeout=10000)
+                    await page.screenshot(path=artifacts / "viewer_playback_whep.png")
+            finally:
+                await pub.close(http)
+        assert errors.unexpected() == []
+    finally:
+        cdn.terminate()
+        cdn.wait(20)

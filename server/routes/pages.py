@@ -38,8 +38,7 @@ _CSP_SANDBOX = _CSP_BASE + "; script-src 'self'; connect-src 'self'"
 def _csp_stripe(js_url: str) -> str:
     """Live mode: Stripe.js from its origin (STRIPE_JS_URL), which also frames its card
     fields and calls its API; hooks.stripe.com frames 3-D Secure."""
-    parts = urlsplit(js_url)
-    origin = f"{parts.scheme}://{parts.netloc}"
+    origin = origin_of(js_url)
     return (
         f"{_CSP_BASE}; script-src 'self' {origin}; frame-src {origin} https://hooks.stripe.com; "
         f"connect-src 'self' https://api.stripe.com {origin}"
@@ -55,16 +54,23 @@ def live_stripe_js(app: web.Application) -> str | None:
 
 
 def render(
-    request: web.Request, name: str, status: int = 200, headers: dict | None = None, **context
+    request: web.Request,
+    name: str,
+    status: int = 200,
+    headers: dict | None = None,
+    connect: tuple[str, ...] = (),
+    **context,
 ) -> web.Response:
-    """A page; ``csrf`` in the template is the token its login/logout form posts back."""
+    """A page; ``csrf`` in the template is the token its login/logout form posts back;
+    ``connect``: other origins the page may call (a WHEP service it plays from)."""
     env = request.app[TEMPLATES]
     context.setdefault("rehearsal", request.app[keys.SETTINGS].rehearsal)
     csrf = security.form_token(request)
     html = env.get_template(name).render(request=request, csrf=csrf, **context)
     stripe_js = live_stripe_js(request.app)
     csp = _csp_stripe(stripe_js) if stripe_js else _CSP_SANDBOX
-    if extra := " ".join(edges.connect_sources(request.app)):  # WHEP may be sent to an edge
+    # WHEP may be sent to an edge, or to the show's playback service.
+    if extra := " ".join([*edges.connect_sources(request.app), *connect]):
         csp = csp.replace("connect-src 'self'", f"connect-src 'self' {extra}")
     response = web.Response(
         text=html,
@@ -230,7 +236,14 @@ async def viewer_page(request: web.Request) -> web.Response:
         "ice_servers": [s.browser() for s in show.ice_servers],
     }
     og = await share_tags(request, show)
-    return render(request, "viewer.html", show=show, data=data, og=og)
+    playback = show.playback_whep_url
+    connect = (origin_of(playback),) if playback else ()
+    return render(request, "viewer.html", connect=connect, show=show, data=data, og=og)
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def host_page(request: web.Request) -> web.Response:

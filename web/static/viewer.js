@@ -71,7 +71,10 @@ function watchRecovery() {
 
 // --- video ---------------------------------------------------------------------------
 const video = $("video");
-const player = new WhepPlayer(`/whep/${encodeURIComponent(cfg.id)}`, video, { onState: renderStage });
+// The picture comes from this server, or from the WHEP service the manifest names
+// ([show.playback]) for an audience one origin could not serve; cart and chat stay here.
+const whepUrl = cfg.playback_whep_url || `/whep/${encodeURIComponent(cfg.id)}`;
+const player = new WhepPlayer(whepUrl, video, { onState: renderStage });
 let joinReported = false;
 
 function renderStage(playerState) {
