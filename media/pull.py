@@ -285,12 +285,16 @@ class WhepPull:
     re-opened with backoff until ``stop``."""
 
     def __init__(
-        self, show: EdgeShow, url: str, http: aiohttp.ClientSession, headers: dict[str, str]
+        self,
+        show: EdgeShow,
+        url: str,
+        http: aiohttp.ClientSession,
+        headers: Callable[[], dict[str, str]],
     ) -> None:
         self.show = show
         self.url = url
         self.http = http
-        self.headers = headers
+        self.headers = headers  # extra request headers for each session's POST
         self.state = "connecting"  # connecting | live | retrying
         self.sessions = 0  # WHEP sessions opened at the origin
         self.frames = 0
@@ -394,11 +398,16 @@ class WhepPull:
         async with self.http.post(
             self.url,
             data=pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp", **self.headers},
+            headers={"Content-Type": "application/sdp", **self.headers()},
             timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S),
             allow_redirects=False,  # the origin never sends an edge elsewhere
         ) as resp:
             body = await resp.text()
+            if resp.status in (301, 302, 303, 307, 308):  # treated as a viewer, not an edge
+                raise RuntimeError(
+                    "the origin redirected the pull: it does not accept this edge's token "
+                    "(the same Redis and SHOWROOM_SECRET as the origin?)"
+                )
             if resp.status != 201:
                 raise RuntimeError(f"origin answered {resp.status}: {body[:200]}")
             self.location = urljoin(self.url, resp.headers.get("Location", ""))

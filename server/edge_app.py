@@ -65,7 +65,7 @@ class Edge:
         self.shows: dict[str, EdgeShow] = app[keys.EXTRA]["media"]
         self.known: dict[str, float] = {}  # show id -> monotonic time the origin confirmed it
         self.http: aiohttp.ClientSession | None = None
-        self.token = ""
+        self.secret = b""  # the shared signing secret (Redis or $SHOWROOM_SECRET)
 
     @property
     def url(self) -> str:
@@ -105,7 +105,12 @@ class Edge:
     def _pull(self, show: EdgeShow) -> WhepPull:
         assert self.http is not None
         url = f"{self.origin}/whep/{show.show.id}"
-        return WhepPull(show, url, self.http, {edges.EDGE_HEADER: self.token})
+        return WhepPull(show, url, self.http, self.pull_headers)
+
+    def pull_headers(self) -> dict[str, str]:
+        """A fresh token for each pull session (a long-lived edge never sends a stale one)."""
+        token = auth.issue_token(self.secret, edges.TOKEN_KIND, self.id, edges.TOKEN_TTL_S)
+        return {edges.EDGE_HEADER: token}
 
     def record(self, cpu: float) -> dict:
         return {
@@ -320,9 +325,7 @@ def create_edge_app(settings: Settings, config: EdgeConfig, redis_url: str) -> w
         redis = aioredis.from_url(redis_url, decode_responses=False, health_check_interval=10)
         app[keys.REDIS] = redis
         app[keys.EXTRA]["viewer_slots"] = viewer_slots.ViewerSlots(redis)
-        edge.token = auth.issue_token(
-            await auth.load_secret(redis), edges.TOKEN_KIND, edge.id, edges.TOKEN_TTL_S
-        )
+        edge.secret = await auth.load_secret(redis)
         edge.http = aiohttp.ClientSession()
         beat = asyncio.create_task(edge.run_heartbeat(), name="edge-heartbeat")
         yield

@@ -41,7 +41,7 @@ TTL_MS = 3000
 MAX_CPU = 0.9
 EDGE_HEADER = "X-Showroom-Edge"
 TOKEN_KIND = "edge"
-TOKEN_TTL_S = 24 * 3600
+TOKEN_TTL_S = 3600  # issued afresh for each pull session
 
 
 def record_key(edge_id: str) -> str:

@@ -29,6 +29,7 @@ from server import edges
 from server.embedded import free_port
 from tests.conftest import STAFF_PASSWORD, STREAM_KEY, wait_until
 from tests.test_media_http import real_offer
+from tests.test_workers import pinned
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -264,6 +265,59 @@ async def test_edge_survives_an_origin_restart_and_a_dead_edge_leaves_the_choice
         await http.close()
         stop(edge_proc, signal.SIGKILL)
         stop(origin_proc)
+
+
+async def test_an_edge_of_worker_processes_pulls_each_show_once(
+    manifest, redis_url, tmp_path, stripe_sandbox
+):
+    """``serve --workers 2`` as the origin: the pull lands on either worker (relayed there
+    when it is not the show's origin) and its DELETE reaches the worker holding it."""
+    args = ["--workers", "2", "--port", str(free_port()), "--redis", redis_url]
+    args += ["--data-dir", str(tmp_path / "var"), "--manifest", str(manifest)]
+    origin_proc, url = spawn_serve(
+        args, env=_env(stripe_sandbox.url), log_path=tmp_path / "origin.log", timeout=90
+    )
+    edge_proc, edge_url = start_edge(url, redis_url, tmp_path, stripe_sandbox.url)
+    on = {}
+    players: list[WhepPlayer] = []
+    publisher = None
+    http = aiohttp.ClientSession()
+    try:
+        on = {i: await pinned(url, i) for i in (0, 1)}
+        await wait_until(lambda: edge_listed(http, url, edge_url), 10)
+        publisher = WhipPublisher(f"{url}/whip/demo", STREAM_KEY, TestPatternTrack(640, 360, FPS))
+        await publisher.start(on[0])
+        for worker in (0, 1):  # each asks a different worker; both are sent to the edge
+            player = WhepPlayer(f"{url}/whep/demo", audio=False)
+            await player.start(on[worker])
+            assert player.location is not None and player.location.startswith(edge_url)
+            players.append(player)
+        for player in players:
+            await player.wait_first_frame(20)
+            await live_pictures(player, 20)
+
+        async def pulls() -> list[str]:
+            return [p for w in (0, 1) for p in (await media(on[w], url))["edge_pulls"]]
+
+        assert len(await pulls()) == 1
+        for player in players:
+            await player.close(http)
+        players.clear()
+        await wait_until(lambda: _empty(pulls()), 10)
+    finally:
+        for player in players:
+            await player.close(http)
+        if publisher is not None:
+            await publisher.close(http)
+        for client in on.values():
+            await client.close()
+        await http.close()
+        stop(edge_proc)
+        stop(origin_proc)
+
+
+async def _empty(value) -> bool:
+    return not await value
 
 
 async def _with(value, check):
