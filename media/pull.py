@@ -180,12 +180,10 @@ class EdgeShow:
         show_id: str,
         make_pull: Callable[[EdgeShow], WhepPull],
         linger_s: float = 10.0,
-        on_viewers: Callable[[EdgeShow], None] | None = None,
     ) -> None:
         self.show = EdgeShowInfo(show_id)
         self.make_pull = make_pull
         self.linger_s = linger_s
-        self.on_viewers = on_viewers
         self.video = {"H264": Fanout(capacity=VIDEO_RING, keyframes=True)}
         self.video["H264"].on_need_keyframe = lambda: self.request_keyframe("lagging")
         self.audio = Fanout(capacity=25, keyframes=False, max_lag=10)
@@ -195,6 +193,7 @@ class EdgeShow:
         self.pulls_opened = 0
         self.viewer_skips = 0
         self._linger: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task] = set()
 
     @property
     def ice_servers(self) -> tuple:
@@ -232,8 +231,6 @@ class EdgeShow:
             self.pull = self.make_pull(self)
             self.pulls_opened += 1
             self.pull.start()
-        if self.on_viewers:
-            self.on_viewers(self)
 
     def remove_viewer(self, viewer: Any) -> None:
         if self.viewers.pop(viewer.id, None) is None:
@@ -243,15 +240,15 @@ class EdgeShow:
             # the running session instead of waiting for a new one.
             loop = asyncio.get_running_loop()
             self._linger = loop.call_later(self.linger_s, self._close_pull)
-        if self.on_viewers:
-            self.on_viewers(self)
 
     def _close_pull(self) -> None:
         self._linger = None
         if self.viewers or self.pull is None:
             return
         pull, self.pull = self.pull, None
-        asyncio.get_running_loop().create_task(pull.stop())
+        task = asyncio.get_running_loop().create_task(pull.stop())
+        self._closing.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._closing.discard)
 
     def request_keyframe(self, reason: str = "join") -> None:
         if self.pull is not None:
@@ -270,9 +267,9 @@ class EdgeShow:
         }
 
     async def stop(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
         await asyncio.gather(*(v.close() for v in list(self.viewers.values())))
+        if self._linger is not None:  # set again as the last viewer left
+            self._linger.cancel()
         if self.pull is not None:
             await self.pull.stop()
             self.pull = None

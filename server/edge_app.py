@@ -163,6 +163,10 @@ def _edge(request: web.Request) -> Edge:
 # --- WHEP -------------------------------------------------------------------------------
 
 
+# The origin's own WHEP helpers (``server.routes.media``: SDP checks, candidate screening,
+# trickle limits, CORS), so an edge refuses exactly what the origin refuses.
+
+
 async def whep_post(request: web.Request) -> web.Response:
     edge = _edge(request)
     show_id = request.match_info["show"]

@@ -147,6 +147,18 @@ async def test_viewers_redirected_to_an_edge_play_through_one_pull_session(
 
         r = await first_answer(http, url)
         assert r.status == 307 and r.headers["Location"] == f"{edge_url}/whep/demo"
+        # The edge refuses what the origin refuses, with the same JSON errors.
+        offer = await real_offer("view")
+        bad = [
+            ("/whep/demo", {"Content-Type": "text/plain"}, offer, 415),
+            ("/whep/nope", SDP, offer, 404),
+            ("/whep/demo", SDP, "v=0\r\n", 400),
+        ]
+        for path, headers, body, status in bad:
+            async with http.post(f"{edge_url}{path}", data=body, headers=headers) as r:
+                assert r.status == status and "error" in await r.json(), (path, r.status)
+        async with http.delete(f"{edge_url}/whep/demo/nosuchsession") as r:
+            assert r.status == 404
         assert r.headers["Access-Control-Allow-Origin"] == "*"
 
         # Two viewers ask the origin, follow the redirect and play from the edge.
