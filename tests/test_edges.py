@@ -10,6 +10,7 @@ restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from load_tests.common import spawn_serve
 from media.client import WhepPlayer, WhipPublisher
 from media.pull import FrameAssembler, Timeline, h264_keyframe
 from media.testsrc import TestPatternTrack
-from server import edges
+from server import edges, keys, presence
 from server.embedded import free_port
 from tests.conftest import STAFF_PASSWORD, STREAM_KEY, wait_until
 from tests.test_media_http import real_offer
@@ -330,6 +331,62 @@ async def test_an_edge_of_worker_processes_pulls_each_show_once(
 
 async def _empty(value) -> bool:
     return not await value
+
+
+async def test_the_origin_keeps_its_share_and_follows_the_edges_in_redis(make_app):
+    """An edge's heartbeat record is all the origin reads: with ``origin_share`` 0.25 and
+    three viewers at an edge, the origin keeps viewers until it holds a quarter of the
+    audience, then answers 307; ``?direct=1`` and the host's preview are never sent away;
+    the edge is in the pages' connect-src and the badge follows the total meanwhile."""
+    app = await make_app(origin_share=0.25)
+    redis = app.app[keys.REDIS]
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    edge_url = "http://127.0.0.1:9"
+    record = {"id": "edge-t", "role": "edge", "url": edge_url, "viewers": 3, "cpu": 0.1}
+
+    async def beating() -> None:  # as a live edge does, once a second (TTL 3 s)
+        while True:
+            await edges.beat(redis, {**record, "shows": {"demo": 3}, "at": time.time()})
+            await asyncio.sleep(1)
+
+    beats = asyncio.create_task(beating())
+    try:
+        expires = int(time.time() * 1000) + 60_000  # the edge's three viewers in the presence
+        await redis.hset(presence.key("demo"), "edge-t:viewers", f"3:{expires}")
+        await wait_until(lambda: edges.connect_sources(app.app) == [edge_url], 5)
+        assert runtime.badge_counts_local_viewers is False
+        async with app.session.get("/shows/demo") as r:
+            assert f"connect-src 'self' {edge_url}" in r.headers["Content-Security-Policy"]
+
+        async def answer(query: str = "", headers: dict | None = None) -> int:
+            offer = await real_offer("view")
+            async with app.session.post(
+                f"/whep/demo{query}", data=offer, headers={**SDP, **(headers or {})},
+                allow_redirects=False,
+            ) as r:  # fmt: skip
+                await r.read()
+                return r.status
+
+        async def audience(n: int) -> bool:
+            return (await presence.read(redis, "demo"))[1] == n
+
+        # own 0 of 3 (+1): keep; own 1 of 4 (+1): keep; own 2 of 5 (+1) >= 0.25 x 6: the edge.
+        for expected in (4, 5):
+            assert await answer() == 201
+            await wait_until(lambda n=expected: audience(n), 5)
+        assert await answer() == 307
+        assert await answer("?direct=1") == 201
+        assert await answer("?preview=1", app.auth()) == 201
+        # The edge leaves: the origin keeps everyone; pages no longer name it.
+        beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beats
+        await edges.leave(redis, "edge-t")
+        assert await answer() == 201
+        await wait_until(lambda: edges.connect_sources(app.app) == [], 5)
+        assert runtime.badge_counts_local_viewers is True
+    finally:
+        beats.cancel()
 
 
 async def _with(value, check):
