@@ -81,6 +81,7 @@ class PlayerStats:
     first_video_at: float | None = None
     sizes: set[tuple[int, int]] = field(default_factory=set)
     video_times: list[float] = field(default_factory=list)
+    video_widths: list[int] = field(default_factory=list)  # of each frame in video_times
 
 
 class WhepPlayer:
@@ -126,6 +127,7 @@ class WhepPlayer:
                     s = self.stats
                     s.video_frames += 1
                     s.video_times.append(now)
+                    s.video_widths.append(frame.width)
                     s.sizes.add((frame.width, frame.height))
                     if s.first_video_at is None:
                         s.first_video_at = now

@@ -155,8 +155,10 @@ class Viewer:
         fanout = self.runtime.video_fanout(self.codec)
         if self.lean:
             broadcast = self.runtime.broadcast(fanout, "video")
-            pli = lambda: self.runtime.request_keyframe("pli")  # noqa: E731
-            self.senders.append(LeanSender(video.sender, broadcast, pli))
+            # PLI/FIR go to the gate of the rung the viewer is on (media/lean.py).
+            sender = LeanSender(video.sender, broadcast)
+            self.senders.append(sender)
+            self.runtime.adapter.add(sender, self.codec)
         else:
             video.sender._send_keyframe = lambda: self.runtime.request_keyframe("pli")
             _share_packetiser(video.sender, fanout, self.codec)
@@ -185,6 +187,7 @@ class Viewer:
         self._closed = True
         self.runtime.remove_viewer(self)
         for sender in self.senders:
+            self.runtime.adapter.remove(sender)
             sender.stop()
         for track in (self.video_track, self.audio_track):
             if track is not None:

@@ -34,7 +34,17 @@ class Encoded:
 class VideoEncoder:
     """libx264 (ultrafast, zerolatency, baseline) or libvpx (realtime) at a fixed size."""
 
-    def __init__(self, codec: str, width: int, height: int, fps: int, bitrate_kbps: int) -> None:
+    def __init__(
+        self,
+        codec: str,
+        width: int,
+        height: int,
+        fps: int,
+        bitrate_kbps: int,
+        buffer_s: float = 1.0,
+    ) -> None:
+        """``buffer_s``: the rate control's buffer (VBV), which bounds a keyframe's size:
+        a smaller one keeps keyframes small enough for a slow link's queue."""
         self.codec_name = codec
         name = {"H264": "libx264", "VP8": "libvpx"}[codec]
         ctx = av.CodecContext.create(name, "w")
@@ -54,7 +64,7 @@ class VideoEncoder:
                 "scenecut": "0",
                 "level": "31" if width * height <= 1280 * 720 else "41",
                 "maxrate": str(bitrate_kbps * 1000),
-                "bufsize": str(bitrate_kbps * 1000),
+                "bufsize": str(int(bitrate_kbps * 1000 * buffer_s)),
             }
             ctx.thread_count = 2 if width * height >= 1280 * 720 else 1
             self._packetiser = H264Encoder()
@@ -64,7 +74,7 @@ class VideoEncoder:
                 "cpu-used": "8",
                 "lag-in-frames": "0",
                 "error-resilient": "1",
-                "bufsize": str(bitrate_kbps * 1000),
+                "bufsize": str(int(bitrate_kbps * 1000 * buffer_s)),
                 "minrate": str(bitrate_kbps * 1000),
                 "maxrate": str(bitrate_kbps * 1000),
                 "undershoot-pct": "100",

@@ -90,10 +90,23 @@ RTCP_RTPFB_TWCC = 15  # transport-wide congestion control feedback (RTPFB FMT 15
 # Frames of history kept per viewer for NACKs: ~4 s of video at 30 fps, ~2.5 s of audio.
 HISTORY_FRAMES = 128
 SR_INTERVAL_S = 1.0
+# A packet is resent at most once per round trip (and this often at most), and
+# retransmissions may add at most RTX_SHARE to a viewer's media bytes (bucket of
+# RTX_BURST bytes): a link that loses packets because it is full must not get more.
+RESEND_MIN_S = 0.1
+RTX_SHARE = 0.5
+# A NACKed packet is resent up to this many times while no newer NACK arrives, and only
+# while it is at most NACK_WINDOW packets old (a receiver may take a much older one for a
+# stream reset).
+NACK_RETRIES = 3
+NACK_HISTORY = 96  # a receiver is taken to keep asking for what is this much newer
+NACK_WINDOW = 300
+RTX_BURST = 64_000
 
 _HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence number, timestamp, SSRC
 _RTCP_SR = struct.Struct("!BBHIQIII")  # header, SSRC, NTP, RTP timestamp, packets, octets
 _OSN = struct.Struct("!H")
+H264_FILLER = b"\x0c\xff\xff\x80"  # a filler-data NAL unit (type 12): decoders skip it
 
 
 def now_ms() -> int:
@@ -156,6 +169,7 @@ class Feedback:
     nacks: int = 0
     retransmits: int = 0
     keyframe_requests: int = 0
+    rr_at: float | None = None  # when the latest receiver report about this stream came
 
 
 class LeanSender:
@@ -199,6 +213,20 @@ class LeanSender:
         self.hist_entry: list[Entry | None] = [None] * HISTORY_FRAMES
         self.hist_pos = 0
         self.skips = 0
+        # Rate adaptation (media/adapt.py): the broadcast this viewer moves to at its next
+        # keyframe, the codec-clock timestamp of the newest frame sent (a switch never
+        # goes back in time), probe padding asked for and sent.
+        self.switch_to: Broadcast | None = None
+        self.last_ts: int | None = None
+        self.on_switched: Callable[[Broadcast], None] | None = None
+        self.padding_bps = 0
+        self.padding_octets = 0
+        self._resent: dict[int, float] = {}  # sequence number -> when it was last resent
+        self._rtx_allowance = float(RTX_BURST)  # bytes of retransmission allowed now
+        self.h264 = False
+        self.keyframe_seq: int | None = None  # first packet of the newest keyframe sent
+        self._nacked: dict[int, int] = {}  # still missing at the receiver -> times resent
+        self._pad_at = 0.0
         # aiortc calls sender.send(parameters) once DTLS is up: that call starts us.
         sender.send = self._start  # type: ignore[method-assign]
 
@@ -208,6 +236,7 @@ class LeanSender:
             return
         codec = parameters.codecs[0]
         self.pt = codec.payloadType
+        self.h264 = codec.mimeType.lower() == "video/h264"
         for c in parameters.codecs:
             if is_rtx(c) and c.parameters.get("apt") == codec.payloadType:
                 self.rtx_pt = c.payloadType
@@ -261,6 +290,8 @@ class LeanSender:
             return
         self.closed = True
         self.broadcast.leave(self)
+        if self.switch_to is not None:
+            self.switch_to.leave(self)
         if self.dtls is not None:
             with contextlib.suppress(Exception):
                 self.dtls._unregister_rtp_sender(self)
@@ -282,9 +313,13 @@ class LeanSender:
         sendto = self.sock.sendto
         pack = _HEADER.pack
         last = len(tails) - 1
+        self.last_ts = entry.timestamp
+        if entry.keyframe:
+            self.keyframe_seq = seq
         self.seq = (seq + last + 1) & 0xFFFF
         self.packets += last + 1
         self.octets += nbytes
+        self._rtx_allowance = min(RTX_BURST, self._rtx_allowance + RTX_SHARE * nbytes)
         try:
             for i, tail in enumerate(tails):
                 sendto(
@@ -293,7 +328,39 @@ class LeanSender:
                 seq = (seq + 1) & 0xFFFF
         except OSError:  # BlockingIOError: the socket buffer is full
             return False
+        if self._nacked:
+            self._retry_nacks()
+        if self.padding_bps:
+            self.send_padding(tails[0][: len(tails[0]) - len(entry.payloads[0])])
         return True
+
+    def set_padding(self, bps: int) -> None:
+        if not bps:
+            self._pad_at = 0.0
+        self.padding_bps = bps
+
+    PADDING = 255  # bytes of padding per packet (RTP padding length is one byte)
+
+    def send_padding(self, ext: bytes) -> None:
+        """Probe padding owed since the last frame, as padding-only RTX packets: the
+        receiver's bandwidth estimator counts them, its decoder never sees them."""
+        now = time.monotonic()
+        elapsed = min(0.2, now - self._pad_at) if self._pad_at else 0.0
+        self._pad_at = now
+        if self.rtx_pt is None or not elapsed:
+            return
+        count = int(self.padding_bps * elapsed / 8 / (self.PADDING + 12 + len(ext)))
+        b0 = self.b0 | 0x20  # the P bit
+        pad = b"\0" * (self.PADDING - 1) + bytes([self.PADDING])
+        ts = ((self.last_ts or 0) + self.ts_offset) & 0xFFFFFFFF
+        for _ in range(count):
+            data = _HEADER.pack(b0, self.rtx_pt, self.rtx_seq, ts, self.rtx_ssrc) + ext + pad
+            try:
+                self.sock.sendto(self.protect(data), self.addr)
+            except OSError:
+                return
+            self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+            self.padding_octets += len(data)
 
     # --- RTCP in ---------------------------------------------------------------------
     async def _handle_rtcp_packet(self, packet: Any) -> None:
@@ -304,13 +371,28 @@ class LeanSender:
                     continue
                 fb.fraction_lost, fb.packets_lost = report.fraction_lost, report.packets_lost
                 fb.jitter = report.jitter
+                fb.rr_at = time.monotonic()
                 if self.last_lsr is not None and report.lsr == self.last_lsr and report.dlsr:
                     fb.rtt_s = time.time() - self.last_lsr_time - report.dlsr / 65536
         elif isinstance(packet, RtcpRtpfbPacket):
             if packet.fmt == RTCP_RTPFB_NACK:
                 fb.nacks += 1
-                for seq in packet.lost:
-                    self.retransmit(seq & 0xFFFF)
+                # What a NACK lists is resent now and, a round trip apart, a few more
+                # times: a receiver that NACKs only on a new gap (and forgets what is
+                # older than its NACK history) would otherwise wait for a lost
+                # retransmission forever once the loss stops.
+                lost = [seq & 0xFFFF for seq in packet.lost]
+                if lost and self._nacked:
+                    # Asked for before, not now, and recent enough to be in the
+                    # receiver's NACK history: it arrived.
+                    newest = lost[-1]
+                    asked = set(lost)
+                    for seq in list(self._nacked):
+                        if seq not in asked and (newest - seq) & 0xFFFF < NACK_HISTORY:
+                            del self._nacked[seq]
+                for seq in lost:
+                    self._nacked[seq] = 0
+                self._retry_nacks()
             elif packet.fmt == RTCP_RTPFB_TWCC:
                 fb.twcc_reports += 1
                 fb.twcc_at = time.monotonic()
@@ -319,16 +401,43 @@ class LeanSender:
                 fb.keyframe_requests += 1
                 if self.on_keyframe_request is not None:
                     self.on_keyframe_request()
+                else:  # the gate of the rung this viewer is on
+                    self.broadcast.request_keyframe("pli")
             elif packet.fmt == RTCP_PSFB_APP:
                 with contextlib.suppress(ValueError):
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
                     if self._ssrc in ssrcs:
                         fb.remb_bps, fb.remb_at = bitrate, time.monotonic()
 
+    def _retry_nacks(self) -> None:
+        for seq, tries in list(self._nacked.items()):
+            if tries >= NACK_RETRIES or (self.seq - seq) & 0xFFFF > NACK_WINDOW:
+                del self._nacked[seq]
+            elif self.retransmit(seq):
+                self._nacked[seq] = tries + 1
+
     def retransmit(self, seq: int) -> bool:
-        """Resend packet ``seq`` from the history (as RTX when negotiated)."""
+        """Resend packet ``seq`` from the history (as RTX when negotiated), at most once
+        per round trip: a receiver that lists every packet still missing in each NACK
+        would otherwise have the same packets resent again and again into a link that is
+        already losing them."""
         if self.sock is None or self.closed:
             return False
+        now = time.monotonic()
+        resent = self._resent
+        last = resent.get(seq)
+        if last is not None and now - last < max(RESEND_MIN_S, 1.5 * (self.feedback.rtt_s or 0)):
+            return False
+        superseded = (
+            self.h264
+            and self.keyframe_seq is not None
+            and 0 < (self.keyframe_seq - seq) & 0xFFFF < 0x8000
+        )
+        if self._rtx_allowance <= 0 and not superseded:
+            return False  # over the retransmission budget: the link is full already
+        if len(resent) >= 1024:
+            resent.clear()
+        resent[seq] = now
         for pos in range(HISTORY_FRAMES):
             first, entry = self.hist_seq[pos], self.hist_entry[pos]
             if entry is None or first < 0:
@@ -340,7 +449,15 @@ class LeanSender:
             marker = 0x80 if index == len(entry.payloads) - 1 else 0
             ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
             ext = self.broadcast.ext_for(self.profile)
-            if self.rtx_pt is not None:
+            if superseded:
+                # Sent before the newest keyframe this viewer got, so its decoder no
+                # longer needs it: an H.264 filler-data NAL unit in its place tells the
+                # receiver to stop waiting for it (a receiver that waits for every packet
+                # in order would otherwise hold the keyframe back), for a few bytes.
+                # Never empty: an empty frame would read as the end of the stream.
+                header = _HEADER.pack(self.b0, self.pt | marker, seq, ts, self._ssrc)
+                data = header + ext + H264_FILLER
+            elif self.rtx_pt is not None:
                 header = _HEADER.pack(
                     self.b0, self.rtx_pt | marker, self.rtx_seq, ts, self.rtx_ssrc
                 )
@@ -351,6 +468,7 @@ class LeanSender:
             with contextlib.suppress(BlockingIOError):
                 self.sock.sendto(self.protect(data), self.addr)
                 self.feedback.retransmits += 1
+                self._rtx_allowance -= len(data)
                 return True
             return False
         return False
@@ -417,6 +535,7 @@ class Broadcast:
         self.request_keyframe = request_keyframe
         self.on_skip = on_skip
         self.viewers: list[LeanSender] = []
+        self.pending: list[LeanSender] = []  # moving here from another rung at a keyframe
         self.next_seq = fanout.seq + 1  # next fan-out entry this broadcast sends
         self.last_ts = 0  # codec-clock timestamp and monotonic time of the last entry sent
         self.last_ts_at = 0.0
@@ -427,12 +546,15 @@ class Broadcast:
         self._reports: asyncio.Task | None = None
 
     # --- membership ------------------------------------------------------------------
-    def join(self, viewer: LeanSender) -> None:
-        f = self.fanout
+    def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
-            self.next_seq = f.seq + 1
+            self.next_seq = self.fanout.seq + 1
             self._task = asyncio.create_task(self._run(), name=f"broadcast-{self.kind}")
             self._reports = asyncio.create_task(self._run_reports(), name="broadcast-sr")
+
+    def join(self, viewer: LeanSender) -> None:
+        f = self.fanout
+        self._ensure_running()
         viewer.waiting = f.keyframes
         if f.keyframes:
             # Start at a recent keyframe already sent to the others: this viewer gets the
@@ -455,8 +577,47 @@ class Broadcast:
     def leave(self, viewer: LeanSender) -> None:
         with contextlib.suppress(ValueError):
             self.viewers.remove(viewer)
-        if not self.viewers:
+        with contextlib.suppress(ValueError):
+            self.pending.remove(viewer)
+        if viewer.switch_to is self:
+            viewer.switch_to = None
+        if not self.viewers and not self.pending:
             self.stop()
+
+    def switch(self, viewer: LeanSender) -> None:
+        """Move ``viewer`` (one of another broadcast's) here at this stream's next
+        keyframe; until then it stays where it is. Its RTP stream goes on unbroken (same
+        SSRC, sequence numbers and timestamp offset): its decoder just sees a keyframe,
+        maybe of another size. Switching back to its own broadcast cancels a move."""
+        old = viewer.switch_to
+        if old is self:
+            return
+        if old is not None:
+            old.leave(viewer)
+        if viewer.broadcast is self or viewer.closed:
+            return
+        viewer.switch_to = self
+        self.pending.append(viewer)
+        self._ensure_running()
+        self.request_keyframe("switch")
+
+    def _complete_switch(self, viewer: LeanSender, entry: Entry) -> bool:
+        """At a keyframe: take ``viewer`` over unless its old stream already sent this
+        frame (or a later one); then it waits for the next keyframe."""
+        if viewer.last_ts is not None:
+            ahead = (entry.timestamp - viewer.last_ts) & 0xFFFFFFFF
+            if ahead == 0 or ahead >= 1 << 31:
+                self.request_keyframe("switch")
+                return False
+        self.pending.remove(viewer)
+        old = viewer.broadcast
+        viewer.broadcast, viewer.switch_to = self, None
+        old.leave(viewer)
+        viewer.waiting = False
+        self.viewers.append(viewer)
+        if viewer.on_switched is not None:
+            viewer.on_switched(self)
+        return True
 
     def stop(self) -> None:
         for task in (self._task, self._reports):
@@ -520,6 +681,9 @@ class Broadcast:
         keyframe = entry.keyframe
         nbytes = sum(map(len, payloads))
         lagging = None
+        if keyframe and self.pending:
+            for viewer in list(self.pending):
+                self._complete_switch(viewer, entry)
         for viewer in self.viewers:
             if viewer.waiting:
                 if not keyframe:

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
+from media.adapt import Adapter
 from media.audio import AudioFifo
 from media.encoders import AUDIO_SAMPLES, AudioEncoder, Encoded, VideoEncoder
 from media.fanout import Fanout
 from media.keyframes import KeyframeGate
+from media.ladder import Rung, build_ladder
 from media.lean import Broadcast
 from media.slate import slate_frame
 from media.slot import LatestFrame, SourceFrame
@@ -49,6 +51,7 @@ AUDIO_PERIOD_S = AUDIO_SAMPLES / 48000
 # How viewers are sent to: "lean" (one pass per frame for all viewers, media/lean.py) or
 # "aiortc" (aiortc's own sender loop per viewer; kept as the benchmark's comparison row).
 EGRESS_PATHS = ("lean", "aiortc")
+RUNG_BUFFER_S = 0.5  # rate-control buffer of the lower rungs' encoders
 
 
 def now_ms() -> int:
@@ -92,6 +95,18 @@ class ShowRuntime:
         self.slot = LatestFrame()
         self.audio_in = AudioFifo()
         self.gate = KeyframeGate()
+        # The quality ladder: rung 0 is the show's own size (``video``, ``gate``,
+        # ``_encoders``); each lower rung has its own fan-outs, gate and encoders, used
+        # only while some viewer is on it (media/adapt.py picks each viewer's rung).
+        v = show.video
+        self.ladder: tuple[Rung, ...] = build_ladder(
+            Rung(v.width, v.height, v.bitrate_kbps), getattr(show, "ladder", None)
+        )
+        self.rung_gates = [self.gate] + [KeyframeGate() for _ in self.ladder[1:]]
+        self.rung_video: dict[tuple[str, int], Fanout] = {}
+        self._rung_encoders: dict[tuple[str, int], VideoEncoder] = {}
+        self.rung_frames = [0] * len(self.ladder)  # frames encoded per rung
+        self.adapter = Adapter(self, self._rungs_changed)
         self.video: dict[str, Fanout] = {"H264": self._new_fanout("H264")}
         self.audio = Fanout(capacity=25, keyframes=False, max_lag=10)
         self._encoders: dict[str, VideoEncoder] = {}
@@ -132,9 +147,9 @@ class ShowRuntime:
         self._source: SourceFrame | None = None
         self._source_yuv: av.VideoFrame | None = None
 
-    def _new_fanout(self, codec: str) -> Fanout:
+    def _new_fanout(self, codec: str, rung: int = 0) -> Fanout:
         fanout = Fanout(capacity=max(8, 2 * self.fps), keyframes=True)
-        fanout.on_need_keyframe = lambda: self.request_keyframe("lagging")
+        fanout.on_need_keyframe = lambda: self.request_keyframe("lagging", rung)
         return fanout
 
     # --- lifecycle -------------------------------------------------------------------
@@ -153,6 +168,7 @@ class ShowRuntime:
         if self.publisher is not None:
             sessions.append(self.publisher.close())
         await asyncio.gather(*sessions, return_exceptions=True)
+        self.adapter.stop()
         for broadcast in self.broadcasts.values():
             broadcast.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -179,11 +195,36 @@ class ShowRuntime:
             "slate_frames": self.slate_frames,
             "viewer_skips": self.viewer_skips,
             "egress": self.egress,
+            "rungs": self.rung_stats(),
             "server_latency_ms": [
                 [wall, round(sec * 1000, 3)] for wall, sec, _enc in self.latency_samples
             ],
             "encode_ms": [[wall, round(enc * 1000, 3)] for wall, _sec, enc in self.latency_samples],
         }
+
+    def rung_stats(self) -> list[dict]:
+        counts = self.adapter.rung_counts()
+        # Viewers the adapter does not steer (aiortc egress, other codecs' previews) are
+        # on the show's own size.
+        counts[0] += max(0, len(self.viewers) - sum(counts))
+        return [
+            {
+                "name": r.name,
+                "width": r.width,
+                "height": r.height,
+                "bitrate_kbps": r.bitrate_kbps,
+                "viewers": counts[i],
+                "frames": self.rung_frames[i],
+            }
+            for i, r in enumerate(self.ladder)
+        ]
+
+    def _rungs_changed(self) -> None:
+        if self.metrics:
+            for rung in self.rung_stats():
+                self.metrics.viewers_per_rung.labels(self.show.id, rung["name"]).set(
+                    rung["viewers"]
+                )
 
     # --- publisher -------------------------------------------------------------------
     async def set_publisher(self, publisher: Publisher) -> None:
@@ -209,20 +250,36 @@ class ShowRuntime:
             self.audio_in.push(interleaved)
 
     # --- viewers ---------------------------------------------------------------------
-    def video_fanout(self, codec: str) -> Fanout:
+    def video_fanout(self, codec: str, rung: int = 0) -> Fanout:
+        if rung:
+            fanout = self.rung_video.get((codec, rung))
+            if fanout is None:
+                fanout = self.rung_video[(codec, rung)] = self._new_fanout(codec, rung)
+            return fanout
         if codec not in self.video:
             self.video[codec] = self._new_fanout(codec)
         return self.video[codec]
 
-    def broadcast(self, fanout: Fanout, kind: str) -> Broadcast:
+    def broadcast(self, fanout: Fanout, kind: str, rung: int = 0) -> Broadcast:
         """The lean broadcast of one fan-out (created on its first viewer)."""
         broadcast = self.broadcasts.get(id(fanout))
         if broadcast is None:
             clock_rate = 90000 if kind == "video" else 48000
             broadcast = self.broadcasts[id(fanout)] = Broadcast(
-                fanout, kind, clock_rate, self.request_keyframe, self.viewer_skipped
+                fanout,
+                kind,
+                clock_rate,
+                lambda reason: self.request_keyframe(reason, rung),
+                self.viewer_skipped,
             )
+            broadcast.rung = rung  # type: ignore[attr-defined]
         return broadcast
+
+    def rung_broadcast(self, codec: str, rung: int) -> Broadcast:
+        return self.broadcast(self.video_fanout(codec, rung), "video", rung)
+
+    def rung_of(self, broadcast: Broadcast) -> int:
+        return getattr(broadcast, "rung", 0)
 
     def add_viewer(self, viewer: Viewer) -> None:
         self.viewers[viewer.id] = viewer
@@ -280,7 +337,12 @@ class ShowRuntime:
                 self.metrics.publisher_live.labels(self.show.id).set(0)
         self.origin = origin
 
-    def request_keyframe(self, reason: str = "join") -> None:
+    def request_keyframe(self, reason: str = "join", rung: int = 0) -> None:
+        if rung:  # lower rungs are encoded by this process only while it is the origin
+            self.rung_gates[rung].request()
+            if self.metrics:
+                self.metrics.keyframes.labels(self.show.id).inc()
+            return
         if not self.origin and self.upstream_keyframe is not None:
             self.upstream_keyframe()  # the origin's gate coalesces every process's requests
             return
@@ -390,16 +452,32 @@ class ShowRuntime:
             recorder is not None and recorder.wants_keyframe(now)
         )
         codecs = self.codecs_in_use()
+        lower = self._lower_rungs(codecs, now)
+        top = self._top_watched(codecs, recorder)
         results = await loop.run_in_executor(
-            self._executor, self._encode, frame, pts, force, codecs
+            self._executor, self._encode, frame, pts, force, codecs, lower, top
         )
         handed = time.monotonic()
         if not self.origin:  # stepped down while encoding: the new origin's packets rule
             return
         keyframe = False
-        for codec, encoded in results:
-            fanout = self.video_fanout(codec)
+        # A rung that viewers are moving to goes first, so its keyframe reaches them
+        # before their current rung sends the same frame.
+        results.sort(key=lambda r: not self.rung_broadcast_pending(r[0], r[1]))
+        for codec, rung, encoded in results:
+            fanout = self.video_fanout(codec, rung)
+            label = codec if not rung else f"{codec}/{self.ladder[rung].name}"
             for enc in encoded:
+                if rung:
+                    if enc.keyframe:
+                        self.rung_gates[rung].produced(handed)
+                    fanout.publish(
+                        enc.packet, enc.keyframe, wall, payloads=enc.payloads,
+                        timestamp=enc.timestamp,
+                    )  # fmt: skip
+                    if self.metrics:
+                        self.metrics.encode_time.labels(self.show.id, label).observe(enc.seconds)
+                    continue
                 keyframe = keyframe or enc.keyframe
                 fanout.publish(
                     enc.packet, enc.keyframe, wall, payloads=enc.payloads, timestamp=enc.timestamp
@@ -415,18 +493,69 @@ class ShowRuntime:
         if fresh is not None and active and self.metrics:
             self.metrics.server_latency.labels(self.show.id).observe(handed - fresh.arrival)
         if fresh is not None and active:
-            encode_s = sum(e.seconds for _c, encs in results for e in encs[:1])
+            encode_s = sum(e.seconds for _c, _r, encs in results for e in encs[:1])
             self.latency_samples.append((wall, handed - fresh.arrival, encode_s))
 
+    def _lower_rungs(self, codecs: list[str], now: float) -> list[tuple[str, int, bool]]:
+        """(codec, rung, force a keyframe) for each lower rung some viewer is on or
+        moving to."""
+        out = []
+        for codec in codecs:
+            for rung in sorted(self.adapter.wanted(codec)):
+                if rung:
+                    out.append((codec, rung, self.rung_gates[rung].should_force(now)))
+        return out
+
+    def _top_watched(self, codecs: list[str], recorder: Recorder | None) -> dict[str, bool]:
+        """Per codec, whether the show's own size is needed: by a viewer on it (or
+        moving to it), a viewer the adapter does not steer, a relay, restream or
+        recording (H.264)."""
+        restream = self.restream
+        out = {}
+        for codec in codecs:
+            viewers = sum(1 for v in self.viewers.values() if v.codec == codec)
+            steered = sum(1 for r in self.adapter.viewers.values() if r.codec == codec)
+            out[codec] = (
+                viewers > steered
+                or 0 in self.adapter.wanted(codec)
+                or bool(self.relay_watchers.get(codec))
+                or (
+                    codec == "H264"
+                    and (
+                        (restream is not None and restream.active)
+                        or (recorder is not None and recorder.recording)
+                    )
+                )
+            )
+        return out
+
+    def rung_broadcast_pending(self, codec: str, rung: int) -> bool:
+        fanout = self.video_fanout(codec, rung)
+        broadcast = self.broadcasts.get(id(fanout))
+        return broadcast is not None and bool(broadcast.pending)
+
     def _encode(
-        self, frame: av.VideoFrame, pts: int, force: bool, codecs: list[str]
-    ) -> list[tuple[str, list[Encoded]]]:
-        """Worker thread: encode the composed frame once per codec in use."""
+        self,
+        frame: av.VideoFrame,
+        pts: int,
+        force: bool,
+        codecs: list[str],
+        lower: list[tuple[str, int, bool]] = (),  # type: ignore[assignment]
+        top: dict[str, bool] | None = None,
+    ) -> list[tuple[str, int, list[Encoded]]]:
+        """Worker thread: encode the composed frame once per codec in use and rung
+        watched; each lower rung scales the frame once for all its codecs."""
         for codec in list(self._encoders):
             if codec not in codecs:
                 del self._encoders[codec]  # the last VP8 viewer left
+        wanted = {(codec, rung) for codec, rung, _f in lower}
+        for key in list(self._rung_encoders):
+            if key not in wanted:
+                del self._rung_encoders[key]  # nobody on that rung any more
         out = []
         for codec in codecs:
+            if top is not None and not top.get(codec, True):
+                continue
             encoder = self._encoders.get(codec)
             fresh_encoder = encoder is None
             if encoder is None:
@@ -434,7 +563,26 @@ class ShowRuntime:
                 encoder = self._encoders[codec] = VideoEncoder(
                     codec, v.width, v.height, v.fps, v.bitrate_kbps
                 )
-            out.append((codec, encoder.encode(frame, pts, force or fresh_encoder)))
+            out.append((codec, 0, encoder.encode(frame, pts, force or fresh_encoder)))
+            self.rung_frames[0] += 1
+        scaled: dict[int, av.VideoFrame] = {}
+        for codec, rung, force_rung in lower:
+            r = self.ladder[rung]
+            small = scaled.get(rung)
+            if small is None:
+                small = scaled[rung] = frame.reformat(
+                    width=r.width, height=r.height, format="yuv420p"
+                )
+                self.rung_frames[rung] += 1
+            encoder = self._rung_encoders.get((codec, rung))
+            fresh_encoder = encoder is None
+            if encoder is None:
+                # Lower rungs serve slow links: half a second of buffer keeps their
+                # keyframes within what a slow link's queue holds.
+                encoder = self._rung_encoders[(codec, rung)] = VideoEncoder(
+                    codec, r.width, r.height, self.fps, r.bitrate_kbps, buffer_s=RUNG_BUFFER_S
+                )
+            out.append((codec, rung, encoder.encode(small, pts, force_rung or fresh_encoder)))
         return out
 
     def _set_live(self, live: bool) -> None:

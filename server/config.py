@@ -19,6 +19,7 @@ from typing import Any
 
 from checkout import text
 from media.ice import IceServer, credential_problem, url_problem
+from media.ladder import Rung
 from media.recording import RecordingConfig
 from media.restream import Destination, destination_problem
 from media.udp_ports import PortRange
@@ -153,6 +154,9 @@ class ShowConfig:
     restreams: tuple[Destination, ...] = ()  # manifest [[restream]]
     playback_whep_url: str | None = None  # [show.playback] whep_url: viewers play from there
     ice_servers: tuple[IceServer, ...] = ()  # manifest [ice]: STUN first, then TURN
+    # [[show.ladder]]: the rungs below the show's own size (None: one 360p rung at
+    # 400 kbps; empty: the show's size only)
+    ladder: tuple[Rung, ...] | None = None
 
     def member(self, name: str) -> StaffMember | None:
         for m in self.members:
@@ -303,7 +307,9 @@ _SHOW_KEYS = {
     "description",
     "cover",
     "playback",
+    "ladder",
 }
+_RUNG_KEYS = {"width", "height", "bitrate_kbps"}
 _PLAYBACK_KEYS = {"whep_url"}
 _RESTREAM_KEYS = {"name", "url", "key", "autostart"}
 _EMAIL_KEYS = {"host", "port", "from", "username", "password", "starttls"}
@@ -642,7 +648,41 @@ def load_manifest(path: str | Path, env: dict[str, str] | None = None) -> ShowCo
         restreams=_restreams(path, data.get("restream", []), env),
         playback_whep_url=_playback(path, show.get("playback")),
         ice_servers=_ice(path, data.get("ice")),
+        ladder=_ladder(path, show.get("ladder"), video),
     )
+
+
+def _ladder(path: Path, data: Any, video: VideoConfig) -> tuple[Rung, ...] | None:
+    """``[[show.ladder]]``: each rung smaller than the show's size and cheaper than its
+    bitrate (a rung that is not would only cost an encode)."""
+    if data is None:
+        return None
+    rungs = []
+    for i, rdata in enumerate(_typed(path, "show.ladder", data, list)):
+        where = f"show.ladder[{i}]"
+        _typed(path, where, rdata, dict)
+        _unknown(path, where, rdata, _RUNG_KEYS)
+        width = _req(path, where, rdata, "width", int)
+        height = _req(path, where, rdata, "height", int)
+        kbps = _req(path, where, rdata, "bitrate_kbps", int)
+        if not (160 <= width <= video.width and width % 2 == 0):
+            raise ManifestError(
+                path, f"{where}.width", f"must be an even number from 160 to {video.width}"
+            )
+        if not (120 <= height <= video.height and height % 2 == 0):
+            raise ManifestError(
+                path, f"{where}.height", f"must be an even number from 120 to {video.height}"
+            )
+        if width * height >= video.width * video.height:
+            raise ManifestError(path, where, "must be smaller than show.video")
+        if not 100 <= kbps < video.bitrate_kbps:
+            raise ManifestError(
+                path,
+                f"{where}.bitrate_kbps",
+                f"must be from 100 to below show.video.bitrate_kbps ({video.bitrate_kbps})",
+            )
+        rungs.append(Rung(width, height, kbps))
+    return tuple(rungs)
 
 
 def _ice(path: Path, data: Any) -> tuple[IceServer, ...]:

@@ -51,6 +51,12 @@ class Metrics:
             ["show", "reason"],
             registry=r,
         )
+        self.viewers_per_rung = Gauge(
+            "showroom_viewers_per_rung",
+            "Viewers on each rung of the show's quality ladder",
+            ["show", "rung"],
+            registry=r,
+        )
         self.keyframes = Counter(
             "showroom_keyframes_requested_total",
             "Keyframes forced for joins and PLI/FIR",

@@ -521,6 +521,14 @@ loadState();
 loadOrders();
 loadStats();
 setInterval(loadStats, 5000);
+// Viewers on each rung of the show's quality ladder (this server's viewers).
+async function loadRungs() {
+  const resp = await api("GET", `${showPath}/media`);
+  if (!resp.ok || !Array.isArray(resp.data.rungs)) return;
+  setText("n-rungs", resp.data.rungs.map((r) => `${r.name} ${r.viewers}`).join(" · "));
+}
+loadRungs();
+setInterval(loadRungs, 5000);
 setInterval(loadOrders, 15000);
 setInterval(loadState, 5000); // viewers and live come from presence, refreshed each second
 setInterval(renderNumbers, 1000);

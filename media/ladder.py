@@ -1,0 +1,254 @@
+"""A show's quality ladder, and which rung each viewer gets.
+
+A show is encoded once per rung (its own size at its bitrate, and smaller, cheaper
+rungs below), never once per viewer. Each viewer's rung follows what its receiver
+reports, with a pure state machine (``RungChooser``) fed the receiver's bandwidth
+estimate (REMB) and the loss in its RTCP receiver reports:
+
+- down quickly: the estimate falls below what this viewer is being sent (a receiver's
+  estimate only ever falls when it sees queueing delay growing), or heavy loss;
+- up carefully: after a quiet spell (longer after each failed attempt), a probe pads
+  the viewer's stream up to the next rung's bitrate for a short while; if the receiver
+  sees neither queueing nor loss during it, the viewer moves up.
+
+A receiver's estimate is bounded by ~1.5 times what it receives, so it never shows
+room for a bigger rung on its own: the probe is what makes the room visible.
+The switch itself (at a keyframe of the target rung) is the caller's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+LOW_RUNG_HEIGHT = 360
+LOW_RUNG_KBPS = 400
+
+
+@dataclass(frozen=True)
+class Rung:
+    width: int
+    height: int
+    bitrate_kbps: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.height}p"
+
+    @property
+    def bitrate_bps(self) -> int:
+        return self.bitrate_kbps * 1000
+
+
+def build_ladder(top: Rung, below: Sequence[Rung] | None = None) -> tuple[Rung, ...]:
+    """The show's rungs, best first. ``below``: the rungs under the show's own size
+    (None: one 360p rung at 400 kbps). A rung that would not be smaller (in pixels and
+    in bitrate) than the one above it is left out."""
+    if below is None:
+        height = LOW_RUNG_HEIGHT
+        width = round(top.width * height / top.height / 2) * 2
+        below = [Rung(width, height, LOW_RUNG_KBPS)]
+    rungs = [top]
+    for rung in sorted(below, key=lambda r: (r.width * r.height, r.bitrate_kbps), reverse=True):
+        above = rungs[-1]
+        if rung.width * rung.height < above.width * above.height and (
+            rung.bitrate_kbps < above.bitrate_kbps
+        ):
+            rungs.append(rung)
+    return tuple(rungs)
+
+
+@dataclass(frozen=True)
+class Params:
+    down_margin: float = 0.8  # estimate below this share of the sent rate: congested
+    down_hold_s: float = 0.4  # ... for this long (two estimates), or at once on heavy loss
+    loss_down: float = 0.10  # two receiver reports in a row above this: congested
+    loss_heavy: float = 0.25  # one report above this: congested
+    loss_quiet: float = 0.06  # loss above this is not a quiet spell (no probing)
+    settle_s: float = 1.0  # after a switch, old feedback is ignored this long
+    hold_s: float = 3.0  # quiet time before the first probe; doubles on failure
+    max_hold_s: float = 10.0
+    probe_s: float = 3.0
+    probe_ramp: float = 0.6  # share of the probe spent ramping up; then held
+    probe_gain: float = 1.15  # probe up to this times the target rung's bitrate
+    # A receiver's estimate only falls when it sees queueing (AIMD), so any fall counts.
+    estimate_drop: float = 0.999
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One viewer's feedback at ``now`` (monotonic seconds). ``*_at`` say when each
+    value arrived, so a repeated value is not mistaken for a new report."""
+
+    now: float
+    sent_bps: float  # video bitrate being sent to this viewer (media, not padding)
+    estimate_bps: int | None = None  # the receiver's latest REMB
+    estimate_at: float | None = None
+    loss: float | None = None  # fraction lost in the latest receiver report, 0..1
+    loss_at: float | None = None
+    can_probe: bool = True  # padding can be sent (RTX negotiated)
+
+
+@dataclass(frozen=True)
+class Decision:
+    target: int  # the rung this viewer should be on (index, 0 = best)
+    padding_bps: int = 0  # probe padding to send now
+    reason: str = ""
+
+
+@dataclass
+class RungChooser:
+    """Per-viewer rung choice (pure: time comes in with the signals)."""
+
+    bitrates_bps: Sequence[int]  # per rung, best first
+    rung: int = 0  # the rung the viewer is on now
+    params: Params = field(default_factory=Params)
+    target: int = 0
+    hold_s: float = 0.0
+    last_bad: float | None = None  # last sign of congestion (queueing or loss)
+    switched_at: float | None = None
+    probe_until: float | None = None
+    probes: int = 0
+    failed_probes: int = 0
+    _estimate: int | None = None
+    _estimate_at: float | None = None
+    _below_since: float | None = None
+    _padding: int = 0
+    _loss_at: float | None = None
+    _losses: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.target = self.rung
+        self.hold_s = self.params.hold_s
+
+    def switched(self, rung: int, now: float) -> None:
+        """The viewer is on ``rung`` from now (its keyframe was sent)."""
+        if rung < self.rung:
+            self.hold_s = self.params.hold_s  # a successful move up: patient again later
+        self.rung = self.target = rung
+        self.switched_at = now
+        self.probe_until = None
+        self._below_since = None
+        self._losses.clear()
+
+    def update(self, s: Signals) -> Decision:
+        p = self.params
+        if self.last_bad is None:
+            self.last_bad = s.now
+        settling = self._settling(s.now)
+        fell = self._read_estimate(s)
+        # Queueing: the estimate fell below what is being sent (padding included). A
+        # small fall (a receiver's delay detector tripped by scheduling noise still
+        # reports 0.85 times what it receives) is not.
+        total = s.sent_bps + self._padding
+        queueing = fell and self._estimate is not None and self._estimate < p.down_margin * total
+        lossy, heavy, quiet_loss = self._read_loss(s)
+        if queueing or not quiet_loss:
+            self.last_bad = s.now
+        if settling:
+            self._below_since = None
+            return self._decide(self.target, 0, "settling")
+
+        below = (
+            self._estimate is not None
+            and s.sent_bps > 0
+            and self._estimate < p.down_margin * s.sent_bps
+        )
+        if below:
+            self._below_since = self._below_since if self._below_since is not None else s.now
+        else:
+            self._below_since = None
+        # A fall below the sent rate is acted on at once; an estimate that starts out
+        # low (a receiver's first one) only once it stays low.
+        congested = (
+            heavy
+            or lossy
+            or (
+                self._below_since is not None
+                and (queueing or s.now - self._below_since >= p.down_hold_s)
+            )
+        )
+        if self.probe_until is not None:
+            if queueing or not quiet_loss or congested:
+                self.probe_until = None
+                self.failed_probes += 1
+                self.hold_s = min(p.max_hold_s, 2 * self.hold_s)
+                self.last_bad = s.now
+            elif s.now >= self.probe_until:
+                self.probe_until = None
+                self.target = self.rung - 1
+                return self._decide(self.target, 0, "probe passed")
+            else:
+                return self._decide(self.target, self._probe_padding(s), "probing")
+        if congested and self.target < self.rung:
+            self.target = self.rung  # a move up not made yet: stay
+        if congested and self.rung < len(self.bitrates_bps) - 1:
+            self.target = self._rung_for(self._estimate if below else None)
+            return self._decide(self.target, 0, "congested")
+        if (
+            self.rung > 0
+            and self.target == self.rung
+            and not congested
+            and s.now - self.last_bad >= self.hold_s
+        ):
+            if not s.can_probe:  # no way to pad: the next rung itself is the probe
+                self.target = self.rung - 1
+                return self._decide(self.target, 0, "quiet")
+            self.probes += 1
+            self.probe_until = s.now + p.probe_s
+            return self._decide(self.target, self._probe_padding(s), "probing")
+        return self._decide(self.target, 0, "")
+
+    def _settling(self, now: float) -> bool:
+        return self.switched_at is not None and now - self.switched_at < self.params.settle_s
+
+    def _decide(self, target: int, padding: int, reason: str) -> Decision:
+        self._padding = padding
+        return Decision(target, padding, reason)
+
+    def _probe_padding(self, s: Signals) -> int:
+        """Padding that ramps the stream up to the next rung's bitrate over the first
+        part of the probe, then holds it: a full link shows queueing early in the ramp,
+        before its queue overflows into the viewer's picture."""
+        p = self.params
+        assert self.probe_until is not None
+        started = self.probe_until - p.probe_s
+        ramp = min(1.0, (s.now - started) / (p.probe_ramp * p.probe_s))
+        full = p.probe_gain * self.bitrates_bps[self.rung - 1]
+        total = s.sent_bps + ramp * max(0.0, full - s.sent_bps)
+        return int(max(0.0, total - s.sent_bps))
+
+    # --- helpers ---------------------------------------------------------------------
+    def _read_estimate(self, s: Signals) -> bool:
+        """Take a new estimate; True when it fell (the receiver saw queueing)."""
+        if s.estimate_bps is None or s.estimate_at == self._estimate_at:
+            return False
+        fell = (
+            self._estimate is not None
+            and s.estimate_bps < self.params.estimate_drop * self._estimate
+        )
+        self._estimate, self._estimate_at = s.estimate_bps, s.estimate_at
+        return fell
+
+    def _read_loss(self, s: Signals) -> tuple[bool, bool, bool]:
+        """(two lossy reports in a row, one very lossy report, the latest report quiet)."""
+        p = self.params
+        if s.loss is not None and s.loss_at != self._loss_at:
+            self._loss_at = s.loss_at
+            self._losses = [*self._losses[-1:], s.loss]
+        if not self._losses:
+            return False, False, True
+        latest = self._losses[-1]
+        lossy = len(self._losses) == 2 and min(self._losses) > p.loss_down
+        return lossy, latest > p.loss_heavy, latest <= p.loss_quiet
+
+    def _rung_for(self, estimate: int | None) -> int:
+        """The best rung below the current one that fits ``estimate`` (else the lowest);
+        one rung down when there is no estimate to go by."""
+        last = len(self.bitrates_bps) - 1
+        if estimate is None:
+            return min(last, self.rung + 1)
+        for i in range(self.rung + 1, last + 1):
+            if self.bitrates_bps[i] <= 0.9 * estimate:
+                return i
+        return last
