@@ -135,6 +135,8 @@ class Adapter:
                     fb.fraction_lost / 256 if fb.rr_at is not None else None,
                     fb.rr_at,
                     can_probe=sender.rtx_pt is not None,
+                    probe_loss=fb.rtx_fraction_lost / 256 if fb.rtx_rr_at is not None else None,
+                    probe_loss_at=fb.rtx_rr_at,
                 )
             )
             sender.set_padding(decision.padding_bps)

@@ -70,6 +70,7 @@ class Params:
     max_hold_s: float = 10.0
     probe_s: float = 3.0
     probe_ramp: float = 0.6  # share of the probe spent ramping up; then held
+    probe_report_s: float = 1.5  # how long a probe waits for a report of its own loss
     probe_gain: float = 1.15  # probe up to this times the target rung's bitrate
     # A receiver's estimate only falls when it sees queueing (AIMD), so any fall counts.
     estimate_drop: float = 0.999
@@ -87,6 +88,10 @@ class Signals:
     loss: float | None = None  # fraction lost in the latest receiver report, 0..1
     loss_at: float | None = None
     can_probe: bool = True  # padding can be sent (RTX negotiated)
+    # Loss of the stream that carries the padding (RTX), from its receiver reports: the
+    # probe's own loss (a full link may drop the padding and spare the media behind it).
+    probe_loss: float | None = None
+    probe_loss_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class RungChooser:
     _estimate_at: float | None = None
     _below_since: float | None = None
     _padding: int = 0
+    _probe_loss_at: float | None = None
+    _probe_checked: bool = False  # a report of the probe's own loss came in, and was quiet
     _loss_at: float | None = None
     _losses: list[float] = field(default_factory=list)
 
@@ -143,6 +150,7 @@ class RungChooser:
         total = s.sent_bps + self._padding
         queueing = fell and self._estimate is not None and self._estimate < p.down_margin * total
         lossy, heavy, quiet_loss = self._read_loss(s)
+        probe_lossy = self._read_probe_loss(s)
         if queueing or not quiet_loss:
             self.last_bad = s.now
         if settling:
@@ -169,12 +177,16 @@ class RungChooser:
             )
         )
         if self.probe_until is not None:
-            if queueing or not quiet_loss or congested:
+            if queueing or not quiet_loss or congested or probe_lossy:
                 self.probe_until = None
                 self.failed_probes += 1
                 self.hold_s = min(p.max_hold_s, 2 * self.hold_s)
                 self.last_bad = s.now
-            elif s.now >= self.probe_until:
+            elif s.now >= self.probe_until and (
+                self._probe_checked
+                or self._probe_loss_at is None  # a receiver that never reports it
+                or s.now >= self.probe_until + p.probe_report_s
+            ):
                 self.probe_until = None
                 self.target = self.rung - 1
                 return self._decide(self.target, 0, "probe passed")
@@ -196,8 +208,24 @@ class RungChooser:
                 return self._decide(self.target, 0, "quiet")
             self.probes += 1
             self.probe_until = s.now + p.probe_s
+            self._probe_checked = False
             return self._decide(self.target, self._probe_padding(s), "probing")
         return self._decide(self.target, 0, "")
+
+    def _read_probe_loss(self, s: Signals) -> bool:
+        """True when a new report of the probe's own stream shows loss."""
+        if s.probe_loss is None or s.probe_loss_at == self._probe_loss_at:
+            return False
+        self._probe_loss_at = s.probe_loss_at
+        if self.probe_until is None:
+            return False
+        p = self.params
+        if s.probe_loss > p.loss_quiet:
+            return True
+        full_at = self.probe_until - p.probe_s + p.probe_ramp * p.probe_s
+        if s.now >= full_at + 0.3:  # the report covers the probe at its full rate
+            self._probe_checked = True
+        return False
 
     def _settling(self, now: float) -> bool:
         return self.switched_at is not None and now - self.switched_at < self.params.settle_s

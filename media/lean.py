@@ -170,6 +170,8 @@ class Feedback:
     retransmits: int = 0
     keyframe_requests: int = 0
     rr_at: float | None = None  # when the latest receiver report about this stream came
+    rtx_fraction_lost: int = 0  # of 256: the RTX stream (retransmissions, probe padding)
+    rtx_rr_at: float | None = None
 
 
 class LeanSender:
@@ -367,6 +369,9 @@ class LeanSender:
         fb = self.feedback
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
+                if report.ssrc == self.rtx_ssrc and self.rtx_ssrc:
+                    # Retransmissions and probe padding: did the link carry the probe?
+                    fb.rtx_fraction_lost, fb.rtx_rr_at = report.fraction_lost, time.monotonic()
                 if report.ssrc != self._ssrc:
                     continue
                 fb.fraction_lost, fb.packets_lost = report.fraction_lost, report.packets_lost

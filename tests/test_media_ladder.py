@@ -69,6 +69,7 @@ class Link:
         self.loss = 0.0
         self.est_at = self.loss_at = None
         self.padding = 0
+        self.probe_loss = None  # loss of the padding's own stream, when reported
         self.decisions = []
 
     def run(self, seconds: float, sent=None):
@@ -86,8 +87,12 @@ class Link:
             if round(self.now * 10) % 10 == 0:
                 self.loss_at = self.now
             d = self.c.update(
-                Signals(self.now, bitrate, self.estimate, self.est_at, self.loss, self.loss_at)
-            )
+                Signals(
+                    self.now, bitrate, self.estimate, self.est_at, self.loss, self.loss_at,
+                    probe_loss=self.probe_loss,
+                    probe_loss_at=self.loss_at if self.probe_loss is not None else None,
+                )
+            )  # fmt: skip
             self.padding = d.padding_bps
             self.decisions.append((self.now, d))
             if d.target != self.c.rung:  # the target rung's keyframe comes at once
@@ -167,6 +172,20 @@ def test_a_failed_probe_stops_padding_early_and_backs_off():
     assert again, "it tries again"
     assert again[0] - failed_at >= 2 * p.hold_s - 0.2, "after twice the quiet time"
     assert link.c.rung == 1
+
+
+def test_a_probe_whose_padding_is_lost_fails_though_the_estimate_holds():
+    # A full link that drops the padding behind each frame and spares the media: the
+    # media's loss and the estimate look fine, the padding's own loss does not.
+    p = Params()
+    link = Link(RungChooser([TOP, LOW], rung=1))
+    link.probe_loss = 0.4
+    link.run(p.hold_s + p.probe_s + p.probe_report_s + 1)
+    assert link.c.rung == 1 and link.c.failed_probes >= 1
+    link = Link(RungChooser([TOP, LOW], rung=1))
+    link.probe_loss = 0.0
+    link.run(p.hold_s + p.probe_s + 1)
+    assert link.c.rung == 0, "padding that arrives: up"
 
 
 def test_congestion_cancels_a_move_up_still_waiting_for_its_keyframe():
