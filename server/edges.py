@@ -92,17 +92,22 @@ def choose(
     own_viewers: int,
     audience: int,
     share: float,
+    show_id: str = "",
 ) -> dict | None:
     """Pure: the edge to send a new viewer to, or None to keep the viewer here.
 
     ``sent``: per edge id, when this process last sent viewers there (seconds, the
     clock of the records' ``at``); ``own_viewers``/``audience``: the show's viewers at
-    the origin and in all; ``share``: the part of the audience the origin keeps."""
+    the origin and in all; ``share``: the part of the audience the origin keeps. An edge
+    whose pull of this show is failing (``retrying``: it cannot reach this origin) gets
+    no new viewers of it."""
     if own_viewers < share * (audience + 1):
         return None
     best, best_key = None, None
     for edge in edges:
         if float(edge.get("cpu", 0)) >= MAX_CPU:
+            continue
+        if edge.get("pulls", {}).get(show_id) == "retrying":
             continue
         since = float(edge.get("at", 0))
         pending = sum(1 for t in sent.get(edge["id"], ()) if t > since)
@@ -139,7 +144,7 @@ async def redirect_for(request: web.Request, show_id: str) -> str | None:
         at_edges = sum(int(e.get("shows", {}).get(show_id, 0)) for e in edges)
         own = max(0, audience - at_edges)
     sent: dict[str, deque[float]] = request.app[keys.EXTRA].setdefault("edge_sent", {})
-    edge = choose(edges, sent, own, audience, share)
+    edge = choose(edges, sent, own, audience, share, show_id)
     if edge is None:
         return None
     sent.setdefault(edge["id"], deque(maxlen=256)).append(time.time())

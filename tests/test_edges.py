@@ -257,7 +257,9 @@ async def test_edge_survives_an_origin_restart_and_a_dead_edge_leaves_the_choice
 
         # The edge dies: within the heartbeat TTL (3 s) it is out of /api/nodes and the
         # origin serves new viewers itself.
-        assert (await first_answer(http, url)).status == 307
+        # (once the edge's heartbeat says its pull is live again: until then the origin
+        # keeps new viewers of the show itself)
+        await wait_until(lambda: _with(first_answer(http, url), lambda r: r.status == 307), 5)
         stop(edge_proc, signal.SIGKILL)
         killed = time.monotonic()
 
@@ -447,6 +449,10 @@ def test_the_least_loaded_edge_is_chosen_and_the_origin_keeps_its_share():
     assert edges.choose([a, b], {"b": [100.5, 100.6, 100.7]}, 0, 0, 0.0) is a
     assert edges.choose([a, b], {"b": [99.0, 99.5, 100.7]}, 0, 0, 0.0) is b
     assert edges.choose([hot], {}, 0, 0, 0.0) is None
+    # b cannot pull this show from the origin right now: a takes its viewers.
+    cut_off = {**b, "pulls": {"demo": "retrying", "other": "live"}}
+    assert edges.choose([a, cut_off], {}, 0, 0, 0.0, "demo") is a
+    assert edges.choose([a, cut_off], {}, 0, 0, 0.0, "other") is cut_off
     # Origin share 0.25 of an audience of 10 with 2 of its own: it keeps the viewer.
     assert edges.choose([a, b], {}, 2, 10, 0.25) is None
     assert edges.choose([a, b], {}, 3, 10, 0.25) is b
