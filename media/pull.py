@@ -42,9 +42,11 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import is_rtx
 
+from media.adapt import Adapter
 from media.client import prefer_codec
 from media.fanout import Fanout
 from media.ice import parse_link_headers
+from media.ladder import Rung
 from media.lean import Broadcast
 from media.relay import RelayedPacket
 
@@ -194,6 +196,10 @@ class EdgeShow:
         self.viewer_skips = 0
         self._linger: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task] = set()
+        # One rung: an edge relays the origin's full-size stream only (the lower rungs
+        # of the origin's ladder are not pulled), so its viewers' rung never changes.
+        self.ladder = (Rung(0, 0, 0),)
+        self.adapter = Adapter(self, lambda: None)
 
     @property
     def ice_servers(self) -> tuple:
@@ -208,6 +214,12 @@ class EdgeShow:
         if codec != "H264":
             raise ValueError("an edge relays H.264 only")
         return self.video["H264"]
+
+    def rung_broadcast(self, codec: str, rung: int) -> Broadcast:
+        return self.broadcast(self.video_fanout(codec), "video")
+
+    def rung_of(self, broadcast: Broadcast) -> int:
+        return 0
 
     def broadcast(self, fanout: Fanout, kind: str) -> Broadcast:
         broadcast = self.broadcasts.get(id(fanout))
@@ -275,6 +287,7 @@ class EdgeShow:
             self.pull = None
         for broadcast in self.broadcasts.values():
             broadcast.stop()
+        self.adapter.stop()
 
 
 class WhepPull:
