@@ -158,7 +158,8 @@ class Viewer:
             # PLI/FIR go to the gate of the rung the viewer is on (media/lean.py).
             sender = LeanSender(video.sender, broadcast)
             self.senders.append(sender)
-            self.runtime.adapter.add(sender, self.codec)
+            if self.edge is None:  # an edge's pull stays on the full-size rung it relays
+                self.runtime.adapter.add(sender, self.codec)
         else:
             video.sender._send_keyframe = lambda: self.runtime.request_keyframe("pli")
             _share_packetiser(video.sender, fanout, self.codec)
