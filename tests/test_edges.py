@@ -210,6 +210,11 @@ async def test_viewers_redirected_to_an_edge_play_through_one_pull_session(
             await player.close(http)
         players.clear()
         await wait_until(lambda: _with(media(http, url), lambda m: not m["edge_pulls"]), 10)
+
+        # An edge that stops (SIGTERM) leaves the list and the choice at once.
+        stop(edge_proc)
+        assert await edge_listed(http, url, edge_url) is None
+        assert (await first_answer(http, url)).status == 201
     finally:
         for player in players:
             await player.close(http)
