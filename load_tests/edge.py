@@ -15,11 +15,12 @@ both share (the publisher's encode, the origin's compose and encode, decoding).
 Target: the edge adds at most 15 ms at p95. The stream's measured bitrate (at the edge's
 pull) is reported next to the nominal one.
 
-Capacity (``--viewers 40,120``): the same counts of counting viewers
+Capacity (``--viewers 40,80,120``): the same counts of counting viewers
 (``load_tests.lean_viewers``: real aiortc peers whose RTP is counted, not decrypted) on
 the origin, then on the edge; the CPU of the process they are on (utime + stime from
 /proc over a window at each count) against the count gives the cost of one viewer there
-(the slope: each process's fixed work, the origin's encode or the edge's pull, cancels).
+(the least-squares slope: each process's fixed work, the origin's encode or the edge's
+pull, cancels).
 Target: viewers per core on an edge match the origin's (a worker's: the same lean path).
 """
 
@@ -94,6 +95,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of cores against viewers: one viewer's cost."""
+    n = len(points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / sxx if sxx else 0.0
+
+
 async def capacity(base: str, pid: int, counts: list[int], window: float) -> dict:
     """Cores used by process ``pid`` with each count of counting viewers on ``base``."""
     crowd = Crowd(base, SHOW)
@@ -112,8 +122,7 @@ async def capacity(base: str, pid: int, counts: list[int], window: float) -> dic
         finally:
             failures = list(crowd.failures)
             await crowd.close(http)
-    (n1, c1), (n2, c2) = points[0], points[-1]
-    per_viewer = (c2 - c1) / max(1, n2 - n1)
+    per_viewer = slope(points)
     return {"points": points, "per_viewer": per_viewer, "kbps": kbps, "failures": failures}
 
 
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds, no BENCHMARKS.md")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
-        "--viewers", default="40,120", help="counting viewers for the capacity rows ('' = none)"
+        "--viewers", default="40,80,120", help="counting viewers for the capacity rows ('' = none)"
     )
     args = parser.parse_args(argv)
     video = VideoSize(640, 360, 30, 1000)
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.viewers.split(",") if n.strip()]
     if args.quick:
         counts = [4, 12] if counts else []
-    window = 3.0 if args.quick else 8.0
+    window = 3.0 if args.quick else 10.0
     result = asyncio.run(run(video, seconds, counts, window))
     rows = [
         ("straight from the origin", result["origin"]),
@@ -329,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             "send to the edge, SRTP in and out, and the edge's own lean send. The capacity "
             "rows: counting viewers (RTP counted, not decrypted, by one load-generator "
             "process) on the origin, then the same counts on the edge; CPU of that process "
-            "only, its slope against the count is one viewer's cost (640x360 at 1 Mbps "
-            "here, fewer packets per viewer than the fanout benchmark's 720p at 1.5 Mbps)."
+            "only, its least-squares slope against the count is one viewer's cost "
+            "(640x360 at 1 Mbps here, fewer packets per viewer than the fanout "
+            "benchmark's 720p at 1.5 Mbps)."
         )
         write_section(
             "edge",
