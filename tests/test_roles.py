@@ -7,6 +7,7 @@ import re
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from server.roles import hash_password
 from tests.conftest import STREAM_KEY, buyer_session, manifest_text
@@ -131,7 +132,7 @@ async def test_only_hosts_see_the_stream_key(make_app, tmp_path):
 async def test_a_password_change_ends_that_members_sessions(make_app, tmp_path):
     first = await make_app([write(tmp_path)])
     session = await login(first.url, "fi", PASSWORDS["fi"])
-    cookies = session.cookie_jar.filter_cookies(first.url)
+    cookies = session.cookie_jar.filter_cookies(URL(first.url))
     await session.close()
     await first.stop()
     changed = {**HASHES, "fi": hash_password("a-new-password-for-fi")}
