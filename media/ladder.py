@@ -67,13 +67,15 @@ class Params:
     loss_quiet: float = 0.06  # loss above this is not a quiet spell (no probing)
     settle_s: float = 1.0  # after a switch, old feedback is ignored this long
     hold_s: float = 3.0  # quiet time before the first probe; doubles on failure
-    max_hold_s: float = 10.0
+    max_hold_s: float = 8.0
     probe_s: float = 3.0
     probe_ramp: float = 0.6  # share of the probe spent ramping up; then held
     probe_report_s: float = 1.5  # how long a probe waits for a report of its own loss
+    probe_collapse: float = 0.5  # an estimate below this share of the probe's rate ends it
     probe_gain: float = 1.15  # probe up to this times the target rung's bitrate
-    # A receiver's estimate only falls when it sees queueing (AIMD), so any fall counts.
-    estimate_drop: float = 0.999
+    # A receiver's estimate only falls when it sees queueing (AIMD, to 0.85 times what it
+    # receives): a fall by more than this share is a new sign of it.
+    estimate_drop: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,11 @@ class RungChooser:
             )
         )
         if self.probe_until is not None:
-            if queueing or not quiet_loss or congested or probe_lossy:
+            # A probe ends on loss (its padding's or the media's) or on an estimate that
+            # collapsed far below what it sends: a lone dip of the estimate is also what
+            # a stall of the receiver's machine looks like, and a full link drops padding.
+            collapsed = queueing and self._estimate < p.probe_collapse * total
+            if collapsed or not quiet_loss or congested or probe_lossy:
                 self.probe_until = None
                 self.failed_probes += 1
                 self.hold_s = min(p.max_hold_s, 2 * self.hold_s)

@@ -390,7 +390,7 @@ class LeanSender:
                 if lost and self._nacked:
                     # Asked for before, not now, and recent enough to be in the
                     # receiver's NACK history: it arrived.
-                    newest = lost[-1]
+                    newest = min(lost, key=lambda q: (self.seq - q) & 0xFFFF)  # wraps
                     asked = set(lost)
                     for seq in list(self._nacked):
                         if seq not in asked and (newest - seq) & 0xFFFF < NACK_HISTORY:
@@ -453,7 +453,9 @@ class LeanSender:
             payload = entry.payloads[index]
             marker = 0x80 if index == len(entry.payloads) - 1 else 0
             ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
-            ext = self.broadcast.ext_for(self.profile)
+            # Its own send time: the frame's would make the packet look delayed on the
+            # way, and a receiver's delay-based estimate would fall for nothing.
+            ext = header_extensions(*self.profile, (current_ntp_time() >> 14) & 0x00FFFFFF)
             if superseded:
                 # Sent before the newest keyframe this viewer got, so its decoder no
                 # longer needs it: an H.264 filler-data NAL unit in its place tells the

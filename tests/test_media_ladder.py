@@ -59,7 +59,8 @@ class Link:
     """Feeds a chooser what a receiver would report, every 100 ms: an estimate every
     500 ms (that falls to 0.85 x ``capacity`` when more than that is sent, as a
     delay-based receiver does, and otherwise climbs towards 1.5 x what it receives),
-    and a receiver report every second."""
+    and receiver reports every second (the padding's own loss: what exceeds
+    ``capacity``)."""
 
     def __init__(self, chooser: RungChooser, capacity: float | None = None) -> None:
         self.c = chooser
@@ -86,6 +87,10 @@ class Link:
                     self.estimate = int(max(self.estimate, min(limit, 1.04 * self.estimate)))
             if round(self.now * 10) % 10 == 0:
                 self.loss_at = self.now
+                if self.capacity is not None and self.padding:
+                    # A tail-drop queue behind each frame drops the padding first.
+                    over = bitrate + self.padding - self.capacity
+                    self.probe_loss = min(1.0, max(0.0, over / self.padding))
             d = self.c.update(
                 Signals(
                     self.now, bitrate, self.estimate, self.est_at, self.loss, self.loss_at,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
@@ -26,6 +27,7 @@ from aiortc import RTCSessionDescription
 from media.client import WhepPlayer, WhipError
 
 UDP_OVERHEAD = 28  # IPv4 + UDP header bytes a link also carries
+RCVBUF = 4 << 20
 
 
 @dataclass
@@ -55,7 +57,8 @@ class Impairment:
         if self.loss and self._rng.random() < self.loss:
             self.dropped_loss += 1
             return None
-        leave = now
+        # First in, first out even when the cap lifts: what is queued leaves first.
+        leave = max(now, self._free_at)
         if self.rate_bps:
             start = max(now, self._free_at)
             if start - now > self.queue_s:  # the queue is full: tail drop
@@ -68,6 +71,21 @@ class Impairment:
         return leave + self.delay_s
 
 
+def roomy(transport: asyncio.BaseTransport) -> None:
+    """A big receive buffer: bursts of small packets (probe padding) while the test's one
+    event loop is busy must not be dropped by this machine's kernel, which would look
+    like loss on the link."""
+    sock = transport.get_extra_info("socket")
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RCVBUF)
+            return
+        except OSError:
+            continue
+
+
 class _Side(asyncio.DatagramProtocol):
     def __init__(self, relay: UdpRelay, name: str) -> None:
         self.relay, self.name = relay, name
@@ -75,6 +93,7 @@ class _Side(asyncio.DatagramProtocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        roomy(transport)
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.relay._received(self.name, data, addr)
@@ -198,6 +217,9 @@ class RelayedPlayer(WhepPlayer):
         self.started_at = time.monotonic()
         pc = self.pc
         await pc.setLocalDescription(await pc.createOffer())
+        for transceiver in pc.getTransceivers():  # the viewer's own ICE sockets
+            for protocol in transceiver.receiver.transport.transport._connection._protocols:
+                roomy(protocol.transport)
         offer = rewrite_offer(pc.localDescription.sdp, self.relay)
         async with http.post(
             self.url, data=offer, headers={"Content-Type": "application/sdp"}
