@@ -36,6 +36,7 @@ BENCHES = (
     "edge",
     "labels",
     "latency",
+    "networks",
     "recording",
     "chat",
     "abuse",

@@ -60,7 +60,7 @@ def build_ladder(top: Rung, below: Sequence[Rung] | None = None) -> tuple[Rung, 
 
 @dataclass(frozen=True)
 class Params:
-    down_margin: float = 0.8  # estimate below this share of the sent rate: congested
+    down_margin: float = 0.7  # estimate below this share of the sent rate: congested
     down_hold_s: float = 0.4  # ... for this long (two estimates), or at once on heavy loss
     loss_down: float = 0.10  # two receiver reports in a row above this: congested
     loss_heavy: float = 0.25  # one report above this: congested
@@ -159,11 +159,10 @@ class RungChooser:
             self._below_since = None
             return self._decide(self.target, 0, "settling")
 
-        below = (
-            self._estimate is not None
-            and s.sent_bps > 0
-            and self._estimate < p.down_margin * s.sent_bps
-        )
+        # Against what the rung should send at most: an encoder overshooting for a
+        # moment (a keyframe, a burst of detail) is not the link getting worse.
+        sent = min(s.sent_bps, self.bitrates_bps[self.rung])
+        below = self._estimate is not None and sent > 0 and self._estimate < p.down_margin * sent
         if below:
             self._below_since = self._below_since if self._below_since is not None else s.now
         else:

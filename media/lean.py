@@ -11,11 +11,14 @@ shared payload, SRTP protect, and a non-blocking ``sendto`` on the viewer's ICE 
 
 Kept per viewer (``LeanSender``): NACK retransmission (RTX when negotiated) from a
 bounded history of the frames it was sent (references to the shared entries, no copies),
-RTCP sender reports with SDES, PLI/FIR forwarded to the show's keyframe gate, and REMB,
+RTCP sender reports with SDES, PLI/FIR forwarded to its rung's keyframe gate, and REMB,
 TWCC and receiver-report feedback read and stored in ``Feedback``. A viewer whose socket
 would block skips to the next keyframe (video) or the next packet (audio): nothing
 queues. A joining viewer starts at a keyframe at most ``JOIN_KEYFRAME_MAX_AGE_MS`` old
-(the packets since then in one burst) or waits for the next one.
+(the packets since then in one burst) or waits for the next one. A viewer moves to
+another rung's ``Broadcast`` at that rung's keyframe (``Broadcast.switch``) with its
+SSRC, sequence numbers and timestamp offset unchanged, and a probe pads its stream with
+padding-only RTX packets (media/adapt.py decides both).
 
 aiortc (pinned to 1.16, ``AIORTC_VERSION``) remains the WebRTC stack: ICE, DTLS, the SRTP
 keys and SDP. ``LeanSender`` relies on these aiortc internals, all checked by
@@ -156,7 +159,7 @@ class SrtpProtector:
 
 @dataclass
 class Feedback:
-    """What the viewer's receiver reported (read by later rate-adaptation work)."""
+    """What the viewer's receiver reported (its rung follows it: media/adapt.py)."""
 
     remb_bps: int | None = None
     remb_at: float | None = None

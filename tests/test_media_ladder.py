@@ -131,6 +131,16 @@ def test_a_small_dip_or_moderate_loss_does_not_move_a_viewer_down():
     assert all(d.target == 0 for _t, d in link.decisions)
 
 
+def test_an_encoder_overshoot_is_not_congestion():
+    # The encoder sends 1.4 times its rung's bitrate for a while, more than this link
+    # carries: the receiver's estimate falls to 0.85 x the link, still above the rung.
+    link = Link(RungChooser([TOP, LOW]), capacity=1.3 * TOP)
+    link.run(3)
+    link.run(3, sent=int(1.4 * TOP))
+    assert link.estimate < 0.8 * 1.4 * TOP
+    assert link.c.rung == 0
+
+
 def test_heavy_loss_moves_down_at_once_and_sustained_loss_soon():
     link = Link(RungChooser([TOP, LOW]))
     link.run(3)
