@@ -67,7 +67,7 @@ class Params:
     loss_quiet: float = 0.06  # loss above this is not a quiet spell (no probing)
     settle_s: float = 1.0  # after a switch, old feedback is ignored this long
     hold_s: float = 3.0  # quiet time before the first probe; doubles on failure
-    max_hold_s: float = 8.0
+    max_hold_s: float = 6.0
     probe_s: float = 3.0
     probe_ramp: float = 0.6  # share of the probe spent ramping up; then held
     probe_report_s: float = 1.5  # how long a probe waits for a report of its own loss

@@ -194,16 +194,24 @@ def _only_candidate(sdp: str, addr: tuple[str, int]) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
-def rewrite_offer(sdp: str, relay: UdpRelay) -> str:
+def _seen_from(relay_side: tuple[str, int], peer: tuple[str, int]) -> tuple[str, int]:
+    """The relay's address as ``peer`` should use it: a relay bound to every address is
+    advertised at the peer's own address (a browser pairs a candidate only with remote
+    candidates it can reach the same way: not loopback from a LAN address)."""
+    host, port = relay_side
+    return (peer[0], port) if host == "0.0.0.0" else (host, port)
+
+
+def rewrite_offer(sdp: str, relay: UdpRelay, server_host: str = "127.0.0.1") -> str:
     """The viewer's offer as the server should see it: the viewer is at the relay."""
     relay.viewer_addr = _first_udp_host(sdp)
-    return _only_candidate(sdp, relay.server_side)
+    return _only_candidate(sdp, _seen_from(relay.server_side, (server_host, 0)))
 
 
 def rewrite_answer(sdp: str, relay: UdpRelay) -> str:
     """The server's answer as the viewer should see it: the server is at the relay."""
     relay.server_addr = _first_udp_host(sdp)
-    return _only_candidate(sdp, relay.viewer_side)
+    return _only_candidate(sdp, _seen_from(relay.viewer_side, relay.viewer_addr))
 
 
 class RelayedPlayer(WhepPlayer):
