@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -216,14 +217,25 @@ def start_server_process(
 def run_benchmark(module: str, *args: str, timeout: float) -> str:
     """``python -m load_tests.MODULE ARGS`` as a user runs it; its output (stdout, then
     stderr). Fails with that output if the benchmark exits non-zero."""
-    proc = subprocess.run(
+    # Its own process group: a run that overstays is killed with everything it started
+    # (servers, nginx, browsers), so nothing outlives the test.
+    proc = subprocess.Popen(
         [sys.executable, "-m", f"load_tests.{module}", *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
-    out = proc.stdout + proc.stderr
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"load_tests.{module} did not finish within {timeout:.0f} s\n{stdout}{stderr}"
+        ) from None
+    out = stdout + stderr
     assert proc.returncode == 0, out
     return out
 
