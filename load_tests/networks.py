@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,6 +304,7 @@ async def run(opts: Options) -> dict:
         for proc in publishers:
             stop_process(proc)
         stop_process(server)
+        shutil.rmtree(workdir, ignore_errors=True)
     results["encode"] = encode_cost(48 if opts.quick else 240)
     return results
 
