@@ -22,7 +22,6 @@ import contextlib
 import hmac
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -183,36 +182,17 @@ async def whep_post(request: web.Request) -> web.Response:
     text, offered = whep._screened_offer(request, text)
     settings = request.app[keys.SETTINGS]
     slots = _slots(request.app)
-    slot = secrets.token_urlsafe(9)
-    taken = await slots.take(
-        show_id, slot, request.remote or "-", settings.max_viewers_per_show, settings.viewer_ip_cap
-    )
-    if taken == viewer_slots.SHOW_FULL:
-        raise ApiError(
-            503, "unavailable", "This show is at viewer capacity; try again shortly.",
-            {"Retry-After": whep.RETRY_AFTER_S},
-        )  # fmt: skip
-    if taken == viewer_slots.IP_FULL:
-        raise ApiError(
-            429, "rate_limited", "Too many viewing sessions from this address.",
-            {"Retry-After": whep.RETRY_AFTER_S},
-        )  # fmt: skip
-    audio = offer.section("audio")
-    with_audio = audio is not None and audio.direction in ("recvonly", "sendrecv")
+    slot = await whep.take_viewer_slot(request, slots, show_id)
     show = edge.show(show_id)
-    try:
-        viewer = Viewer(show, codec)  # type: ignore[arg-type]  (an EdgeShow, not a ShowRuntime)
-        whep._track_budget(viewer, offered)
-        slots.held[slot].session = viewer
-        try:
-            answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
-        except Exception as exc:
-            await viewer.close()
-            raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
-    except BaseException:
-        await slots.release(slot)
-        raise
-    whep._close_if_not_connected(viewer, settings.whep_connect_timeout_s)
+    viewer, answer = await whep.open_viewer(
+        lambda: Viewer(show, codec),  # type: ignore[arg-type]  (an EdgeShow, not a ShowRuntime)
+        text,
+        offer,
+        offered,
+        slots,
+        slot,
+        settings,
+    )
     if settings.public_ip:
         answer = advertise_address(answer, settings.public_ip)
     # An absolute Location: the client came here by a redirect from the origin.

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import weakref
+from collections.abc import Callable
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -32,6 +33,7 @@ from media.ingest import IceRestartRequired, Publisher, add_trickle
 from media.runtime import ShowRuntime
 from media.sdp import (
     MAX_SDP_BYTES,
+    Offer,
     SdpError,
     check_publish_offer,
     choose_view_codec,
@@ -43,6 +45,7 @@ from media.udp_ports import PortRangeBinding
 from server import edges, keys, presence, segments, viewer_slots
 from server.auth import get_show, is_host, require_operator, require_stream_key
 from server.cluster import cluster, maybe_forward
+from server.config import Settings
 from server.errors import ApiError, bad_request, not_found, read_body
 
 log = logging.getLogger("showroom.media")
@@ -212,17 +215,35 @@ async def whep_post(request: web.Request) -> web.Response:
         if target is not None:
             return web.Response(status=307, headers={"Location": target})
     slots = _slots(request.app)
-    # The slot is taken (atomically, over every process) before any work that awaits.
+    # An edge's pull takes no slot: its viewers take theirs at the edge.
+    slot = None if edge is not None else await take_viewer_slot(request, slots, show.id)
+
+    def make_viewer() -> Viewer:
+        # The host page's preview asks with ?preview=1; only the show's host is believed.
+        # An edge's pull is not one of the audience either (its viewers are counted there).
+        preview = (wants_preview and is_host(request, show)) or edge is not None
+        viewer = Viewer(runtime, codec, preview=preview)
+        viewer.edge = edge
+        viewer.id = _session_id(request.app, viewer.id)
+        return viewer
+
+    viewer, answer = await open_viewer(make_viewer, text, offer, offered, slots, slot, settings)
+    workers = cluster(request.app)
+    if workers is not None:
+        workers.clients[show.id].wake()  # relay the origin's packets here now
+    return _created(request, answer, f"/whep/{show.id}/{viewer.id}", viewer.etag)
+
+
+async def take_viewer_slot(
+    request: web.Request, slots: viewer_slots.ViewerSlots, show_id: str
+) -> str:
+    """A viewer slot for this request (atomically, over every process, before any work
+    that awaits); 503 when the show is full, 429 when this address has its share."""
+    settings = request.app[keys.SETTINGS]
     slot = secrets.token_urlsafe(9)
-    taken = viewer_slots.TAKEN  # an edge's pull takes none: its viewers take theirs there
-    if edge is None:
-        taken = await slots.take(
-            show.id,
-            slot,
-            request.remote or "-",
-            settings.max_viewers_per_show,
-            settings.viewer_ip_cap,
-        )
+    taken = await slots.take(
+        show_id, slot, request.remote or "-", settings.max_viewers_per_show, settings.viewer_ip_cap
+    )
     if taken == viewer_slots.SHOW_FULL:
         raise ApiError(
             503,
@@ -237,17 +258,27 @@ async def whep_post(request: web.Request) -> web.Response:
             "Too many viewing sessions from this address.",
             {"Retry-After": RETRY_AFTER_S},
         )
+    return slot
+
+
+async def open_viewer(
+    make_viewer: Callable[[], Viewer],
+    text: str,
+    offer: Offer,
+    offered: int,
+    slots: viewer_slots.ViewerSlots,
+    slot: str | None,
+    settings: Settings,
+) -> tuple[Viewer, str]:
+    """A new viewer session and its answer to the offer (422 for an offer it cannot use);
+    the slot goes with the session, and back if anything fails; a session that never
+    connects is closed."""
     audio = offer.section("audio")
     with_audio = audio is not None and audio.direction in ("recvonly", "sendrecv")
     try:
-        # The host page's preview asks with ?preview=1; only the show's host is believed.
-        # An edge's pull is not one of the audience either (its viewers are counted there).
-        preview = (wants_preview and is_host(request, show)) or edge is not None
-        viewer = Viewer(runtime, codec, preview=preview)
-        viewer.edge = edge
-        viewer.id = _session_id(request.app, viewer.id)
+        viewer = make_viewer()
         _track_budget(viewer, offered)
-        if slot in slots.held:
+        if slot is not None and slot in slots.held:
             slots.held[slot].session = viewer
         try:
             answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
@@ -255,13 +286,11 @@ async def whep_post(request: web.Request) -> web.Response:
             await viewer.close()
             raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
     except BaseException:
-        await slots.release(slot)
+        if slot is not None:
+            await slots.release(slot)
         raise
     _close_if_not_connected(viewer, settings.whep_connect_timeout_s)
-    workers = cluster(request.app)
-    if workers is not None:
-        workers.clients[show.id].wake()  # relay the origin's packets here now
-    return _created(request, answer, f"/whep/{show.id}/{viewer.id}", viewer.etag)
+    return viewer, answer
 
 
 def _slots(app: web.Application) -> viewer_slots.ViewerSlots:
