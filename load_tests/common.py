@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -164,3 +165,14 @@ def manifest_toml(
     parts += [textwrap.dedent(products), textwrap.dedent(printers)]
     parts.append(f'\n[staff]\npassword = "{staff_password}"\n')
     return "\n".join(parts)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (a server drains), then SIGKILL if it has not gone within ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

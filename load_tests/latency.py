@@ -41,6 +41,7 @@ from load_tests.common import (
     median,
     percentile,
     spawn_serve,
+    stop_process,
     table,
     write_section,
 )
@@ -136,16 +137,6 @@ def start_publisher(base: str, opts: Options, workdir: Path) -> subprocess.Popen
         cmd += ["--size", size, "--fps", str(opts.fps)]
     log = (workdir / "publisher.log").open("w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def publish_forever(url: str, width: int, height: int, fps: int) -> None:

@@ -45,6 +45,7 @@ from load_tests.common import (
     manifest_toml,
     percentile,
     spawn_serve,
+    stop_process,
     table,
     write_section,
 )
@@ -177,16 +178,6 @@ def start_publisher(url: str, workdir: Path, name: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "load_tests.networks", "--publish-to", url]
     log = (workdir / f"publisher-{name}.log").open("w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def publish_forever(url: str) -> None:
