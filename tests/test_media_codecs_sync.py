@@ -145,9 +145,7 @@ async def test_audio_and_video_stay_in_sync(app):
         # positive: the sound comes after the picture. Viewers notice sound that leads
         # the picture by more than ~45 ms or trails it by more than ~125 ms (ITU-R
         # BT.1359); one late flash on a busy machine gets a little more slack.
-        offsets = sorted(
-            min((a - v for a in audio_onsets), key=abs) for v in video_onsets[1:-1]
-        )
+        offsets = sorted(min((a - v for a in audio_onsets), key=abs) for v in video_onsets[1:-1])
         median = offsets[len(offsets) // 2]
         assert -0.045 <= median <= 0.125, f"audio/video offsets {offsets}"
         assert -0.08 <= offsets[0] and offsets[-1] <= 0.16, f"audio/video offsets {offsets}"
