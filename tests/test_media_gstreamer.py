@@ -198,14 +198,16 @@ async def test_gstreamer_plays_over_whep(gstreamer, app, tmp_path, codec):
             await wait_until(lambda: runtime.live, 10)
             dump = tmp_path / "last.i420"
             gst = await start_gst(
-                "play", f"{app.url}/whep/demo", "--codec", codec, "--audio", "--seconds", "5", "--dump", str(dump)
+                "play", f"{app.url}/whep/demo", "--codec", codec, "--audio", "--seconds", "8", "--dump", str(dump)
             )  # fmt: skip
             await gst.finish(30, stop=False)
         finally:
             await pub.close(http)
     summary = gst.first("summary") or {}
     frames = summary.get("frames", 0)
-    assert frames >= 45, f"GStreamer decoded {frames} {codec} frames in 5 s; {gst.diagnosis()}"
+    # 8 s of a 30 fps show: a slow start on a busy machine is allowed for, a stalled
+    # stream (a few frames) is not.
+    assert frames >= 90, f"GStreamer decoded {frames} {codec} frames in 8 s; {gst.diagnosis()}"
     assert gst.first("answered")["setup"] == "a=setup:passive"
     width, height = summary["size"]
     assert (width, height) == (640, 360), "the show's composed size"
