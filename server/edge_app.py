@@ -133,7 +133,7 @@ class Edge:
                 await edges.beat(redis, self.record(cpu))
                 for show_id, show in self.shows.items():
                     await presence.report(redis, show_id, live=False, viewers=show.audience)
-                await _slots(self.app).tend(self._session_live)
+                await whep._slots(self.app).tend(self._session_live)
             except Exception as exc:  # Redis away: the next beat tries again
                 log.warning("edge heartbeat: %s", exc)
             await asyncio.sleep(BEAT_S)
@@ -149,10 +149,6 @@ class Edge:
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
-
-
-def _slots(app: web.Application) -> viewer_slots.ViewerSlots:
-    return app[keys.EXTRA]["viewer_slots"]
 
 
 def _edge(request: web.Request) -> Edge:
@@ -181,7 +177,7 @@ async def whep_post(request: web.Request) -> web.Response:
     await edge.known_show(show_id)
     text, offered = whep._screened_offer(request, text)
     settings = request.app[keys.SETTINGS]
-    slots = _slots(request.app)
+    slots = whep._slots(request.app)
     slot = await whep.take_viewer_slot(request, slots, show_id)
     show = edge.show(show_id)
     viewer, answer = await whep.open_viewer(
@@ -216,12 +212,7 @@ async def whep_patch(request: web.Request) -> web.StreamResponse:
 
 
 async def whep_delete(request: web.Request) -> web.StreamResponse:
-    viewer = _viewer(request)
-    await viewer.close()
-    slots = _slots(request.app)
-    for slot, held in list(slots.held.items()):
-        if held.session is viewer:
-            await slots.release(slot)
+    await whep.close_viewer(request.app, _viewer(request))
     return web.Response(status=200)
 
 
@@ -323,7 +314,7 @@ def create_edge_app(settings: Settings, config: EdgeConfig, redis_url: str) -> w
             with contextlib.suppress(Exception):
                 await presence.clear(redis, show_id)
         with contextlib.suppress(Exception):
-            await _slots(app).release_all()
+            await whep._slots(app).release_all()
         await edge.http.close()
         await redis.aclose()
 

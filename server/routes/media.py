@@ -338,13 +338,17 @@ async def whep_patch(request: web.Request) -> web.StreamResponse:
 async def whep_delete(request: web.Request) -> web.StreamResponse:
     if (forwarded := await maybe_forward(request)) is not None:
         return forwarded
-    viewer = _viewer(request)
+    await close_viewer(request.app, _viewer(request))
+    return web.Response(status=200)
+
+
+async def close_viewer(app: web.Application, viewer: Viewer) -> None:
+    """End a WHEP session and give its viewer slot back (origin and edge alike)."""
     await viewer.close()
-    slots = _slots(request.app)
+    slots = _slots(app)
     for slot, held in list(slots.held.items()):
         if held.session is viewer:
             await slots.release(slot)
-    return web.Response(status=200)
 
 
 # --- shared -------------------------------------------------------------------------
