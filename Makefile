@@ -42,9 +42,12 @@ HOST ?= 127.0.0.1
 demo: system venv
 	@$(BIN)/showroom demo --port $(PORT) --host $(HOST)
 
+# Two pytest processes: most tests wait on peers, browsers and timers, so two share the
+# two cores of a small machine well. The benchmark smoke runs (one xdist group) take turns.
+TEST_JOBS ?= 2
 test: system venv
-	@echo "==> running the test suite (real redis-server, localstripe, aiortc peers, headless chromium)"
-	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@echo "==> running the test suite on $(TEST_JOBS) processes (real redis-server, localstripe, aiortc peers, headless chromium)"
+	@$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: venv
 	@$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -32,6 +32,18 @@ STREAM_KEY = "test-stream-key"
 STAFF_PASSWORD = "test-staff-pw"
 
 
+# Under ``make test`` (pytest-xdist, --dist loadgroup) these take turns on one process:
+# each loads both cores (a server, a load generator, decoders), and two at once would
+# measure each other rather than Showroom.
+HEAVY_FILES = ("test_load_smoke_", "test_networks_lossy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith(HEAVY_FILES):
+            item.add_marker(pytest.mark.xdist_group("heavy"))
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
