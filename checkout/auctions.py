@@ -1,7 +1,8 @@
 """Live auctions: the rules (one Lua script per move) and the settlement at the end.
 
-An auction is the hash ``auction:{id}``; the show's ``show:{show}:auction`` names its
-current (running, else last) auction. Starting one takes the unit out of the product's
+An auction is the hash ``auction:{show}:{id}`` (its id ``auc_{show}__{hex}`` names its
+show, so all its keys carry the show's hash tag: one Redis Cluster slot with the show's
+stock); the show's ``show:{show}:auction`` names its current (running, else last) auction. Starting one takes the unit out of the product's
 stock in the same script that checks no other auction of the show runs; the unit is in
 the auction until it is sold (then it is the order's) or the auction ends unsold or is
 cancelled (then it goes back to stock, in the script that moves the status, so once).
@@ -38,6 +39,7 @@ from checkout.orders import (
     cents_str,
     load_order,
     mark_paid,
+    order_key,
     save_new_order,
     transition,
 )
@@ -45,8 +47,6 @@ from checkout.scripts import Script
 
 log = logging.getLogger("showroom.auctions")
 
-ACTIVE = "auctions:active"  # zset auction id -> ends_at (ms): the worker's due list
-SETTLING = "auctions:settling"  # zset auction id -> lease deadline (ms)
 SETTLE_LEASE_MS = 120_000  # a settler silent this long has died: another takes over
 MAX_CENTS = 10_000_000  # $100,000.00: a sane ceiling for one bid or price
 MIN_DURATION_S, MAX_DURATION_S = 10, 600
@@ -55,22 +55,36 @@ LOG_KEEP = 1000  # bids kept in an auction's log (the host page's live list)
 RETENTION_S = 30 * 86400
 
 
+def auction_show(auction_id: str) -> str:
+    return auction_id.removeprefix("auc_").split(keys.ORDER_SEP, 1)[0]
+
+
 def auction_key(auction_id: str) -> str:
-    return f"auction:{auction_id}"
+    return f"auction:{keys.tag(auction_show(auction_id))}:{auction_id}"
 
 
 def bids_key(auction_id: str) -> str:
     """zset viewer -> their highest accepted bid (cents): the ranking at the end."""
-    return f"auction:{auction_id}:bids"
+    return auction_key(auction_id) + ":bids"
 
 
 def log_key(auction_id: str) -> str:
     """list "ms|viewer|cents|name" of accepted bids, in acceptance order."""
-    return f"auction:{auction_id}:log"
+    return auction_key(auction_id) + ":log"
 
 
 def current_key(show: str) -> str:
-    return f"show:{show}:auction"
+    return f"show:{keys.tag(show)}:auction"
+
+
+def active_key(show: str) -> str:
+    """zset auction id -> ends_at (ms): the worker's due list of the show."""
+    return f"auctions:active:{keys.tag(show)}"
+
+
+def settling_key(show: str) -> str:
+    """zset auction id -> lease deadline (ms)."""
+    return f"auctions:settling:{keys.tag(show)}"
 
 
 def card_key(viewer: str) -> str:
@@ -114,15 +128,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: stock, show's current auction, new auction hash, active zset
-# ARGV: id, show, sku, start cents, increment cents, duration ms, extend ms, sudden (0/1)
-# -> {'ok', ends_at} | {'auction_active', id} | {'not_found'} | {'sold_out'}
+# KEYS: stock, show's current auction, new auction hash, active zset, the current
+#       auction's hash as read just before ('' id: none)
+# ARGV: id, show, sku, start cents, increment cents, duration ms, extend ms, sudden (0/1),
+#       the current auction's id as read just before
+# -> {'ok', ends_at} | {'auction_active', id} | {'not_found'} | {'sold_out'} | {'retry'}
 START = (
     _NOW
     + """
 local cur = redis.call('GET', KEYS[2])
+if (cur or '') ~= ARGV[9] then return {'retry'} end
 if cur then
-  local st = redis.call('HGET', 'auction:' .. cur, 'status')
+  local st = redis.call('HGET', KEYS[5], 'status')
   if st == 'running' or st == 'settling' then return {'auction_active', cur} end
 end
 local avail = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '-1')
@@ -140,8 +157,10 @@ return {'ok', ends}
 """
 )
 
-# KEYS: auction hash, bids zset, active zset, bid log, bidder's profile, bidder's card
-# ARGV: viewer, amount cents, log size
+# KEYS: auction hash, bids zset, active zset, bid log
+# ARGV: viewer, amount cents, log size, the bidder's display name ('' = none), '1' if the
+#       bidder has a saved card (both read just before: they are the viewer's keys, in
+#       another slot than the auction's)
 # -> {result, status, current, leader_name, bids, ends_at, leader viewer, accepted_at}
 # result: ok | not_found | auction_closed | bid_too_low | name_required | payment_required
 BID = (
@@ -158,11 +177,9 @@ local a = redis.call('HMGET', KEYS[1], 'status', 'ends_at', 'current', 'start',
 if not a[1] then return {'not_found'} end
 local ends = tonumber(a[2])
 if a[1] ~= 'running' or now >= ends then return state('auction_closed') end
-local name = redis.call('HGET', KEYS[5], 'name')
-if not name then return state('name_required') end
-if redis.call('HEXISTS', KEYS[6], 'payment_method') == 0 then
-  return state('payment_required')
-end
+local name = ARGV[4]
+if name == '' then return state('name_required') end
+if ARGV[5] ~= '1' then return state('payment_required') end
 local amount = tonumber(ARGV[2])
 local need
 if a[3] == '' then need = tonumber(a[4]) else need = tonumber(a[3]) + tonumber(a[5]) end
@@ -193,35 +210,42 @@ redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
 return 'ok'
 """
 
-# KEYS: active zset, settling zset; ARGV: lease ms, batch
+# KEYS: active zset, settling zset, then the hash of each auction in ARGV[2..]
+# ARGV: lease ms, then the ids read just before from both zsets (one no longer due is
+#       left alone)
 # -> ids this caller now settles: due running auctions, and settlements whose lease ran out
 CLAIM = (
     _NOW
     + """
 local out = {}
 local lease = now + tonumber(ARGV[1])
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[2])) do
-  redis.call('ZREM', KEYS[1], id)
-  local ak = 'auction:' .. id
-  local st = redis.call('HGET', ak, 'status')
-  if st == 'running' and tonumber(redis.call('HGET', ak, 'ends_at')) <= now then
-    redis.call('HSET', ak, 'status', 'settling')
+for i = 2, #ARGV do
+  local id, ak = ARGV[i], KEYS[i + 1]
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= now then
+    redis.call('ZREM', KEYS[1], id)
+    local st = redis.call('HGET', ak, 'status')
+    if st == 'running' and tonumber(redis.call('HGET', ak, 'ends_at')) <= now then
+      redis.call('HSET', ak, 'status', 'settling')
+      redis.call('ZADD', KEYS[2], lease, id)
+      table.insert(out, id)
+    elseif st == 'running' then
+      redis.call('ZADD', KEYS[1], redis.call('HGET', ak, 'ends_at'), id)
+    end
+  end
+  local lapsed = redis.call('ZSCORE', KEYS[2], id)
+  if lapsed and tonumber(lapsed) <= now then
     redis.call('ZADD', KEYS[2], lease, id)
     table.insert(out, id)
-  elseif st == 'running' then
-    redis.call('ZADD', KEYS[1], redis.call('HGET', ak, 'ends_at'), id)
   end
-end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ARGV[2])) do
-  redis.call('ZADD', KEYS[2], lease, id)
-  table.insert(out, id)
 end
 return out
 """
 )
 
-# KEYS: auction hash, stock, settling zset; ARGV: 'sold'|'unsold', order id, winner name,
-# winning cents, retention s -> 1 if this call finished it, 0 if it was already finished
+# KEYS: auction hash, stock, settling zset, bids zset, bid log; ARGV: 'sold'|'unsold',
+# order id, winner name, winning cents, retention s -> 1 if this call finished it, 0 if
+# it was already finished
 FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'settling' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'order_id', ARGV[2])
@@ -231,7 +255,7 @@ else
   redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'sku'), 1)
 end
 redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-for _, k in ipairs({KEYS[1], KEYS[1] .. ':bids', KEYS[1] .. ':log'}) do
+for _, k in ipairs({KEYS[1], KEYS[4], KEYS[5]}) do
   redis.call('EXPIRE', k, ARGV[5])
 end
 return 1
@@ -350,26 +374,62 @@ class AuctionError(Exception):
 # --- moves -------------------------------------------------------------------------------
 
 
-def new_auction_id() -> str:
-    return "auc_" + uuid.uuid4().hex[:16]
+def new_auction_id(show: str) -> str:
+    return f"auc_{show}{keys.ORDER_SEP}{uuid.uuid4().hex[:16]}"
+
+
+# --- the keys of each script call (pure: tests check they share one slot) -----------
+
+
+def start_keys(show: str, auction_id: str, current: str) -> list[str]:
+    cur_key = auction_key(current) if current else auction_key(auction_id)
+    return [keys.stock(show), current_key(show), auction_key(auction_id), active_key(show), cur_key]
+
+
+def bid_keys(auction_id: str) -> list[str]:
+    show = auction_show(auction_id)
+    return [auction_key(auction_id), bids_key(auction_id), active_key(show), log_key(auction_id)]
+
+
+def cancel_keys(show: str, auction_id: str) -> list[str]:
+    return [auction_key(auction_id), keys.stock(show), active_key(show)]
+
+
+def claim_keys(show: str, auction_ids: list[str]) -> list[str]:
+    return [active_key(show), settling_key(show), *(auction_key(a) for a in auction_ids)]
+
+
+def finish_keys(show: str, auction_id: str) -> list[str]:
+    return [
+        auction_key(auction_id),
+        keys.stock(show),
+        settling_key(show),
+        bids_key(auction_id),
+        log_key(auction_id),
+    ]
 
 
 async def start_auction(redis, show: str, req: AuctionRequest) -> Auction:
-    auction_id = new_auction_id()
-    out = await start_script(
-        redis,
-        [keys.stock(show), current_key(show), auction_key(auction_id), ACTIVE],
-        [
-            auction_id,
-            show,
-            req.sku,
-            req.start_cents,
-            req.increment_cents,
-            req.duration_s * 1000,
-            req.extend_s * 1000,
-            "1" if req.sudden_death else "0",
-        ],
-    )
+    auction_id = new_auction_id(show)
+    for _ in range(5):  # 'retry': another auction started between the read and the script
+        current = _s(await redis.get(current_key(show)))
+        out = await start_script(
+            redis,
+            start_keys(show, auction_id, current),
+            [
+                auction_id,
+                show,
+                req.sku,
+                req.start_cents,
+                req.increment_cents,
+                req.duration_s * 1000,
+                req.extend_s * 1000,
+                "1" if req.sudden_death else "0",
+                current,
+            ],
+        )
+        if _s(out[0]) != "retry":
+            break
     result = _s(out[0])
     if result != "ok":
         raise AuctionError(result, _s(out[1]) if len(out) > 1 else "")
@@ -402,17 +462,12 @@ class BidResult:
 async def place_bid(redis, auction_id: str, viewer: str, cents: int, profile_key: str) -> BidResult:
     """One script: the bid is judged at its arrival in Redis. ``profile_key`` is the
     hash holding the viewer's display name (``name``)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hget(profile_key, "name")
+    pipe.hexists(card_key(viewer), "payment_method")
+    name, has_card = await pipe.execute()
     out = await bid_script(
-        redis,
-        [
-            auction_key(auction_id),
-            bids_key(auction_id),
-            ACTIVE,
-            log_key(auction_id),
-            profile_key,
-            card_key(viewer),
-        ],
-        [viewer, cents, LOG_KEEP],
+        redis, bid_keys(auction_id), [viewer, cents, LOG_KEEP, _s(name), "1" if has_card else ""]
     )
     result = _s(out[0])
     if result == "not_found":
@@ -435,7 +490,7 @@ async def cancel_auction(redis, auction_id: str) -> str:
     if raw is None:
         return ""
     show = _s(raw)
-    return _s(await cancel_script(redis, [auction_key(auction_id), keys.stock(show), ACTIVE], []))
+    return _s(await cancel_script(redis, cancel_keys(show, auction_id), []))
 
 
 async def bid_log(redis, auction_id: str, last: int = 50) -> list[dict]:
@@ -456,13 +511,25 @@ async def full_log(redis, auction_id: str) -> list[tuple[int, str, int]]:
     return out
 
 
-async def claim_due(redis, batch: int = 20) -> list[str]:
-    return [_s(x) for x in await claim_script(redis, [ACTIVE, SETTLING], [SETTLE_LEASE_MS, batch])]
+async def claim_due(redis, show: str, batch: int = 20) -> list[str]:
+    now = int(time.time() * 1000) + 1000  # Redis's clock decides; a second of slack
+    pipe = redis.pipeline(transaction=False)
+    pipe.zrangebyscore(active_key(show), "-inf", now, start=0, num=batch)
+    pipe.zrangebyscore(settling_key(show), "-inf", now, start=0, num=batch)
+    ids = sorted({_s(x) for found in await pipe.execute() for x in found})
+    if not ids:
+        return []
+    out = await claim_script(redis, claim_keys(show, ids), [SETTLE_LEASE_MS, *ids])
+    return [_s(x) for x in out]
 
 
-async def next_end_ms(redis) -> int | None:
-    first = await redis.zrange(ACTIVE, 0, 0, withscores=True)
-    return int(first[0][1]) if first else None
+async def next_end_ms(redis, shows) -> int | None:
+    ends = []
+    for show in shows:
+        first = await redis.zrange(active_key(show), 0, 0, withscores=True)
+        if first:
+            ends.append(int(first[0][1]))
+    return min(ends) if ends else None
 
 
 # --- settlement ----------------------------------------------------------------------------
@@ -499,7 +566,8 @@ class Settled:
 def auction_order_id(auction_id: str, rank: int) -> str:
     """Deterministic per (auction, bidder rank): a settlement taken over after a crash
     finds the order it already made instead of making a second one."""
-    return f"ord_{auction_id.removeprefix('auc_')}_{rank}"
+    show, _, rest = auction_id.removeprefix("auc_").partition(keys.ORDER_SEP)
+    return f"ord_{show}{keys.ORDER_SEP}{rest}_{rank}"
 
 
 async def settle(
@@ -544,7 +612,7 @@ async def settle(
                 channel="online",
             )
             await save_new_order(redis, order)
-            await redis.hset(f"order:{order_id}", "auction_id", auction_id)
+            await redis.hset(order_key(order_id), "auction_id", auction_id)
         if order.status not in (Status.PENDING_PAYMENT, Status.PAYMENT_FAILED):
             paid = order.status not in (Status.EXPIRED, Status.REFUNDED)
             if paid:
@@ -563,10 +631,9 @@ async def settle(
             log.info("auction %s: charge of bidder %d failed: %s", auction_id, rank + 1, exc)
             await _fail(redis, order_id)
             continue
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.hset(f"order:{order_id}", "payment_intent", intent_id)
-            pipe.set(keys.payment_intent(intent_id), order_id, ex=30 * 86400)
-            await pipe.execute()
+        await redis.hset(order_key(order_id), "payment_intent", intent_id)
+        # Outside the order's slot (see checkout.keys.payment_intent): its own command.
+        await redis.set(keys.payment_intent(intent_id), order_id, ex=30 * 86400)
         if status != "succeeded":  # e.g. requires_action: off-session cannot authenticate
             log.info("auction %s: bidder %d's charge is %s", auction_id, rank + 1, status)
             await _fail(redis, order_id)
@@ -578,9 +645,7 @@ async def settle(
         order = await load_order(redis, order_id)
         return await _finish_sold(redis, auction, order, tried)
     await finish_script(
-        redis,
-        [auction_key(auction_id), keys.stock(auction.show), SETTLING],
-        ["unsold", "", "", "", RETENTION_S],
+        redis, finish_keys(auction.show, auction_id), ["unsold", "", "", "", RETENTION_S]
     )
     return Settled(await load_auction(redis, auction_id), None, tried)
 
@@ -596,7 +661,7 @@ async def _fail(redis, order_id: str) -> None:
 async def _finish_sold(redis, auction: Auction, order: Order, tried: int) -> Settled:
     await finish_script(
         redis,
-        [auction_key(auction.id), keys.stock(auction.show), SETTLING],
+        finish_keys(auction.show, auction.id),
         ["sold", order.order_id, order.buyer_name, order.amount_cents, RETENTION_S],
     )
     return Settled(await load_auction(redis, auction.id), order, tried)

@@ -1,8 +1,14 @@
-"""Carts: per-viewer holds in Redis, taken and released by single Lua scripts."""
+"""Carts: per-viewer holds in Redis, taken and released by single Lua scripts.
+
+A viewer has one cart per show (``cart:{show}:viewer``, in the show's slot); the API's
+cart is all of them together, and an add refuses a second show while another show's
+cart holds something (``other_show``), as a cart of one show at a time always did.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from checkout import keys, scripts
@@ -50,25 +56,21 @@ async def add_item(
     ip: str | None = None,
     buyers_per_ip: int = 0,
     ip_memory_s: int = 30 * 86400,
+    other_shows: Iterable[str] = (),
     now: int | None = None,
 ) -> AddResult:
     """Hold ``quantity`` units for the viewer. With an ``ip`` and ``buyers_per_ip`` > 0,
     the buyers whose first add came from that IP may together hold or order at most
     ``buyers_per_ip`` times the per-buyer limit (a fresh cookie is not a fresh buyer).
-    A running drop's units are held for ``drop_hold_seconds`` when that is shorter."""
+    A running drop's units are held for ``drop_hold_seconds`` when that is shorter.
+    ``other_shows``: the shows whose carts must be empty for this add (``other_show``)."""
     now = now_ms() if now is None else now
+    if await cart_show(redis, viewer, [s for s in other_shows if s != show]):
+        return AddResult("other_show", 0)
     drop_hold = hold_seconds if drop_hold_seconds is None else min(hold_seconds, drop_hold_seconds)
     out = await scripts.add_to_cart(
         redis,
-        [
-            keys.stock(show),
-            keys.drop(show),
-            keys.cart(viewer),
-            keys.HOLDS_EXPIRY,
-            keys.bought(show, viewer),
-            keys.cart_adds(show),
-            keys.buyer_ip(viewer),
-        ],
+        add_keys(show, viewer),
         [
             show,
             sku,
@@ -92,31 +94,87 @@ async def add_item(
     return AddResult(out[0].decode(), int(out[1]), sorted(lines, key=lambda x: (x.show, x.sku)))
 
 
+# --- the keys of each script call (pure: tests check they share one slot) -----------
+
+
+def add_keys(show: str, viewer: str) -> list[str]:
+    return [
+        keys.stock(show),
+        keys.drop(show),
+        keys.cart(show, viewer),
+        keys.holds_expiry(show),
+        keys.bought(show),
+        keys.cart_adds(show),
+        keys.buyer_ip(show, viewer),
+        keys.ip_units(show),
+    ]
+
+
+def remove_keys(show: str, viewer: str) -> list[str]:
+    return [
+        keys.cart(show, viewer),
+        keys.holds_expiry(show),
+        keys.stock(show),
+        keys.drop(show),
+        keys.buyer_ip(show, viewer),
+        keys.ip_units(show),
+    ]
+
+
+def reap_keys(show: str, viewers: list[str]) -> list[str]:
+    out = [keys.holds_expiry(show), keys.stock(show), keys.drop(show), keys.ip_units(show)]
+    for viewer in viewers:
+        out += [keys.cart(show, viewer), keys.buyer_ip(show, viewer)]
+    return out
+
+
 async def remove_item(redis, viewer: str, show: str, sku: str) -> int:
     """Release a cart line; returns the units released (0 if there was none)."""
     released = await scripts.remove_from_cart(
-        redis, [keys.cart(viewer), keys.HOLDS_EXPIRY], [viewer, f"{show}|{sku}", now_ms()]
+        redis, remove_keys(show, viewer), [viewer, f"{show}|{sku}", now_ms()]
     )
     return int(released)
 
 
-async def read_cart(redis, viewer: str, now: int | None = None) -> list[CartLine]:
-    """Live lines only: a line past its expiry is already gone for the buyer (the
-    reaper returns its stock within a moment)."""
-    now = now_ms() if now is None else now
-    raw = await redis.hgetall(keys.cart(viewer))
-    if not raw:
-        return []
-    fields = sorted(raw)
+async def cart_show(redis, viewer: str, shows: Iterable[str]) -> str | None:
+    """The first of ``shows`` in which the viewer's cart holds something."""
+    shows = list(shows)
+    if not shows:
+        return None
     pipe = redis.pipeline(transaction=False)
-    for f in fields:
-        pipe.zscore(keys.HOLDS_EXPIRY, f"{viewer}|".encode() + f)
-    scores = await pipe.execute()
+    for show in shows:
+        pipe.exists(keys.cart(show, viewer))
+    for show, found in zip(shows, await pipe.execute(), strict=True):
+        if found:
+            return show
+    return None
+
+
+async def read_cart(
+    redis, viewer: str, shows: Iterable[str], now: int | None = None
+) -> list[CartLine]:
+    """The viewer's carts in ``shows``, live lines only: a line past its expiry is
+    already gone for the buyer (the reaper returns its stock within a moment)."""
+    now = now_ms() if now is None else now
+    shows = list(shows)
+    pipe = redis.pipeline(transaction=False)
+    for show in shows:
+        pipe.hgetall(keys.cart(show, viewer))
+    carts = [(s, raw) for s, raw in zip(shows, await pipe.execute(), strict=True) if raw]
+    if not carts:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for show, raw in carts:
+        for f in sorted(raw):
+            pipe.zscore(keys.holds_expiry(show), f"{viewer}|".encode() + f)
+    scores = iter(await pipe.execute())
     lines = []
-    for f, score in zip(fields, scores, strict=True):
-        if score is not None and score > now:
-            lines.append(_line(f, raw[f], score))
-    return lines
+    for _show, raw in carts:
+        for f in sorted(raw):
+            score = next(scores)
+            if score is not None and score > now:
+                lines.append(_line(f, raw[f], score))
+    return sorted(lines, key=lambda x: (x.show, x.sku))
 
 
 async def cart_adds(redis, show: str) -> dict[str, int]:
@@ -125,18 +183,22 @@ async def cart_adds(redis, show: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in sorted(raw.items())}
 
 
-async def cart_line_show(redis, viewer: str, sku: str) -> str | None:
-    for f in await redis.hkeys(keys.cart(viewer)):
-        show, line_sku = f.decode().split("|", 1)
-        if line_sku == sku:
-            return show
+async def cart_line_show(redis, viewer: str, sku: str, shows: Iterable[str]) -> str | None:
+    for line in await read_cart(redis, viewer, shows, now=0):
+        if line.sku == sku:
+            return line.show
     return None
 
 
 async def reap_expired_holds(
-    redis, batch: int = 500, now: int | None = None
+    redis, show: str, batch: int = 500, now: int | None = None
 ) -> list[tuple[str, str]]:
-    """Return expired holds' stock (safe to run in every process at once)."""
+    """Return the show's expired holds' stock (safe to run in every process at once)."""
     now = now_ms() if now is None else now
-    changed = await scripts.reap_holds(redis, [keys.HOLDS_EXPIRY], [now, batch])
+    due = await redis.zrangebyscore(keys.holds_expiry(show), "-inf", now, start=0, num=batch)
+    if not due:
+        return []
+    members = [m.decode() for m in due]
+    viewers = [m.split("|", 1)[0] for m in members]
+    changed = await scripts.reap_holds(redis, reap_keys(show, viewers), [now, *members])
     return [tuple(c.decode().split("|", 1)) for c in changed]  # type: ignore[misc]

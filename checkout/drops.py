@@ -30,14 +30,18 @@ class DropError(Exception):
         self.code, self.available = code, available
 
 
+def drop_keys(show_id: str) -> list[str]:
+    """The keys of the start and end scripts (pure: tests check they share one slot)."""
+    return [keys.stock(show_id), keys.drop(show_id)]
+
+
 async def start_drop(redis, show_id: str, req: DropRequest, now_ms: int | None = None) -> dict:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     ends_at = now_ms + int(req.duration_s * 1000)
     result, available = await scripts.start_drop(
         redis,
-        [keys.stock(show_id), keys.drop(show_id), keys.DROPS_ACTIVE],
+        drop_keys(show_id),
         [
-            show_id,
             req.sku,
             req.quantity,
             ends_at,
@@ -78,8 +82,8 @@ async def current_drop(redis, show_id: str, now_ms: int | None = None) -> dict |
     return drop_view(raw)
 
 
-async def end_due_drops(redis, now_ms: int | None = None) -> list[tuple[str, str]]:
-    """End drops whose time is up; returns the (show, sku) whose stock changed."""
+async def end_due_drop(redis, show_id: str, now_ms: int | None = None) -> str | None:
+    """End the show's drop if its time is up; returns its sku (whose stock changed)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    changed = await scripts.end_drops(redis, [keys.DROPS_ACTIVE], [now_ms])
-    return [tuple(c.decode().split("|", 1)) for c in changed]  # type: ignore[misc]
+    sku = await scripts.end_drop(redis, drop_keys(show_id), [now_ms])
+    return sku.decode() if sku else None

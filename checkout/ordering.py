@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from checkout import keys, scripts
+from checkout.carts import cart_show
 from checkout.orders import Order, OrderItem, Status, retention_s, save_new_order
 
 
-def new_order_id() -> str:
-    return "ord_" + uuid.uuid4().hex[:20]
+def new_order_id(show: str) -> str:
+    return keys.new_order_id(show)
 
 
 class CheckoutRefused(Exception):
@@ -40,9 +40,61 @@ def email_token(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
 
 
+# --- the keys of each script call (pure: tests check they share one slot) -----------
+
+
+def checkout_keys(
+    show: str, viewer: str, order_id: str, ip: str, unpaid: Iterable[str] = ()
+) -> list[str]:
+    return [
+        keys.cart(show, viewer),
+        keys.holds_expiry(show),
+        keys.order_stock(order_id),
+        keys.orders_pending(show),
+        keys.pending_orders(show, viewer),
+        keys.pending_ip(show, ip),
+        keys.stock(show),
+        keys.drop(show),
+        keys.bought(show),
+        keys.bought_by_email(show),
+        keys.ip_units(show),
+        keys.buyer_ip(show, viewer),
+        *(keys.order(oid) for oid in unpaid),
+    ]
+
+
+def _release_keys(show: str) -> list[str]:
+    return [
+        keys.stock(show),
+        keys.drop(show),
+        keys.bought(show),
+        keys.bought_by_email(show),
+        keys.ip_units(show),
+    ]
+
+
+def expire_keys(show: str, order_ids: Iterable[str]) -> list[str]:
+    out = [keys.orders_pending(show), *_release_keys(show)]
+    for oid in order_ids:
+        out += [keys.order(oid), keys.order_stock(oid)]
+    return out
+
+
+def restore_keys(show: str, viewer: str, order_id: str) -> list[str]:
+    return [
+        keys.order_stock(order_id),
+        keys.cart(show, viewer),
+        keys.holds_expiry(show),
+        keys.orders_pending(show),
+        keys.order(order_id),
+        *_release_keys(show),
+    ]
+
+
 async def place_order(
     redis,
     viewer: str,
+    show: str,
     *,
     product_name: Callable[[str, str], str],
     currency_of: Callable[[str], str],
@@ -56,24 +108,26 @@ async def place_order(
     buyers_per_ip: int = 0,
     now: float | None = None,
 ) -> Order | None:
-    """The viewer's holds become a ``pending_payment`` order; None when nothing is held.
+    """The viewer's holds in ``show`` become a ``pending_payment`` order; None when
+    nothing is held there.
 
     ``limits`` ("{show}|{sku}" -> per-buyer limit) are checked against earlier orders
     with the same email; ``max_pending`` caps the buyer's unpaid orders (and, with an
     ``ip``, ``max_pending * buyers_per_ip`` those of the IP). Raises CheckoutRefused."""
     now = time.time() if now is None else now
-    order_id = new_order_id()
+    order_id = new_order_id(show)
     deadline_ms = int((now + payment_timeout_s) * 1000)
     pairs = [x for key, limit in (limits or {}).items() if limit > 0 for x in (key, limit)]
+    unpaid: list[str] = []
+    if max_pending > 0:
+        # The script checks these orders' status: it may only touch keys it is given.
+        pipe = redis.pipeline(transaction=False)
+        pipe.zrange(keys.pending_orders(show, viewer), 0, -1)
+        pipe.zrange(keys.pending_ip(show, ip or ""), 0, -1)
+        unpaid = sorted({m.decode() for ids in await pipe.execute() for m in ids})
     out = await scripts.checkout(
         redis,
-        [
-            keys.cart(viewer),
-            keys.HOLDS_EXPIRY,
-            keys.order_stock(order_id),
-            keys.ORDERS_PENDING,
-            keys.pending_orders(viewer),
-        ],
+        checkout_keys(show, viewer, order_id, ip or "", unpaid),
         [
             viewer,
             int(now * 1000),
@@ -83,6 +137,9 @@ async def place_order(
             max_pending,
             buyers_per_ip if ip else 0,
             ip or "",
+            show,
+            len(unpaid),
+            *unpaid,
             *pairs,
         ],
     )
@@ -126,11 +183,20 @@ async def place_order(
 
 
 async def expire_due_orders(
-    redis, batch: int = 200, now_ms: int | None = None
+    redis, show: str, batch: int = 200, now_ms: int | None = None
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """Expire unpaid orders past their deadline; returns (order ids, (show, sku) changed)."""
+    """Expire the show's unpaid orders past their deadline; returns (order ids,
+    (show, sku) changed)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    out = await scripts.expire_orders(redis, [keys.ORDERS_PENDING], [now_ms, batch, retention_s()])
+    due = await redis.zrangebyscore(keys.orders_pending(show), "-inf", now_ms, start=0, num=batch)
+    if not due:
+        return [], []
+    ids = [d.decode() for d in due]
+    out = await scripts.expire_orders(redis, expire_keys(show, ids), [now_ms, retention_s(), *ids])
+    return _expired(out)
+
+
+def _expired(out: list[bytes]) -> tuple[list[str], list[tuple[str, str]]]:
     orders, changed = [], []
     for item in out:
         text = item.decode()
@@ -141,14 +207,24 @@ async def expire_due_orders(
     return orders, changed  # type: ignore[return-value]
 
 
-async def expire_order_now(redis, order_id: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """Expire one unpaid order at once (e.g. the payment provider refused to create it)."""
-    await redis.zadd(keys.ORDERS_PENDING, {order_id: 0})
-    return await expire_due_orders(redis, now_ms=int(time.time() * 1000))
+async def expire_order_now(
+    redis, show: str, order_id: str
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expire one unpaid order at once (e.g. the buyer cancelled it)."""
+    now_ms = int(time.time() * 1000)
+    await redis.zadd(keys.orders_pending(show), {order_id: 0})
+    out = await scripts.expire_orders(
+        redis, expire_keys(show, [order_id]), [now_ms, retention_s(), order_id]
+    )
+    return _expired(out)
 
 
 async def restore_cart(
-    redis, order: Order, hold_seconds: float, drop_hold_seconds: float | None = None
+    redis,
+    order: Order,
+    hold_seconds: float,
+    drop_hold_seconds: float | None = None,
+    other_shows: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
     """Put a pending order's units back in its buyer's cart, held again (the payment
     could not be created: the buyer retries without losing them); the order expires.
@@ -156,21 +232,17 @@ async def restore_cart(
     now = int(time.time() * 1000)
     drop_hold = hold_seconds if drop_hold_seconds is None else min(hold_seconds, drop_hold_seconds)
     prices = [x for item in order.items for x in (item.sku, item.unit_price_cents)]
+    elsewhere = await cart_show(redis, order.viewer, [s for s in other_shows if s != order.show])
     out = await scripts.restore_cart(
         redis,
-        [
-            keys.order_stock(order.order_id),
-            keys.cart(order.viewer),
-            keys.HOLDS_EXPIRY,
-            keys.ORDERS_PENDING,
-            f"order:{order.order_id}",
-        ],
+        restore_keys(order.show, order.viewer, order.order_id),
         [
             order.order_id,
             now,
             now + int(hold_seconds * 1000),
             now + int(drop_hold * 1000),
             retention_s(),
+            "1" if elsewhere else "0",
             *prices,
         ],
     )

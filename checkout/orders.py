@@ -1,10 +1,10 @@
 """Orders: the record, the state machine, and its atomic moves in Redis.
 
-An order is the Redis hash ``order:{id}``; its ``status`` only moves forward
-(``can_transition``), and every move is one Lua script so that concurrent webhooks,
-workers and staff never move it backwards. Marking an order paid and appending its print
-job to the stream ``print:jobs`` happen in the same script: a paid order always has a
-print job.
+An order is the Redis hash ``order:{show}:{id}`` (``checkout.keys.order``); its
+``status`` only moves forward (``can_transition``), and every move is one Lua script so
+that concurrent webhooks, workers and staff never move it backwards. Marking an order
+paid and appending its print job to the show's stream ``print:jobs:{show}`` happen in
+the same script: a paid order always has a print job.
 """
 
 from __future__ import annotations
@@ -52,22 +52,26 @@ def can_transition(old: Status | str, new: Status | str) -> bool:
     return Status(new) in TRANSITIONS[Status(old)]
 
 
-PRINT_STREAM = "print:jobs"
+def print_stream(show: str) -> str:
+    """The show's print jobs (a stream in the show's slot, read by ``devices.worker``)."""
+    return f"print:jobs:{keys.tag(show)}"
+
+
 # Order moves that someone outside checkout acts on (the buyer's emails), appended in the
 # same script as the move itself so none is lost: entries ``job`` = msgpack
-# {"kind": "order", "order_id", "status"}. Other notifications may share the stream.
-NOTIFY_STREAM = "notify:outbox"
+# {"kind": "order", "order_id", "status"}. Other notifications of the show share it.
+def notify_stream(show: str) -> str:
+    return f"notify:outbox:{keys.tag(show)}"
+
+
 NOTIFY_STATUSES = frozenset({"paid", "ready", "refunded"})
-ORDERS_INDEX = "orders:{show}"  # sorted set: order id by created_at
-
-
-def order_key(order_id: str) -> str:
-    return f"order:{order_id}"
+ORDERS_INDEX = "orders:{{{show}}}"  # sorted set: order id by created_at (the show's tag)
+order_key = keys.order
 
 
 def paid_count_key(show: str) -> str:
     """How many orders of the show were paid (the public sales counter)."""
-    return f"show:{show}:paid_orders"
+    return f"show:{keys.tag(show)}:paid_orders"
 
 
 # Finished orders (nothing left to do on the floor) are kept this long, then Redis
@@ -295,6 +299,36 @@ def _parse_error(order_id: str, exc: Exception, wanted: str) -> TransitionError:
     return TransitionError(order_id, current, wanted)
 
 
+# --- the keys of each script call (pure: tests check they share one slot) -----------
+
+
+def transition_keys(show: str, order_id: str) -> list[str]:
+    return [order_key(order_id), notify_stream(show)]
+
+
+def mark_paid_keys(show: str, order_id: str) -> list[str]:
+    return [
+        order_key(order_id),
+        print_stream(show),
+        notify_stream(show),
+        paid_count_key(show),
+        keys.order_stock(order_id),
+    ]
+
+
+def refund_keys(show: str, order_id: str) -> list[str]:
+    return [order_key(order_id), keys.stock(show), keys.bought(show), notify_stream(show)]
+
+
+async def order_show(redis, order_id: str) -> str:
+    """The show of an order: from its id, or (an order of the earlier layout) its hash."""
+    show = keys.order_show(order_id)
+    if show is not None:
+        return show
+    raw = await redis.hget(order_key(order_id), "show")
+    return raw.decode() if isinstance(raw, bytes) else (raw or "")
+
+
 async def load_order(redis, order_id: str) -> Order | None:
     raw = await redis.hgetall(order_key(order_id))
     return Order.from_redis(raw) if raw else None
@@ -310,12 +344,12 @@ async def save_new_order(redis, order: Order) -> None:
 async def transition(redis, order_id: str, new: Status, now: float | None = None) -> Status:
     """Move an order forward; returns the previous status or raises TransitionError."""
     now = time.time() if now is None else now
+    show = await order_show(redis, order_id)
     try:
         prev = await redis.eval(
             _TRANSITION_LUA,
             2,
-            order_key(order_id),
-            NOTIFY_STREAM,
+            *transition_keys(show, order_id),
             str(new),
             _TIMESTAMP_FIELD.get(new, ""),
             repr(now),
@@ -335,18 +369,13 @@ async def mark_paid(
 ) -> Status:
     """Paid + print job, atomically. Raises TransitionError if not payable (e.g. already paid)."""
     now = time.time() if now is None else now
-    order = await redis.hget(order_key(order_id), "show")
-    show = order.decode() if isinstance(order, bytes) else (order or "")
+    show = await order_show(redis, order_id)
     job = PrintJob(order_id=order_id, show=show, enqueued_at=now).pack()
     try:
         prev = await redis.eval(
             _MARK_PAID_LUA,
             5,
-            order_key(order_id),
-            PRINT_STREAM,
-            NOTIFY_STREAM,
-            paid_count_key(show),
-            f"orderstock:{order_id}",
+            *mark_paid_keys(show, order_id),
             repr(now),
             job,
             payment_intent,
@@ -379,22 +408,23 @@ async def prune_order_index(redis, show: str, now: float | None = None, batch: i
     return len(gone)
 
 
-# KEYS[1] order hash, KEYS[2] the show's stock, KEYS[3] the buyer's bought units,
-# KEYS[4] notify stream; ARGV[1] now, ARGV[2] packed notification, ARGV[3] retention (s),
-# then the statuses a refund may start from. Refunded, its units back on sale and the buyer's limit freed,
+# KEYS[1] order hash, KEYS[2] the show's stock, KEYS[3] the show's bought units
+# ("{viewer}|{sku}"), KEYS[4] notify stream; ARGV[1] now, ARGV[2] packed notification,
+# ARGV[3] retention (s), ARGV[4] the buyer, then the statuses a refund may start from. Refunded, its units back on sale and the buyer's limit freed,
 # once: a second refund (the webhook after the staff's button) finds it refunded.
 _REFUND_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return redis.error_reply('not_found') end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'status', 'refunded', 'refunded_at', ARGV[1])
     if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
     local items = cjson.decode(redis.call('HGET', KEYS[1], 'items') or '[]')
     for _, item in ipairs(items) do
       redis.call('HINCRBY', KEYS[2], item.sku, item.quantity)
-      if redis.call('HEXISTS', KEYS[3], item.sku) == 1 then
-        redis.call('HINCRBY', KEYS[3], item.sku, -item.quantity)
+      local f = ARGV[4] .. '|' .. item.sku
+      if redis.call('HEXISTS', KEYS[3], f) == 1 then
+        if redis.call('HINCRBY', KEYS[3], f, -item.quantity) <= 0 then redis.call('HDEL', KEYS[3], f) end
       end
     end
     redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
@@ -416,13 +446,11 @@ async def refund_order(redis, order_id: str, now: float | None = None) -> Status
         prev = await redis.eval(
             _REFUND_LUA,
             4,
-            order_key(order_id),
-            keys.stock(show),
-            keys.bought(show, viewer),
-            NOTIFY_STREAM,
+            *refund_keys(show, order_id),
             repr(now),
             _notification(order_id, "refunded"),
             retention_s(),
+            viewer,
             *_allowed_from(Status.REFUNDED),
         )
     except Exception as exc:
@@ -480,4 +508,4 @@ async def undo_move(redis, order_id: str, now: float | None = None) -> Status:
 
 async def enqueue_reprint(redis, order: Order) -> None:
     job = PrintJob(order_id=order.order_id, show=order.show, reprint=True)
-    await redis.xadd(PRINT_STREAM, {"job": job.pack()})
+    await redis.xadd(print_stream(order.show), {"job": job.pack()})

@@ -75,6 +75,7 @@ async def sell(
     order = await place_order(
         redis,
         buyer,
+        show,
         product_name=product_name,
         currency_of=lambda _show: currency,
         buyer_name=buyer_name,

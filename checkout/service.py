@@ -24,7 +24,7 @@ import aiohttp
 from checkout import keys
 from checkout.carts import reap_expired_holds
 from checkout.catalog import load_catalog
-from checkout.drops import end_due_drops
+from checkout.drops import end_due_drop
 from checkout.live import StockNotifier
 from checkout.ordering import expire_due_orders
 from checkout.orders import (
@@ -33,6 +33,7 @@ from checkout.orders import (
     Status,
     cents_str,
     load_order,
+    order_key,
     paid_count_key,
     prune_order_index,
 )
@@ -170,22 +171,28 @@ class Commerce:
                     await self._closing.wait()
 
     async def reap_once(self) -> None:
-        for show, sku in await reap_expired_holds(self.redis):
+        # Show by show: each show's holds, orders and drop live in its own slot.
+        for show_id in self.shows:
+            await self.reap_show(show_id)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
+            for show_id in self.shows:
+                await prune_order_index(self.redis, show_id)
+
+    async def reap_show(self, show_id: str) -> None:
+        for show, sku in await reap_expired_holds(self.redis, show_id):
             self.notifier.touch(show, sku)
-        expired, changed = await expire_due_orders(self.redis)
+        expired, changed = await expire_due_orders(self.redis, show_id)
         for show, sku in changed:
             self.notifier.touch(show, sku)
         for order_id in expired:
             order = await load_order(self.redis, order_id)
             if order is not None:
                 await self.publish_order(order)
-        for show, sku in await end_due_drops(self.redis):
-            self.notifier.touch(show, sku)
-            await self.publish(show, {"type": "drop", "drop": None})
-        if time.monotonic() >= self._next_prune:
-            self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
-            for show_id in self.shows:
-                await prune_order_index(self.redis, show_id)
+        sku = await end_due_drop(self.redis, show_id)
+        if sku is not None:
+            self.notifier.touch(show_id, sku)
+            await self.publish(show_id, {"type": "drop", "drop": None})
 
     # --- views and events --------------------------------------------------------------
     def drop_event_view(self, show_id: str, drop: dict | None) -> dict | None:
@@ -211,7 +218,7 @@ class Commerce:
             for start in range(0, len(ids), 1000):
                 pipe = self.redis.pipeline(transaction=False)
                 for oid in ids[start : start + 1000]:
-                    pipe.hget(b"order:" + oid, "status")
+                    pipe.hget(order_key(oid.decode()), "status")
                 for status in await pipe.execute():
                     if status:
                         counts[status.decode()] = counts.get(status.decode(), 0) + 1

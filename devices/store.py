@@ -106,18 +106,20 @@ async def request_retry(redis, printer: str) -> None:
     await redis.set(retry_key(printer), str(time.time()), ex=3600)
 
 
-async def job_counts(redis, stream: str) -> dict[str, int]:
-    """Print jobs by state for /metrics: waiting (not yet read), in_flight, parked, printed."""
+async def job_counts(redis, streams: list[str]) -> dict[str, int]:
+    """Print jobs by state for /metrics: waiting (not yet read), in_flight, parked, printed
+    (``streams``: every show's print stream)."""
     counts = {"waiting": 0, "in_flight": 0, "parked": 0, "printed": 0}
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except Exception:  # no stream yet
-        groups = []
-    for g in groups:
-        info = {_s(k): v for k, v in g.items()}
-        if _s(info.get("name")) == GROUP:
-            counts["waiting"] = int(info.get("lag") or 0)
-            counts["in_flight"] = int(info.get("pending") or 0)
+    for stream in streams:
+        try:
+            groups = await redis.xinfo_groups(stream)
+        except Exception:  # no stream yet
+            groups = []
+        for g in groups:
+            info = {_s(k): v for k, v in g.items()}
+            if _s(info.get("name")) == GROUP:
+                counts["waiting"] += int(info.get("lag") or 0)
+                counts["in_flight"] += int(info.get("pending") or 0)
     counts["parked"] = int(await redis.hlen(PARKED))
     counts["in_flight"] = max(0, counts["in_flight"] - counts["parked"])
     counts["printed"] = int(await redis.hget(STATS, "printed") or 0)

@@ -1,7 +1,11 @@
-"""The print worker: paid orders in (Redis stream ``print:jobs``), labels out.
+"""The print worker: paid orders in (each show's Redis stream ``print:jobs:{show}``),
+labels out.
 
-One consumer group (``printers``) shares the stream between every worker on the Redis
-(inside ``showroom serve`` and/or ``showroom printer-worker`` on a station machine).
+One consumer group (``printers``) shares each stream between every worker on the Redis
+(inside ``showroom serve`` and/or ``showroom printer-worker`` on a station machine); a
+worker reads the streams of the shows in its manifests, one reader per stream (on a
+Redis Cluster each show's stream is on its show's node). A job is named
+``{show}.{entry id}`` (``Task.ref``): entry ids are unique only within one stream.
 
 - Each stream entry becomes one label per printer (see ``devices.routing``). Each printer
   has a *lane*: a FIFO served by one task, so labels leave a printer in the order the
@@ -37,13 +41,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from checkout.orders import (
-    PRINT_STREAM,
     Order,
     PrintJob,
     Status,
     TransitionError,
     load_order,
     order_key,
+    print_stream,
     transition,
 )
 from devices import store
@@ -96,6 +100,15 @@ class Task:
     job: PrintJob
     order: Order
     remaining: set[str]
+    stream_show: str = ""  # the show whose stream the entry is in
+
+    @property
+    def ref(self) -> str:
+        return job_ref(self.stream_show, self.entry_id)
+
+
+def job_ref(show: str, entry_id: str) -> str:
+    return f"{show}.{entry_id}"
 
 
 @dataclass
@@ -158,15 +171,21 @@ class PrintWorker:
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        try:
-            await self.redis.xgroup_create(PRINT_STREAM, store.GROUP, id="0", mkstream=True)
-        except Exception as exc:  # BUSYGROUP: another worker made it first
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for show_id in self.shows:
+            try:
+                await self.redis.xgroup_create(
+                    print_stream(show_id), store.GROUP, id="0", mkstream=True
+                )
+            except Exception as exc:  # BUSYGROUP: another worker made it first
+                if "BUSYGROUP" not in str(exc):
+                    raise
         for lane in self.lanes.values():
             lane.task = asyncio.create_task(self._lane_loop(lane), name=f"printer-{lane.name}")
             self._tasks.append(lane.task)
-        self._tasks.append(asyncio.create_task(self._read_loop(), name="print-reader"))
+        for show_id in self.shows:
+            self._tasks.append(
+                asyncio.create_task(self._read_loop(show_id), name=f"print-reader-{show_id}")
+            )
         self._tasks.append(asyncio.create_task(self._keepalive_loop(), name="print-keepalive"))
         log.info(
             "print worker %s started for printers: %s",
@@ -197,17 +216,21 @@ class PrintWorker:
     async def _hand_back(self) -> None:
         """Mark unfinished jobs long idle, so the next worker takes them over at once
         instead of waiting claim_idle_ms (what a worker that dies cannot do)."""
+        for show_id in self.shows:
+            await self._hand_back_stream(print_stream(show_id))
+
+    async def _hand_back_stream(self, stream: str) -> None:
         with contextlib.suppress(Exception):
             # Everything delivered to this worker, including entries read but not yet
             # laid out when the stop came.
             pending = await self.redis.xpending_range(
-                PRINT_STREAM, store.GROUP, "-", "+", 10_000, consumername=self.consumer
+                stream, store.GROUP, "-", "+", 10_000, consumername=self.consumer
             )
             ids = [p["message_id"] for p in pending]
             if not ids:
                 return
             await self.redis.xclaim(
-                PRINT_STREAM,
+                stream,
                 store.GROUP,
                 self.consumer,
                 0,
@@ -217,49 +240,48 @@ class PrintWorker:
             )
 
     # --- reading the stream ----------------------------------------------------------
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, show_id: str) -> None:
+        stream = print_stream(show_id)
         next_claim = 0.0
         next_trim = time.monotonic() + self.opts.trim_interval_s
         while not self._stopping.is_set():
             try:
                 now = time.monotonic()
                 if now >= next_claim:
-                    await self._reclaim()
+                    await self._reclaim(show_id)
                     next_claim = now + max(0.2, self.opts.claim_idle_ms / 2000)
                 if now >= next_trim:
                     next_trim = now + self.opts.trim_interval_s
-                    trimmed = await store.trim_acknowledged(self.redis, PRINT_STREAM)
+                    trimmed = await store.trim_acknowledged(self.redis, stream)
                     if trimmed:
                         log.debug("print stream: %d acknowledged job(s) trimmed", trimmed)
                 block = int(min(1000, max(100, (next_claim - time.monotonic()) * 1000)))
                 reply = await self.redis.xreadgroup(
                     store.GROUP,
                     self.consumer,
-                    {PRINT_STREAM: ">"},
+                    {stream: ">"},
                     count=self.opts.batch,
                     block=block,
                 )
                 for _stream, entries in reply or []:
                     for entry_id, fields in entries:
-                        await self._accept(_s(entry_id), fields)
+                        await self._accept(show_id, _s(entry_id), fields)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if "NOGROUP" in str(exc):  # the stream was deleted (e.g. FLUSHALL): recreate
                     with contextlib.suppress(Exception):
-                        await self.redis.xgroup_create(
-                            PRINT_STREAM, store.GROUP, id="0", mkstream=True
-                        )
+                        await self.redis.xgroup_create(stream, store.GROUP, id="0", mkstream=True)
                 else:
                     log.warning("print worker: Redis error (%s); retrying", exc)
                 await asyncio.sleep(0.5)
 
-    async def _reclaim(self) -> None:
+    async def _reclaim(self, show_id: str) -> None:
         """Take over jobs that a dead worker left pending for longer than claim_idle_ms."""
         start = "0-0"
         for _ in range(20):  # bounded: at most 20 pages per pass
             reply = await self.redis.xautoclaim(
-                PRINT_STREAM,
+                print_stream(show_id),
                 store.GROUP,
                 self.consumer,
                 min_idle_time=self.opts.claim_idle_ms,
@@ -269,10 +291,10 @@ class PrintWorker:
             start, entries = _s(reply[0]), reply[1]
             for entry_id, fields in entries:
                 entry_id = _s(entry_id)
-                if entry_id in self.inflight or fields is None:
+                if job_ref(show_id, entry_id) in self.inflight or fields is None:
                     continue
                 log.info("print worker %s took over job %s", self.consumer, entry_id)
-                await self._accept(entry_id, fields)
+                await self._accept(show_id, entry_id, fields)
             if start == "0-0":
                 break
 
@@ -280,28 +302,29 @@ class PrintWorker:
         """Reset the idle time of our in-flight jobs so no other worker takes them."""
         while True:
             await asyncio.sleep(max(0.1, self.opts.claim_idle_ms / 3000))
-            ids = list(self.inflight)
-            if not ids:
-                continue
+            by_show: dict[str, list[str]] = {}
+            for task in list(self.inflight.values()):
+                by_show.setdefault(task.stream_show, []).append(task.entry_id)
             # A minimum idle time: never take back a job another worker just took over
             # (possible only if this process stalled for longer than claim_idle_ms).
-            with contextlib.suppress(Exception):
-                await self.redis.xclaim(
-                    PRINT_STREAM,
-                    store.GROUP,
-                    self.consumer,
-                    self.opts.claim_idle_ms // 4,
-                    ids,
-                    justid=True,
-                )
+            for show_id, ids in by_show.items():
+                with contextlib.suppress(Exception):
+                    await self.redis.xclaim(
+                        print_stream(show_id),
+                        store.GROUP,
+                        self.consumer,
+                        self.opts.claim_idle_ms // 4,
+                        ids,
+                        justid=True,
+                    )
 
-    async def _accept(self, entry_id: str, fields: dict) -> None:
+    async def _accept(self, stream_show: str, entry_id: str, fields: dict) -> None:
         raw = fields.get(b"job") or fields.get("job")
         try:
             job = PrintJob.unpack(raw)
         except Exception:
             log.error("print job %s is unreadable; dropping it", entry_id)
-            await self._ack(entry_id)
+            await self._ack(stream_show, entry_id)
             return
         show = self.shows.get(job.show)
         if show is None:
@@ -313,11 +336,11 @@ class PrintWorker:
         order = await load_order(self.redis, job.order_id)
         if order is None:
             log.error("print job %s: order %s does not exist; dropping it", entry_id, job.order_id)
-            await self._ack(entry_id)
+            await self._ack(stream_show, entry_id)
             return
         if not job.reprint and order.status in SKIP_UNLESS_REPRINT:
             log.info("order %s is already %s; not printing it again", order.order_id, order.status)
-            await self._ack(entry_id)
+            await self._ack(stream_show, entry_id)
             return
         try:
             planned = await asyncio.to_thread(plan_labels, order, show, self.base_url, job.reprint)
@@ -330,9 +353,10 @@ class PrintWorker:
             await self._set_print_error(order, "the show has no printer for this order")
             log.error("order %s: no printer configured; job left pending", order.order_id)
             return
-        done = {_s(m) for m in await self.redis.smembers(store.done_key(entry_id))}
-        task = Task(entry_id, job, order, {p.printer.name for p in planned} - done)
-        self.inflight[entry_id] = task
+        ref = job_ref(stream_show, entry_id)
+        done = {_s(m) for m in await self.redis.smembers(store.done_key(ref))}
+        task = Task(entry_id, job, order, {p.printer.name for p in planned} - done, stream_show)
+        self.inflight[ref] = task
         if not task.remaining:
             await self._finish(task)
             return
@@ -385,10 +409,10 @@ class PrintWorker:
         lane.attempts += 1
         log.warning("printer %s: %s (attempt %d)", lane.name, error, lane.attempts)
         await self._set_status(lane, False, error)
-        if lane.attempts >= self.opts.park_after and lane.parked != part.task.entry_id:
-            lane.parked = part.task.entry_id
+        if lane.attempts >= self.opts.park_after and lane.parked != part.task.ref:
+            lane.parked = part.task.ref
             await self._park(lane, part, error)
-        elif lane.parked == part.task.entry_id:
+        elif lane.parked == part.task.ref:
             await self._update_parked(lane, part, error)
         delay = self.opts.probe_interval_s if lane.parked else self.opts.backoff(lane.attempts)
         await self._wait_retry(lane, delay)
@@ -412,13 +436,13 @@ class PrintWorker:
         """Record the label (one round trip), then let the lane move on to the next one."""
         task = part.task
         lane.attempts = 0
-        if lane.parked == task.entry_id:
+        if lane.parked == task.ref:
             lane.parked = None
         came_back = lane.online is not True
         lane.online, lane.last_error = True, None
         pipe = self.redis.pipeline(transaction=False)
-        pipe.sadd(store.done_key(task.entry_id), lane.name)
-        pipe.expire(store.done_key(task.entry_id), store.DONE_TTL_S)
+        pipe.sadd(store.done_key(task.ref), lane.name)
+        pipe.expire(store.done_key(task.ref), store.DONE_TTL_S)
         pipe.hincrby(store.printer_key(lane.name), "printed", 1)
         pipe.hincrby(store.STATS, "printed", 1)
         pipe.hset(
@@ -430,7 +454,7 @@ class PrintWorker:
                 "checked_at": repr(time.time()),
             },
         )
-        pipe.hdel(store.PARKED, task.entry_id)  # also one parked by a worker that died
+        pipe.hdel(store.PARKED, task.ref)  # also one parked by a worker that died
         await pipe.execute()
         if came_back:
             await self._announce(lane)
@@ -460,29 +484,30 @@ class PrintWorker:
                     status = Status(exc.current) if exc.current else status
                 if self.metrics is not None:
                     self.metrics.label_latency.observe(max(0.0, time.time() - task.job.enqueued_at))
+            # Not a transaction: on a Redis Cluster these keys live in different slots.
             pipe = self.redis.pipeline(transaction=False)
-            pipe.xack(PRINT_STREAM, store.GROUP, task.entry_id)
-            pipe.delete(store.done_key(task.entry_id))
+            pipe.xack(print_stream(task.stream_show), store.GROUP, task.entry_id)
+            pipe.delete(store.done_key(task.ref))
             if order.print_error:
                 pipe.hset(order_key(order.order_id), "print_error", "")
             await pipe.execute()
         except Exception as exc:  # Redis hiccup: the job stays pending and is taken over
             log.warning("could not record job %s as printed: %s", task.entry_id, exc)
             return
-        self.inflight.pop(task.entry_id, None)
+        self.inflight.pop(task.ref, None)
         await self._emit(
             order.show,
             order.event(status, printed=True, reprint=task.job.reprint),
         )
 
-    async def _ack(self, entry_id: str) -> None:
-        await self.redis.xack(PRINT_STREAM, store.GROUP, entry_id)
+    async def _ack(self, stream_show: str, entry_id: str) -> None:
+        await self.redis.xack(print_stream(stream_show), store.GROUP, entry_id)
 
     # --- parking and status ----------------------------------------------------------
     def _parked_record(self, lane: Lane, part: Part, error: str) -> store.ParkedJob:
         task = part.task
         return store.ParkedJob(
-            entry_id=task.entry_id,
+            entry_id=task.ref,
             order_id=task.order.order_id,
             show=task.order.show,
             number=task.order.number,
@@ -502,16 +527,16 @@ class PrintWorker:
             error,
         )
         await self.redis.hset(
-            store.PARKED, part.task.entry_id, self._parked_record(lane, part, error).pack()
+            store.PARKED, part.task.ref, self._parked_record(lane, part, error).pack()
         )
         await self._set_print_error(part.task.order, f"printer {lane.name}: {error}")
 
     async def _update_parked(self, lane: Lane, part: Part, error: str) -> None:
         record = self._parked_record(lane, part, error)
-        old = await self.redis.hget(store.PARKED, part.task.entry_id)
+        old = await self.redis.hget(store.PARKED, part.task.ref)
         if old:
             record.parked_at = store.ParkedJob.unpack(old).parked_at
-        await self.redis.hset(store.PARKED, part.task.entry_id, record.pack())
+        await self.redis.hset(store.PARKED, part.task.ref, record.pack())
 
     async def _set_print_error(self, order: Order, error: str) -> None:
         if await self.redis.exists(order_key(order.order_id)):

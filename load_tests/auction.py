@@ -172,7 +172,7 @@ async def raw_rate(redis_url: str, seconds: float) -> tuple[float, float]:
     r = aioredis.Redis.from_url(redis_url)
     show = "rawbench"
     try:
-        await r.hset(f"stock:{show}", "RAW-1", 10)
+        await r.hset(f"stock:{{{show}}}", "RAW-1", 10)
         viewers = [f"raw{i}" for i in range(100)]
         for v in viewers:
             await r.hset(f"viewer:{v}:profile", "name", v)
@@ -182,9 +182,7 @@ async def raw_rate(redis_url: str, seconds: float) -> tuple[float, float]:
             req = auctions.AuctionRequest("RAW-1", 100, 1, 600, 10)
             a = await auctions.start_auction(r, show, req)
             await r.script_load(auctions.BID)
-            fixed = [auctions.auction_key(a.id), auctions.bids_key(a.id), auctions.ACTIVE]
-            fixed.append(auctions.log_key(a.id))
-            keys = {v: [*fixed, f"viewer:{v}:profile", auctions.card_key(v)] for v in viewers}
+            fixed = auctions.bid_keys(a.id)
             cents, n = 100, 0
             end = time.monotonic() + seconds
             t = time.monotonic()
@@ -193,13 +191,13 @@ async def raw_rate(redis_url: str, seconds: float) -> tuple[float, float]:
                     pipe = r.pipeline(transaction=False)
                     for _ in range(100):
                         v = viewers[n % 100]
-                        pipe.evalsha(auctions.bid_script.sha, 6, *keys[v], v, cents, 1000)
+                        pipe.evalsha(auctions.bid_script.sha, 4, *fixed, v, cents, 1000, v, "1")
                         cents += 1
                         n += 1
                     await pipe.execute()
                 else:
                     v = viewers[n % 100]
-                    await r.evalsha(auctions.bid_script.sha, 6, *keys[v], v, cents, 1000)
+                    await r.evalsha(auctions.bid_script.sha, 4, *fixed, v, cents, 1000, v, "1")
                     cents += 1
                     n += 1
             out[mode] = n / (time.monotonic() - t)
@@ -220,16 +218,15 @@ def redis_benchmark_rate(port: int, password: str, requests: int) -> float:
     import redis as redis_sync
 
     client = redis_sync.Redis(port=port, password=password)
-    client.hset("stock:rawbench", "RAW-1", 10)
+    client.hset("stock:{rawbench}", "RAW-1", 10)
     client.hset("viewer:rawc:profile", "name", "rawc")
     client.hset(auctions.card_key("rawc"), mapping={"customer": "c", "payment_method": "p"})
     sha = client.script_load(auctions.BID)
     client.close()
     a = asyncio.run(_start_raw(port, password))
     argv = ["redis-benchmark", "-p", str(port), "-a", password, "-c", "50", "-n", str(requests)]
-    argv += ["-r", "1000000", "--csv", "EVALSHA", sha, "6", auctions.auction_key(a)]
-    argv += [auctions.bids_key(a), auctions.ACTIVE, auctions.log_key(a)]
-    argv += ["viewer:rawc:profile", auctions.card_key("rawc"), "rawc", "__rand_int__", "1000"]
+    argv += ["-r", "1000000", "--csv", "EVALSHA", sha, "4", *auctions.bid_keys(a)]
+    argv += ["rawc", "__rand_int__", "1000", "rawc", "1"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
     row = next(r for r in csv.DictReader(io.StringIO(out)) if r.get("rps"))
     return float(row["rps"])

@@ -14,6 +14,9 @@ raw limit of the same Redis running the same Lua script.
 - ``--workers N``: instead, the HTTP closed loop against ``serve --workers 1`` and then
   ``serve --workers N`` in the same run (CPU summed over every server process), for the
   scaling ratio; its own BENCHMARKS.md section.
+- ``--cluster``: instead, the HTTP closed loop and the Python client rows against a
+  single Redis and a 3-master Redis Cluster (``redis+cluster://``) in the same run, in
+  alternating windows; its own BENCHMARKS.md section.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from load_tests.common import (
     write_section,
 )
 from load_tests.http_buyers import Buyer, HttpError
-from server.embedded import EmbeddedRedis, free_port
+from server.embedded import EmbeddedRedis, EmbeddedRedisCluster, free_port
 
 MANIFEST = manifest_toml(
     "bench",
@@ -278,14 +281,11 @@ async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Resul
 async def python_client_run(redis_url: str, coalesced: bool, callers: int, cfg: Config) -> Result:
     """The add-to-cart script from Python with no HTTP: redis-py one call at a time (each
     takes a pooled connection) next to the coalescing client the server uses."""
-    import redis.asyncio as aioredis
+    from checkout import carts, keys
+    from server.redis_client import connect
 
-    from checkout import carts
-    from server.redis_pipelining import CoalescingRedis
-
-    client_class = CoalescingRedis if coalesced else aioredis.Redis
-    client = client_class.from_url(redis_url, max_connections=callers + 8)
-    await client.hset("stock:pybench", "BAG-07", 10**12)
+    client = connect(redis_url, coalesce=coalesced, max_connections=callers + 8)
+    await client.hset(keys.stock("pybench"), "BAG-07", 10**12)
 
     async def add(buyer: str) -> bool:
         added = await carts.add_item(
@@ -309,7 +309,7 @@ def redis_benchmark(port: int, password: str, clients: int, requests: int) -> Re
     import redis as redis_sync
 
     client = redis_sync.Redis(port=port, password=password)
-    client.hset("stock:rawbench", "BAG-07", 10**12)
+    client.hset("stock:{rawbench}", "BAG-07", 10**12)
     sha = client.script_load(scripts.ADD_TO_CART)
     assert sha == scripts.add_to_cart.sha
     client.close()
@@ -329,14 +329,15 @@ def redis_benchmark(port: int, password: str, clients: int, requests: int) -> Re
         "--csv",
         "EVALSHA",
         sha,
-        "7",
-        "stock:rawbench",
-        "drop:rawbench",
-        "cart:__rand_int__",
-        "holds:rawbench",
-        "bought:rawbench:__rand_int__",
-        "cartadds:rawbench",
-        "buyerip:__rand_int__",
+        "8",
+        "stock:{rawbench}",
+        "drop:{rawbench}",
+        "cart:{rawbench}:__rand_int__",
+        "holds:expiry:{rawbench}",
+        "bought:{rawbench}",
+        "cartadds:{rawbench}",
+        "buyerip:{rawbench}:__rand_int__",
+        "ipunits:{rawbench}",
         "rawbench",
         "BAG-07",
         "1",
@@ -388,7 +389,13 @@ def plot(results: list[Result], path: Path) -> None:
 
 
 def _short(r: Result) -> str:
+    where = " cluster" if "Cluster" in r.name else " single" if "single Redis" in r.name else ""
+    return _kind(r) + where
+
+
+def _kind(r: Result) -> str:
     for prefix, short in (
+        ("Python client, coalesced", "coalesced"),
         ("HTTP closed", "closed"),
         ("HTTP paced", "paced"),
         ("HTTP burst", "burst"),
@@ -447,6 +454,47 @@ async def run(cfg: Config) -> list[Result]:
 ROUNDS = 4  # alternating windows per configuration, so drift in the machine's load hits both
 
 
+async def alternating_closed_loops(
+    cfg: Config, servers: dict[str, tuple[subprocess.Popen, str]]
+) -> list[Result]:
+    """The HTTP closed loop against each running server, in alternating windows (so a
+    change in the machine's other load falls on all); a row per server sums its windows."""
+    results = []
+    rounds = 1 if cfg.quick else ROUNDS
+    for n in cfg.concurrency:
+        buyers = {label: await _buyers(url, n) for label, (_p, url) in servers.items()}
+        windows: dict[str, list[Result]] = {label: [] for label in servers}
+        try:
+            for i in range(rounds):
+                order = list(servers) if i % 2 == 0 else list(reversed(servers))
+                for label in order:
+                    presses = [functools.partial(press, b) for b in buyers[label]]
+                    windows[label].append(
+                        await closed_loop(
+                            "", presses, cfg.window_s / rounds, cfg.warmup_s, servers[label][0].pid
+                        )
+                    )
+        finally:
+            for sessions in buyers.values():
+                _close(sessions)
+        for label, parts in windows.items():
+            results.append(_summed(f"HTTP closed loop, {label}", n, parts))
+    return results
+
+
+def _summed(name: str, n: int, parts: list[Result]) -> Result:
+    return Result(
+        name,
+        n,
+        sum(r.ops for r in parts),
+        sum(r.seconds for r in parts),
+        [x for r in parts for x in r.latencies_ms],
+        sum(r.errors for r in parts),
+        server_cpu_s=sum(r.server_cpu_s or 0.0 for r in parts) or None,
+        client_cpu_s=sum(r.client_cpu_s or 0.0 for r in parts) or None,
+    )
+
+
 async def workers_run(cfg: Config, workers: int) -> list[Result]:
     """The HTTP closed loop against ``serve --workers 1`` and ``--workers N`` (both running,
     on one Redis), measured in alternating windows; each row sums its windows."""
@@ -474,40 +522,10 @@ async def workers_run(cfg: Config, workers: int) -> list[Result]:
             for server in started:
                 if isinstance(server, BaseException):
                     raise server
-            rounds = 1 if cfg.quick else ROUNDS
-            for n in cfg.concurrency:
-                buyers = {w: await _buyers(url, n) for w, (_p, url) in servers.items()}
-                windows: dict[int, list[Result]] = {w: [] for w in servers}
-                try:
-                    for i in range(rounds):
-                        order = list(servers) if i % 2 == 0 else list(reversed(servers))
-                        for w in order:
-                            presses = [functools.partial(press, b) for b in buyers[w]]
-                            windows[w].append(
-                                await closed_loop(
-                                    "",
-                                    presses,
-                                    cfg.window_s / rounds,
-                                    cfg.warmup_s,
-                                    servers[w][0].pid,
-                                )
-                            )
-                finally:
-                    for sessions in buyers.values():
-                        _close(sessions)
-                for w, parts in windows.items():
-                    results.append(
-                        Result(
-                            f"HTTP closed loop, {w} worker{'s' if w > 1 else ''}",
-                            n,
-                            sum(r.ops for r in parts),
-                            sum(r.seconds for r in parts),
-                            [x for r in parts for x in r.latencies_ms],
-                            sum(r.errors for r in parts),
-                            server_cpu_s=sum(r.server_cpu_s or 0.0 for r in parts),
-                            client_cpu_s=sum(r.client_cpu_s or 0.0 for r in parts),
-                        )
-                    )
+            labels = {w: f"{w} worker{'s' if w > 1 else ''}" for w in servers}
+            results += await alternating_closed_loops(
+                cfg, {labels[w]: server for w, server in servers.items()}
+            )
         finally:
             for proc, _url in servers.values():
                 proc.terminate()
@@ -588,6 +606,109 @@ def workers_report(cfg: Config, results: list[Result], workers: int) -> None:
     )
 
 
+async def cluster_run(cfg: Config) -> list[Result]:
+    """Add-to-cart on a single Redis and on a 3-master Redis Cluster, same run: the HTTP
+    closed loop against one ``serve`` on each (alternating windows), then the coalescing
+    Python client (no HTTP) on each."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="flashdrop-") as tmp:
+        tmp_path = Path(tmp)
+        single = EmbeddedRedis(tmp_path / "redis")
+        cluster = EmbeddedRedisCluster(tmp_path / "cluster")
+        servers: dict[str, tuple[subprocess.Popen, str]] = {}
+        try:
+            single.start()
+            cluster.start()
+            manifest = tmp_path / "bench.toml"
+            manifest.write_text(MANIFEST)
+            urls = {"single Redis": single.url, "Redis Cluster (3 masters)": cluster.url}
+            for label, redis_url in urls.items():
+                servers[label] = start_server(manifest, redis_url, tmp_path / f"var-{len(servers)}")
+            results += await alternating_closed_loops(cfg, servers)
+            low = min(cfg.concurrency)
+            rounds = 1 if cfg.quick else 2
+            parts: dict[str, list[Result]] = {label: [] for label in urls}
+            for i in range(rounds):
+                for label in list(urls) if i % 2 == 0 else list(reversed(urls)):
+                    parts[label].append(await python_client_run(urls[label], True, low, cfg))
+            for label, runs in parts.items():
+                results.append(_summed(f"Python client, coalesced (no HTTP), {label}", low, runs))
+        finally:
+            for proc, _url in servers.values():
+                proc.terminate()
+            for proc, _url in servers.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(30)
+            single.stop()
+            cluster.stop()
+    return results
+
+
+def cluster_report(cfg: Config, results: list[Result]) -> None:
+    rows = [
+        [
+            r.name,
+            r.concurrency,
+            round(r.rate),
+            f"{_p(r, 50):.2f}",
+            f"{_p(r, 99):.2f}",
+            r.errors,
+            f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s and r.ops else "-",
+        ]
+        for r in results
+    ]
+    body = table(
+        ["path", "concurrent", "adds/s", "p50 ms", "p99 ms", "errors", "server CPU ms/add"],
+        rows,
+    )
+    lines = []
+    for prefix in ("HTTP closed loop", "Python client"):
+        for n in sorted({r.concurrency for r in results if r.name.startswith(prefix)}):
+            pair = [r for r in results if r.name.startswith(prefix) and r.concurrency == n]
+            one = next(r for r in pair if r.name.endswith("single Redis"))
+            many = next(r for r in pair if not r.name.endswith("single Redis"))
+            ratio = many.rate / one.rate if one.rate else 0.0
+            lines.append(
+                f"{prefix}, {n} concurrent: cluster {many.rate:.0f}/s vs single Redis "
+                f"{one.rate:.0f}/s ({ratio:.2f}x)."
+            )
+    load = os.getloadavg()
+    lines.append(
+        f"Machine load average at the end of the run: {load[0]:.1f} / {load[1]:.1f} "
+        f"(1 / 5 min, {os.cpu_count()} cores), shared with other work."
+    )
+    print(body)
+    print("\n".join(lines))
+    png = RESULTS / ("flash_drop_cluster_quick.png" if cfg.quick else "flash_drop_cluster.png")
+    plot(results, png)
+    if cfg.quick:
+        return
+    notes = (
+        "One `showroom serve` process on a single embedded Redis and one on a 3-master "
+        "Redis Cluster (three `redis-server --cluster-enabled yes` on this machine, joined "
+        "by `redis-cli --cluster create`, no replicas; the server on `redis+cluster://`), "
+        f"both running, measured in {ROUNDS} alternating windows each. Every add is the "
+        "add-to-cart Lua script in the show's slot, so on the cluster all of one show's "
+        "adds go to one master: a cluster spreads *shows* over masters, it does not make "
+        "one show's drop faster. The *Python client* rows call the script from Python with "
+        "the coalescing client the server uses (on the cluster, redis-py's cluster "
+        "pipeline sends each node its share). The servers, the three cluster nodes, the "
+        "single Redis and the load generator all share the same cores."
+    )
+    write_section(
+        "flash_drop_cluster",
+        "python -m load_tests.flash_drop --cluster",
+        "\n\n".join(
+            [
+                body,
+                "\n".join(f"- {v}" for v in lines),
+                notes,
+                "![flash drop on a cluster](load_tests/results/flash_drop_cluster.png)",
+            ]
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
@@ -596,6 +717,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="compare serve --workers 1 with --workers N (HTTP closed loop only)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="compare a single Redis with a 3-master Redis Cluster (add-to-cart)",
     )
     args = parser.parse_args(argv)
     cfg = Config()
@@ -615,6 +741,11 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()
+    if args.cluster:
+        with runner:
+            results = runner.run(cluster_run(cfg))
+        cluster_report(cfg, results)
+        return 0
     if args.workers:
         with runner:
             results = runner.run(workers_run(cfg, args.workers))
@@ -630,8 +761,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{_p(r, 50):.2f}",
             f"{_p(r, 99):.2f}",
             r.errors,
-            f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s else "-",
-            f"{r.client_cpu_s / r.ops * 1000:.3f}" if r.client_cpu_s else "-",
+            f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s and r.ops else "-",
+            f"{r.client_cpu_s / r.ops * 1000:.3f}" if r.client_cpu_s and r.ops else "-",
             round(r.capacity) if r.capacity else "-",
         ]
         for r in results

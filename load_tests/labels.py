@@ -38,7 +38,15 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-from checkout.orders import Order, OrderItem, Status, load_order, mark_paid, save_new_order
+from checkout.orders import (
+    ORDERS_INDEX,
+    Order,
+    OrderItem,
+    Status,
+    load_order,
+    mark_paid,
+    save_new_order,
+)
 from devices.routing import plan_labels
 from load_tests.common import (
     RESULTS,
@@ -398,7 +406,7 @@ async def run(n: int, quick: bool) -> tuple[str, bool]:
         render_ms = render_alone(show, n)
         raw_ms = await asyncio.to_thread(raw_tcp, printer, sample, n)
         printed = 0
-        for key in await redis.zrange(f"orders:{SHOW}", 0, -1):
+        for key in await redis.zrange(ORDERS_INDEX.format(show=SHOW), 0, -1):
             o = await load_order(redis, key.decode())
             printed += bool(o and o.status == Status.PRINTED)
         duplicates = printer.duplicates()

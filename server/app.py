@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from server import auth, cluster, connections, edges, keys, nodes, security, throttle
+from server import (
+    auth,
+    cluster,
+    connections,
+    edges,
+    keys,
+    layout_migration,
+    nodes,
+    security,
+    throttle,
+)
 from server.config import Settings, ShowConfig
 from server.errors import json_errors
 from server.events import EventBus
 from server.metrics import Metrics
-from server.redis_pipelining import CoalescingRedis
+from server.redis_client import connect
 from server.routes import (
     auctions,
     audit,
@@ -101,15 +110,16 @@ def create_app(
         # A flash drop puts hundreds of requests on Redis at once: redis-py's default pool
         # raises "Too many connections" past its size, the blocking one makes them queue.
         # Lua scripts (every stock change) share round trips: see redis_pipelining.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        redis = connect(
             redis_url,
-            decode_responses=False,
+            coalesce=True,
             health_check_interval=10,
             max_connections=REDIS_POOL_SIZE,
-            timeout=REDIS_WAIT_S,
+            wait_s=REDIS_WAIT_S,
         )
-        redis = CoalescingRedis.from_pool(pool)
         app[keys.REDIS] = redis
+        # Data written by the first key layout moves to the show-tagged keys first.
+        await layout_migration.ensure_layout(redis, list(show_configs))
         app[keys.SECRET] = await auth.load_secret(redis)
         bus = EventBus(redis)
         await bus.start()

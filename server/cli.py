@@ -362,9 +362,8 @@ def cmd_pocketcam(args: argparse.Namespace) -> int:
 
 def cmd_stock(args: argparse.Namespace) -> int:
     """Set a product's available stock explicitly (manifest stock is only the start)."""
-    import redis.asyncio as aioredis
-
     from checkout.catalog import set_stock
+    from server.redis_client import connect
 
     try:
         show = next(iter(load_shows([Path(args.manifest)]).values()))
@@ -379,7 +378,7 @@ def cmd_stock(args: argparse.Namespace) -> int:
         return 2
 
     async def apply() -> None:
-        redis = aioredis.Redis.from_url(args.redis)
+        redis = connect(args.redis)
         try:
             await set_stock(redis, show.id, args.sku, args.set)
         finally:
@@ -412,9 +411,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     ]
 
     async def redis_checks() -> list:
-        import redis.asyncio as aioredis
+        from server.redis_client import connect
 
-        redis = aioredis.Redis.from_url(args.redis, socket_timeout=3)
+        redis = connect(args.redis, socket_timeout=3)
         try:
             appendonly, appendfsync, skew = await preflight.redis_figures(redis)
         except Exception as exc:
@@ -466,10 +465,9 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_printer_worker(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
     from devices.worker import run_station
     from server.events import EventBus
+    from server.redis_client import connect
 
     try:
         shows = load_shows([Path(m) for m in args.manifest])
@@ -479,7 +477,7 @@ def cmd_printer_worker(args: argparse.Namespace) -> int:
     base_url = args.public_url or os.environ.get("SHOWROOM_PUBLIC_URL") or "http://127.0.0.1:8080"
 
     async def station() -> int:
-        redis = aioredis.Redis.from_url(args.redis, decode_responses=False)
+        redis = connect(args.redis)
         try:
             # Publishing needs no subscription: the bus is not started.
             return await run_station(redis, shows, base_url, EventBus(redis).publish)

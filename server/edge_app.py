@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
@@ -38,6 +37,7 @@ from media.sdp import SdpError, choose_view_codec, parse_offer
 from server import auth, edges, keys, presence, viewer_slots
 from server.config import Settings
 from server.errors import ApiError, error_response, json_errors, not_found
+from server.redis_client import connect
 from server.routes import media as whep
 
 log = logging.getLogger("showroom.edge")
@@ -297,7 +297,7 @@ def create_edge_app(settings: Settings, config: EdgeConfig, redis_url: str) -> w
     edge = app[EDGE] = Edge(app, config)
 
     async def edge_ctx(app: web.Application):
-        redis = aioredis.from_url(redis_url, decode_responses=False, health_check_interval=10)
+        redis = connect(redis_url, health_check_interval=10)
         app[keys.REDIS] = redis
         app[keys.EXTRA]["viewer_slots"] = viewer_slots.ViewerSlots(redis)
         edge.secret = await auth.load_secret(redis)

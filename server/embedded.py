@@ -226,3 +226,76 @@ class EmbeddedStripe(ManagedProcess):
         super().start()
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         log.info("embedded Stripe sandbox (localstripe) on %s", self.url)
+
+
+@dataclass
+class EmbeddedRedisCluster:
+    """A real Redis Cluster of ``masters`` ``redis-server --cluster-enabled yes``
+    processes on loopback ports, joined by ``redis-cli --cluster create`` (no replicas).
+    For the test-suite and the benchmarks; ``url`` is a ``redis+cluster://`` URL."""
+
+    data_dir: Path
+    masters: int = 3
+    nodes: list[ManagedProcess] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://:{self.password}@127.0.0.1:{self.ports[0]}/0"
+
+    def start(self, timeout: float = 30) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        binary = redis_server_binary()
+        for _ in range(self.masters):
+            port = free_port()
+            node_dir = self.data_dir / f"node-{port}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            conf = node_dir / "auth.conf"
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(f"requirepass {self.password}\nmasterauth {self.password}\n")
+            argv = [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1"]
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            # The bus port named too: port + 10000 (the default) may be taken or > 65535.
+            argv += ["--cluster-port", str(free_port())]
+            argv += ["--dir", str(node_dir), "--appendonly", "yes", "--save", ""]
+            argv += ["--daemonize", "no", "--logfile", ""]
+            node = ManagedProcess(argv=argv, name=f"redis-cluster-{port}")
+            node.log_path = node_dir / "redis.log"
+            node.start()
+            self.nodes.append(node)
+            self.ports.append(port)
+        for node, port in zip(self.nodes, self.ports, strict=True):
+            wait_for_port("127.0.0.1", port, timeout, node.proc)
+        cli = shutil.which("redis-cli")
+        if not cli:
+            raise RuntimeError("redis-cli not found (Debian: apt-get install redis-tools)")
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            env={**os.environ, "REDISCLI_AUTH": self.password},
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        while not all(self._state_ok(p) for p in self.ports):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        log.info("embedded Redis Cluster on 127.0.0.1 ports %s", self.ports)
+
+    def _state_ok(self, port: int) -> bool:
+        out = subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "-p", str(port), "cluster", "info"],
+            env={**os.environ, "REDISCLI_AUTH": self.password},
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+        return "cluster_state:ok" in out
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

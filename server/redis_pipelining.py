@@ -15,14 +15,15 @@ from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 Call = tuple[tuple[Any, ...], asyncio.Future]
 
 
-class CoalescingRedis(aioredis.Redis):
+class _Coalescing:
     """``evalsha`` and ``script_load`` calls are queued and go out on the next loop turn
-    as one pipeline.
+    as one pipeline (on a cluster, redis-py splits it into one pipeline per node).
 
     At most ``MAX_IN_FLIGHT`` pipelines are on the wire at once; while they are, new calls
     wait in the queue and go out together with the next flush, so a burst makes bigger
@@ -78,7 +79,7 @@ class CoalescingRedis(aioredis.Redis):
 
     async def _flush(self, batch: list[Call]) -> None:
         try:
-            pipe = self.pipeline(transaction=False)
+            pipe = self.pipeline(transaction=False)  # type: ignore[attr-defined]
             for command, _ in batch:
                 pipe.execute_command(*command)
             replies = await pipe.execute(raise_on_error=False)
@@ -97,3 +98,15 @@ class CoalescingRedis(aioredis.Redis):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+class CoalescingRedis(_Coalescing, aioredis.Redis):
+    """A single Redis."""
+
+
+class CoalescingRedisCluster(_Coalescing, RedisCluster):
+    """A Redis Cluster: script calls are coalesced the same way (each EVALSHA goes to the
+    node of its keys' slot); SCRIPT LOAD is not, since it must reach every master."""
+
+    def script_load(self, script: str) -> Awaitable[str]:  # type: ignore[override]
+        return RedisCluster.script_load(self, script)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from checkout.keys import cart_adds as cart_adds_key
+from checkout.keys import order as order_key
 from checkout.scripts import Script
 
 KEEP = 50  # segments kept per show
@@ -97,7 +98,8 @@ class Segment:
 
 
 def key(show_id: str) -> str:
-    return f"show:{show_id}:segments"
+    # The show's hash tag: _FEATURE reads the show's cart-add tally in the same script.
+    return f"show:{{{show_id}}}:segments"
 
 
 async def featured_changed(redis, show_id: str, sku: str | None, at_ms: int, viewers: int) -> None:
@@ -203,7 +205,7 @@ async def sales_since(redis, show_id: str, since_ms: int, orders_index: str) -> 
     pipe = redis.pipeline(transaction=False)
     for oid in ids:
         oid = oid.decode() if isinstance(oid, bytes) else oid
-        pipe.hmget(f"order:{oid}", "status", "items", ADDED_FIELD, "viewer", "created_at")
+        pipe.hmget(order_key(oid), "status", "items", ADDED_FIELD, "viewer", "created_at")
     sales: list[Sale] = []
     for oid, row in zip(ids, await pipe.execute(), strict=True):
         status, items, added, viewer, created = (

@@ -115,7 +115,13 @@ class Verdict:
 
 
 def _keys(ip: str, account: str) -> list[str]:
-    return [f"{PREFIX}ip:{ip}", f"{PREFIX}acct:{account}", f"{PREFIX}known:{account}:{ip}"]
+    # One hash tag for all: the attempt script reads and writes all three (one Cluster
+    # slot; logins are few, so one slot takes them all).
+    return [
+        f"{PREFIX}{{login}}:ip:{ip}",
+        f"{PREFIX}{{login}}:acct:{account}",
+        f"{PREFIX}{{login}}:known:{account}:{ip}",
+    ]
 
 
 @dataclass

@@ -39,11 +39,12 @@ TAKEN, SHOW_FULL, IP_FULL = 1, 0, -1
 
 
 def show_key(show_id: str) -> str:
-    return f"show:{show_id}:viewer_slots"
+    return f"show:{{{show_id}}}:viewer_slots"
 
 
-def ip_key(ip: str) -> str:
-    return f"whep:ip:{ip}"
+def ip_key(show_id: str, ip: str) -> str:
+    """One IP's sessions in one show (in the show's slot: taken in one script with it)."""
+    return f"whep:ip:{{{show_id}}}:{ip}"
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ViewerSlots:
         now = int(time.time() * 1000)
         result = int(
             await self._take(
-                keys=[show_key(show_id), ip_key(ip)],
+                keys=[show_key(show_id), ip_key(show_id, ip)],
                 args=[now, now + LEASE_MS, session_id, cap, ip_cap],
             )
         )
@@ -80,7 +81,7 @@ class ViewerSlots:
             return
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(show_key(held.show_id), session_id)
-        pipe.zrem(ip_key(held.ip), session_id)
+        pipe.zrem(ip_key(held.show_id, held.ip), session_id)
         await pipe.execute()
 
     async def tend(self, is_live) -> None:
@@ -97,8 +98,8 @@ class ViewerSlots:
         pipe = self.redis.pipeline(transaction=False)
         for session_id, held in self.held.items():
             pipe.zadd(show_key(held.show_id), {session_id: ends}, xx=True)
-            pipe.zadd(ip_key(held.ip), {session_id: ends}, xx=True)
-            pipe.pexpireat(ip_key(held.ip), ends)
+            pipe.zadd(ip_key(held.show_id, held.ip), {session_id: ends}, xx=True)
+            pipe.pexpireat(ip_key(held.show_id, held.ip), ends)
         await pipe.execute()
 
     async def release_all(self) -> None:

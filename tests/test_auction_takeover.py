@@ -125,7 +125,7 @@ async def test_a_settler_killed_mid_charge_is_taken_over_once(
         await asyncio.to_thread(first.wait, 10)
         state = await auctions.load_auction(redis, a["id"])
         assert state.status == "settling"
-        lease = await redis.zscore(auctions.SETTLING, a["id"])
+        lease = await redis.zscore(auctions.settling_key("demo"), a["id"])
         assert lease is not None and lease > time.time() * 1000 + 60_000  # still leased
         order_id = auctions.auction_order_id(a["id"], 0)
         orders = [o for o in await show_orders(redis_url) if o.get("auction_id") == a["id"]]
@@ -139,7 +139,7 @@ async def test_a_settler_killed_mid_charge_is_taken_over_once(
 
         # ...and takes it over once the lease has lapsed (here: its deadline moved to
         # the past instead of waiting the full SETTLE_LEASE_MS).
-        await redis.zadd(auctions.SETTLING, {a["id"]: 0})
+        await redis.zadd(auctions.settling_key("demo"), {a["id"]: 0})
         done = await wait_settled(second, timeout=20)
         assert done["status"] == "sold" and done["winner"] == "Ana" and done["sold_for"] == "12.00"
         assert done["order_id"] == order_id
@@ -157,7 +157,7 @@ async def test_a_settler_killed_mid_charge_is_taken_over_once(
         # Both processes asked Stripe with the same key, from the auction id: had the
         # dead one's charge gone through, Stripe would answer the second with it.
         assert relay.charge_keys == relay2.charge_keys == [f"showroom-auction-{a['id']}-0"]
-        assert await redis.zscore(auctions.SETTLING, a["id"]) is None
+        assert await redis.zscore(auctions.settling_key("demo"), a["id"]) is None
         r = await second.session.get("/api/shows/demo")
         mug = next(p for p in (await r.json())["products"] if p["sku"] == "MUG-01")
         assert mug["available"] == 39  # the unit went to Ana, not back on sale

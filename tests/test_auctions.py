@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from checkout import auctions
-from checkout.orders import ORDERS_INDEX, PRINT_STREAM, PrintJob
+from checkout.orders import ORDERS_INDEX, PrintJob, order_key, print_stream
 from media.client import WhepPlayer
 from overlays.layers import AuctionInfo, auction_text_box, render_auction
 from overlays.yuv import _KY
@@ -90,7 +90,7 @@ async def current(app) -> dict:
 async def print_jobs(redis_url: str, order_id: str) -> list:
     r = aioredis.Redis.from_url(redis_url)
     try:
-        entries = await r.xrange(PRINT_STREAM)
+        entries = await r.xrange(print_stream("demo"))
     finally:
         await r.aclose()
     return [e for _, e in entries if PrintJob.unpack(e[b"job"]).order_id == order_id]
@@ -101,7 +101,7 @@ async def show_orders(redis_url: str) -> list[dict]:
     try:
         ids = await r.zrange(ORDERS_INDEX.format(show="demo"), 0, -1)
         return [
-            {k.decode(): v.decode() for k, v in (await r.hgetall(b"order:" + i)).items()}
+            {k.decode(): v.decode() for k, v in (await r.hgetall(order_key(i.decode()))).items()}
             for i in ids
         ]
     finally:

@@ -14,7 +14,7 @@ from tests.conftest import STREAM_KEY, buyer_session, wait_until
 async def stock_of(redis_url: str, sku: str, show: str = "demo") -> int:
     r = aioredis.Redis.from_url(redis_url)
     try:
-        return int(await r.hget(f"stock:{show}", sku))
+        return int(await r.hget(f"stock:{{{show}}}", sku))
     finally:
         await r.aclose()
 
@@ -185,7 +185,7 @@ def test_stock_command_sets_available_stock(write_manifest, redis_url):
     )
     assert run.returncode == 0, run.stderr
     client = redis_sync.Redis.from_url(redis_url)
-    assert int(client.hget("stock:demo", "TEE-02")) == 12
+    assert int(client.hget("stock:{demo}", "TEE-02")) == 12
     bad = subprocess.run(
         [
             sys.executable,
@@ -206,5 +206,5 @@ def test_stock_command_sets_available_stock(write_manifest, redis_url):
         timeout=30,
     )
     assert bad.returncode == 2 and "no product" in bad.stderr
-    assert int(client.hget("stock:demo", "TEE-02")) == 12
+    assert int(client.hget("stock:{demo}", "TEE-02")) == 12
     client.close()

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from checkout.orders import PRINT_STREAM, PrintJob
+from checkout.orders import PrintJob, order_key, print_stream
 from server.embedded import EmbeddedRedis
 from tests.conftest import buyer_session, manifest_text, start_app, wait_until
 from tests.stripe_helpers import event, signed
@@ -109,7 +109,7 @@ async def test_no_paid_order_lost_when_redis_is_killed(tmp_path, stripe_sandbox)
             # Nothing acknowledged was lost.
             check = aioredis.Redis.from_url(server.url)
             for oid in acked_before_restart:
-                assert await check.hget(f"order:{oid}", "status") == b"paid", oid
+                assert await check.hget(order_key(oid), "status") == b"paid", oid
             # Stripe redelivers what was not acknowledged; every order ends paid, once.
             for _ in range(50):
                 missing = [oid for oid, _ in orders if oid not in acked]
@@ -118,9 +118,11 @@ async def test_no_paid_order_lost_when_redis_is_killed(tmp_path, stripe_sandbox)
                 await asyncio.gather(*(deliver(session, oid) for oid in missing))
                 await asyncio.sleep(0.1)
             assert len(acked) == ORDERS
-        statuses = [await check.hget(f"order:{oid}", "status") for oid, _ in orders]
+        statuses = [await check.hget(order_key(oid), "status") for oid, _ in orders]
         assert statuses == [b"paid"] * ORDERS
-        jobs = [PrintJob.unpack(e[b"job"]).order_id for _, e in await check.xrange(PRINT_STREAM)]
+        jobs = [
+            PrintJob.unpack(e[b"job"]).order_id for _, e in await check.xrange(print_stream("demo"))
+        ]
         assert sorted(jobs) == sorted(oid for oid, _ in orders)  # exactly one job each
         await check.aclose()
     finally:

@@ -47,8 +47,8 @@ class StockSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hget("drop:demo", "remaining")
-            pipe.hget("stock:demo", "BAG-07")
+            pipe.hget("drop:{demo}", "remaining")
+            pipe.hget("stock:{demo}", "BAG-07")
             remaining, stock = pipe.execute()
             self.samples.append((int(remaining or 0), int(stock or 0)))
 
@@ -124,8 +124,8 @@ async def check_race(urls, redis_url):
         assert min(s[0] for s in sampler.samples) >= 0  # never negative at any moment
         assert {s[1] for s in sampler.samples} == {100 - UNITS}  # only drop units sold
         r = aioredis.Redis.from_url(redis_url)
-        assert int(await r.hget("drop:demo", "remaining")) == 0
-        assert await r.zcard("holds:expiry") == UNITS
+        assert int(await r.hget("drop:{demo}", "remaining")) == 0
+        assert await r.zcard("holds:expiry:{demo}") == UNITS
         await r.aclose()
         # Per-buyer limit (1 in this drop): the winners cannot take a second unit, and the
         # answer is limit_reached, not sold_out.
@@ -239,7 +239,7 @@ async def test_drop_price_countdown_and_unsold_units_return_once(
     r = aioredis.Redis.from_url(redis_url)
     try:
         # 100 - 5 into the drop, 4 unsold back: 99 (the held unit is still in the cart).
-        assert int(await r.hget("stock:demo", "BAG-07")) == 99
+        assert int(await r.hget("stock:{demo}", "BAG-07")) == 99
         async with s.get("/api/shows/demo") as resp:
             st = await resp.json()
         assert st["drop"] is None
@@ -247,8 +247,8 @@ async def test_drop_price_countdown_and_unsold_units_return_once(
         # The held drop unit goes back to the product when released after the drop.
         async with s.delete("/api/cart/items/BAG-07") as resp:
             assert resp.status == 200
-        assert int(await r.hget("stock:demo", "BAG-07")) == 100
+        assert int(await r.hget("stock:{demo}", "BAG-07")) == 100
         await asyncio.sleep(0.6)  # reapers run again: nothing is returned twice
-        assert int(await r.hget("stock:demo", "BAG-07")) == 100
+        assert int(await r.hget("stock:{demo}", "BAG-07")) == 100
     finally:
         await r.aclose()

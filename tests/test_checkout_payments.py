@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from checkout.orders import PRINT_STREAM, PrintJob
+from checkout.orders import PrintJob, print_stream
 from tests.conftest import STAFF_PASSWORD, wait_until
 from tests.stripe_helpers import event, signed
 
@@ -54,7 +54,7 @@ async def pay(s, order_id, card="4242 4242 4242 4242"):
 async def print_jobs(redis_url, order_id):
     r = aioredis.Redis.from_url(redis_url)
     try:
-        entries = await r.xrange(PRINT_STREAM)
+        entries = await r.xrange(print_stream("demo"))
     finally:
         await r.aclose()
     return [e for _, e in entries if PrintJob.unpack(e[b"job"]).order_id == order_id]

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from checkout import carts
 from checkout.catalog import set_stock
 from checkout.ordering import expire_due_orders, place_order
-from checkout.orders import PRINT_STREAM, Status, TransitionError, load_order, mark_paid
+from checkout.orders import Status, TransitionError, load_order, mark_paid, print_stream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,6 +37,7 @@ async def _place(redis, viewer, timeout_s=600.0):
     return await place_order(
         redis,
         viewer,
+        "demo",
         product_name=_names,
         currency_of=lambda s: "usd",
         buyer_name="B",
@@ -72,28 +73,28 @@ async def test_hold_expiry_racing_checkout_returns_each_unit_once(redis):
             now=0,
         )
         assert res.result == "ok"
-    assert int(await redis.hget("stock:demo", "MUG-01")) == 0
+    assert int(await redis.hget("stock:{demo}", "MUG-01")) == 0
     await asyncio.gather(*(redis.ping() for _ in range(N)))  # open the connections first
     await asyncio.sleep(max(0, t0_ms / 1000 + 1.5 - time.time()))
 
     async def reaper():
         for _ in range(40):
-            await carts.reap_expired_holds(redis)
+            await carts.reap_expired_holds(redis, "demo")
             await asyncio.sleep(0.005)
 
     results = await asyncio.gather(*(_place(redis, v) for v in viewers), reaper(), reaper())
     orders = [o for o in results[:N] if o is not None]
-    await carts.reap_expired_holds(redis)
-    stock = int(await redis.hget("stock:demo", "MUG-01"))
+    await carts.reap_expired_holds(redis, "demo")
+    stock = int(await redis.hget("stock:{demo}", "MUG-01"))
     in_orders = sum(o.items[0].quantity for o in orders)
     assert 0 < len(orders) < N, "the race should see both outcomes"
     assert in_orders == await _held_by_orders(redis)
     assert stock + in_orders == N  # every unit exactly once: back in stock or in an order
-    assert await redis.zcard("holds:expiry") == 0
+    assert await redis.zcard("holds:expiry:{demo}") == 0
     assert not await redis.keys("cart:*")
     # More reaping changes nothing.
-    await carts.reap_expired_holds(redis)
-    assert int(await redis.hget("stock:demo", "MUG-01")) == stock
+    await carts.reap_expired_holds(redis, "demo")
+    assert int(await redis.hget("stock:{demo}", "MUG-01")) == stock
 
 
 async def test_payment_racing_order_expiry_is_paid_or_expired_never_both(redis):
@@ -128,21 +129,21 @@ async def test_payment_racing_order_expiry_is_paid_or_expired_never_both(redis):
 
     async def expirer():
         for _ in range(40):
-            await expire_due_orders(redis)
+            await expire_due_orders(redis, "demo")
             await asyncio.sleep(0.005)
 
     results = await asyncio.gather(expirer(), *(pay(o) for o in orders), expirer())
     paid = sum(1 for r in results[1:101] if r)
     await asyncio.sleep(0.3)
-    await expire_due_orders(redis)
+    await expire_due_orders(redis, "demo")
     statuses = [(await load_order(redis, o.order_id)).status for o in orders]
     assert statuses.count(Status.PAID) == paid
     assert statuses.count(Status.EXPIRED) == 100 - paid
     assert 0 < paid < 100, "the race should see both outcomes"
     # Paid units are sold; expired ones went back exactly once.
-    assert int(await redis.hget("stock:demo", "MUG-01")) == 100 - paid
-    assert await redis.xlen(PRINT_STREAM) == paid
+    assert int(await redis.hget("stock:{demo}", "MUG-01")) == 100 - paid
+    assert await redis.xlen(print_stream("demo")) == paid
     # Expired buyers may buy again; paid ones are at their limit.
     for o, st in zip(orders, statuses, strict=True):
-        count = int(await redis.hget(f"bought:demo:{o.viewer}", "MUG-01") or 0)
+        count = int(await redis.hget("bought:{demo}", f"{o.viewer}|MUG-01") or 0)
         assert count == (1 if st == Status.PAID else 0)

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 import stripe
 
+from checkout.orders import order_key
 from tests.conftest import STAFF_PASSWORD, buyer_session, manifest_text, wait_until
 from tests.stripe_helpers import event, signed
 from tests.test_checkout_payments import add, checkout, pay
@@ -72,7 +73,7 @@ async def test_walk_ins_and_online_buyers_never_oversell(make_app, tmp_path, red
         r = aioredis.Redis.from_url(redis_url)
         try:
             while True:
-                lowest.append(int(await r.hget("stock:demo", "MUG-01") or 0))
+                lowest.append(int(await r.hget("stock:{demo}", "MUG-01") or 0))
                 await asyncio.sleep(0.005)
         finally:
             await r.aclose()
@@ -107,7 +108,7 @@ async def test_walk_ins_and_online_buyers_never_oversell(make_app, tmp_path, red
     assert lowest and min(lowest) >= 0
     assert await available(app.session) == 0
     r = aioredis.Redis.from_url(redis_url)
-    paid = [o for o in await r.zrange("orders:demo", 0, -1)]
+    paid = [o for o in await r.zrange("orders:{demo}", 0, -1)]
     await r.aclose()
     assert len(paid) == sum(1 for who, _ in sold if who == "room")
 
@@ -309,7 +310,7 @@ async def test_ready_and_fulfilled_can_be_undone_within_a_minute(make_app, tmp_p
     assert (await post("ready"))[1]["status"] == "ready"
     # More than a minute later the move stays.
     r = aioredis.Redis.from_url(redis_url)
-    await r.hset(f"order:{oid}", "ready_at", repr(time.time() - 61))
+    await r.hset(order_key(oid), "ready_at", repr(time.time() - 61))
     await r.aclose()
     status, body = await post("undo")
     assert status == 409 and "minute" in body["detail"]

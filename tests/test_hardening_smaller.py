@@ -23,12 +23,13 @@ import redis.asyncio as aioredis
 
 from checkout.orders import (
     ORDERS_INDEX,
-    PRINT_STREAM,
     Order,
     OrderItem,
     Status,
     load_order,
     mark_paid,
+    order_key,
+    print_stream,
     prune_order_index,
     save_new_order,
     transition,
@@ -362,9 +363,9 @@ async def test_finished_orders_expire_after_the_retention(redis, monkeypatch):
     waiting = await new([Status.PAID, Status.PRINTED])
     lapsed = await new([Status.EXPIRED])
     day = 86400
-    assert 29 * day < await redis.ttl(f"order:{done}") <= 30 * day
-    assert 29 * day < await redis.ttl(f"order:{lapsed}") <= 30 * day
-    assert await redis.ttl(f"order:{waiting}") == -1  # still to be picked up: kept
+    assert 29 * day < await redis.ttl(order_key(done)) <= 30 * day
+    assert 29 * day < await redis.ttl(order_key(lapsed)) <= 30 * day
+    assert await redis.ttl(order_key(waiting)) == -1  # still to be picked up: kept
 
     monkeypatch.setenv("SHOWROOM_ORDER_RETENTION_DAYS", str(1 / day))  # one second
     short = await new([Status.PAID, Status.FULFILLED])
@@ -375,7 +376,7 @@ async def test_finished_orders_expire_after_the_retention(redis, monkeypatch):
 
 
 async def _gone(redis, order_id) -> bool:
-    return not await redis.exists(f"order:{order_id}")
+    return not await redis.exists(order_key(order_id))
 
 
 async def test_print_stream_keeps_only_unacknowledged_jobs(redis, tmp_path, start_worker):
@@ -392,7 +393,7 @@ async def test_print_stream_keeps_only_unacknowledged_jobs(redis, tmp_path, star
         stuck = await paid_order(redis, buyer="Waiting")
         await wait_until(lambda: redis.hlen("print:parked"), timeout=15)
         await asyncio.sleep(0.6)  # several trim passes
-        entries = await redis.xrange(PRINT_STREAM)
+        entries = await redis.xrange(print_stream("demo"))
         assert len(entries) == 1
         printer.accept()
         await wait_until(lambda: _status(redis, stuck.order_id, Status.PRINTED), 20)
@@ -403,7 +404,7 @@ async def test_print_stream_keeps_only_unacknowledged_jobs(redis, tmp_path, star
 
 
 async def _xlen(redis, n) -> bool:
-    return await redis.xlen(PRINT_STREAM) == n
+    return await redis.xlen(print_stream("demo")) == n
 
 
 # --- per-show stream keys ---------------------------------------------------------------------

@@ -6,7 +6,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from checkout.orders import (
-    PRINT_STREAM,
     Order,
     OrderItem,
     PrintJob,
@@ -15,6 +14,7 @@ from checkout.orders import (
     can_transition,
     load_order,
     mark_paid,
+    print_stream,
     save_new_order,
     transition,
 )
@@ -50,7 +50,7 @@ async def test_mark_paid_is_atomic_and_once(redis_url):
     with pytest.raises(TransitionError) as err:
         await mark_paid(redis, "o1", "pi_1")
     assert err.value.current == "paid"
-    entries = await redis.xrange(PRINT_STREAM)
+    entries = await redis.xrange(print_stream("demo"))
     assert len(entries) == 1
     assert PrintJob.unpack(entries[0][1][b"job"]).order_id == "o1"
     await transition(redis, "o1", Status.PRINTED)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from checkout.orders import PRINT_STREAM, OrderItem, Status, load_order
+from checkout.orders import OrderItem, Status, load_order, print_stream
 from devices import store
 from tests.conftest import wait_until
 from tests.test_printing_worker import (  # noqa: F401  (fixtures)
@@ -79,7 +79,7 @@ async def test_killed_station_job_is_taken_over_and_printed_exactly_once(
         order = await paid_order(redis, items=items, buyer="Killed Mid-Label")
 
         async def station_is_sending() -> bool:
-            pending = await redis.xpending_range(PRINT_STREAM, store.GROUP, "-", "+", 10)
+            pending = await redis.xpending_range(print_stream("demo"), store.GROUP, "-", "+", 10)
             owned = any(p["consumer"].decode() == consumer for p in pending)
             return owned and b"\x1b@" in printer.stalled_bytes()
 
@@ -95,7 +95,7 @@ async def test_killed_station_job_is_taken_over_and_printed_exactly_once(
         await asyncio.sleep(CLAIM_IDLE_MS / 1000 + 0.5)  # nobody prints it a second time
         assert printer.numbers() == [order.number]
         assert b"Killed Mid-Label" in printer.labels()[0]
-        assert (await redis.xpending(PRINT_STREAM, store.GROUP))["pending"] == 0
+        assert (await redis.xpending(print_stream("demo"), store.GROUP))["pending"] == 0
     finally:
         if station is not None and station.poll() is None:
             station.kill()
@@ -120,7 +120,7 @@ async def test_station_stops_cleanly_on_sigterm_handing_its_jobs_back(
         order = await paid_order(redis)
 
         async def owned() -> bool:
-            pending = await redis.xpending_range(PRINT_STREAM, store.GROUP, "-", "+", 10)
+            pending = await redis.xpending_range(print_stream("demo"), store.GROUP, "-", "+", 10)
             return any(p["consumer"].decode() == consumer for p in pending)
 
         await wait_until(owned, 10)

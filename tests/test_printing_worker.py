@@ -22,13 +22,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from checkout.orders import (
-    PRINT_STREAM,
     Order,
     OrderItem,
     PrintJob,
     Status,
     load_order,
     mark_paid,
+    print_stream,
     save_new_order,
     transition,
 )
@@ -230,7 +230,7 @@ async def start_worker(redis):
 
 
 async def drained(redis) -> bool:
-    counts = await store.job_counts(redis, PRINT_STREAM)
+    counts = await store.job_counts(redis, print_stream("demo"))
     return counts["waiting"] == 0 and counts["in_flight"] == 0
 
 
@@ -271,7 +271,7 @@ async def test_paid_order_prints_its_label_and_becomes_printed(
     assert b"\x1d(k\x03\x001Q0" in label
     assert label.endswith((b"\x1dVA", b"\x1dV\x00", b"\x1dV\x01", b"\x1dVB"))
     # acknowledged, status published, printer counted
-    pending = await redis.xpending(PRINT_STREAM, store.GROUP)
+    pending = await redis.xpending(print_stream("demo"), store.GROUP)
     assert pending["pending"] == 0
     await wait_until(lambda: any(e["type"] == "order" for e in events), 3)
     order_event = next(e for e in events if e["type"] == "order")
@@ -334,7 +334,7 @@ async def test_burst_of_100_orders_prints_100_labels_exactly_once(
     numbers = printer.numbers()
     assert len(numbers) == 100 and sorted(numbers) == sorted(o.number for o in orders)
     # each label left in the order it was paid (stream order)
-    stream = await redis.xrange(PRINT_STREAM)
+    stream = await redis.xrange(print_stream("demo"))
     by_id = {o.order_id: o.number for o in orders}
     assert numbers == [by_id[PrintJob.unpack(f[b"job"]).order_id] for _, f in stream]
     statuses = [await status_of(redis, o.order_id) for o in orders]
@@ -399,13 +399,15 @@ async def test_printed_order_is_not_printed_again_unless_reprint(
     order = await paid_order(redis)
     await wait_until(lambda: has_status(redis, order.order_id, Status.PRINTED), 10)
     # a duplicated (non-reprint) job for the same order is skipped
-    await redis.xadd(PRINT_STREAM, {"job": PrintJob(order.order_id, "demo").pack()})
+    await redis.xadd(print_stream("demo"), {"job": PrintJob(order.order_id, "demo").pack()})
     await wait_until(lambda: drained(redis), 5)
     await asyncio.sleep(0.3)
     assert len(printer.labels()) == 1
     # a reprint prints again and leaves the status alone
     await transition(redis, order.order_id, Status.FULFILLED)
-    await redis.xadd(PRINT_STREAM, {"job": PrintJob(order.order_id, "demo", reprint=True).pack()})
+    await redis.xadd(
+        print_stream("demo"), {"job": PrintJob(order.order_id, "demo", reprint=True).pack()}
+    )
     await wait_until(lambda: len(printer.labels()) == 2, 10)
     assert b"REPRINT" in printer.labels()[1]
     assert await status_of(redis, order.order_id) == Status.FULFILLED

@@ -8,6 +8,7 @@ import os
 import pytest
 import redis.asyncio as aioredis
 
+from checkout.orders import order_key
 from load_tests.common import spawn_serve
 from server.config import rehearsal_redis_url
 from server.embedded import free_port
@@ -53,10 +54,10 @@ async def test_rehearsal_is_unlisted_test_mode_and_kept_apart(tmp_path, redis_ur
                 assert r.status == 201, await r.text()
                 order = await r.json()
         assert order["payment"]["sandbox"] is True  # the live key was not used
-        assert int(await rehearsal.hget("stock:demo", "MUG-01")) == 38
-        assert await real.hget("stock:demo", "MUG-01") is None  # the real show is untouched
-        assert await real.exists(f"order:{order['order_id']}") == 0
-        assert await rehearsal.exists(f"order:{order['order_id']}") == 1
+        assert int(await rehearsal.hget("stock:{demo}", "MUG-01")) == 38
+        assert await real.hget("stock:{demo}", "MUG-01") is None  # the real show is untouched
+        assert await real.exists(order_key(order["order_id"])) == 0
+        assert await rehearsal.exists(order_key(order["order_id"])) == 1
     finally:
         proc.terminate()
         proc.wait(20)

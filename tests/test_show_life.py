@@ -136,14 +136,14 @@ async def test_bad_or_duplicate_reminders_are_400_and_change_nothing(make_app, t
             assert r.status == 400, bad
             assert (await r.json())["error"] == "bad_request"
     r = aioredis.Redis.from_url(redis_url)
-    assert await r.hlen("reminders:demo") == 0
+    assert await r.hlen("reminders:{demo}") == 0
     async with s.post("/api/shows/demo/reminders", json={"email": "Ana@Example.com"}) as resp:
         assert resp.status == 202
     async with s.post("/api/shows/demo/reminders", json={"email": "ana@example.com"}) as resp:
         assert resp.status == 400 and "already" in (await resp.json())["detail"]
     async with s.post("/api/shows/nope/reminders", json={"email": "ana@example.com"}) as resp:
         assert resp.status == 404
-    assert await r.hgetall("reminders:demo") == {b"ana@example.com": b"pending"}
+    assert await r.hgetall("reminders:{demo}") == {b"ana@example.com": b"pending"}
     await r.aclose()
 
 

@@ -88,7 +88,8 @@ def clean_kind(body: dict) -> str:
 
 
 def _key(show_id: str, *parts: str) -> str:
-    return ":".join(("react", show_id, *parts))
+    # The show as hash tag: the tap and take scripts touch several (one Cluster slot).
+    return ":".join(("react", "{" + show_id + "}", *parts))
 
 
 def _s(value) -> str:

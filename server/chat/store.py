@@ -48,7 +48,8 @@ def now_ms() -> int:
 
 
 def _key(show_id: str, *parts: str) -> str:
-    return ":".join(("chat", show_id, *parts))
+    # The show as hash tag: a post's script touches several of these (one Cluster slot).
+    return ":".join(("chat", "{" + show_id + "}", *parts))
 
 
 def pinned_key(show_id: str) -> str:

@@ -7,12 +7,14 @@ the show go live at the same moment still send each address one email.
 
 from __future__ import annotations
 
-from checkout.orders import NOTIFY_STREAM
+from checkout.keys import tag
+from checkout.orders import notify_stream
 from server.mail.outbox import pack
 
 
 def key(show_id: str) -> str:
-    return f"reminders:{show_id}"
+    """In the show's slot, with the outbox stream its scripts append to."""
+    return f"reminders:{tag(show_id)}"
 
 
 # KEYS[1] reminders hash, KEYS[2] outbox; ARGV[1] email, ARGV[2] '1' if live now,
@@ -53,7 +55,7 @@ async def subscribe(redis, show_id: str, email: str, *, live: bool) -> bool:
         _SUBSCRIBE_LUA,
         2,
         key(show_id),
-        NOTIFY_STREAM,
+        notify_stream(show_id),
         email,
         "1" if live else "0",
         pack(job(show_id, email)),
@@ -62,7 +64,7 @@ async def subscribe(redis, show_id: str, email: str, *, live: bool) -> bool:
 
 
 async def release(redis, show_id: str) -> int:
-    return int(await redis.eval(_RELEASE_LUA, 2, key(show_id), NOTIFY_STREAM, show_id))
+    return int(await redis.eval(_RELEASE_LUA, 2, key(show_id), notify_stream(show_id), show_id))
 
 
 async def is_subscribed(redis, show_id: str, email: str) -> bool:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from checkout import auctions
 from checkout.auctions import AuctionError, AuctionRequest, BadAmount, ChargeFailed, SavedCard
+from checkout.orders import order_key
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from server import audit, identity, keys, segments
 from server.auth import ensure_viewer, get_show, require_role, viewer_id
@@ -29,7 +30,7 @@ from server.routes.cart import commerce
 
 log = logging.getLogger("showroom.auctions")
 
-AUCTION_ID = re.compile(r"^auc_[0-9a-f]{16}$")
+AUCTION_ID = re.compile(r"^auc_[a-z0-9][a-z0-9-]{0,63}__[0-9a-f]{16}$")
 WORKER_MAX_WAIT_S = 0.25
 WORKER_MIN_WAIT_S = 0.005
 
@@ -320,11 +321,12 @@ class AuctionWorker:
         while not self._closing.is_set():
             wait = WORKER_MAX_WAIT_S
             try:
-                for auction_id in await auctions.claim_due(redis):
-                    task = asyncio.create_task(self.settle(auction_id))
-                    self._settling.add(task)
-                    task.add_done_callback(self._settling.discard)
-                nxt = await auctions.next_end_ms(redis)
+                for show_id in self.app[keys.SHOWS]:
+                    for auction_id in await auctions.claim_due(redis, show_id):
+                        task = asyncio.create_task(self.settle(auction_id))
+                        self._settling.add(task)
+                        task.add_done_callback(self._settling.discard)
+                nxt = await auctions.next_end_ms(redis, self.app[keys.SHOWS])
                 if nxt is not None:
                     wait = min(wait, max(WORKER_MIN_WAIT_S, (nxt - time.time() * 1000) / 1000))
             except asyncio.CancelledError:
@@ -385,7 +387,7 @@ class AuctionWorker:
             log_ = await auctions.full_log(redis, auction_id)
             won = [ts for ts, v, _c in log_ if v == done.order.viewer] or [done.auction.ends_at]
             added = json.dumps({done.auction.sku: won[-1]})
-            await redis.hset(f"order:{done.order.order_id}", segments.ADDED_FIELD, added)
+            await redis.hset(order_key(done.order.order_id), segments.ADDED_FIELD, added)
             await com.publish_order(done.order)
         else:
             com.notifier.touch(done.auction.show, done.auction.sku)

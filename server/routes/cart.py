@@ -14,9 +14,17 @@ from aiohttp import web
 
 from checkout import carts, drops
 from checkout.catalog import set_stock
+from checkout.keys import payment_intent as payment_intent_key
 from checkout.live import availability
 from checkout.ordering import CheckoutRefused, expire_order_now, place_order, restore_cart
-from checkout.orders import Status, TransitionError, cents_str, load_order, transition
+from checkout.orders import (
+    Status,
+    TransitionError,
+    cents_str,
+    load_order,
+    order_key,
+    transition,
+)
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
 from checkout.service import Commerce
 from checkout.webhooks import BadEvent, BadSignature, handle_event, verify
@@ -106,7 +114,7 @@ async def cart_view(
 ) -> dict:
     shows = request.app[keys.SHOWS]
     if lines is None:
-        lines = await carts.read_cart(_redis(request.app), viewer)
+        lines = await carts.read_cart(_redis(request.app), viewer, shows)
     items = []
     for line in lines:
         show = shows.get(line.show)
@@ -179,6 +187,7 @@ async def add_item(request: web.Request) -> web.Response:
             drop_hold_seconds=settings.drop_hold_seconds,
             ip=client_ip(request),
             buyers_per_ip=settings.buyers_per_ip,
+            other_shows=request.app[keys.SHOWS],
         )
         result = added.result
         if added.result == "limit_reached":
@@ -217,7 +226,10 @@ async def remove_item(request: web.Request) -> web.Response:
     viewer = ensure_viewer(request)
     sku = request.match_info["sku"]
     redis = _redis(request.app)
-    show_id = request.query.get("show") or await carts.cart_line_show(redis, viewer, sku)
+    shows = request.app[keys.SHOWS]
+    show_id = request.query.get("show") or await carts.cart_line_show(redis, viewer, sku, shows)
+    if show_id not in shows:
+        show_id = None
     released = await carts.remove_item(redis, viewer, show_id, sku) if show_id else 0
     request.app[keys.METRICS].cart_ops.labels("remove", "ok" if released else "not_found").inc()
     if not released:
@@ -249,7 +261,12 @@ async def checkout(request: web.Request) -> web.Response:
     redis = _redis(app)
     # When each product went into the cart: the host's conversion counts the order for
     # the segment that featured it then (server/segments.py).
-    lines = await carts.read_cart(redis, viewer)
+    lines = await carts.read_cart(redis, viewer, shows)
+    # A cart holds one show at a time (an add refuses a second one).
+    show_id = lines[0].show if lines else await carts.cart_show(redis, viewer, shows)
+    if show_id is None:
+        app[keys.METRICS].cart_ops.labels("checkout", "cart_empty").inc()
+        raise conflict("cart_empty", "Your cart is empty (or its holds have expired).")
     settings = app[keys.SETTINGS]
     limits = {
         f"{s.id}|{p.sku}": p.per_buyer_limit
@@ -261,6 +278,7 @@ async def checkout(request: web.Request) -> web.Response:
         order = await place_order(
             redis,
             viewer,
+            show_id,
             product_name=product_name,
             currency_of=lambda s: shows[s].currency if s in shows else "usd",
             buyer_name=name,
@@ -284,10 +302,10 @@ async def checkout(request: web.Request) -> web.Response:
         )
     except PaymentUnavailable as exc:
         # The buyer keeps what they held: the units go back into the cart, held again.
-        for show_id, sku in await restore_cart(
-            redis, order, settings.hold_seconds, settings.drop_hold_seconds
+        for back_show, sku in await restore_cart(
+            redis, order, settings.hold_seconds, settings.drop_hold_seconds, shows
         ):
-            com.notifier.touch(show_id, sku)
+            com.notifier.touch(back_show, sku)
         raise ApiError(
             503,
             "unavailable",
@@ -295,14 +313,17 @@ async def checkout(request: web.Request) -> web.Response:
             "cart, try again in a moment.",
             {"Retry-After": "5"},
         ) from None
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(f"order:{order.order_id}", "payment_intent", intent.id)
     added = segments.added_times(
         lines, int(settings.hold_seconds * 1000), int(settings.drop_hold_seconds * 1000)
     )
-    pipe.hset(f"order:{order.order_id}", segments.ADDED_FIELD, added)
-    pipe.set(f"pi:{intent.id}", order.order_id, ex=30 * 86400)
-    await pipe.execute()
+    await redis.hset(
+        order_key(order.order_id),
+        mapping={"payment_intent": intent.id, segments.ADDED_FIELD: added},
+    )
+    # Outside the order's slot (a refund event names only the PaymentIntent); if this
+    # write is lost the webhook finds the order by its metadata, checked against the
+    # payment_intent above.
+    await redis.set(payment_intent_key(intent.id), order.order_id, ex=30 * 86400)
     await com.publish_order(order)
     return web.json_response(
         {
@@ -344,7 +365,7 @@ def _refusal(exc: CheckoutRefused) -> ApiError:
 
 async def _own_order(request: web.Request):
     order_id = request.match_info["order_id"]
-    order = await load_order(_redis(request.app), order_id) if len(order_id) < 80 else None
+    order = await load_order(_redis(request.app), order_id) if len(order_id) < 128 else None
     if order is None:
         raise not_found("No such order.")
     vid = viewer_id(request)
@@ -418,7 +439,7 @@ async def cancel_order(request: web.Request) -> web.Response:
         raise conflict("conflict", f"This order is {order.status}; it cannot be cancelled.")
     redis = _redis(request.app)
     com = commerce(request.app)
-    _, changed = await expire_order_now(redis, order.order_id)
+    _, changed = await expire_order_now(redis, order.show, order.order_id)
     for show_id, sku in changed:
         com.notifier.touch(show_id, sku)
     current = await load_order(redis, order.order_id) or order

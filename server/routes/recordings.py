@@ -435,7 +435,8 @@ class ShowRecording:
             ready_at=now_ms(),
         )
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # Not a transaction: a clip's keys are in different Cluster slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(clip_key(cid), clip.to_json())
                 pipe.zadd(clips_key(self.show.id), {cid: clip.ready_at})
                 pipe.hset(counts_key(cid), mapping={"views": 0, "add_to_carts": 0, "orders": 0})
@@ -552,7 +553,8 @@ async def sweep_retention(app: web.Application, now: int | None = None) -> int:
                     if rel:
                         with contextlib.suppress(FileNotFoundError):
                             (data_dir / rel).unlink()
-                await redis.delete(clip_key(clip.id), counts_key(clip.id))
+                await redis.delete(clip_key(clip.id))
+                await redis.delete(counts_key(clip.id))
                 await redis.zrem(clips_key(show_id), clip.id)
     if removed:
         log.info(
@@ -700,7 +702,7 @@ async def on_cart_add(request: web.Request, viewer: str, show: ShowConfig, sku: 
     clip = await load_clip(redis, cid)
     if clip is None or clip.show != show.id:
         return
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.hincrby(counts_key(cid), "add_to_carts", 1)
         pipe.set(attr_key(viewer, show.id, sku), cid, ex=ATTRIBUTION_TTL_S)
         await pipe.execute()

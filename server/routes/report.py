@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from checkout.orders import ORDERS_INDEX, Order
+from checkout.orders import ORDERS_INDEX, Order, order_key
 from server import keys, report, segments
 from server.auth import get_show, is_host, require_host, staff_shows
 from server.config import ShowConfig
@@ -26,7 +26,7 @@ async def load_facts(redis, show_id: str) -> list[report.OrderFacts]:
         return []
     pipe = redis.pipeline(transaction=False)
     for oid in ids:
-        pipe.hgetall(f"order:{_text(oid)}")
+        pipe.hgetall(order_key(_text(oid)))
     facts = []
     for raw in await pipe.execute():
         if not raw:

@@ -255,7 +255,13 @@ def setup(app: web.Application) -> None:
                     n = await reminders.release(redis, show.id)
                     log.info("%s is live: %d reminder(s) queued", show.id, n)
 
-        outbox = Outbox(redis, mailer.deliver, consumer=presence.PROCESS_ID, on_idle=release_due)
+        outbox = Outbox(
+            redis,
+            mailer.deliver,
+            consumer=presence.PROCESS_ID,
+            shows=list(app[keys.SHOWS]),
+            on_idle=release_due,
+        )
         app[keys.BUS].add_listener(None, _track_endings(app))
         task = asyncio.create_task(outbox.run(), name="mail-outbox")
         yield

@@ -20,13 +20,13 @@ from aiohttp import web
 
 from checkout.orders import (
     ORDERS_INDEX,
-    PRINT_STREAM,
     Order,
     Status,
     TransitionError,
     enqueue_reprint,
     load_order,
     order_key,
+    print_stream,
     transition,
 )
 from devices import store
@@ -37,8 +37,8 @@ from server import audit, keys
 from server.auth import require_staff
 from server.errors import ApiError, bad_request, conflict, not_found
 
-ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,127}$")
+ENTRY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\.\d{1,20}-\d{1,20}$")  # {show}.{entry}
 MAX_LIST = 500
 PRINTABLE = {Status.PAID, Status.PRINTED, Status.READY, Status.FULFILLED}
 
@@ -243,7 +243,8 @@ def _metrics_hook(app: web.Application):
     async def refresh() -> None:
         redis = app[keys.REDIS]
         metrics = app[keys.METRICS]
-        for state, n in (await store.job_counts(redis, PRINT_STREAM)).items():
+        streams = [print_stream(show_id) for show_id in app[keys.SHOWS]]
+        for state, n in (await store.job_counts(redis, streams)).items():
             metrics.print_jobs.labels(state).set(n)
         for name in _printers_for(app, list(app[keys.SHOWS])):
             status = await store.read_status(redis, name)

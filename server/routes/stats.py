@@ -35,7 +35,7 @@ REPORTS_PER_IP_PER_S = 50
 
 
 def ring_key(show_id: str, field: str) -> str:
-    return f"show:{show_id}:stats:{field}"
+    return f"show:{{{show_id}}}:stats:{field}"  # one slot: written in one transaction
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ def summarise(entries: list[bytes], now_ms: int, window_s: float = WINDOW_S) -> 
 
 async def _rate_limit(redis, show_id: str, viewer: str, ip: str) -> None:
     second = int(time.time())
-    by_viewer = f"show:{show_id}:stats:rl:{viewer}:{second}"
-    by_ip = f"show:{show_id}:stats:rl:ip:{ip}:{second}"
+    by_viewer = f"show:{{{show_id}}}:stats:rl:{viewer}:{second}"
+    by_ip = f"show:{{{show_id}}}:stats:rl:ip:{ip}:{second}"
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(by_ip)
         pipe.expire(by_ip, 2)

@@ -1,0 +1,61 @@
+"""One way to make a Redis client from a URL: a single Redis or a Redis Cluster.
+
+``redis://`` / ``rediss://`` (and ``unix://``) give a ``redis.asyncio.Redis``;
+``redis+cluster://host:port`` / ``rediss+cluster://`` give a
+``redis.asyncio.cluster.RedisCluster`` that finds the other nodes from that one. With
+``coalesce=True`` (the servers) the Lua script calls of one loop turn share a pipeline
+on either (``server.redis_pipelining``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from server.redis_pipelining import CoalescingRedis, CoalescingRedisCluster
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def plain_url(url: str) -> str:
+    """The URL redis-py understands (``redis+cluster://`` -> ``redis://``)."""
+    scheme, _, rest = url.partition("://")
+    return f"{CLUSTER_SCHEMES.get(scheme.lower(), scheme)}://{rest}"
+
+
+def connect(
+    url: str,
+    *,
+    coalesce: bool = False,
+    max_connections: int | None = None,
+    wait_s: float | None = None,
+    **kwargs: Any,
+) -> aioredis.Redis | RedisCluster:
+    """A client for ``url`` (bytes replies). ``max_connections`` caps the pool (per node
+    on a cluster); with ``wait_s`` a single Redis's pool makes a caller wait that long
+    for a free connection instead of failing at once."""
+    kwargs.setdefault("decode_responses", False)
+    if is_cluster_url(url):
+        cls = CoalescingRedisCluster if coalesce else RedisCluster
+        if max_connections:
+            kwargs["max_connections"] = max_connections
+        return cls.from_url(plain_url(url), **kwargs)
+    cls = CoalescingRedis if coalesce else aioredis.Redis
+    if max_connections and wait_s is not None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=wait_s, **kwargs
+        )
+        return cls.from_pool(pool)
+    if max_connections:
+        kwargs["max_connections"] = max_connections
+    return cls.from_url(url, **kwargs)
+
+
+def cluster_of(redis: Any) -> bool:
+    return isinstance(redis, RedisCluster)

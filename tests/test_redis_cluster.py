@@ -1,0 +1,222 @@
+"""Showroom on a real Redis Cluster: three ``redis-server --cluster-enabled yes`` masters
+joined by ``redis-cli --cluster create``, the app on ``redis+cluster://``.
+
+The flash-drop race through the HTTP API, cart and checkout, a Stripe webhook moving an
+order to paid and its label out of the TCP printer, and two shows whose keys live on
+different masters.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+import redis.cluster as sync_cluster
+from redis.crc import key_slot
+
+from checkout import keys
+from checkout.orders import ORDERS_INDEX, order_key, print_stream
+from server.embedded import EmbeddedRedisCluster
+from server.redis_client import connect, plain_url
+from tests.conftest import buyer_session, manifest_text, start_app, wait_until
+from tests.test_checkout_flash_drop import BUYERS, PRODUCTS, UNITS, close_all, race, start_drop
+from tests.test_checkout_payments import add, checkout, pay
+from tests.test_web_support import PrinterSocket, printer_toml
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory) -> Iterator[EmbeddedRedisCluster]:
+    cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: EmbeddedRedisCluster) -> str:
+    client = sync_cluster.RedisCluster.from_url(plain_url(redis_cluster.url))
+    client.flushall()  # every master
+    client.close()
+    return redis_cluster.url
+
+
+@pytest.fixture
+async def apps(tmp_path):
+    started = []
+
+    async def make(manifests, url, **settings):
+        running = await start_app(manifests, url, tmp_path, **settings)
+        started.append(running)
+        return running
+
+    yield make
+    for running in reversed(started):
+        await running.stop()
+
+
+def node_of(cluster_url: str, key: str) -> str:
+    client = sync_cluster.RedisCluster.from_url(plain_url(cluster_url))
+    try:
+        node = client.get_node_from_key(key)
+        return f"{node.host}:{node.port}"
+    finally:
+        client.close()
+
+
+class ClusterSampler:
+    """The drop's remaining units and the product's stock, read as fast as possible from
+    a thread, through the cluster client (both keys are in the show's slot)."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = sync_cluster.RedisCluster.from_url(plain_url(url))
+        self.samples: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pipe = self.redis.pipeline()
+            pipe.hget(keys.drop("demo"), "remaining")
+            pipe.hget(keys.stock("demo"), "BAG-07")
+            remaining, stock = pipe.execute()
+            self.samples.append((int(remaining or 0), int(stock or 0)))
+
+    def __enter__(self) -> ClusterSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.redis.close()
+
+
+async def test_flash_drop_2000_buyers_50_units_on_a_cluster(apps, write_manifest, cluster_url):
+    app = await apps([write_manifest("demo", products=PRODUCTS)], cluster_url, buyers_per_ip=0)
+    drop = await start_drop(app.url)
+    assert drop["remaining"] == UNITS
+    with ClusterSampler(cluster_url) as sampler:
+        results, handles = await race([app.url], BUYERS)
+    try:
+        assert sum(1 for r in results if r[0] == 200) == UNITS
+        assert sum(1 for r in results if r == (409, "sold_out")) == BUYERS - UNITS
+        assert len(sampler.samples) > 20
+        assert min(s[0] for s in sampler.samples) >= 0  # never negative at any moment
+        assert {s[1] for s in sampler.samples} == {100 - UNITS}  # only drop units sold
+        redis = connect(cluster_url)
+        assert int(await redis.hget(keys.drop("demo"), "remaining")) == 0
+        assert await redis.zcard(keys.holds_expiry("demo")) == UNITS
+        await redis.aclose()
+    finally:
+        await close_all(handles)
+
+
+async def test_checkout_webhook_paid_and_label_on_a_cluster(
+    apps, tmp_path, cluster_url, stripe_sandbox
+):
+    printer = await PrinterSocket().start()
+    path = tmp_path / "demo.toml"
+    path.write_text(manifest_text("demo", printers=printer_toml(printer.url)))
+    try:
+        app = await apps([path], cluster_url, stripe_api_base=stripe_sandbox.url)
+        s = app.session
+        added = await add(s, "MUG-01", 2)
+        assert [(i["sku"], i["quantity"]) for i in added["items"]] == [("MUG-01", 2)]
+        async with s.get("/api/cart") as r:
+            cart = await r.json()
+        assert cart["total"] == "36.00" and cart["items"][0]["show"] == "demo"
+        body = await checkout(s)
+        order_id = body["order_id"]
+        assert keys.order_show(order_id) == "demo"
+        status, res = await pay(s, order_id)
+        assert status == 200 and res["payment_status"] == "succeeded"
+
+        async def printed():
+            async with s.get(f"/api/orders/{order_id}") as r:
+                return (await r.json())["status"] == "printed"
+
+        # localstripe's signed webhook -> paid + print job (one script) -> the TCP printer.
+        await wait_until(printed, timeout=30)
+        assert len(printer.received) > 100
+        redis = connect(cluster_url)
+        try:
+            assert await redis.zscore(ORDERS_INDEX.format(show="demo"), order_id) is not None
+            assert int(await redis.hget(keys.stock("demo"), "MUG-01")) == 38
+            # One job, acknowledged by the printer worker of the app.
+            assert await redis.xlen(print_stream("demo")) == 1
+            assert (await redis.xpending(print_stream("demo"), "printers"))["pending"] == 0
+        finally:
+            await redis.aclose()
+        # The order, its stock record and the print stream share the show's slot.
+        slot = key_slot(keys.stock("demo").encode())
+        assert key_slot(order_key(order_id).encode()) == slot
+        assert key_slot(print_stream("demo").encode()) == slot
+        async with s.get("/api/cart") as r:
+            assert (await r.json())["items"] == []
+    finally:
+        await printer.stop()
+
+
+def two_shows_on_two_masters(url: str) -> tuple[str, str]:
+    first = "demo"
+    for i in range(200):
+        other = f"show-{i}"
+        if node_of(url, keys.stock(other)) != node_of(url, keys.stock(first)):
+            return first, other
+    raise AssertionError("no show id on another master")
+
+
+async def test_two_shows_live_on_different_masters(apps, tmp_path, cluster_url, stripe_sandbox):
+    a, b = two_shows_on_two_masters(cluster_url)
+    paths = []
+    for show in (a, b):
+        path = tmp_path / f"{show}.toml"
+        path.write_text(manifest_text(show))
+        paths.append(path)
+    app = await apps(paths, cluster_url, stripe_api_base=stripe_sandbox.url, print_worker=False)
+    orders = {}
+    for show in (a, b):
+        async with buyer_session(app.url) as s:
+            async with s.post(
+                "/api/cart/items", json={"show": show, "sku": "MUG-01", "quantity": 1}
+            ) as r:
+                assert r.status == 200, await r.text()
+            other = b if show == a else a
+            # The cart holds one show at a time, across the two slots.
+            async with s.post(
+                "/api/cart/items", json={"show": other, "sku": "MUG-01", "quantity": 1}
+            ) as r:
+                assert r.status == 409 and (await r.json())["error"] == "conflict"
+            body = await checkout(s)
+            orders[show] = body["order_id"]
+    assert keys.order_show(orders[a]) == a and keys.order_show(orders[b]) == b
+    assert key_slot(keys.tag(a).encode()) != key_slot(keys.tag(b).encode())
+    assert node_of(cluster_url, order_key(orders[a])) == node_of(cluster_url, keys.stock(a))
+    assert node_of(cluster_url, order_key(orders[b])) == node_of(cluster_url, keys.stock(b))
+    assert node_of(cluster_url, keys.stock(a)) != node_of(cluster_url, keys.stock(b))
+    # Each master holds its show's keys and none of the other's.
+    nodes = {}
+    for show in (a, b):
+        client = sync_cluster.RedisCluster.from_url(plain_url(cluster_url))
+        node = client.get_node_from_key(keys.stock(show))
+        found = client.keys(target_nodes=node)
+        client.close()
+        nodes[show] = {k.decode() for k in found}
+    assert keys.stock(a) in nodes[a] and order_key(orders[a]) in nodes[a]
+    assert keys.stock(b) not in nodes[a] and order_key(orders[b]) not in nodes[a]
+    assert keys.stock(b) in nodes[b] and order_key(orders[b]) in nodes[b]
+    # The staff's view of each show lists its own order.
+    async with aiohttp.ClientSession() as s:
+        for show in (a, b):
+            async with s.get(
+                f"{app.url}/api/orders", params={"show": show}, headers=app.auth()
+            ) as r:
+                assert r.status == 200, await r.text()
+                ids = [o["order_id"] for o in (await r.json())["orders"]]
+            assert ids == [orders[show]]
