@@ -25,7 +25,8 @@ from tests.test_checkout_flash_drop import BUYERS, PRODUCTS, UNITS, close_all, r
 from tests.test_checkout_payments import add, checkout, pay
 from tests.test_web_support import PrinterSocket, printer_toml
 
-pytestmark = pytest.mark.timeout(180)
+# One worker runs them all (pytest-xdist), on one cluster.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("redis_cluster")]
 
 
 @pytest.fixture(scope="module")
