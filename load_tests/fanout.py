@@ -66,6 +66,7 @@ class Config:
     # with the shared encoder running.
     lean_counts: tuple[int, ...] = (0, 3, 100, 200, 300)
     old_counts: tuple[int, ...] = (0, 3, 50, 100, 150)
+    nogso_counts: tuple[int, ...] = (0, 3, 100, 200)
     naive_counts: tuple[int, ...] = (0, 1, 2)
     samples: int = 2  # viewers that decode (part of each count)
     warmup_s: float = 3.0
@@ -75,7 +76,9 @@ class Config:
     load_before: str = ""
 
 
-QUICK = Config(320, 180, 15, 300, (0, 2, 4, 8), (0, 2, 4), (0, 1, 2), 1, 1.5, 2.0, (1,), True)
+QUICK = Config(
+    320, 180, 15, 300, (0, 2, 4, 8), (0, 2, 4), (0, 2, 4), (0, 1, 2), 1, 1.5, 2.0, (1,), True
+)
 
 
 def load_average() -> str:
@@ -121,10 +124,16 @@ def thread_cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
-async def hot_path_us_per_packet(viewers: int = 300, frames: int = 90) -> float:
-    """The lean path's own floor: ``Broadcast.send`` of 720p-sized frames (7 packets of
-    1,100 bytes) to ``viewers`` real LeanSenders, each with its own libsrtp session and
-    UDP socket to a loopback receiver; process CPU time per packet sent (us)."""
+# The packet sizes of one 720p frame of the show's encoder at 1.5 Mbps: two slices, each
+# split evenly by aiortc's packetiser (so two GSO writes per viewer).
+FRAME_PACKETS = (988, 988, 987, 965, 965, 965)
+
+
+async def hot_path_us_per_packet(viewers: int = 300, frames: int = 90, gso: bool = True) -> float:
+    """The lean path's own floor: ``Broadcast.send`` of 720p-sized frames
+    (``FRAME_PACKETS``) to ``viewers`` real LeanSenders, each with its own libsrtp session
+    and UDP socket to a loopback receiver; process CPU time per packet sent (us). ``gso``:
+    GSO writes, or one write per packet."""
     import socket
 
     from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
@@ -148,10 +157,11 @@ async def hot_path_us_per_packet(viewers: int = 300, frames: int = 90) -> float:
         lean.protect = SrtpProtector(Session(policy))
         lean.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         lean.sock.setblocking(False)
+        lean.gso = gso
         lean.addr = sink.getsockname()
         socks.append(lean.sock)
         broadcast.viewers.append(lean)
-    payloads = [os.urandom(1100) for _ in range(7)]
+    payloads = [os.urandom(n) for n in FRAME_PACKETS]
     start = time.process_time()
     for i in range(frames):
         entry = fanout.publish(None, i == 0, 0, payloads=payloads, timestamp=i * 3000)
@@ -355,7 +365,9 @@ def start_server(kind: str, cfg: Config, folder: Path, redis_url: str, port: int
         cmd = [sys.executable, "-m", "load_tests.fanout", "--naive-server", str(port),
                "--bitrate", str(cfg.bitrate_kbps)]  # fmt: skip
     else:
-        env["SHOWROOM_EGRESS"] = kind
+        env["SHOWROOM_EGRESS"] = "lean" if kind == "lean-nogso" else kind
+        if kind == "lean-nogso":
+            env["SHOWROOM_UDP_GSO"] = "0"
         cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
                "--redis", redis_url, "--data-dir", str(folder / f"var-{kind}-{workers}"),
                "--manifest", str(write_manifest(folder, cfg)), "--max-viewers", "10000",
@@ -378,7 +390,7 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = await asyncio.to_thread(start_server, kind, cfg, folder, redis_url, port, workers)
-    name = {"lean": "lean", "aiortc": "aiortc sender", "naive": "naive"}[kind]
+    name = {"lean": "lean", "lean-nogso": NOGSO, "aiortc": "aiortc sender", "naive": "naive"}[kind]
     series = Series(name, workers)
     crowd = Crowd(base, "demo")
     samples = Samples(base, "demo", cfg.samples if kind != "naive" else 0)
@@ -500,14 +512,22 @@ def plot(series: list[Series], quick: bool) -> Path:
     return path
 
 
-HOT_PATH: list[float] = []  # us per packet, measured in this run
+HOT_PATH: dict[str, float] = {}  # us per packet, measured in this run: GSO and not
+NOGSO = "lean, one write per packet"
 
 
 async def run(cfg: Config) -> list[Series]:
     from server.embedded import EmbeddedRedis
 
-    HOT_PATH.append(await hot_path_us_per_packet(30 if cfg.quick else 300))
-    print(f"lean hot path alone: {HOT_PATH[-1]:.2f} us per packet", flush=True)
+    for gso in (True, False):
+        # Alternating rounds, the median of each: the machine's noise hits both alike.
+        rounds = [await hot_path_us_per_packet(30 if cfg.quick else 300, gso=gso) for _ in range(3)]
+        HOT_PATH["GSO" if gso else "plain"] = median(rounds)
+    print(
+        f"lean hot path alone: {HOT_PATH['GSO']:.2f} us per packet with GSO writes, "
+        f"{HOT_PATH['plain']:.2f} with one write per packet",
+        flush=True,
+    )
     out: list[Series] = []
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         folder = Path(tmp)
@@ -517,6 +537,9 @@ async def run(cfg: Config) -> list[Series]:
             for workers in cfg.workers:
                 print(f"lean viewer path, {workers} worker(s):", flush=True)
                 out.append(await measure("lean", cfg.lean_counts, cfg, folder, redis.url, workers))
+            if cfg.nogso_counts:
+                print("lean viewer path without GSO (one write per packet):", flush=True)
+                out.append(await measure("lean-nogso", cfg.nogso_counts, cfg, folder, redis.url))
             if cfg.old_counts:
                 print("aiortc sender per viewer (the path lean replaced):", flush=True)
                 out.append(await measure("aiortc", cfg.old_counts, cfg, folder, redis.url))
@@ -569,12 +592,13 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
          "publisher fps", "show fps", "skips", "server latency p50 ms", "p99 ms"],
         rows,
     )  # fmt: skip
-    floor_us = HOT_PATH[-1] if HOT_PATH else float("nan")
-    summary_rows.append(
-        ["lean hot path alone (in process, no ICE/DTLS)", "-", "-", f"{floor_us:.1f}",
-         f"{floor_us * nominal_pps / 1e4:.3f}", f"{1e6 / (floor_us * nominal_pps):.0f}", "-",
-         "-", "-", "-", "-"]
-    )  # fmt: skip
+    for label, key in (("GSO writes", "GSO"), ("one write per packet", "plain")):
+        floor_us = HOT_PATH.get(key, float("nan"))
+        summary_rows.append(
+            [f"lean hot path alone, {label} (in process, no ICE/DTLS)", "-", "-",
+             f"{floor_us:.1f}", f"{floor_us * nominal_pps / 1e4:.3f}",
+             f"{1e6 / (floor_us * nominal_pps):.0f}", "-", "-", "-", "-", "-"]
+        )  # fmt: skip
     summary = table(
         ["path", "workers", "base CPU (cores)", "us per packet", "CPU per viewer (% of a core)",
          "viewers per core", "viewers per core as delivered", "most viewers held",
@@ -584,6 +608,8 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
     per_core = lean1.per_core_at(nominal_pps)
     old_core = old.per_core_at(nominal_pps) if old else 0.0
     ratio_old = per_core / old_core if old_core not in (0, float("inf")) else 0.0
+    nogso = next((s for s in series if s.name == NOGSO), None)
+    nogso_core = nogso.per_core_at(nominal_pps) if nogso else 0.0
     joins = lean1.join_ms
     ok_core = per_core >= TARGET_PER_CORE
     lines = [
@@ -608,7 +634,14 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
         "",
         f"The lean path costs **{1 / per_core * 100 if per_core else 0:.3f} % of a core per "
         f"viewer: {per_core:.0f} viewers per core**, {ratio_old:.1f}x the aiortc sender path "
-        f"measured in the same run. Viewer join (WHEP POST -> ICE+DTLS connected, load "
+        f"measured in the same run"
+        + (
+            f", {per_core / nogso_core:.2f}x the same path with one write per packet "
+            f"({nogso_core:.0f} viewers per core)"
+            if nogso_core not in (0, float("inf"))
+            else ""
+        )
+        + f". Viewer join (WHEP POST -> ICE+DTLS connected, load "
         f"generator joining 12 at a time) at 1 worker: p50 {percentile(joins, 50):.0f} ms, "
         f"p95 {percentile(joins, 95):.0f} ms ({len(joins)} joins, {lean1.failures} failed). "
         f"Load average (all processes on the machine) {cfg.load_before} before the run, "
@@ -639,6 +672,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of seconds")
     p.add_argument("--lean", help="viewer counts for the lean path, e.g. 100,200,300")
     p.add_argument("--old", help="viewer counts for the aiortc sender path ('' to skip)")
+    p.add_argument("--nogso", help="viewer counts for the lean path without GSO ('' to skip)")
     p.add_argument("--naive", help="viewer counts for the naive path ('' to skip)")
     p.add_argument("--workers", help="worker counts for the lean path, e.g. 1,2")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -653,6 +687,8 @@ def main() -> None:
         cfg.lean_counts = parse_counts(args.lean)
     if args.old is not None:
         cfg.old_counts = parse_counts(args.old) if args.old else ()
+    if args.nogso is not None:
+        cfg.nogso_counts = parse_counts(args.nogso) if args.nogso else ()
     if args.naive is not None:
         cfg.naive_counts = parse_counts(args.naive) if args.naive else ()
     has_workers = serve_supports_workers()

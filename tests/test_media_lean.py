@@ -18,7 +18,15 @@ from pylibsrtp import Policy, Session
 
 from media.client import WhepPlayer, WhipPublisher
 from media.fanout import Fanout
-from media.lean import AIORTC_VERSION, PYLIBSRTP_VERSION, Broadcast, LeanSender, SrtpProtector
+from media.lean import (
+    AIORTC_VERSION,
+    GSO_MAX_SEGMENTS,
+    PYLIBSRTP_VERSION,
+    Broadcast,
+    LeanSender,
+    SrtpProtector,
+    gso_runs,
+)
 from media.testsrc import TestPatternTrack, ToneTrack
 from server import keys
 from tests.conftest import STREAM_KEY, wait_until
@@ -281,6 +289,81 @@ async def test_lagging_viewer_skips_to_the_next_keyframe_and_never_queues():
         assert not slow.waiting and slow.packets == stuck + 4, "back at the next keyframe"
         # Its sequence numbers count what it never got (its receiver sees the loss).
         assert (slow.seq - slow_seq0) & 0xFFFF == slow.packets
+
+
+def test_gso_runs_cover_a_frame_in_order_with_equal_sizes_and_a_shorter_last():
+    # A 720p frame of the show's encoder: two slices, each split evenly by aiortc.
+    assert gso_runs([988, 988, 987, 965, 965, 965]) == ((0, 3), (3, 6))
+    assert gso_runs([645]) == ((0, 1),)
+    assert gso_runs([700, 1160, 1160, 1159]) == ((0, 1), (1, 4))  # SPS/PPS first, larger
+    assert gso_runs([]) == ()
+    big = [1100] * 70
+    assert gso_runs(big) == ((0, GSO_MAX_SEGMENTS), (GSO_MAX_SEGMENTS, 64), (64, 70))
+    for sizes in ([5, 5, 4, 4, 3, 9, 9, 9, 1], [3, 4, 5, 5, 5], [7] * 33 + [2]):
+        runs = gso_runs(sizes)
+        assert [i for a, b in runs for i in range(a, b)] == list(range(len(sizes)))
+        for a, b in runs:
+            assert all(n == sizes[a] for n in sizes[a : b - 1]) and sizes[b - 1] <= sizes[a]
+
+
+@pytest.mark.skipif(not hasattr(socket.socket, "sendmsg"), reason="needs sendmsg (Linux)")
+async def test_gso_writes_arrive_as_the_datagrams_one_write_per_packet_sends():
+    """A viewer sent with GSO writes receives, datagram for datagram, what a viewer sent
+    one write per packet receives: the same SRTP packets, each its own datagram, in
+    order, that its SRTP session unprotects to the RTP stream (both on real UDP sockets
+    on loopback, with the same keys and stream state)."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    fanout = Fanout(capacity=60, keyframes=True)
+    broadcast = Broadcast(fanout, "video", 90000, lambda _r: None, lambda _k: None)
+    key = os.urandom(30)
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    receivers, senders = [], []
+    for gso in (True, False):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        rx.setblocking(False)
+        lean = LeanSender(RTCRtpSender("video", dtls), broadcast)
+        lean.pt, lean.profile, lean.b0, lean.waiting = 102, (1, b"0", 3), 0x90, False
+        lean.seq, lean.ts_offset, lean._ssrc = 65530, 1234, 4321  # wraps mid-frame
+        lean.protect = SrtpProtector(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)))
+        lean.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        lean.sock.setblocking(False)
+        lean.gso, lean.addr = gso, rx.getsockname()
+        receivers.append(rx)
+        senders.append(lean)
+        broadcast.viewers.append(lean)
+    keyframe = [os.urandom(700)] + [os.urandom(1160)] * 40 + [os.urandom(1100)]
+    frames = [keyframe] + [[os.urandom(n) for n in (988, 988, 987, 965, 965, 965)]] * 5
+    for i, payloads in enumerate(frames):
+        entry = fanout.publish(None, i == 0, 0, payloads=payloads, timestamp=i * 3000)
+        broadcast.send(entry)
+    got = []
+    for rx in receivers:
+        datagrams = []
+        with pytest.raises(BlockingIOError):
+            while True:
+                datagrams.append(rx.recv(2048))
+        got.append(datagrams)
+        rx.close()
+    assert senders[0].gso, "this kernel takes GSO writes: the fast path ran"
+    total = sum(map(len, frames))
+    assert len(got[0]) == len(got[1]) == total
+    assert got[0] == got[1]
+    unprotect = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)).unprotect
+    rtp = [unprotect(d) for d in got[0]]
+    seqs = [struct.unpack("!H", p[2:4])[0] for p in rtp]
+    assert seqs == [(65530 + i) & 0xFFFF for i in range(total)]
+    payloads = [p for f in frames for p in f]
+    assert [p[-len(payloads[i]) :] for i, p in enumerate(rtp)] == payloads
+    markers = [bool(p[1] & 0x80) for p in rtp]
+    assert markers == [j == len(f) - 1 for f in frames for j in range(len(f))]
+    for lean in senders:
+        lean.sock.close()
 
 
 # --- aiortc internals ----------------------------------------------------------------
