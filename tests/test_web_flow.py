@@ -57,6 +57,20 @@ async def wait_for_picture_change(page: Page, before: list[float], within_s: flo
     await wait_until(changed, timeout=within_s, interval=0.2)
 
 
+async def expect_tally(host: Page, value: str) -> None:
+    """The host's add-to-cart tally shows ``value``; if not, the failure says what the
+    host page's own request for it answered (a rare CI failure left only "0")."""
+    try:
+        await expect(host.locator("#n-adds")).to_have_text(value, timeout=15000)
+    except AssertionError:
+        answer = await host.evaluate(
+            "fetch('/api/shows/demo/stats', {credentials: 'same-origin'})"
+            ".then(async (r) => r.status + ' ' + (await r.text()))"
+        )
+        shown = await host.locator("#n-adds").text_content()
+        raise AssertionError(f"host tally {shown!r}, not {value!r}; GET stats: {answer}") from None
+
+
 @pytest.mark.timeout(240)
 async def test_watch_buy_pay_print_fulfil(make_app, write_manifest, stripe_sandbox, artifacts):
     printer = await PrinterSocket().start()
@@ -136,11 +150,11 @@ async def run_show(app, browser, errors: JsErrors, printer: PrinterSocket, artif
     # A drop's units are held for the drop hold (2 min), not the usual 10.
     await expect(item.locator(".hold")).to_have_text(re.compile(r"Held for you · (2:00|1:\d\d)"))
     await expect(viewer.locator("#drop-left")).to_have_text("2", timeout=8000)
-    await expect(host.locator("#n-adds")).to_have_text("1", timeout=15000)
+    await expect_tally(host, "1")
     # The tally is the server's: another host page (or a reload) shows the same number.
     second_host = await host.context.new_page()
     await second_host.goto(host.url)
-    await expect(second_host.locator("#n-adds")).to_have_text("1", timeout=15000)
+    await expect_tally(second_host, "1")
     await second_host.close()
     await viewer.screenshot(path=artifacts / "web_viewer_drop_cart.png", full_page=True)
 
