@@ -396,6 +396,7 @@ def _short(r: Result) -> str:
 def _kind(r: Result) -> str:
     for prefix, short in (
         ("Python client, coalesced", "coalesced"),
+        ("Python client, one", "redis-py"),
         ("HTTP closed", "closed"),
         ("HTTP paced", "paced"),
         ("HTTP burst", "burst"),
@@ -627,12 +628,18 @@ async def cluster_run(cfg: Config) -> list[Result]:
             results += await alternating_closed_loops(cfg, servers)
             low = min(cfg.concurrency)
             rounds = 1 if cfg.quick else 2
-            parts: dict[str, list[Result]] = {label: [] for label in urls}
+            # The coalescing client on both, and on the cluster also one call at a time:
+            # what coalescing still buys there.
+            runs = [(label, True) for label in urls] + [("Redis Cluster (3 masters)", False)]
+            parts: dict[tuple[str, bool], list[Result]] = {run: [] for run in runs}
             for i in range(rounds):
-                for label in list(urls) if i % 2 == 0 else list(reversed(urls)):
-                    parts[label].append(await python_client_run(urls[label], True, low, cfg))
-            for label, runs in parts.items():
-                results.append(_summed(f"Python client, coalesced (no HTTP), {label}", low, runs))
+                for label, coalesced in runs if i % 2 == 0 else list(reversed(runs)):
+                    parts[label, coalesced].append(
+                        await python_client_run(urls[label], coalesced, low, cfg)
+                    )
+            for (label, coalesced), windows in parts.items():
+                how = "coalesced" if coalesced else "one EVALSHA per call"
+                results.append(_summed(f"Python client, {how} (no HTTP), {label}", low, windows))
         finally:
             for proc, _url in servers.values():
                 proc.terminate()
@@ -662,7 +669,7 @@ def cluster_report(cfg: Config, results: list[Result]) -> None:
         rows,
     )
     lines = []
-    for prefix in ("HTTP closed loop", "Python client"):
+    for prefix in ("HTTP closed loop", "Python client, coalesced"):
         for n in sorted({r.concurrency for r in results if r.name.startswith(prefix)}):
             pair = [r for r in results if r.name.startswith(prefix) and r.concurrency == n]
             one = next(r for r in pair if r.name.endswith("single Redis"))
@@ -672,6 +679,14 @@ def cluster_report(cfg: Config, results: list[Result]) -> None:
                 f"{prefix}, {n} concurrent: cluster {many.rate:.0f}/s vs single Redis "
                 f"{one.rate:.0f}/s ({ratio:.2f}x)."
             )
+    plain = next(r for r in results if "one EVALSHA" in r.name)
+    pooled = next(
+        r for r in results if r.name.startswith("Python client, coalesced") and "Cluster" in r.name
+    )
+    lines.append(
+        f"Coalescing on the cluster: {pooled.rate:.0f}/s coalesced vs {plain.rate:.0f}/s "
+        f"one EVALSHA per call ({pooled.rate / plain.rate if plain.rate else 0:.2f}x)."
+    )
     load = os.getloadavg()
     lines.append(
         f"Machine load average at the end of the run: {load[0]:.1f} / {load[1]:.1f} "
@@ -692,8 +707,9 @@ def cluster_report(cfg: Config, results: list[Result]) -> None:
         "adds go to one master: a cluster spreads *shows* over masters, it does not make "
         "one show's drop faster. The *Python client* rows call the script from Python with "
         "the coalescing client the server uses (on the cluster, redis-py's cluster "
-        "pipeline sends each node its share). The servers, the three cluster nodes, the "
-        "single Redis and the load generator all share the same cores."
+        "pipeline sends each node its share), and on the cluster also one call at a time "
+        "(plain redis-py): what coalescing still buys there. The servers, the three "
+        "cluster nodes, the single Redis and the load generator all share the same cores."
     )
     write_section(
         "flash_drop_cluster",

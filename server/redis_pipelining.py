@@ -106,7 +106,18 @@ class CoalescingRedis(_Coalescing, aioredis.Redis):
 
 class CoalescingRedisCluster(_Coalescing, RedisCluster):
     """A Redis Cluster: script calls are coalesced the same way (each EVALSHA goes to the
-    node of its keys' slot); SCRIPT LOAD is not, since it must reach every master."""
+    node of its keys' slot). SCRIPT LOAD must reach every master, so it is not part of a
+    pipeline: the callers that need the same script at once (after a failover or a
+    restart, every waiting buyer's EVALSHA answers NOSCRIPT) share one load."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loading: dict[str, asyncio.Task] = {}
 
     def script_load(self, script: str) -> Awaitable[str]:  # type: ignore[override]
-        return RedisCluster.script_load(self, script)
+        task = self._loading.get(script)
+        if task is None:
+            task = asyncio.ensure_future(RedisCluster.script_load(self, script))
+            self._loading[script] = task
+            task.add_done_callback(lambda _t: self._loading.pop(script, None))
+        return asyncio.shield(task)  # a caller that gives up does not cancel the others'

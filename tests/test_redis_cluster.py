@@ -16,13 +16,17 @@ import pytest
 import redis.cluster as sync_cluster
 from redis.crc import key_slot
 
-from checkout import keys
+from checkout import auctions, keys
 from checkout.orders import ORDERS_INDEX, order_key, print_stream
 from server.embedded import EmbeddedRedisCluster
 from server.redis_client import connect, plain_url
+from server.redis_pipelining import CoalescingRedisCluster
 from tests.conftest import buyer_session, manifest_text, start_app, wait_until
+from tests.test_auctions import bid, bidder
+from tests.test_auctions import start as auction_start
 from tests.test_checkout_flash_drop import BUYERS, PRODUCTS, UNITS, close_all, race, start_drop
 from tests.test_checkout_payments import add, checkout, pay
+from tests.test_redis_pipelining import _flash_drop
 from tests.test_web_support import PrinterSocket, printer_toml
 
 # One worker runs them all (pytest-xdist), on one cluster.
@@ -221,3 +225,60 @@ async def test_two_shows_live_on_different_masters(apps, tmp_path, cluster_url, 
                 assert r.status == 200, await r.text()
                 ids = [o["order_id"] for o in (await r.json())["orders"]]
             assert ids == [orders[show]]
+
+
+async def test_script_calls_are_coalesced_on_a_cluster(cluster_url):
+    """300 buyers at once for 100 units through the servers' client on the cluster: each
+    gets its own answer, exactly 100 yes, over a handful of connections to the show's
+    master; after SCRIPT FLUSH on every master the scripts load again by themselves."""
+    client = connect(cluster_url, coalesce=True, client_name="burst", max_connections=1024)
+    try:
+        await client.script_flush()
+        results = await _flash_drop(client, buyers=300, stock=100)
+        node = client.get_node_from_key(keys.stock("drop"))
+        clients = await client.client_list(target_nodes=node)
+        connections = sum(1 for c in clients if c.get("name") == "burst")
+    finally:
+        await client.aclose()
+    assert isinstance(client, CoalescingRedisCluster)
+    assert results.count("ok") == 100 and results.count("sold_out") == 200
+    assert 1 <= connections <= CoalescingRedisCluster.MAX_IN_FLIGHT + 1
+
+
+async def test_auction_bids_and_settles_on_a_cluster(apps, tmp_path, cluster_url, stripe_sandbox):
+    """Start (the unit leaves stock), bids judged in one script, the end claimed and
+    charged off-session: sold, paid, the label printed; all in the show's slot."""
+    printer = await PrinterSocket().start()
+    path = tmp_path / "demo.toml"
+    path.write_text(manifest_text("demo", printers=printer_toml(printer.url)))
+    sessions = []
+    try:
+        app = await apps([path], cluster_url, stripe_api_base=stripe_sandbox.url, buyers_per_ip=0)
+        status, a = await auction_start(app, duration_s=10, extend_s=0)
+        assert status == 201, a
+        assert keys.order_show(auctions.auction_order_id(a["id"], 0)) == "demo"
+        ana, ben = await bidder(app.url, "Ana"), await bidder(app.url, "Ben")
+        sessions += [ana, ben]
+        assert (await bid(ana, a["id"], "10.00"))[0] == 201
+        assert (await bid(ben, a["id"], "10.50"))[1]["error"] == "bid_too_low"
+        assert (await bid(ben, a["id"], "12.00"))[0] == 201
+
+        async def sold():
+            r = await app.session.get("/api/shows/demo/auctions/current")
+            body = await r.json()
+            return body if body["status"] == "sold" else None
+
+        done = await wait_until(sold, timeout=40)
+        assert done["winner"] == "Ben" and done["sold_for"] == "12.00"
+        redis = connect(cluster_url)
+        try:
+            order = await redis.hgetall(order_key(done["order_id"]))
+            assert order[b"status"] in (b"paid", b"printed") and order[b"amount_cents"] == b"1200"
+            assert int(await redis.hget(keys.stock("demo"), "MUG-01")) == 39
+        finally:
+            await redis.aclose()
+        await wait_until(lambda: len(printer.received) > 100, timeout=30)
+    finally:
+        for s in sessions:
+            await s.close()
+        await printer.stop()
