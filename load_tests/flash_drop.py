@@ -389,7 +389,7 @@ def plot(results: list[Result], path: Path) -> None:
 
 
 def _short(r: Result) -> str:
-    where = " cluster" if "Cluster" in r.name else " single" if "single Redis" in r.name else ""
+    where = "\ncluster" if "Cluster" in r.name else "\nsingle" if "single Redis" in r.name else ""
     return _kind(r) + where
 
 
@@ -708,8 +708,11 @@ def cluster_report(cfg: Config, results: list[Result]) -> None:
         "one show's drop faster. The *Python client* rows call the script from Python with "
         "the coalescing client the server uses (on the cluster, redis-py's cluster "
         "pipeline sends each node its share), and on the cluster also one call at a time "
-        "(plain redis-py): what coalescing still buys there. The servers, the three "
-        "cluster nodes, the single Redis and the load generator all share the same cores."
+        "(plain redis-py): what coalescing still buys there. The cluster costs the "
+        "server more CPU per add (the *server CPU* column): redis-py's cluster client works "
+        "out each command's slot and node and splits each pipeline per node. The servers, "
+        "the three cluster nodes, the single Redis and the load generator all share the "
+        "same cores."
     )
     write_section(
         "flash_drop_cluster",

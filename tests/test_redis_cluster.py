@@ -282,3 +282,29 @@ async def test_auction_bids_and_settles_on_a_cluster(apps, tmp_path, cluster_url
         for s in sessions:
             await s.close()
         await printer.stop()
+
+
+async def test_chat_post_moderate_pin_delete_on_a_cluster(apps, write_manifest, cluster_url):
+    """Chat's scripts and transactions (post, timeout with WATCH, pin, delete) on a
+    cluster, through the HTTP API."""
+    app = await apps([write_manifest("demo")], cluster_url, buyers_per_ip=0)
+    async with buyer_session(app.url) as ana:
+        assert (await ana.put("/api/me", json={"name": "Ana"})).status == 200
+        r = await ana.post("/api/shows/demo/chat", json={"text": "hello"})
+        assert r.status == 201, await r.text()
+        message = await r.json()
+        host = app.auth()
+        moderation = {"action": "timeout", "author": message["author"], "minutes": 5}
+        r = await app.session.post("/api/shows/demo/chat/moderation", json=moderation, headers=host)
+        assert r.status == 200, await r.text()
+        r = await ana.post("/api/shows/demo/chat", json={"text": "again"})
+        assert r.status in (403, 429), await r.text()  # timed out: refused
+        r = await app.session.post(
+            "/api/shows/demo/chat/pin", json={"id": message["id"]}, headers=host
+        )
+        assert r.status == 200, await r.text()
+        r = await app.session.delete(f"/api/shows/demo/chat/{message['id']}", headers=host)
+        assert r.status == 200, await r.text()
+        async with ana.get("/api/shows/demo/chat") as r:
+            body = await r.json()
+        assert body["messages"] == [] and body["pinned"] is None
