@@ -284,7 +284,7 @@ async def python_client_run(redis_url: str, coalesced: bool, callers: int, cfg: 
     from checkout import carts, keys
     from server.redis_client import connect
 
-    client = connect(redis_url, coalesce=coalesced, max_connections=callers + 8)
+    client = await connect(redis_url, coalesce=coalesced, max_connections=callers + 8)
     await client.hset(keys.stock("pybench"), "BAG-07", 10**12)
 
     async def add(buyer: str) -> bool:

@@ -110,7 +110,7 @@ def create_app(
         # A flash drop puts hundreds of requests on Redis at once: redis-py's default pool
         # raises "Too many connections" past its size, the blocking one makes them queue.
         # Lua scripts (every stock change) share round trips: see redis_pipelining.
-        redis = connect(
+        redis = await connect(
             redis_url,
             coalesce=True,
             health_check_interval=10,

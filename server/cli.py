@@ -27,6 +27,7 @@ from server.config import (
 )
 from server.connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from server.embedded import EmbeddedRedis, ManagedProcess
+from server.redis_client import is_cluster_url
 
 log = logging.getLogger("showroom")
 
@@ -299,6 +300,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         redis_url = start_embedded(settings, services)
         if settings.rehearsal:
+            if is_cluster_url(redis_url):
+                print(
+                    "showroom: rehearsal mode needs a single Redis (it uses database "
+                    f"{REHEARSAL_DB}; a Redis Cluster has only database 0)",
+                    file=sys.stderr,
+                )
+                return 2
             redis_url = rehearsal_redis_url(redis_url)
         if settings.workers > 1:
             return run(supervise(args, settings, redis_url, services))
@@ -378,7 +386,7 @@ def cmd_stock(args: argparse.Namespace) -> int:
         return 2
 
     async def apply() -> None:
-        redis = connect(args.redis)
+        redis = await connect(args.redis)
         try:
             await set_stock(redis, show.id, args.sku, args.set)
         finally:
@@ -413,13 +421,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     async def redis_checks() -> list:
         from server.redis_client import connect
 
-        redis = connect(args.redis, socket_timeout=3)
+        redis = None
         try:
+            redis = await connect(args.redis, socket_timeout=3)
             appendonly, appendfsync, skew = await preflight.redis_figures(redis)
         except Exception as exc:
             return [preflight.Check("redis", preflight.RED, f"Cannot reach {args.redis}: {exc}")]
         finally:
-            await redis.aclose()
+            if redis is not None:
+                await redis.aclose()
         return [preflight.grade_persistence(appendonly, appendfsync), preflight.grade_clock(skew)]
 
     if args.redis:
@@ -477,7 +487,7 @@ def cmd_printer_worker(args: argparse.Namespace) -> int:
     base_url = args.public_url or os.environ.get("SHOWROOM_PUBLIC_URL") or "http://127.0.0.1:8080"
 
     async def station() -> int:
-        redis = connect(args.redis)
+        redis = await connect(args.redis)
         try:
             # Publishing needs no subscription: the bus is not started.
             return await run_station(redis, shows, base_url, EventBus(redis).publish)
@@ -504,7 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--redis", help="Redis URL (default: embedded redis-server under --data-dir)")
+    p.add_argument(
+        "--redis",
+        help="Redis URL, redis+cluster://HOST:PORT for a Redis Cluster "
+        "(default: embedded redis-server under --data-dir)",
+    )
     p.add_argument(
         "--data-dir", default="var", help="data folder for embedded services (default ./var)"
     )

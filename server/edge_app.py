@@ -297,7 +297,7 @@ def create_edge_app(settings: Settings, config: EdgeConfig, redis_url: str) -> w
     edge = app[EDGE] = Edge(app, config)
 
     async def edge_ctx(app: web.Application):
-        redis = connect(redis_url, health_check_interval=10)
+        redis = await connect(redis_url, health_check_interval=10)
         app[keys.REDIS] = redis
         app[keys.EXTRA]["viewer_slots"] = viewer_slots.ViewerSlots(redis)
         edge.secret = await auth.load_secret(redis)

@@ -10,7 +10,8 @@ moves the data across before anything reads it, so a restart loses no paid order
   segments, reminders); per-buyer counters are folded into the show's hashes;
 - carts, live holds and unpaid orders move to their show's keys (the reaper then
   expires them as usual); orders keep their hash (``order:{id}``: old ids name no show);
-- print jobs and emails not yet handled move to their show's stream.
+- print jobs and emails not yet handled move to their show's stream (a parked job's
+  record goes: the job parks again under its new name if its printer is still down).
 
 Not moved: a viewer's first-add IP and unpaid-order caps (they lapse within the payment
 timeout), and a running auction's keys (upgrade between auctions). Only a single Redis
@@ -34,6 +35,7 @@ from checkout.orders import (
     paid_count_key,
     print_stream,
 )
+from devices import store
 from server import segments
 from server.mail import outbox, reminders
 from server.redis_client import cluster_of
@@ -167,6 +169,11 @@ async def migrate(redis, shows: list[str]) -> dict[str, int]:
     counts["print_jobs"] = await _move_stream(
         redis, "print:jobs", "printers", print_stream, print_show
     )
+    # Parked jobs were named by their old entry id; their jobs were queued again above
+    # (and park again under their new name if the printer is still down).
+    old_parked = [f for f in await redis.hkeys(store.PARKED) if b"." not in f]
+    if old_parked:
+        await redis.hdel(store.PARKED, *old_parked)
     counts["emails"] = await _move_stream(
         redis, "notify:outbox", outbox.GROUP, notify_stream, mail_show
     )

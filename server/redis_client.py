@@ -29,7 +29,7 @@ def plain_url(url: str) -> str:
     return f"{CLUSTER_SCHEMES.get(scheme.lower(), scheme)}://{rest}"
 
 
-def connect(
+async def connect(
     url: str,
     *,
     coalesce: bool = False,
@@ -39,13 +39,21 @@ def connect(
 ) -> aioredis.Redis | RedisCluster:
     """A client for ``url`` (bytes replies). ``max_connections`` caps the pool (per node
     on a cluster); with ``wait_s`` a single Redis's pool makes a caller wait that long
-    for a free connection instead of failing at once."""
+    for a free connection instead of failing at once. A cluster client has found the
+    cluster's nodes when this returns: with redis-py 8.1 a MULTI pipeline that is the
+    first thing a new cluster client sends fails ("attached to a different loop")."""
     kwargs.setdefault("decode_responses", False)
     if is_cluster_url(url):
         cls = CoalescingRedisCluster if coalesce else RedisCluster
         if max_connections:
             kwargs["max_connections"] = max_connections
-        return cls.from_url(plain_url(url), **kwargs)
+        client = cls.from_url(plain_url(url), **kwargs)
+        try:
+            await client.initialize()
+        except BaseException:
+            await client.aclose()
+            raise
+        return client
     cls = CoalescingRedis if coalesce else aioredis.Redis
     if max_connections and wait_s is not None:
         pool = aioredis.BlockingConnectionPool.from_url(

@@ -8,6 +8,8 @@ different masters.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -17,7 +19,16 @@ import redis.cluster as sync_cluster
 from redis.crc import key_slot
 
 from checkout import auctions, keys
-from checkout.orders import ORDERS_INDEX, order_key, print_stream
+from checkout.orders import (
+    ORDERS_INDEX,
+    Order,
+    OrderItem,
+    Status,
+    mark_paid,
+    order_key,
+    print_stream,
+    save_new_order,
+)
 from server.embedded import EmbeddedRedisCluster
 from server.redis_client import connect, plain_url
 from server.redis_pipelining import CoalescingRedisCluster
@@ -114,7 +125,7 @@ async def test_flash_drop_2000_buyers_50_units_on_a_cluster(apps, write_manifest
         assert len(sampler.samples) > 20
         assert min(s[0] for s in sampler.samples) >= 0  # never negative at any moment
         assert {s[1] for s in sampler.samples} == {100 - UNITS}  # only drop units sold
-        redis = connect(cluster_url)
+        redis = await connect(cluster_url)
         assert int(await redis.hget(keys.drop("demo"), "remaining")) == 0
         assert await redis.zcard(keys.holds_expiry("demo")) == UNITS
         await redis.aclose()
@@ -149,7 +160,7 @@ async def test_checkout_webhook_paid_and_label_on_a_cluster(
         # localstripe's signed webhook -> paid + print job (one script) -> the TCP printer.
         await wait_until(printed, timeout=30)
         assert len(printer.received) > 100
-        redis = connect(cluster_url)
+        redis = await connect(cluster_url)
         try:
             assert await redis.zscore(ORDERS_INDEX.format(show="demo"), order_id) is not None
             assert int(await redis.hget(keys.stock("demo"), "MUG-01")) == 38
@@ -231,7 +242,7 @@ async def test_script_calls_are_coalesced_on_a_cluster(cluster_url):
     """300 buyers at once for 100 units through the servers' client on the cluster: each
     gets its own answer, exactly 100 yes, over a handful of connections to the show's
     master; after SCRIPT FLUSH on every master the scripts load again by themselves."""
-    client = connect(cluster_url, coalesce=True, client_name="burst", max_connections=1024)
+    client = await connect(cluster_url, coalesce=True, client_name="burst", max_connections=1024)
     try:
         await client.script_flush()
         results = await _flash_drop(client, buyers=300, stock=100)
@@ -270,7 +281,7 @@ async def test_auction_bids_and_settles_on_a_cluster(apps, tmp_path, cluster_url
 
         done = await wait_until(sold, timeout=40)
         assert done["winner"] == "Ben" and done["sold_for"] == "12.00"
-        redis = connect(cluster_url)
+        redis = await connect(cluster_url)
         try:
             order = await redis.hgetall(order_key(done["order_id"]))
             assert order[b"status"] in (b"paid", b"printed") and order[b"amount_cents"] == b"1200"
@@ -308,3 +319,44 @@ async def test_chat_post_moderate_pin_delete_on_a_cluster(apps, write_manifest, 
         async with ana.get("/api/shows/demo/chat") as r:
             body = await r.json()
         assert body["messages"] == [] and body["pinned"] is None
+
+
+async def test_printer_worker_station_prints_from_a_cluster(tmp_path, cluster_url):
+    """``showroom printer-worker --redis redis+cluster://...``: a paid order's job is read
+    from the show's stream on its master and the label goes to the TCP printer."""
+    printer = await PrinterSocket().start()
+    path = tmp_path / "demo.toml"
+    path.write_text(manifest_text("demo", printers=printer_toml(printer.url)))
+    redis = await connect(cluster_url)
+    station = None
+    try:
+        order = Order(
+            order_id=keys.new_order_id("demo"),
+            show="demo",
+            viewer="v1",
+            status=Status.PENDING_PAYMENT,
+            items=[OrderItem("MUG-01", "Stoneware mug", 1, 1800)],
+            amount_cents=1800,
+            currency="usd",
+            number=42,
+        )
+        await save_new_order(redis, order)
+        await mark_paid(redis, order.order_id, "pi_test")
+        station = subprocess.Popen(  # noqa: ASYNC220 (started once, not waited on here)
+            [sys.executable, "-m", "server.cli", "printer-worker", "--manifest", str(path)]
+            + ["--redis", cluster_url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        async def printed():
+            return (await redis.hget(order_key(order.order_id), "status")) == b"printed"
+
+        await wait_until(printed, timeout=30)
+        assert len(printer.received) > 100
+    finally:
+        if station is not None:
+            station.terminate()
+            station.wait(15)
+        await redis.aclose()
+        await printer.stop()

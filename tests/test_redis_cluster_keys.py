@@ -111,3 +111,18 @@ def test_the_check_catches_the_first_layout():
     # The checkout script of the first layout built these; the check must see them.
     assert BUILT_KEY.search("redis.call('HGET', 'order:' .. oid, 'status')")
     assert BUILT_KEY.search("for _, k in ipairs({KEYS[1], KEYS[1] .. ':bids'}) do")
+
+
+def test_rehearsal_on_a_cluster_is_refused_clearly(tmp_path, write_manifest):
+    """Rehearsal keeps its data in database 15, which a Redis Cluster does not have."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "server.cli", "serve", "--rehearsal", "--port", "0"]
+    argv += ["--redis", "redis+cluster://127.0.0.1:1", "--data-dir", str(tmp_path)]
+    argv += ["--manifest", str(write_manifest("demo"))]
+    env = {**os.environ, "STRIPE_API_BASE": "http://127.0.0.1:9"}  # no sandbox started
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "rehearsal mode needs a single Redis" in done.stderr

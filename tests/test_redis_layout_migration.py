@@ -65,7 +65,8 @@ async def _write_first_layout(r) -> None:
     await r.xadd("print:jobs", {"job": PrintJob("ord_done", "demo").pack()})
     await r.xreadgroup("printers", "w1", {"print:jobs": ">"}, count=1)
     await r.xack("print:jobs", "printers", (await r.xrange("print:jobs"))[0][0])
-    await r.xadd("print:jobs", {"job": PrintJob(paid.order_id, "demo").pack()})
+    entry = await r.xadd("print:jobs", {"job": PrintJob(paid.order_id, "demo").pack()})
+    await r.hset("print:parked", entry, b"record of a job parked under its old name")
 
 
 async def test_first_layout_data_moves_and_keeps_working(redis_url):
@@ -83,6 +84,7 @@ async def test_first_layout_data_moves_and_keeps_working(redis_url):
         assert await r.zscore(ORDERS_INDEX.format(show="demo"), paid.order_id) is not None
         jobs = [PrintJob.unpack(e[b"job"]) for _, e in await r.xrange(print_stream("demo"))]
         assert [j.order_id for j in jobs] == [paid.order_id]
+        assert not await r.exists("print:parked")
         assert int(await r.get(keys.order_seq("demo"))) == 7  # numbers go on, not from 1
 
         # The reaper of the new layout returns the expired hold and the lapsed order.
