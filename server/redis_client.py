@@ -2,7 +2,8 @@
 
 ``redis://`` / ``rediss://`` (and ``unix://``) give a ``redis.asyncio.Redis``;
 ``redis+cluster://host:port`` / ``rediss+cluster://`` give a
-``redis.asyncio.cluster.RedisCluster`` that finds the other nodes from that one. With
+``redis.asyncio.cluster.RedisCluster`` that finds the other nodes from that one; so does
+a plain ``redis://`` URL whose server turns out to be a cluster node. With
 ``coalesce=True`` (the servers) the Lua script calls of one loop turn share a pipeline
 on either (``server.redis_pipelining``).
 """
@@ -10,9 +11,11 @@ on either (``server.redis_pipelining``).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from server.redis_pipelining import CoalescingRedis, CoalescingRedisCluster
 
@@ -59,10 +62,33 @@ async def connect(
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=wait_s, **kwargs
         )
-        return cls.from_pool(pool)
-    if max_connections:
-        kwargs["max_connections"] = max_connections
-    return cls.from_url(url, **kwargs)
+        client = cls.from_pool(pool)
+    else:
+        if max_connections:
+            kwargs["max_connections"] = max_connections
+        client = cls.from_url(url, **kwargs)
+    if await _is_cluster_node(client) and urlsplit(url).path in ("", "/", "/0"):
+        # A redis:// URL of a cluster node: the cluster client, as if it said so.
+        await client.aclose()
+        scheme, rest = url.split("://", 1)
+        return await connect(
+            f"{scheme}+cluster://{rest}",
+            coalesce=coalesce,
+            max_connections=max_connections,
+            wait_s=wait_s,
+            **kwargs,
+        )
+    return client
+
+
+async def _is_cluster_node(client: aioredis.Redis) -> bool:
+    """Whether the server has cluster mode on; False when it cannot be asked now (the
+    client connects when first used, as without this check)."""
+    try:
+        info = await client.info("cluster")
+    except (RedisError, OSError):
+        return False
+    return str(info.get("cluster_enabled", 0)) == "1"
 
 
 def cluster_of(redis: Any) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 import redis.cluster as sync_cluster
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
 
 from checkout import auctions, keys
@@ -35,7 +36,15 @@ from server.redis_pipelining import CoalescingRedisCluster
 from tests.conftest import buyer_session, manifest_text, start_app, wait_until
 from tests.test_auctions import bid, bidder
 from tests.test_auctions import start as auction_start
-from tests.test_checkout_flash_drop import BUYERS, PRODUCTS, UNITS, close_all, race, start_drop
+from tests.test_checkout_flash_drop import (
+    BUYERS,
+    PRODUCTS,
+    UNITS,
+    _next_event,
+    close_all,
+    race,
+    start_drop,
+)
 from tests.test_checkout_payments import add, checkout, pay
 from tests.test_redis_pipelining import _flash_drop
 from tests.test_web_support import PrinterSocket, printer_toml
@@ -360,3 +369,32 @@ async def test_printer_worker_station_prints_from_a_cluster(tmp_path, cluster_ur
             station.wait(15)
         await redis.aclose()
         await printer.stop()
+
+
+async def test_live_events_cross_processes_on_a_cluster(apps, write_manifest, cluster_url):
+    """The event bus on a cluster: a drop started on one app reaches another app's SSE
+    stream (PUBLISH on one node, the subscriber's pattern on another)."""
+    manifest = write_manifest("demo", products=PRODUCTS)
+    one = await apps([manifest], cluster_url)
+    two = await apps([manifest], cluster_url)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{two.url}/api/shows/demo/events") as sse,
+    ):
+        await sse.content.readline()  # retry line: subscribed
+        await start_drop(one.url)
+        event = await _next_event(sse, "drop", within=10)
+    assert event["drop"]["sku"] == "BAG-07" and event["drop"]["remaining"] == UNITS
+
+
+async def test_a_plain_url_of_a_cluster_node_gets_the_cluster_client(cluster_url, redis_url):
+    detected = await connect(plain_url(cluster_url))
+    single = await connect(redis_url)
+    try:
+        assert isinstance(detected, AsyncRedisCluster)
+        assert not isinstance(single, AsyncRedisCluster)
+        await detected.set(keys.stock("a"), 1)  # no MOVED: the client follows the slots
+        await detected.set(keys.stock("b"), 1)
+    finally:
+        await detected.aclose()
+        await single.aclose()
