@@ -3,6 +3,9 @@
 A viewer has one cart per show (``cart:{show}:viewer``, in the show's slot); the API's
 cart is all of them together, and an add refuses a second show while another show's
 cart holds something (``other_show``), as a cart of one show at a time always did.
+The carts are in different slots, so that check is a read before the add: two adds of
+one viewer to two shows at the same instant can both pass, and checkout then takes the
+first show's cart, leaving the other in the cart (nothing is sold twice or lost).
 """
 
 from __future__ import annotations

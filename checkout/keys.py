@@ -15,6 +15,9 @@ import uuid
 WEBHOOK_SEEN = "stripe:event:{id}"  # SET NX marker per Stripe event id (one key per call)
 SANDBOX_WEBHOOK_SECRET = "stripe:sandbox:webhook_secret"
 ORDER_SEP = "__"  # show slugs have no "_": ord_{show}__{hex} splits at the first "__"
+# ord_ + a show slug (up to 64) + __ + 20 hex, or an auction's 16 hex + _rank: paths
+# longer than this name no order.
+ORDER_ID_MAX = 127
 
 
 def tag(show: str) -> str:

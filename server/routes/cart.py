@@ -14,6 +14,7 @@ from aiohttp import web
 
 from checkout import carts, drops
 from checkout.catalog import set_stock
+from checkout.keys import ORDER_ID_MAX
 from checkout.keys import payment_intent as payment_intent_key
 from checkout.live import availability
 from checkout.ordering import CheckoutRefused, expire_order_now, place_order, restore_cart
@@ -365,7 +366,9 @@ def _refusal(exc: CheckoutRefused) -> ApiError:
 
 async def _own_order(request: web.Request):
     order_id = request.match_info["order_id"]
-    order = await load_order(_redis(request.app), order_id) if len(order_id) < 128 else None
+    order = (
+        await load_order(_redis(request.app), order_id) if len(order_id) <= ORDER_ID_MAX else None
+    )
     if order is None:
         raise not_found("No such order.")
     vid = viewer_id(request)

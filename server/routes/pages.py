@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit
 import jinja2
 from aiohttp import web
 
+from checkout.keys import ORDER_ID_MAX
 from checkout.orders import load_order
 from overlays.layout import make_layout
 from server import auth, edges, keys, presence, security, throttle
@@ -292,7 +293,7 @@ async def staff_order_page(request: web.Request) -> web.Response:
         raise login_redirect(request)
     allowed = floor_shows(request)
     order = None
-    if len(order_id) <= 64:
+    if len(order_id) <= ORDER_ID_MAX:
         order = await load_order(request.app[keys.REDIS], order_id)
     # An order of a show this login does not cover is treated as not found: staff of
     # one show learn nothing about another show's buyers.

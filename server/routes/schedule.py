@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from checkout.keys import ORDER_ID_MAX
 from checkout.orders import load_order
 from server import keys, links, presence
 from server.config import ShowConfig
@@ -181,7 +182,7 @@ async def order_page(request: web.Request) -> web.Response:
     token = request.query.get("t")
     secret = request.app[keys.SECRET]
     order = None
-    if len(order_id) <= 64 and links.check_order_token(secret, order_id, token):
+    if len(order_id) <= ORDER_ID_MAX and links.check_order_token(secret, order_id, token):
         order = await load_order(request.app[keys.REDIS], order_id)
     if order is None:
         return render(request, "not_found.html", status=404, what="order")

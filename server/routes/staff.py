@@ -18,6 +18,7 @@ import re
 
 from aiohttp import web
 
+from checkout.keys import ORDER_ID_MAX
 from checkout.orders import (
     ORDERS_INDEX,
     Order,
@@ -37,7 +38,7 @@ from server import audit, keys
 from server.auth import require_staff
 from server.errors import ApiError, bad_request, conflict, not_found
 
-ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,127}$")
+ORDER_ID = re.compile(rf"^[A-Za-z0-9_-]{{1,{ORDER_ID_MAX}}}$")
 ENTRY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\.\d{1,20}-\d{1,20}$")  # {show}.{entry}
 MAX_LIST = 500
 PRINTABLE = {Status.PAID, Status.PRINTED, Status.READY, Status.FULFILLED}
