@@ -21,6 +21,7 @@ from server import (
     layout_migration,
     nodes,
     security,
+    tasks,
     throttle,
 )
 from server.config import Settings, ShowConfig
@@ -126,7 +127,7 @@ def create_app(
         app[keys.BUS] = bus
         locks = await throttle.watch_locks(app, redis, bus)
         yield
-        locks.cancel()
+        await tasks.stop(locks)
         await bus.stop()
         await redis.aclose()
 

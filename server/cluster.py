@@ -32,7 +32,7 @@ from aiohttp import web
 
 from media.relay import RelayClient, RelayServer
 from media.sdp import MAX_SDP_BYTES
-from server import keys
+from server import keys, tasks
 from server.errors import ApiError, not_found, read_body
 
 log = logging.getLogger("showroom.workers")
@@ -120,9 +120,7 @@ class Cluster:
 
     async def stop(self) -> None:
         if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+            await tasks.stop(self._keeper)
         for client in self.clients.values():
             await client.stop()
         await self.relay.stop()

@@ -34,7 +34,7 @@ from media.egress import Viewer
 from media.ice import advertise_address, link_headers
 from media.pull import EdgeShow, WhepPull
 from media.sdp import SdpError, choose_view_codec, parse_offer
-from server import auth, edges, keys, presence, viewer_slots
+from server import auth, edges, keys, presence, tasks, viewer_slots
 from server.config import Settings
 from server.errors import ApiError, error_response, json_errors, not_found
 from server.redis_client import connect
@@ -304,9 +304,7 @@ def create_edge_app(settings: Settings, config: EdgeConfig, redis_url: str) -> w
         edge.http = aiohttp.ClientSession()
         beat = asyncio.create_task(edge.run_heartbeat(), name="edge-heartbeat")
         yield
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
+        await tasks.stop(beat)
         with contextlib.suppress(Exception):
             await edges.leave(redis, edge.id)
         for show_id, show in edge.shows.items():

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -32,7 +31,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from server import auth, keys, presence
+from server import auth, keys, presence, tasks
 
 log = logging.getLogger("showroom.edges")
 
@@ -194,8 +193,6 @@ def setup(app: web.Application) -> None:
     async def edges_ctx(app: web.Application):
         task = asyncio.create_task(_refresh(app), name="edge-origins")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await tasks.stop(task)
 
     app.cleanup_ctx.append(edges_ctx)

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgpack
 
+from server import tasks
 from server.sse import SseHub
 
 log = logging.getLogger("showroom.events")
@@ -75,10 +76,7 @@ class EventBus:
 
     async def stop(self) -> None:
         await self.streams.close()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await tasks.stop(self._task)
 
     async def _run(self) -> None:
         while True:

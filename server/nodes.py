@@ -19,7 +19,7 @@ import time
 
 from aiohttp import web
 
-from server import edges, keys, presence
+from server import edges, keys, presence, tasks
 from server.auth import require_staff
 
 log = logging.getLogger("showroom.nodes")
@@ -98,9 +98,7 @@ def setup(app: web.Application) -> None:
     async def nodes_ctx(app: web.Application):
         task = asyncio.create_task(_beat(app), name="node-heartbeat")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await tasks.stop(task)
         with contextlib.suppress(Exception):
             await app[keys.REDIS].hdel(KEY, node_id(app))
 

@@ -20,12 +20,13 @@ at most ``FLUSH_S``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from server import tasks
 
 log = logging.getLogger("showroom.sse")
 
@@ -212,8 +213,5 @@ class SseHub:
                 channel.scheduled = None
             for client in list(channel.clients):
                 self.remove(show_id, client)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None

@@ -17,12 +17,12 @@ per window, which breaks "at most 4 a second" as soon as there are two.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from checkout.scripts import Script
+from server import tasks
 from server.chat.rules import bad
 
 log = logging.getLogger("showroom.reactions")
@@ -196,9 +196,4 @@ class Reactions:
         }
 
     async def close(self) -> None:
-        tasks = list(self._flushing.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await tasks.stop(*self._flushing.values())

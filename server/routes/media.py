@@ -42,7 +42,7 @@ from media.sdp import (
     parse_sdpfrag,
 )
 from media.udp_ports import PortRangeBinding
-from server import edges, keys, presence, segments, viewer_slots
+from server import edges, keys, presence, segments, tasks, viewer_slots
 from server.auth import get_show, is_host, require_operator, require_stream_key
 from server.cluster import cluster, maybe_forward
 from server.config import Settings
@@ -490,9 +490,7 @@ async def media_ctx(app: web.Application):
         runtime.start()
     status = asyncio.create_task(_report_status(app), name="media-status")
     yield
-    status.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await status
+    await tasks.stop(status)
     for show_id, runtime in shows.items():
         await runtime.stop()
         with contextlib.suppress(Exception):

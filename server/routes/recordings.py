@@ -35,7 +35,7 @@ from checkout.orders import load_order
 from media import teaser
 from media.clips import CutError, cut_clip
 from media.recording import Recorder, Session, probe_duration
-from server import keys
+from server import keys, tasks
 from server.auth import get_show
 from server.config import ShowConfig
 from server.routes.pages import page_show, render, show_summary
@@ -804,9 +804,7 @@ def setup(app: web.Application) -> None:
 
         task = asyncio.create_task(housekeeping(), name="recordings-housekeeping")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await tasks.stop(task)
         for local in shows.values():
             try:
                 await local.close()

@@ -23,7 +23,7 @@ import time
 from aiohttp import web
 
 from media.restream import Destination, Restreams
-from server import keys
+from server import keys, tasks
 from server.auth import get_show, require_host
 from server.config import ShowConfig
 from server.errors import not_found
@@ -80,10 +80,7 @@ class ShowRestreams:
         self._task = asyncio.create_task(self._watch(), name=f"restreams-{self.show.id}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         await self.hub.aclose()
         self.runtime.restream = None
         if self.runtime.origin:

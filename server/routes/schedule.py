@@ -6,7 +6,6 @@ outbox worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import mimetypes
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ from aiohttp import web
 
 from checkout.keys import ORDER_ID_MAX
 from checkout.orders import load_order
-from server import keys, links, presence
+from server import keys, links, presence, tasks
 from server.config import ShowConfig
 from server.errors import bad_request, not_found, read_json
 from server.mail import reminders
@@ -266,9 +265,7 @@ def setup(app: web.Application) -> None:
         app[keys.BUS].add_listener(None, _track_endings(app))
         task = asyncio.create_task(outbox.run(), name="mail-outbox")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, 5)
+        await tasks.stop(task)
 
     app.cleanup_ctx.append(mail_ctx)
     r = app.router
