@@ -190,6 +190,13 @@ async def test_full_show_retries_and_plays_when_a_seat_frees(make_app, write_man
     try:
         async with chromium(app) as browser:
             _, first = await new_page(browser, errors, "first", PHONE)
+            offers: list[str] = []  # the first page's WHEP offers (a reconnect frees its seat)
+            first.on(
+                "request",
+                lambda r: (
+                    offers.append(r.url) if r.method == "POST" and "/whep/" in r.url else None
+                ),
+            )
             await first.goto(f"{app.url}/shows/demo")
             await first.wait_for_function(playing, timeout=20000)
 
@@ -198,7 +205,10 @@ async def test_full_show_retries_and_plays_when_a_seat_frees(make_app, write_man
             # The show is at capacity (503): the page says it is connecting and retries.
             await expect(second.locator("#stage-title")).to_have_text("Connecting…")
             await second.wait_for_timeout(2500)
-            assert await second.locator("#video").evaluate("v => v.currentTime") == 0
+            # Unless the first page lost its connection and offered again (its seat was
+            # free for a moment: on a starved CI machine), the second never played.
+            second_time = await second.locator("#video").evaluate("v => v.currentTime")
+            assert second_time == 0 or len(offers) > 1, (second_time, offers)
 
             await first.goto("about:blank")  # a seat frees up
             await second.wait_for_function(playing, timeout=30000)
