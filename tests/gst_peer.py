@@ -7,6 +7,12 @@ project's venv. It does the WHIP/WHEP HTTP exchange itself with urllib and drive
 
     gst_peer.py publish URL --key KEY --codec h264|vp8 [--color 0xAARRGGBB]
     gst_peer.py play URL --codec h264|vp8 --seconds 6 --dump FILE
+    gst_peer.py serve --port P --key KEY --dump FILE
+
+``serve`` is a WHIP server (the role of an SFU's or a CDN's ingest): POST ``/whip`` with
+``Authorization: Bearer KEY`` and an SDP offer gets a webrtcbin answer (201, Location);
+the H.264 it receives is decoded; it prints ``{"event": "frames", ...}`` about once a
+second and writes the newest decoded frame (I420) to ``--dump``; SIGTERM ends it.
 
 ``publish`` runs until SIGTERM/SIGINT, then DELETEs its session. ``play`` runs for
 ``--seconds`` and writes the last decoded frame (I420) to ``--dump``. Both print JSON
@@ -276,6 +282,117 @@ def play(args: argparse.Namespace) -> None:
         peer.stop()
 
 
+def serve(args: argparse.Namespace) -> None:
+    """A one-session WHIP server on webrtcbin: answers an offer, decodes the video."""
+    import http.server
+
+    sink = FrameSink()
+    peers: list[Peer] = []
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    def on_pad(peer: Peer, pad) -> None:
+        if pad.get_direction() != Gst.PadDirection.SRC:
+            return
+        media = pad.get_current_caps().get_structure(0).get_string("media")
+        if media == "video":
+            desc = (
+                f"queue ! {DECODERS['h264']} ! videoconvert ! video/x-raw,format=I420 "
+                "! appsink name=frames emit-signals=true sync=false max-buffers=2 drop=true"
+            )
+        else:
+            desc = "queue ! rtpopusdepay ! opusdec ! fakesink sync=false"
+        branch = Gst.parse_bin_from_description(desc, True)
+        peer.pipe.add(branch)
+        branch.sync_state_with_parent()
+        linked = pad.link(branch.get_static_pad("sink"))
+        emit("track", media=media, linked=linked.value_nick)
+        appsink = branch.get_by_name("frames")
+        if appsink is not None:
+            appsink.connect("new-sample", sink.on_sample)
+
+    def answer(offer_text: str) -> str:
+        peer = Peer("webrtcbin name=webrtc")
+        peers.append(peer)
+        peer.webrtc.connect("pad-added", lambda _w, pad: on_pad(peer, pad))
+        peer.pipe.set_state(Gst.State.PLAYING)
+        ok, sdpmsg = GstSdp.SDPMessage.new_from_text(offer_text)
+        offer = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.OFFER, sdpmsg)
+        promise = Gst.Promise.new()
+        peer.webrtc.emit("set-remote-description", offer, promise)
+        wait_promise(promise, "set-remote-description")
+        promise = Gst.Promise.new()
+        peer.webrtc.emit("create-answer", None, promise)
+        reply = wait_promise(promise, "create-answer")
+        local = reply.get_value("answer")
+        promise = Gst.Promise.new()
+        peer.webrtc.emit("set-local-description", local, promise)
+        wait_promise(promise, "set-local-description")
+        deadline = time.monotonic() + 5
+        while (
+            peer.webrtc.get_property("ice-gathering-state")
+            != GstWebRTC.WebRTCICEGatheringState.COMPLETE
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        return peer.webrtc.get_property("local-description").sdp.as_text()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            if self.headers.get("Authorization") != f"Bearer {args.key}":
+                self.send_response(401)
+                self.end_headers()
+                emit("refused", reason="bad key")
+                return
+            offer = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+            try:
+                text = answer(offer)
+            except Exception as exc:  # reported to the test; the client sees a 500
+                emit("gst_error", message=f"answer: {exc}")
+                self.send_response(500)
+                self.end_headers()
+                return
+            body = text.encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/sdp")
+            self.send_header("Location", f"/whip/session/{len(peers)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            emit("answered", sessions=len(peers))
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            emit("deleted")
+
+        def do_PATCH(self) -> None:  # noqa: N802 - trickle ICE: not needed on loopback
+            self.send_response(204)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    emit("listening", port=server.server_address[1])
+    try:
+        while not stopping.is_set():
+            for peer in peers:
+                peer.watch()
+            if args.dump and sink.last is not None:
+                with open(args.dump, "wb") as f:
+                    f.write(sink.last)
+            emit("frames", frames=sink.frames, size=sink.size)
+            stopping.wait(1.0)
+    finally:
+        server.shutdown()
+        emit("summary", frames=sink.frames, size=sink.size, sessions=len(peers))
+        for peer in peers:
+            peer.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -294,10 +411,14 @@ def main() -> None:
     ply.add_argument("--dump", help="write the last decoded I420 frame here")
     ply.add_argument("--audio", action="store_true", help="also receive the show's audio")
     ply.add_argument("--offer-setup", choices=["active", "passive"])
+    srv = sub.add_parser("serve")
+    srv.add_argument("--port", type=int, default=0)
+    srv.add_argument("--key", required=True)
+    srv.add_argument("--dump", help="write the newest decoded I420 frame here")
     args = parser.parse_args()
     Gst.init(None)
     GLib.set_prgname("showroom-gst-peer")
-    publish(args) if args.mode == "publish" else play(args)
+    {"publish": publish, "play": play, "serve": serve}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from tests.conftest import (
     start_server_process,
     wait_until,
 )
+from tests.test_media_gstreamer import gstreamer, start_gst  # noqa: F401 - a fixture
 from tests.test_web_support import DESKTOP, PHONE, JsErrors, chromium, new_page, staff_login
 
 pytestmark = [
@@ -506,3 +507,51 @@ async def test_viewer_page_plays_from_the_playback_whep_service(
     finally:
         cdn.terminate()
         cdn.wait(20)
+
+
+@pytest.mark.usefixtures("gstreamer")
+async def test_whip_restream_plays_in_gstreamer_webrtcbin(make_app, tmp_path):
+    """A third-party WHIP server (GStreamer's webrtcbin behind a small WHIP endpoint, as an
+    SFU's or a CDN's ingest) receives the restream and decodes the composed show: H.264 at
+    the show's size, our product card in its pixels once the host features a product."""
+    dump = tmp_path / "frame.i420"
+    gst = await start_gst("serve", "--port", str(port := free_port()), "--key", "cdn-key",
+                          "--dump", str(dump))  # fmt: skip
+    try:
+        await wait_until(lambda: gst.first("listening") is not None, 15)
+        table = (
+            f'\n[[restream]]\nname = "sfu"\nurl = "http://127.0.0.1:{port}/whip"\nkey = "cdn-key"\n'
+        )
+        app = await make_app([restream_manifest(tmp_path, table)])
+        async with aiohttp.ClientSession() as http:
+            pub = await publish(app.url, http)
+            try:
+                await wait_until(lambda: app.app[keys.EXTRA]["media"]["demo"].live, 15)
+                answer = await control(app, "sfu", "start")
+                assert answer["kind"] == "whip"
+                await wait_until(lambda: _is(state_of(app, "sfu"), "live"), 15)
+
+                def decoded() -> dict:
+                    return next((e for e in reversed(gst.events) if e["event"] == "frames"), {})
+
+                await wait_until(lambda: decoded().get("frames", 0) >= 30, 20)
+                assert decoded()["size"] == [W, H], gst.events[-5:]
+
+                def luma_card() -> np.ndarray:
+                    y = np.frombuffer(dump.read_bytes()[: W * H], dtype=np.uint8).reshape(H, W)
+                    card = make_layout(W, H).card
+                    return y[card.y : card.y + card.h, card.x : card.x + card.w].astype(np.int16)
+
+                before = luma_card()
+                async with app.session.post(
+                    "/api/shows/demo/feature", json={"sku": "MUG-01"}, headers=app.auth()
+                ) as r:
+                    assert r.status == 200
+                await asyncio.sleep(3.0)
+                assert np.abs(luma_card() - before).mean() > 15, "our card reached webrtcbin"
+                assert (await control(app, "sfu", "stop"))["state"] == "off"
+            finally:
+                await pub.close(http)
+    finally:
+        await gst.finish()
+    assert not [e for e in gst.events if e["event"] in ("refused", "gst_error")], gst.events
