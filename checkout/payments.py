@@ -185,6 +185,14 @@ class PaymentGateway:
             raise PaymentUnavailable(str(exc.user_message or exc)) from exc
         return customer, si.id, si.client_secret or ""
 
+    async def intent_succeeded(self, intent_id: str) -> bool:
+        """Whether Stripe has this PaymentIntent as paid (``succeeded``)."""
+        try:
+            pi = await self._bounded(self.client.v1.payment_intents.retrieve_async(intent_id))
+        except stripe.StripeError as exc:
+            raise PaymentUnavailable(str(exc.user_message or exc)) from exc
+        return pi.status == "succeeded"
+
     async def setup_result(self, setup_id: str) -> str | None:
         """The payment method a confirmed SetupIntent saved (None while unconfirmed)."""
         try:

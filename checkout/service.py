@@ -31,13 +31,20 @@ from checkout.orders import (
     ORDERS_INDEX,
     Order,
     Status,
+    TransitionError,
     cents_str,
     load_order,
+    mark_paid,
     order_key,
     paid_count_key,
     prune_order_index,
 )
-from checkout.payments import SANDBOX_PUBLISHABLE_KEY, SANDBOX_SECRET_KEY, PaymentGateway
+from checkout.payments import (
+    SANDBOX_PUBLISHABLE_KEY,
+    SANDBOX_SECRET_KEY,
+    PaymentGateway,
+    PaymentUnavailable,
+)
 
 if TYPE_CHECKING:
     from server.config import Settings, ShowConfig
@@ -45,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("showroom.checkout")
 
 REAP_INTERVAL_S = 0.25
+LAST_LOOK_BATCH = 50  # due orders asked about per show and reaper tick
+LAST_LOOK_TIMEOUT_S = 3.0  # Stripe slower than this: the orders expire as before
 PRUNE_INTERVAL_S = 60.0  # finished orders Redis dropped leave the show's index
 WEBHOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
 STRIPE_JS_URL = "https://js.stripe.com/v3"  # live mode's card forms load Stripe.js from here
@@ -182,6 +191,7 @@ class Commerce:
     async def reap_show(self, show_id: str) -> None:
         for show, sku in await reap_expired_holds(self.redis, show_id):
             self.notifier.touch(show, sku)
+        await self.last_look(show_id)
         expired, changed = await expire_due_orders(self.redis, show_id)
         for show, sku in changed:
             self.notifier.touch(show, sku)
@@ -193,6 +203,40 @@ class Commerce:
         if sku is not None:
             self.notifier.touch(show_id, sku)
             await self.publish(show_id, {"type": "drop", "drop": None})
+
+    async def last_look(self, show_id: str) -> None:
+        """Before unpaid orders expire, ask Stripe about their payments. A payment whose
+        webhook never came (lost on the way, or its ``paid`` move lost in a Redis
+        failover) makes the order paid, and its label print, instead of its units going
+        back on sale. Stripe away or slow: the orders expire as before (a late webhook
+        then refunds the payment)."""
+        if self.gateway is None:
+            return
+        now_ms = int(time.time() * 1000)
+        due = await self.redis.zrangebyscore(
+            keys.orders_pending(show_id), "-inf", now_ms, start=0, num=LAST_LOOK_BATCH
+        )
+        for raw in due:
+            order = await load_order(self.redis, raw.decode())
+            if order is None or order.status != Status.PENDING_PAYMENT or not order.payment_intent:
+                continue
+            try:
+                async with asyncio.timeout(LAST_LOOK_TIMEOUT_S):
+                    paid = await self.gateway.intent_succeeded(order.payment_intent)
+            except (PaymentUnavailable, TimeoutError) as exc:
+                log.info("last look at unpaid orders of %s: Stripe unavailable (%s)", show_id, exc)
+                return
+            if not paid:
+                continue
+            log.warning(
+                "order %s: paid at Stripe but no webhook applied it; marking it paid",
+                order.order_id,
+            )
+            with contextlib.suppress(TransitionError):  # a webhook got there first
+                await mark_paid(self.redis, order.order_id, order.payment_intent)
+            updated = await load_order(self.redis, order.order_id)
+            if updated is not None:
+                await self.publish_order(updated)
 
     # --- views and events --------------------------------------------------------------
     def drop_event_view(self, show_id: str, drop: dict | None) -> dict | None:

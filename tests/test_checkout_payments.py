@@ -207,6 +207,32 @@ async def test_order_is_private_to_its_buyer_and_staff(shop):
     }
 
 
+async def test_paid_at_stripe_without_a_webhook_is_paid_at_its_deadline_not_expired(
+    make_app, stripe_sandbox, redis_url
+):
+    """The buyer paid, but no webhook ever applied it (lost on the way, or its ``paid``
+    move lost in a Redis failover): when the order's payment time runs out, the server asks
+    Stripe, marks it paid and its label prints, instead of putting its units back on sale."""
+    from server import keys as app_keys
+
+    app = await make_app(stripe_api_base=stripe_sandbox.url, payment_timeout_s=3)
+    commerce = app.app[app_keys.EXTRA]["commerce"]
+    # localstripe stops sending this server its events: the payment's webhook never comes.
+    await commerce._register_sandbox_webhook(["showroom.disabled"])
+    s = app.session
+    await add(s, sku="TEE-02", quantity=2)
+    order_id = (await checkout(s))["order_id"]
+    status, body = await pay(s, order_id)
+    assert status == 200, body
+    await asyncio.sleep(1.0)
+    assert await order_status(s, order_id) == "pending_payment", "no webhook: not paid yet"
+    await wait_until(lambda: _is(s, order_id, "paid"), timeout=10)
+    assert len(await print_jobs(redis_url, order_id)) == 1, "its label is queued"
+    async with s.get("/api/shows/demo") as r:
+        tee = next(p for p in (await r.json())["products"] if p["sku"] == "TEE-02")
+    assert tee["available"] == 3, "its units stay sold"
+
+
 async def test_unpaid_order_expires_and_releases_its_holds(make_app, stripe_sandbox, redis_url):
     app = await make_app(stripe_api_base=stripe_sandbox.url, payment_timeout_s=1)
     s = app.session
