@@ -229,6 +229,29 @@ class FrameSink:
         return Gst.FlowReturn.OK
 
 
+def decode_pad(peer: Peer, pad, codec: str, sink: FrameSink) -> None:
+    """A received track's pad (webrtcbin's pad-added): video decoded into ``sink``, audio
+    decoded and dropped."""
+    if pad.get_direction() != Gst.PadDirection.SRC:
+        return
+    media = pad.get_current_caps().get_structure(0).get_string("media")
+    if media == "video":
+        desc = (
+            f"queue ! {DECODERS[codec]} ! videoconvert ! video/x-raw,format=I420 "
+            "! appsink name=frames emit-signals=true sync=false max-buffers=2 drop=true"
+        )
+    else:
+        desc = "queue ! rtpopusdepay ! opusdec ! fakesink sync=false"
+    branch = Gst.parse_bin_from_description(desc, True)
+    peer.pipe.add(branch)
+    branch.sync_state_with_parent()
+    linked = pad.link(branch.get_static_pad("sink"))
+    emit("track", media=media, linked=linked.value_nick)
+    appsink = branch.get_by_name("frames")
+    if appsink is not None:
+        appsink.connect("new-sample", sink.on_sample)
+
+
 def play(args: argparse.Namespace) -> None:
     peer = Peer("webrtcbin name=webrtc")
     sink = FrameSink()
@@ -237,29 +260,7 @@ def play(args: argparse.Namespace) -> None:
     if args.audio:
         peer.webrtc.emit("add-transceiver", direction, Gst.Caps.from_string(AUDIO_CAPS))
 
-    decoder = DECODERS[args.codec]
-
-    def on_pad(_webrtc, pad) -> None:
-        if pad.get_direction() != Gst.PadDirection.SRC:
-            return
-        media = pad.get_current_caps().get_structure(0).get_string("media")
-        if media == "video":
-            desc = (
-                f"queue ! {decoder} ! videoconvert ! video/x-raw,format=I420 "
-                "! appsink name=frames emit-signals=true sync=false max-buffers=2 drop=true"
-            )
-        else:
-            desc = "queue ! rtpopusdepay ! opusdec ! fakesink sync=false"
-        branch = Gst.parse_bin_from_description(desc, True)
-        peer.pipe.add(branch)
-        branch.sync_state_with_parent()
-        linked = pad.link(branch.get_static_pad("sink"))
-        emit("track", media=media, linked=linked.value_nick)
-        appsink = branch.get_by_name("frames")
-        if appsink is not None:
-            appsink.connect("new-sample", sink.on_sample)
-
-    peer.webrtc.connect("pad-added", on_pad)
+    peer.webrtc.connect("pad-added", lambda _w, pad: decode_pad(peer, pad, args.codec, sink))
     try:
         peer.negotiate(args.url, None, args.offer_setup)
         deadline = time.monotonic() + args.seconds
@@ -292,30 +293,10 @@ def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
 
-    def on_pad(peer: Peer, pad) -> None:
-        if pad.get_direction() != Gst.PadDirection.SRC:
-            return
-        media = pad.get_current_caps().get_structure(0).get_string("media")
-        if media == "video":
-            desc = (
-                f"queue ! {DECODERS['h264']} ! videoconvert ! video/x-raw,format=I420 "
-                "! appsink name=frames emit-signals=true sync=false max-buffers=2 drop=true"
-            )
-        else:
-            desc = "queue ! rtpopusdepay ! opusdec ! fakesink sync=false"
-        branch = Gst.parse_bin_from_description(desc, True)
-        peer.pipe.add(branch)
-        branch.sync_state_with_parent()
-        linked = pad.link(branch.get_static_pad("sink"))
-        emit("track", media=media, linked=linked.value_nick)
-        appsink = branch.get_by_name("frames")
-        if appsink is not None:
-            appsink.connect("new-sample", sink.on_sample)
-
     def answer(offer_text: str) -> str:
         peer = Peer("webrtcbin name=webrtc")
         peers.append(peer)
-        peer.webrtc.connect("pad-added", lambda _w, pad: on_pad(peer, pad))
+        peer.webrtc.connect("pad-added", lambda _w, pad: decode_pad(peer, pad, "h264", sink))
         peer.pipe.set_state(Gst.State.PLAYING)
         ok, sdpmsg = GstSdp.SDPMessage.new_from_text(offer_text)
         offer = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.OFFER, sdpmsg)
