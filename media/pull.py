@@ -17,7 +17,8 @@ the edge's own viewers by the lean path, with no decode and no encode.
   runs between servers); viewers' NACKs are answered from the edge's own history.
 - The session is re-opened with backoff whenever it fails or stalls (no video for
   ``STALL_S``, e.g. the origin restarting); meanwhile viewers keep their connection and
-  the last picture. Timestamps are rebased (``Timeline``) so a new upstream session
+  see the slate ("We'll be right back"), encoded here at ``SLATE_FPS`` only while the
+  origin is away (the one encode an edge ever does). Timestamps are rebased (``Timeline``) so a new upstream session
   continues the viewers' RTP clock instead of jumping.
 
 aiortc internals used here (besides those of ``media.lean``): ``RTCRtpReceiver``'s
@@ -39,16 +40,19 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import is_rtx
 
 from media.adapt import Adapter
 from media.client import prefer_codec
+from media.encoders import VideoEncoder
 from media.fanout import Fanout
 from media.ice import parse_link_headers
 from media.ladder import Rung
 from media.lean import Broadcast
 from media.relay import RelayedPacket
+from media.slate import slate_frame
 
 log = logging.getLogger("showroom.media.pull")
 
@@ -58,6 +62,12 @@ PLI_MIN_INTERVAL_S = 0.2
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 3.0)
 VIDEO_CLOCK, AUDIO_CLOCK = 90000, 48000
 VIDEO_RING = 60  # two seconds at 30 fps (the origin's ring is 2 x fps)
+# The slate while the origin is away: small and slow (a still picture), a keyframe each
+# second for viewers who join meanwhile; its own timeline (no real SSRC is negative).
+SLATE_SIZE = (640, 360)
+SLATE_FPS = 5
+SLATE_KBPS = 200
+SLATE_SSRC = -1
 
 
 def now_ms() -> int:
@@ -324,19 +334,56 @@ class WhepPull:
         self._last_pli = 0.0
         self._pli_later: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
+        self._slate_task: asyncio.Task | None = None
+        self.slate_frames = 0
         self._closing: set[asyncio.Task] = set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"whep-pull-{self.show.show.id}")
+        name = self.show.show.id
+        self._task = asyncio.create_task(self._run(), name=f"whep-pull-{name}")
+        self._slate_task = asyncio.create_task(self._slate_while_away(), name=f"slate-{name}")
 
     async def stop(self) -> None:
         if self._pli_later is not None:
             self._pli_later.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._slate_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._end_session()
+
+    def away(self, now: float) -> bool:
+        """The origin sent video once and has been silent for ``STALL_S``."""
+        return self.frames > 0 and now - self.last_video > STALL_S
+
+    async def _slate_while_away(self) -> None:
+        """While the origin is away, the viewers see the slate instead of a frozen
+        picture; the origin's first keyframe after it is back replaces it."""
+        encoder: VideoEncoder | None = None
+        n = 0
+        while True:
+            await asyncio.sleep(1 / SLATE_FPS)
+            if not self.away(time.monotonic()):
+                encoder = None  # the next outage starts with a keyframe again
+                continue
+            if encoder is None:
+                encoder, n = VideoEncoder("H264", *SLATE_SIZE, SLATE_FPS, SLATE_KBPS), 0
+                # Its own copy: the encoder stamps each frame it is given.
+                shared = slate_frame(*SLATE_SIZE)
+                picture = av.VideoFrame.from_ndarray(shared.to_ndarray(), format="yuv420p")
+            pts = n * VIDEO_CLOCK // SLATE_FPS
+            out = await asyncio.to_thread(encoder.encode, picture, pts, n % SLATE_FPS == 0)
+            n += 1
+            now = time.monotonic()
+            if not self.away(now):
+                continue  # the origin came back while this frame was encoded
+            for enc in out:
+                ts = self._video_clock.map(SLATE_SSRC, enc.timestamp, now)
+                self.show.video["H264"].publish(
+                    enc.packet, enc.keyframe, now_ms(), payloads=enc.payloads, timestamp=ts
+                )
+                self.slate_frames += 1
 
     def stats(self) -> dict:
         return {
@@ -348,6 +395,7 @@ class WhepPull:
             "audio_packets": self.audio_packets,
             "lost_packets": self._assembler.lost,
             "plis_sent": self.plis_sent,
+            "slate_frames": self.slate_frames,
             "last_error": self.last_error,
         }
 

@@ -249,7 +249,12 @@ async def test_edge_survives_an_origin_restart_and_a_dead_edge_leaves_the_choice
         stop(origin_proc, signal.SIGKILL)
         await publisher.close()
         publisher = None
-        await asyncio.sleep(1.5)
+        # Meanwhile the edge's viewer sees the slate, not a frozen picture.
+        await wait_until(
+            lambda: player.latest_video is not None and not live_picture(player.latest_video), 8
+        )
+        async with http.get(f"{edge_url}/api/edge", headers=OPS) as r:
+            assert (await r.json())["shows"]["demo"]["pull"]["slate_frames"] > 0
         origin_proc, url2 = start_origin(manifest, redis_url, tmp_path, stripe_sandbox.url, port)
         assert url2 == url
         publisher = WhipPublisher(f"{url}/whip/demo", STREAM_KEY, TestPatternTrack(640, 360, FPS))
