@@ -250,7 +250,7 @@ class LeanSender:
         self.b0 = 0x80
         self.cname = b""
         self.dtls: Any = None
-        self.protect: Callable[[bytes], bytes] | None = None
+        self.protect: SrtpProtector | None = None
         self.sock: socket.socket | None = None
         self.gso = False  # the socket takes GSO writes (a plain UDP socket on Linux)
         self.addr: tuple[str, int] | None = None
@@ -377,29 +377,24 @@ class LeanSender:
         self.packets += last + 1
         self.octets += nbytes
         self._rtx_allowance = min(RTX_BURST, self._rtx_allowance + RTX_SHARE * nbytes)
+        marked = pt | 0x80  # the marker bit on the frame's last packet
+        out = protect.many(
+            [
+                pack(b0, marked if i == last else pt, (seq + i) & 0xFFFF, ts, ssrc) + tail
+                for i, tail in enumerate(tails)
+            ]
+        )
+        sock = self.sock
         try:
-            if self.gso and len(runs) <= last:
-                rtp = [
-                    pack(b0, pt, (seq + i) & 0xFFFF, ts, ssrc) + tail
-                    for i, tail in enumerate(tails)
-                ]
-                rtp[last] = pack(b0, pt | 0x80, (seq + last) & 0xFFFF, ts, ssrc) + tails[last]
-                many = getattr(protect, "many", None)
-                out = many(rtp) if many is not None else [protect(p) for p in rtp]
-                sendmsg = self.sock.sendmsg
+            if self.gso and len(runs) <= last:  # some run holds more than one packet
                 for start, end in runs:
                     if end - start == 1:
-                        self.sock.sendto(out[start], addr)
+                        sock.sendto(out[start], addr)
                     else:
-                        self._send_run(sendmsg, out[start:end])
+                        self._send_run(sock.sendmsg, out[start:end])
             else:
-                sendto = self.sock.sendto
-                for i, tail in enumerate(tails):
-                    sendto(
-                        protect(pack(b0, pt | 0x80 if i == last else pt, seq, ts, ssrc) + tail),
-                        addr,
-                    )
-                    seq = (seq + 1) & 0xFFFF
+                for packet in out:
+                    sock.sendto(packet, addr)
         except OSError:  # BlockingIOError: the socket buffer is full
             return False
         if self._nacked:
