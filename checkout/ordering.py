@@ -188,10 +188,23 @@ async def expire_due_orders(
     """Expire the show's unpaid orders past their deadline; returns (order ids,
     (show, sku) changed)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return await expire_orders(redis, show, await due_orders(redis, show, batch, now_ms), now_ms)
+
+
+async def due_orders(redis, show: str, batch: int = 200, now_ms: int | None = None) -> list[str]:
+    """The show's unpaid orders past their payment deadline (at most ``batch``)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     due = await redis.zrangebyscore(keys.orders_pending(show), "-inf", now_ms, start=0, num=batch)
-    if not due:
+    return [d.decode() for d in due]
+
+
+async def expire_orders(
+    redis, show: str, ids: list[str], now_ms: int | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expire those of ``ids`` still unpaid and due (the script checks each again)."""
+    if not ids:
         return [], []
-    ids = [d.decode() for d in due]
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     out = await scripts.expire_orders(redis, expire_keys(show, ids), [now_ms, retention_s(), *ids])
     return _expired(out)
 

@@ -26,7 +26,7 @@ from checkout.carts import reap_expired_holds
 from checkout.catalog import load_catalog
 from checkout.drops import end_due_drop
 from checkout.live import StockNotifier
-from checkout.ordering import expire_due_orders
+from checkout.ordering import due_orders, expire_orders
 from checkout.orders import (
     ORDERS_INDEX,
     Order,
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("showroom.checkout")
 
 REAP_INTERVAL_S = 0.25
-LAST_LOOK_BATCH = 50  # due orders asked about per show and reaper tick
 LAST_LOOK_TIMEOUT_S = 3.0  # Stripe slower than this: the orders expire as before
 PRUNE_INTERVAL_S = 60.0  # finished orders Redis dropped leave the show's index
 WEBHOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
@@ -191,8 +190,9 @@ class Commerce:
     async def reap_show(self, show_id: str) -> None:
         for show, sku in await reap_expired_holds(self.redis, show_id):
             self.notifier.touch(show, sku)
-        await self.last_look(show_id)
-        expired, changed = await expire_due_orders(self.redis, show_id)
+        due = await due_orders(self.redis, show_id)
+        await self.last_look(due)
+        expired, changed = await expire_orders(self.redis, show_id, due)
         for show, sku in changed:
             self.notifier.touch(show, sku)
         for order_id in expired:
@@ -204,7 +204,7 @@ class Commerce:
             self.notifier.touch(show_id, sku)
             await self.publish(show_id, {"type": "drop", "drop": None})
 
-    async def last_look(self, show_id: str) -> None:
+    async def last_look(self, due: list[str]) -> None:
         """Before unpaid orders expire, ask Stripe about their payments. A payment whose
         webhook never came (lost on the way, or its ``paid`` move lost in a Redis
         failover) makes the order paid, and its label print, instead of its units going
@@ -212,19 +212,15 @@ class Commerce:
         then refunds the payment)."""
         if self.gateway is None:
             return
-        now_ms = int(time.time() * 1000)
-        due = await self.redis.zrangebyscore(
-            keys.orders_pending(show_id), "-inf", now_ms, start=0, num=LAST_LOOK_BATCH
-        )
-        for raw in due:
-            order = await load_order(self.redis, raw.decode())
+        for order_id in due:
+            order = await load_order(self.redis, order_id)
             if order is None or order.status != Status.PENDING_PAYMENT or not order.payment_intent:
                 continue
             try:
                 async with asyncio.timeout(LAST_LOOK_TIMEOUT_S):
                     paid = await self.gateway.intent_succeeded(order.payment_intent)
             except (PaymentUnavailable, TimeoutError) as exc:
-                log.info("last look at unpaid orders of %s: Stripe unavailable (%s)", show_id, exc)
+                log.info("last look at unpaid orders: Stripe unavailable (%s)", exc)
                 return
             if not paid:
                 continue
