@@ -130,14 +130,7 @@ class Peer:
         promise = Gst.Promise.new()
         self.webrtc.emit("set-local-description", offer, promise)
         wait_promise(promise, "set-local-description")
-        deadline = time.monotonic() + 5
-        while (
-            self.webrtc.get_property("ice-gathering-state")
-            != GstWebRTC.WebRTCICEGatheringState.COMPLETE
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.02)
-        sdp = self.webrtc.get_property("local-description").sdp.as_text()
+        sdp = self.gathered_sdp()
         if offer_setup:
             sdp = sdp.replace("a=setup:actpass", f"a=setup:{offer_setup}")
         headers = {"Content-Type": "application/sdp"}
@@ -159,6 +152,17 @@ class Peer:
         promise = Gst.Promise.new()
         self.webrtc.emit("set-remote-description", answer, promise)
         wait_promise(promise, "set-remote-description")
+
+    def gathered_sdp(self, timeout_s: float = 5.0) -> str:
+        """The local description once ICE gathering is complete (no trickle ICE)."""
+        deadline = time.monotonic() + timeout_s
+        while (
+            self.webrtc.get_property("ice-gathering-state")
+            != GstWebRTC.WebRTCICEGatheringState.COMPLETE
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        return self.webrtc.get_property("local-description").sdp.as_text()
 
     def _create_offer(self) -> Gst.Promise:
         promise = Gst.Promise.new()
@@ -310,14 +314,7 @@ def serve(args: argparse.Namespace) -> None:
         promise = Gst.Promise.new()
         peer.webrtc.emit("set-local-description", local, promise)
         wait_promise(promise, "set-local-description")
-        deadline = time.monotonic() + 5
-        while (
-            peer.webrtc.get_property("ice-gathering-state")
-            != GstWebRTC.WebRTCICEGatheringState.COMPLETE
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.02)
-        return peer.webrtc.get_property("local-description").sdp.as_text()
+        return peer.gathered_sdp()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *_args) -> None:
