@@ -651,19 +651,22 @@ async def cluster_run(cfg: Config) -> list[Result]:
     return results
 
 
-def cluster_report(cfg: Config, results: list[Result]) -> None:
-    rows = [
-        [
-            r.name,
-            r.concurrency,
-            round(r.rate),
-            f"{_p(r, 50):.2f}",
-            f"{_p(r, 99):.2f}",
-            r.errors,
-            f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s and r.ops else "-",
-        ]
-        for r in results
+def result_row(r: Result) -> list:
+    """A result's columns every table has: path, concurrency, rate, latency, errors, the
+    server's CPU per add."""
+    return [
+        r.name,
+        r.concurrency,
+        round(r.rate),
+        f"{_p(r, 50):.2f}",
+        f"{_p(r, 99):.2f}",
+        r.errors,
+        f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s and r.ops else "-",
     ]
+
+
+def cluster_report(cfg: Config, results: list[Result]) -> None:
+    rows = [result_row(r) for r in results]
     body = table(
         ["path", "concurrent", "adds/s", "p50 ms", "p99 ms", "errors", "server CPU ms/add"],
         rows,
@@ -774,13 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         results = runner.run(run(cfg))
     rows = [
         [
-            r.name,
-            r.concurrency,
-            round(r.rate),
-            f"{_p(r, 50):.2f}",
-            f"{_p(r, 99):.2f}",
-            r.errors,
-            f"{r.server_cpu_s / r.ops * 1000:.3f}" if r.server_cpu_s and r.ops else "-",
+            *result_row(r),
             f"{r.client_cpu_s / r.ops * 1000:.3f}" if r.client_cpu_s and r.ops else "-",
             round(r.capacity) if r.capacity else "-",
         ]
