@@ -7,7 +7,9 @@ crypto or the syscall, is the cost. Here a ``Broadcast`` per stream (one fan-out
 show's H.264, VP8 or Opus) wakes once per published entry and, in one synchronous pass,
 writes each viewer's packets: its own 12-byte RTP header (SSRC, sequence number,
 timestamp offset), the header extensions shared by all viewers negotiated alike, the
-shared payload, SRTP protect, and a non-blocking ``sendto`` on the viewer's ICE socket.
+shared payload, SRTP protect, and a non-blocking write on the viewer's ICE socket. The
+shared part is laid out once per frame (``FrameLayout``); per viewer it is one copy into
+a scratch buffer, the header fields, libsrtp in place and one GSO write per frame.
 
 Kept per viewer (``LeanSender``): NACK retransmission (RTX when negotiated) from a
 bounded history of the frames it was sent (references to the shared entries, no copies),
@@ -108,8 +110,9 @@ NACK_WINDOW = 300
 RTX_BURST = 64_000
 
 # UDP GSO (Linux UDP_SEGMENT): one sendmsg carries a run of equal-sized packets (the
-# last may be shorter) and the kernel cuts it into datagrams. A frame's packets come in
-# such runs (aiortc splits each NAL unit evenly), so a 720p frame is ~2 system calls per
+# last may be shorter) and the kernel cuts it into datagrams. A frame's packets nearly
+# come in one such run (aiortc splits each NAL unit evenly; a 720p frame is two), and RTP
+# padding evens out the few bytes between them, so a 720p frame is one system call per
 # viewer instead of ~6. SHOWROOM_UDP_GSO=0 turns it off (the benchmark's comparison row).
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
@@ -117,6 +120,7 @@ GSO_MAX_SEGMENTS = 32  # the kernel takes up to 64 segments and 64 KB per call
 GSO_ENABLED = sys.platform == "linux" and os.environ.get("SHOWROOM_UDP_GSO", "1") != "0"
 
 _HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence number, timestamp, SSRC
+_SEQ_TS_SSRC = struct.Struct("!HII")  # the header fields that differ per viewer
 _RTCP_SR = struct.Struct("!BBHIQIII")  # header, SSRC, NTP, RTP timestamp, packets, octets
 _OSN = struct.Struct("!H")
 _GSO_SIZE = struct.Struct("=H")
@@ -143,21 +147,107 @@ def header_extensions(mid_id: int, mid: bytes, abs_id: int, abs_send_time: int) 
 Runs = tuple[tuple[int, int], ...]
 
 
-def gso_runs(sizes: list[int], max_segments: int = GSO_MAX_SEGMENTS) -> Runs:
+def gso_runs(sizes: list[int], max_segments: int = GSO_MAX_SEGMENTS, max_pad: int = 0) -> Runs:
     """``(start, end)`` index ranges covering ``sizes`` in order, each sendable as one GSO
     write: every packet the size of the run's first, except a last one that may be
-    smaller."""
+    smaller. With ``max_pad``, a packet at most that many bytes shorter than the run's
+    first joins it too and is padded to its size (``pad_to_runs``)."""
     runs = []
     i, n = 0, len(sizes)
     while i < n:
         size, j = sizes[i], i + 1
-        while j < n and j - i < max_segments and sizes[j] == size:
+        while j < n and j - i < max_segments and 0 <= size - sizes[j] <= max_pad:
             j += 1
         if j < n and j - i < max_segments and sizes[j] < size:
             j += 1
         runs.append((i, j))
         i = j
     return tuple(runs)
+
+
+def max_pad(size: int) -> int:
+    """How much RTP padding a packet of a run of ``size``-byte packets may get: at most
+    1/16 of its size (a frame's packets differ by a few bytes: aiortc splits each NAL unit
+    evenly, and a 720p frame is two of them), and one byte counts it (RFC 3550)."""
+    return min(255, size // 16)
+
+
+def pad_to_runs(tails: list[bytes], runs: Runs) -> list[int]:
+    """Pad ``tails`` in place to their run's size (all but each run's last packet, which
+    may be shorter); the padding each got (0: none). So a frame is one GSO write, not one
+    per NAL unit, for ~1 % more bytes."""
+    pads = [0] * len(tails)
+    for start, end in runs:
+        size = len(tails[start])
+        for k in range(start + 1, end - 1):
+            pad = size - len(tails[k])
+            if pad:
+                tails[k] += b"\0" * (pad - 1) + bytes([pad])
+                pads[k] = pad
+    return pads
+
+
+# libsrtp writes at most this much after a packet (auth tag and MKI: SRTP_MAX_TRAILER_LEN).
+SRTP_TRAILER = 16 + 128
+
+
+@dataclass(slots=True)
+class FrameLayout:
+    """One entry's packets as every viewer of one kind writes them (same header
+    extensions, payload type and way of writing), built once per entry. Per viewer: one
+    copy of ``template`` into the broadcast's scratch buffer, its sequence numbers,
+    timestamp and SSRC into each header, SRTP in place, and one write per run."""
+
+    template: bytearray  # the packets at their slots (sequence, timestamp, SSRC zero)
+    offsets: tuple[int, ...]  # each packet's slot in the scratch buffer
+    lengths: tuple[int, ...]  # each packet's length before SRTP
+    pointers: tuple[Any, ...]  # scratch + offset, for libsrtp
+    runs: Runs
+    view: memoryview  # the scratch buffer
+    scratch: Any  # the C buffer ``view`` and ``pointers`` point into (kept alive here)
+    ext: bytes  # the header extension block (probe padding reuses it)
+    nbytes: int  # payload bytes (the sender report's octet count)
+
+
+class Scratch:
+    """A broadcast's C buffer that each viewer's packets are protected in, one viewer at
+    a time (a pass is synchronous), grown for the largest frame; a layout keeps the buffer
+    it was laid out in alive."""
+
+    def __init__(self, size: int = 64 * 1024) -> None:
+        self._grow(size)
+
+    def _grow(self, size: int) -> None:
+        self.buffer = srtp_ffi.new("unsigned char[]", size)
+        self.view = memoryview(srtp_ffi.buffer(self.buffer))
+
+    def layout(self, payloads: list[bytes], ext: bytes, b0: int, pt: int, gso: bool) -> FrameLayout:
+        """Lay out one entry: header extensions, RTP padding for whole-frame GSO runs
+        (when ``gso``), each packet in a slot with room for SRTP's trailer (16-aligned)."""
+        tails = [ext + p for p in payloads]
+        n = len(tails)
+        if gso:
+            runs = gso_runs([len(t) for t in tails], max_pad=max_pad(len(tails[0])) if n else 0)
+            pads = pad_to_runs(tails, runs)
+        else:
+            runs, pads = tuple((i, i + 1) for i in range(n)), [0] * n
+        offsets, off = [], 0
+        for tail in tails:
+            offsets.append(off)
+            off += (12 + len(tail) + SRTP_TRAILER + 15) & ~15
+        if off > len(self.view):
+            self._grow(max(off, 2 * len(self.view)))
+        template = bytearray(off)
+        for k, (tail, start) in enumerate(zip(tails, offsets, strict=True)):
+            template[start] = b0 | (0x20 if pads[k] else 0)  # the P bit
+            template[start + 1] = pt | (0x80 if k == n - 1 else 0)  # marker: the last
+            template[start + 12 : start + 12 + len(tail)] = tail
+        buffer = self.buffer
+        return FrameLayout(
+            template, tuple(offsets), tuple(12 + len(t) for t in tails),
+            tuple(buffer + o for o in offsets), runs, self.view, buffer, ext,
+            sum(map(len, payloads)),
+        )  # fmt: skip
 
 
 class SrtpProtector:
@@ -187,23 +277,23 @@ class SrtpProtector:
             raise pylibsrtp.Error(f"srtp_protect failed ({rc})")
         return buffer[0 : length[0]]
 
-    def many(self, packets: list[bytes]) -> list[bytes]:
-        """``[self(p) for p in packets]`` in one call: the hot path's per-packet cost is
-        mostly Python's, and this saves a call per packet."""
-        length, buffer, srtp, cdata, protect = (
-            self._len, self._buffer, self._srtp, self._cdata, self._protect,
-        )  # fmt: skip
+    def write(self, layout: FrameLayout, seq: int, ts: int, ssrc: int) -> list[memoryview]:
+        """One viewer's packets of ``layout``, protected in place in its scratch buffer
+        (valid until the next viewer's): the hot path, so nothing here is per packet but
+        the header fields, libsrtp and a view of the result."""
+        view = layout.view
+        view[: len(layout.template)] = layout.template
+        pack_into = _SEQ_TS_SSRC.pack_into
+        length, srtp, protect = self._len, self._srtp, self._protect
         out = []
-        for packet in packets:
-            n = len(packet)
-            if n > self.MAX_PACKET:
-                raise ValueError("packet is too long")
+        for off, n, ptr in zip(layout.offsets, layout.lengths, layout.pointers, strict=True):
+            pack_into(view, off + 2, seq, ts, ssrc)
+            seq = (seq + 1) & 0xFFFF
             length[0] = n
-            buffer[0:n] = packet
-            rc = protect(srtp, cdata, length)
+            rc = protect(srtp, ptr, length)
             if rc:
                 raise pylibsrtp.Error(f"srtp_protect failed ({rc})")
-            out.append(buffer[0 : length[0]])
+            out.append(view[off : off + length[0]])
         return out
 
 
@@ -356,54 +446,42 @@ class LeanSender:
         self._close_socket()
 
     # --- hot path ------------------------------------------------------------------------
-    def send_entry(self, entry: Entry, tails: list[bytes], nbytes: int, runs: Runs) -> bool:
-        """Send one shared entry. ``tails``: its payloads behind the header extensions of
-        this viewer's profile, built once per frame for all viewers alike; ``runs``: their
-        ``gso_runs``. False when the socket is full: the rest of the frame counts as lost
-        (NACK-able) and the caller skips this viewer ahead."""
-        ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
+    def send_entry(self, entry: Entry, layout: FrameLayout) -> bool:
+        """Send one shared entry, laid out for viewers like this one
+        (``Broadcast.layout_for``). False when the socket is full: the rest of the frame
+        counts as lost (NACK-able) and the caller skips this viewer ahead."""
         seq = self.seq
         pos = self.hist_pos
         self.hist_seq[pos] = seq
         self.hist_entry[pos] = entry
         self.hist_pos = (pos + 1) % HISTORY_FRAMES
-        b0, pt, ssrc, protect, addr = self.b0, self.pt, self._ssrc, self.protect, self.addr
-        pack = _HEADER.pack
-        last = len(tails) - 1
+        count = len(layout.lengths)
         self.last_ts = entry.timestamp
         if entry.keyframe:
             self.keyframe_seq = seq
-        self.seq = (seq + last + 1) & 0xFFFF
-        self.packets += last + 1
+        self.seq = (seq + count) & 0xFFFF
+        self.packets += count
+        nbytes = layout.nbytes
         self.octets += nbytes
         self._rtx_allowance = min(RTX_BURST, self._rtx_allowance + RTX_SHARE * nbytes)
-        marked = pt | 0x80  # the marker bit on the frame's last packet
-        out = protect.many(
-            [
-                pack(b0, marked if i == last else pt, (seq + i) & 0xFFFF, ts, ssrc) + tail
-                for i, tail in enumerate(tails)
-            ]
-        )
-        sock = self.sock
+        ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
+        out = self.protect.write(layout, seq, ts, self._ssrc)
+        sock, addr = self.sock, self.addr
         try:
-            if self.gso and len(runs) <= last:  # some run holds more than one packet
-                for start, end in runs:
-                    if end - start == 1:
-                        sock.sendto(out[start], addr)
-                    else:
-                        self._send_run(sock.sendmsg, out[start:end])
-            else:
-                for packet in out:
-                    sock.sendto(packet, addr)
+            for start, end in layout.runs:
+                if end - start == 1:
+                    sock.sendto(out[start], addr)
+                else:
+                    self._send_run(sock.sendmsg, out[start:end])
         except OSError:  # BlockingIOError: the socket buffer is full
             return False
         if self._nacked:
             self._retry_nacks()
         if self.padding_bps:
-            self.send_padding(tails[0][: len(tails[0]) - len(entry.payloads[0])])
+            self.send_padding(layout.ext)
         return True
 
-    def _send_run(self, sendmsg: Callable[..., int], packets: list[bytes]) -> None:
+    def _send_run(self, sendmsg: Callable[..., int], packets: list[memoryview]) -> None:
         """One GSO write of ``packets`` (equal sizes, the last maybe shorter). A kernel or
         route that refuses GSO (EIO, EINVAL) gets them one by one, and from then on."""
         try:
@@ -589,11 +667,12 @@ class _TurnSocket:
         self.protocol = protocol
         self.pending = 0
 
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+    def sendto(self, data: bytes | memoryview, addr: tuple[str, int]) -> None:
         if self.pending >= self.MAX_PENDING:
             raise BlockingIOError
         self.pending += 1
-        task = asyncio.ensure_future(self.protocol.send_data(data, addr))
+        # A copy: the hot path's packets live in a scratch buffer the next viewer reuses.
+        task = asyncio.ensure_future(self.protocol.send_data(bytes(data), addr))
         task.add_done_callback(self._done)
 
     def _done(self, _task: asyncio.Future) -> None:
@@ -631,6 +710,7 @@ class Broadcast:
         self.entries_sent = 0
         self.skips = 0
         self._ext: dict[tuple[int, bytes, int], bytes] = {}
+        self.scratch = Scratch()
         self._task: asyncio.Task | None = None
         self._reports: asyncio.Task | None = None
 
@@ -654,12 +734,9 @@ class Broadcast:
                     pass  # not sent yet: the next pass starts this viewer at it
                 else:
                     viewer.waiting = False
-                    ext = self.ext_for(viewer.profile)
                     for entry in list(f.ring):
                         if kf.seq <= entry.seq < self.next_seq and entry.payloads:
-                            tails = [ext + p for p in entry.payloads]
-                            runs = gso_runs([len(t) for t in tails])
-                            viewer.send_entry(entry, tails, sum(map(len, entry.payloads)), runs)
+                            viewer.send_entry(entry, self.layout_for(viewer, entry, {}))
             else:
                 self.request_keyframe("join")
         self.viewers.append(viewer)
@@ -716,6 +793,20 @@ class Broadcast:
         self._task = self._reports = None
 
     # --- sending ---------------------------------------------------------------------
+    def layout_for(
+        self, viewer: LeanSender, entry: Entry, layouts: dict[tuple, FrameLayout]
+    ) -> FrameLayout:
+        """``entry`` laid out for ``viewer`` and every viewer like it (``layouts``: this
+        pass's, by header extensions, payload type and way of writing)."""
+        key = (viewer.profile, viewer.b0, viewer.pt, viewer.gso)
+        layout = layouts.get(key)
+        if layout is None:
+            ext = self.ext_for(viewer.profile)
+            layout = layouts[key] = self.scratch.layout(
+                entry.payloads, ext, viewer.b0, viewer.pt, viewer.gso
+            )
+        return layout
+
     def ext_for(self, profile: tuple[int, bytes, int]) -> bytes:
         ext = self._ext.get(profile)
         if ext is None:
@@ -767,9 +858,8 @@ class Broadcast:
             return
         self._abs_send_time = (current_ntp_time() >> 14) & 0x00FFFFFF
         self._ext.clear()
-        tails_by_profile: dict[tuple[int, bytes, int], tuple[list[bytes], Runs]] = {}
+        layouts: dict[tuple, FrameLayout] = {}
         keyframe = entry.keyframe
-        nbytes = sum(map(len, payloads))
         lagging = None
         if keyframe and self.pending:
             for viewer in list(self.pending):
@@ -779,12 +869,7 @@ class Broadcast:
                 if not keyframe:
                     continue
                 viewer.waiting = False
-            shared = tails_by_profile.get(viewer.profile)
-            if shared is None:
-                ext = self.ext_for(viewer.profile)
-                tails = [ext + p for p in payloads]
-                shared = tails_by_profile[viewer.profile] = (tails, gso_runs(list(map(len, tails))))
-            if not viewer.send_entry(entry, shared[0], nbytes, shared[1]):
+            if not viewer.send_entry(entry, self.layout_for(viewer, entry, layouts)):
                 (lagging := lagging or []).append(viewer)
         self.last_ts, self.last_ts_at = entry.timestamp, time.monotonic()
         self.entries_sent += 1

@@ -26,6 +26,8 @@ from media.lean import (
     LeanSender,
     SrtpProtector,
     gso_runs,
+    max_pad,
+    pad_to_runs,
 )
 from media.testsrc import TestPatternTrack, ToneTrack
 from server import keys
@@ -306,6 +308,22 @@ def test_gso_runs_cover_a_frame_in_order_with_equal_sizes_and_a_shorter_last():
             assert all(n == sizes[a] for n in sizes[a : b - 1]) and sizes[b - 1] <= sizes[a]
 
 
+def test_padding_makes_a_720p_frame_one_gso_write_for_a_few_bytes():
+    sizes = [988, 988, 987, 965, 965, 965]
+    assert max_pad(988) == 61
+    runs = gso_runs(sizes, max_pad=max_pad(988))
+    assert runs == ((0, 6),)
+    tails = [bytes(n) for n in sizes]
+    pads = pad_to_runs(tails, runs)
+    assert pads == [0, 0, 1, 23, 23, 0]  # the run's last may stay shorter
+    assert [len(t) for t in tails] == [988] * 5 + [965]
+    assert all(t[-1] == pad for t, pad in zip(tails, pads, strict=True) if pad)  # RFC 3550
+    assert sum(pads) / sum(sizes) < 0.01
+    # Too different to pad (SPS/PPS before a keyframe's slices), or over 255 bytes: as before.
+    assert gso_runs([700, 1160, 1160, 1159], max_pad=max_pad(700)) == ((0, 1), (1, 4))
+    assert max_pad(8000) == 255
+
+
 @pytest.mark.skipif(not hasattr(socket.socket, "sendmsg"), reason="needs sendmsg (Linux)")
 async def test_gso_writes_arrive_as_the_datagrams_one_write_per_packet_sends():
     """A viewer sent with GSO writes receives, datagram for datagram, what a viewer sent
@@ -353,9 +371,20 @@ async def test_gso_writes_arrive_as_the_datagrams_one_write_per_packet_sends():
     assert senders[0].gso, "this kernel takes GSO writes: the fast path ran"
     total = sum(map(len, frames))
     assert len(got[0]) == len(got[1]) == total
-    assert got[0] == got[1]
-    unprotect = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)).unprotect
-    rtp = [unprotect(d) for d in got[0]]
+    plain, padded = (
+        list(map(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)).unprotect, g))
+        for g in (got[1], got[0])
+    )
+    # The GSO viewer's packets are the same RTP packets, some with RTP padding (the P
+    # bit, pad bytes counted in the last one): what a receiver strips, it gets alike.
+    stripped = [p[: -p[-1]] if p[0] & 0x20 else p for p in padded]
+    assert [bytes([p[0] & ~0x20]) + p[1:] for p in stripped] == plain
+    # ... sized so that each 720p frame was one GSO write: all but the last alike.
+    first = len(keyframe)
+    for f in range(len(frames) - 1):
+        sizes = [len(d) for d in got[0][first + 6 * f : first + 6 * (f + 1)]]
+        assert len(set(sizes[:-1])) == 1 and sizes[-1] <= sizes[0], sizes
+    rtp = plain
     seqs = [struct.unpack("!H", p[2:4])[0] for p in rtp]
     assert seqs == [(65530 + i) & 0xFFFF for i in range(total)]
     payloads = [p for f in frames for p in f]
