@@ -3,13 +3,16 @@
 aiohttp's client spends about as much CPU per request as the server under test does, so
 on a small machine a benchmark driven by it partly measures itself. A buyer here writes
 its request in one call and reads ``Content-Length`` answers straight off the socket,
-keeping the cookies the server sets (the viewer cookie), like a browser tab would.
+keeping the cookies the server sets (the viewer cookie), like a browser tab would; a
+request it sent before is the same bytes again (encoded once per cookie change).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -32,6 +35,12 @@ class Buyer(asyncio.Protocol):
     _transport: asyncio.Transport | None = None
     _buffer: bytearray = field(default_factory=bytearray)
     _waiting: asyncio.Future | None = None
+    _requests: dict[tuple, bytes] = field(default_factory=dict)  # encoded, by what they ask
+    # A closed loop run from the protocol (``press_repeatedly``): what to send again, who
+    # hears each answer, when the one in flight was sent.
+    _repeat: tuple[tuple, Callable[[int, float], None]] | None = None
+    _sent_at: float = 0.0
+    in_flight: bool = False
 
     @classmethod
     def for_url(cls, url: str) -> Buyer:
@@ -51,6 +60,9 @@ class Buyer(asyncio.Protocol):
         self._transport = None
         if self._waiting and not self._waiting.done():
             self._waiting.set_exception(HttpError(f"connection lost: {exc}"))
+        if self.in_flight and self._repeat is not None:
+            self._repeat[1](0, self._sent_at)  # counted as an error; this buyer stops
+        self._repeat, self.in_flight = None, False
 
     # --- requests ---
 
@@ -61,53 +73,105 @@ class Buyer(asyncio.Protocol):
             self._buffer.clear()
             loop = asyncio.get_running_loop()
             await loop.create_connection(lambda: self, self.host, self.port)
-        payload = b"" if body is None else json.dumps(body).encode()
+        data = self._bytes(method, path, body)
+        self._waiting = asyncio.get_running_loop().create_future()
+        assert self._transport is not None
+        self._transport.write(data)
+        try:
+            return await self._waiting
+        finally:
+            self._waiting = None
+
+    def press_repeatedly(
+        self, method: str, path: str, body: bytes | None, answered: Callable[[int, float], None]
+    ) -> None:
+        """A closed loop without a coroutine per press: the request goes again as soon as
+        its answer is in, and ``answered(status, sent_at)`` hears each (status 0: the
+        connection failed). The connection must be open (one ``request`` first)."""
+        if self._transport is None or self._waiting is not None:
+            raise RuntimeError("press_repeatedly needs an open, idle connection")
+        self._repeat = ((method, path, body), answered)
+        self._send_again()
+
+    def stop_repeating(self) -> None:
+        """No new press; the one in flight still gets its answer (``in_flight``)."""
+        self._repeat = None
+
+    def _send_again(self) -> None:
+        assert self._repeat is not None and self._transport is not None
+        self.in_flight, self._sent_at = True, time.perf_counter()
+        self._transport.write(self._bytes(*self._repeat[0]))
+
+    def _bytes(self, method: str, path: str, body: object | None) -> bytes:
+        """The same press is the same bytes until a cookie changes: built once (a body
+        given as JSON bytes; an object is encoded each time)."""
+        if body is not None and not isinstance(body, bytes):
+            return self._encode(method, path, body)
+        key = (method, path, body)
+        data = self._requests.get(key)
+        if data is None:
+            data = self._requests[key] = self._encode(method, path, body)
+        return data
+
+    def _encode(self, method: str, path: str, body: object | None) -> bytes:
+        payload = (
+            body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+        )
         head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         if self.cookies:
             head.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
         if body is not None:
             head.append("Content-Type: application/json")
         head.append(f"Content-Length: {len(payload)}")
-        self._waiting = asyncio.get_running_loop().create_future()
-        assert self._transport is not None
-        self._transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-        try:
-            return await self._waiting
-        finally:
-            self._waiting = None
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
     def _deliver(self) -> None:
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0 or self._waiting is None or self._waiting.done():
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
             return
-        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        head = bytes(buffer[:end])
         try:
-            status = int(lines[0].split(" ", 2)[1])
-        except (IndexError, ValueError):
-            self._fail(f"not an HTTP answer: {lines[0]!r}")
+            status = int(head[9:12])  # "HTTP/1.1 200 OK"
+        except ValueError:
+            self._fail(f"not an HTTP answer: {head[:40]!r}")
             return
         length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "set-cookie":
-                pair = value.strip().split(";", 1)[0]
-                key, _, val = pair.partition("=")
-                self.cookies[key.strip()] = val.strip()
-            elif name == "transfer-encoding":
-                self._fail("chunked answers are not supported by this load generator")
-                return
-        if len(self._buffer) < end + 4 + length:
+        lower = head.lower()
+        at = lower.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop >= 0 else None])
+        if b"\r\ntransfer-encoding:" in lower:
+            self._fail("chunked answers are not supported by this load generator")
+            return
+        if b"\r\nset-cookie:" in lower:
+            self._keep_cookies(head.decode("latin-1"))
+        if len(buffer) < end + 4 + length:
             return  # the body is still arriving
-        body = bytes(self._buffer[end + 4 : end + 4 + length])
-        del self._buffer[: end + 4 + length]
-        self._waiting.set_result(Answer(status, body))
+        body = bytes(buffer[end + 4 : end + 4 + length])
+        del buffer[: end + 4 + length]
+        if self.in_flight:
+            self.in_flight = False
+            if self._repeat is not None:
+                self._repeat[1](status, self._sent_at)
+            if self._repeat is not None and self._transport is not None:
+                self._send_again()
+        elif self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(Answer(status, body))
+
+    def _keep_cookies(self, head: str) -> None:
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "set-cookie":
+                key, _, val = value.strip().split(";", 1)[0].partition("=")
+                if self.cookies.get(key.strip()) != val.strip():
+                    self.cookies[key.strip()] = val.strip()
+                    self._requests.clear()  # they carry the old cookies
 
     def _fail(self, reason: str) -> None:
         if self._waiting and not self._waiting.done():
