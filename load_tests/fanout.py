@@ -125,7 +125,7 @@ def thread_cpu_seconds(root: int) -> float:
 
 
 # The packet sizes of one 720p frame of the show's encoder at 1.5 Mbps: two slices, each
-# split evenly by aiortc's packetiser (so two GSO writes per viewer).
+# split evenly by aiortc's packetiser (one GSO write per viewer, with RTP padding).
 FRAME_PACKETS = (988, 988, 987, 965, 965, 965)
 
 
