@@ -36,13 +36,14 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-from checkout import auctions
-from load_tests.chat import cpu_seconds, loopback_load_flags, own_cpu_seconds
+from checkout import auctions, keys
+from load_tests.chat import loopback_load_flags, own_cpu_seconds
 from load_tests.common import (
     RESULTS,
     VideoSize,
     manifest_toml,
     percentile,
+    proc_cpu_s,
     spawn_serve,
     table,
     write_section,
@@ -172,7 +173,7 @@ async def raw_rate(redis_url: str, seconds: float) -> tuple[float, float]:
     r = aioredis.Redis.from_url(redis_url)
     show = "rawbench"
     try:
-        await r.hset(f"stock:{{{show}}}", "RAW-1", 10)
+        await r.hset(keys.stock(show), "RAW-1", 10)
         viewers = [f"raw{i}" for i in range(100)]
         for v in viewers:
             await r.hset(f"viewer:{v}:profile", "name", v)
@@ -191,13 +192,17 @@ async def raw_rate(redis_url: str, seconds: float) -> tuple[float, float]:
                     pipe = r.pipeline(transaction=False)
                     for _ in range(100):
                         v = viewers[n % 100]
-                        pipe.evalsha(auctions.bid_script.sha, 4, *fixed, v, cents, 1000, v, "1")
+                        pipe.evalsha(
+                            auctions.bid_script.sha, 4, *fixed, v, cents, auctions.LOG_KEEP, v, "1"
+                        )
                         cents += 1
                         n += 1
                     await pipe.execute()
                 else:
                     v = viewers[n % 100]
-                    await r.evalsha(auctions.bid_script.sha, 4, *fixed, v, cents, 1000, v, "1")
+                    await r.evalsha(
+                        auctions.bid_script.sha, 4, *fixed, v, cents, auctions.LOG_KEEP, v, "1"
+                    )
                     cents += 1
                     n += 1
             out[mode] = n / (time.monotonic() - t)
@@ -218,7 +223,7 @@ def redis_benchmark_rate(port: int, password: str, requests: int) -> float:
     import redis as redis_sync
 
     client = redis_sync.Redis(port=port, password=password)
-    client.hset("stock:{rawbench}", "RAW-1", 10)
+    client.hset(keys.stock("rawbench"), "RAW-1", 10)
     client.hset("viewer:rawc:profile", "name", "rawc")
     client.hset(auctions.card_key("rawc"), mapping={"customer": "c", "payment_method": "p"})
     sha = client.script_load(auctions.BID)
@@ -226,7 +231,7 @@ def redis_benchmark_rate(port: int, password: str, requests: int) -> float:
     a = asyncio.run(_start_raw(port, password))
     argv = ["redis-benchmark", "-p", str(port), "-a", password, "-c", "50", "-n", str(requests)]
     argv += ["-r", "1000000", "--csv", "EVALSHA", sha, "4", *auctions.bid_keys(a)]
-    argv += ["rawc", "__rand_int__", "1000", "rawc", "1"]
+    argv += ["rawc", "__rand_int__", str(auctions.LOG_KEEP), "rawc", "1"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
     row = next(r for r in csv.DictReader(io.StringIO(out)) if r.get("rps"))
     return float(row["rps"])
@@ -295,14 +300,14 @@ async def run(cfg: Config) -> Results:
         print(
             f"bidding: {cfg.rate:.0f} bids/s for {cfg.seconds:.0f} s", file=sys.stderr, flush=True
         )
-        cpu0, own0, t0 = cpu_seconds(proc.pid), own_cpu_seconds(), time.monotonic()
+        cpu0, own0, t0 = proc_cpu_s(proc.pid), own_cpu_seconds(), time.monotonic()
         load0 = os.getloadavg()[0]
         end = t0 + cfg.seconds
         await asyncio.gather(
             *(bid_loop(b, auction["id"], cfg, res, latest, t0, end) for b in bidders)
         )
         res.window_s = time.monotonic() - t0
-        res.server_cpu = (cpu_seconds(proc.pid) - cpu0) / res.window_s
+        res.server_cpu = (proc_cpu_s(proc.pid) - cpu0) / res.window_s
         res.bidders_cpu = (own_cpu_seconds() - own0) / res.window_s
         res.load_avg = (load0 + os.getloadavg()[0]) / 2
         await asyncio.sleep(1.0)  # the last events' frames

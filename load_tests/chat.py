@@ -44,6 +44,7 @@ from load_tests.common import (
     manifest_toml,
     median,
     percentile,
+    proc_cpu_s,
     spawn_serve,
     table,
     write_section,
@@ -53,7 +54,6 @@ from server.embedded import EmbeddedRedis, free_port
 
 SHOW = "chatbench"
 STAFF = "bench-staff"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MESSAGE_RE = re.compile(rb'"text":"b#(\d+)#')
 DELETED_RE = re.compile(rb'"type":"chat_deleted","id":"([0-9-]+)"')
 # ``serve`` options that lift per-address caps: every client here is 127.0.0.1. Each is
@@ -91,11 +91,6 @@ class Config:
     deletes_per_s: float = 1.0
     floor_seconds: float = 10.0
     quick: bool = False
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def own_cpu_seconds() -> float:
@@ -523,9 +518,9 @@ async def run(cfg: Config) -> Result:
         urls = [u for _, u in procs]
         pids = [p.pid for p, _ in procs]
         await asyncio.sleep(1.0)
-        c0 = sum(cpu_seconds(p) for p in pids)
+        c0 = sum(proc_cpu_s(p) for p in pids)
         await asyncio.sleep(2.0)
-        idle = (sum(cpu_seconds(p) for p in pids) - c0) / 2.0
+        idle = (sum(proc_cpu_s(p) for p in pids) - c0) / 2.0
 
         subscribers = SubscriberProcesses(urls, cfg.subscribers)
         await subscribers.ready()
@@ -536,13 +531,13 @@ async def run(cfg: Config) -> Result:
         sent = Sent()
         subscribers.start()
         t0 = time.monotonic()
-        cpu0, own0 = sum(cpu_seconds(p) for p in pids), own_cpu_seconds()
+        cpu0, own0 = sum(proc_cpu_s(p) for p in pids), own_cpu_seconds()
         stop_at = t0 + cfg.seconds
         (post_failures, (delete_failures, history_s)) = await asyncio.gather(
             send_loop(cfg, sent, senders, stop_at), delete_loop(cfg, sent, urls, stop_at)
         )
         window = time.monotonic() - t0
-        server_cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+        server_cpu = sum(proc_cpu_s(p) for p in pids) - cpu0
         client_cpu = own_cpu_seconds() - own0
         # stragglers: on a busy machine the last posts may still be on their way
         slowest = max(sent.answered.values(), default=0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import re
 import signal
@@ -165,6 +167,43 @@ def manifest_toml(
     parts += [textwrap.dedent(products), textwrap.dedent(printers)]
     parts.append(f'\n[staff]\npassword = "{staff_password}"\n')
     return "\n".join(parts)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int, task: int | None = None) -> list[str]:
+    """The fields of /proc/PID/stat (or of one thread's) after the command name."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
+def proc_cpu_s(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user + system) of one process (or one of its threads), from /proc;
+    0.0 once it is gone."""
+    try:
+        fields = _stat(pid, thread)
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a server and its workers, a show's pushers)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (``serve --workers`` is a parent
+    and its workers)."""
+    return sum(proc_cpu_s(p) for p in tree_pids(pid))
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:

@@ -44,6 +44,7 @@ from load_tests.common import (
     manifest_toml,
     median,
     percentile,
+    proc_cpu_s,
     spawn_serve,
     table,
     write_section,
@@ -87,14 +88,6 @@ async def pull_stats(http: aiohttp.ClientSession, edge_url: str) -> dict:
         return (await r.json())["shows"][SHOW]["pull"]
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def slope(points: list[tuple[int, float]]) -> float:
     """Least-squares slope of cores against viewers: one viewer's cost."""
     n = len(points)
@@ -113,9 +106,9 @@ async def capacity(base: str, pid: int, counts: list[int], window: float) -> dic
             for n in counts:
                 await crowd.add(http, n - len(crowd.viewers))
                 await asyncio.sleep(2.0)  # past the joins' keyframe bursts
-                c0, b0, t0 = cpu_seconds(pid), crowd.totals()[1], time.monotonic()
+                c0, b0, t0 = proc_cpu_s(pid), crowd.totals()[1], time.monotonic()
                 await asyncio.sleep(window)
-                c1, b1, t1 = cpu_seconds(pid), crowd.totals()[1], time.monotonic()
+                c1, b1, t1 = proc_cpu_s(pid), crowd.totals()[1], time.monotonic()
                 held = len(crowd.viewers)
                 points.append((held, (c1 - c0) / (t1 - t0)))
                 kbps.append((b1 - b0) * 8 / 1000 / (t1 - t0) / max(1, held))

@@ -45,13 +45,15 @@ from load_tests.common import (
     manifest_toml,
     median,
     percentile,
+    proc_cpu_s,
     table,
+    tree_cpu_s,
+    tree_pids,
     write_section,
 )
 from load_tests.lean_viewers import Crowd, Publisher, Samples
 
 STREAM_KEY = "bench-stream-key"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_PER_CORE = 500
 TARGET_SCALING = 1.8
 
@@ -85,43 +87,9 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (a server and its worker processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def cpu_seconds(root: int) -> float:
-    total = 0
-    for pid in process_tree(root):
-        with contextlib.suppress(OSError, IndexError):
-            fields = _stat(pid)
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
 def thread_cpu_seconds(root: int) -> float:
     """The main threads (event loops) of ``root`` and its descendants."""
-    total = 0
-    for pid in process_tree(root):
-        with contextlib.suppress(OSError, IndexError):
-            text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-            fields = text.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+    return sum(proc_cpu_s(pid, thread=pid) for pid in tree_pids(root))
 
 
 # The packet sizes of one 720p frame of the show's encoder at 1.5 Mbps: two slices, each
@@ -443,10 +411,10 @@ async def window(
     composed0 = await frames_out(kind, base, http)
     lost0 = crowd.totals()[2]
     frames0 = samples.latest["frames"]
-    c0, l0, t0 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
+    c0, l0, t0 = tree_cpu_s(pid), thread_cpu_seconds(pid), time.monotonic()
     wall0 = time.time() * 1000
     await asyncio.sleep(cfg.window_s)
-    c1, l1, t1 = cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
+    c1, l1, t1 = tree_cpu_s(pid), thread_cpu_seconds(pid), time.monotonic()
     dt = t1 - t0
     after = crowd.per_viewer()
     frames1 = samples.latest["frames"]
@@ -519,10 +487,12 @@ NOGSO = "lean, one write per packet"
 async def run(cfg: Config) -> list[Series]:
     from server.embedded import EmbeddedRedis
 
-    for gso in (True, False):
-        # Alternating rounds, the median of each: the machine's noise hits both alike.
-        rounds = [await hot_path_us_per_packet(30 if cfg.quick else 300, gso=gso) for _ in range(3)]
-        HOT_PATH["GSO" if gso else "plain"] = median(rounds)
+    # Alternating rounds, the median of each: the machine's noise hits both alike.
+    rounds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(3):
+        for gso, got in rounds.items():
+            got.append(await hot_path_us_per_packet(30 if cfg.quick else 300, gso=gso))
+    HOT_PATH["GSO"], HOT_PATH["plain"] = median(rounds[True]), median(rounds[False])
     print(
         f"lean hot path alone: {HOT_PATH['GSO']:.2f} us per packet with GSO writes, "
         f"{HOT_PATH['plain']:.2f} with one write per packet",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import functools
 import io
@@ -38,14 +37,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkout import scripts
+from checkout import keys, scripts
+from checkout.carts import add_keys
 from load_tests.common import (
     RESULTS,
     manifest_toml,
     median,
     percentile,
     spawn_serve,
+    stop_process,
     table,
+    tree_cpu_s,
     write_section,
 )
 from load_tests.http_buyers import Buyer, HttpError
@@ -107,30 +109,6 @@ def start_server(
     return spawn_serve([*args, "--data-dir", str(data_dir), "--no-print-worker"])
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and every process under it (worker processes)."""
-    total = 0.0
-    for p in _tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return pids
-
-
 async def _buyers(url: str, n: int) -> list[Buyer]:
     """n buyers, each with its own connection, cookie jar and viewer cookie."""
     buyers = [Buyer.for_url(url) for _ in range(n)]
@@ -155,7 +133,7 @@ async def press(b: Buyer) -> bool:
         return False
 
 
-def own_cpu_seconds() -> float:
+def own_tree_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -249,12 +227,12 @@ async def closed_loop(
     tasks = [asyncio.create_task(loop(p)) for p in presses]
     await asyncio.sleep(warmup_s)
     measuring = True
-    started, own0 = time.perf_counter(), own_cpu_seconds()
-    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
+    started, own0 = time.perf_counter(), own_tree_cpu_s()
+    cpu0 = tree_cpu_s(server_pid) if server_pid else 0.0
     await asyncio.sleep(window_s)
     measuring = False
-    elapsed, own = time.perf_counter() - started, own_cpu_seconds() - own0
-    server_cpu = cpu_seconds(server_pid) - cpu0 if server_pid else None
+    elapsed, own = time.perf_counter() - started, own_tree_cpu_s() - own0
+    server_cpu = tree_cpu_s(server_pid) - cpu0 if server_pid else None
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
     return Result(
@@ -296,13 +274,13 @@ async def http_closed_loop(
         b.press_repeatedly("POST", "/api/cart/items", BODY, answered)
     await asyncio.sleep(warmup_s)
     measuring = True
-    started, own0, cpu0 = time.perf_counter(), own_cpu_seconds(), cpu_seconds(server_pid)
-    redis0 = cpu_seconds(redis_pid) if redis_pid else 0.0
+    started, own0, cpu0 = time.perf_counter(), own_tree_cpu_s(), tree_cpu_s(server_pid)
+    redis0 = tree_cpu_s(redis_pid) if redis_pid else 0.0
     await asyncio.sleep(window_s)
     measuring = False
-    elapsed, own = time.perf_counter() - started, own_cpu_seconds() - own0
-    server_cpu = cpu_seconds(server_pid) - cpu0
-    redis_cpu = cpu_seconds(redis_pid) - redis0 if redis_pid else None
+    elapsed, own = time.perf_counter() - started, own_tree_cpu_s() - own0
+    server_cpu = tree_cpu_s(server_pid) - cpu0
+    redis_cpu = tree_cpu_s(redis_pid) - redis0 if redis_pid else None
     for b in buyers:
         b.stop_repeating()
     for _ in range(500):  # the presses in flight get their answers (at most one each)
@@ -356,7 +334,7 @@ def redis_benchmark(port: int, password: str, clients: int, requests: int) -> Re
     import redis as redis_sync
 
     client = redis_sync.Redis(port=port, password=password)
-    client.hset("stock:{rawbench}", "BAG-07", 10**12)
+    client.hset(keys.stock("rawbench"), "BAG-07", 10**12)
     sha = client.script_load(scripts.ADD_TO_CART)
     assert sha == scripts.add_to_cart.sha
     client.close()
@@ -376,15 +354,8 @@ def redis_benchmark(port: int, password: str, clients: int, requests: int) -> Re
         "--csv",
         "EVALSHA",
         sha,
-        "8",
-        "stock:{rawbench}",
-        "drop:{rawbench}",
-        "cart:{rawbench}:__rand_int__",
-        "holds:expiry:{rawbench}",
-        "bought:{rawbench}",
-        "cartadds:{rawbench}",
-        "buyerip:{rawbench}:__rand_int__",
-        "ipunits:{rawbench}",
+        str(len(raw_keys := add_keys("rawbench", "__rand_int__"))),
+        *raw_keys,  # the server's keys for a viewer redis-benchmark numbers at random
         "rawbench",
         "BAG-07",
         "1",
@@ -492,9 +463,7 @@ async def run(cfg: Config) -> list[Result]:
                     )
                 )
         finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
+            stop_process(proc)
             redis_server.stop()
     return results
 
@@ -581,10 +550,7 @@ async def workers_run(cfg: Config, workers: int) -> list[Result]:
             )
         finally:
             for proc, _url in servers.values():
-                proc.terminate()
-            for proc, _url in servers.values():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(30)
+                stop_process(proc, 30)
             redis_server.stop()
     return results
 
@@ -715,10 +681,7 @@ async def cluster_run(cfg: Config) -> list[Result]:
                 results.append(_summed(f"Python client, {how} (no HTTP), {label}", low, windows))
         finally:
             for proc, _url in servers.values():
-                proc.terminate()
-            for proc, _url in servers.values():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(30)
+                stop_process(proc, 30)
             single.stop()
             cluster.stop()
     return results

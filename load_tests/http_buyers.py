@@ -3,8 +3,7 @@
 aiohttp's client spends about as much CPU per request as the server under test does, so
 on a small machine a benchmark driven by it partly measures itself. A buyer here writes
 its request in one call and reads ``Content-Length`` answers straight off the socket,
-keeping the cookies the server sets (the viewer cookie), like a browser tab would; a
-request it sent before is the same bytes again (encoded once per cookie change).
+keeping the cookies the server sets (the viewer cookie), like a browser tab would.
 """
 
 from __future__ import annotations
@@ -35,10 +34,11 @@ class Buyer(asyncio.Protocol):
     _transport: asyncio.Transport | None = None
     _buffer: bytearray = field(default_factory=bytearray)
     _waiting: asyncio.Future | None = None
-    _requests: dict[tuple, bytes] = field(default_factory=dict)  # encoded, by what they ask
-    # A closed loop run from the protocol (``press_repeatedly``): what to send again, who
-    # hears each answer, when the one in flight was sent.
+    # A closed loop run from the protocol (``press_repeatedly``): what to send again (and
+    # its bytes, encoded once per cookie change), who hears each answer, when the one in
+    # flight was sent.
     _repeat: tuple[tuple, Callable[[int, float], None]] | None = None
+    _repeat_data: bytes | None = None
     _sent_at: float = 0.0
     in_flight: bool = False
 
@@ -73,7 +73,7 @@ class Buyer(asyncio.Protocol):
             self._buffer.clear()
             loop = asyncio.get_running_loop()
             await loop.create_connection(lambda: self, self.host, self.port)
-        data = self._bytes(method, path, body)
+        data = self._encode(method, path, body)
         self._waiting = asyncio.get_running_loop().create_future()
         assert self._transport is not None
         self._transport.write(data)
@@ -88,9 +88,9 @@ class Buyer(asyncio.Protocol):
         """A closed loop without a coroutine per press: the request goes again as soon as
         its answer is in, and ``answered(status, sent_at)`` hears each (status 0: the
         connection failed). The connection must be open (one ``request`` first)."""
-        if self._transport is None or self._waiting is not None:
+        if self._transport is None or self._waiting is not None or self.in_flight:
             raise RuntimeError("press_repeatedly needs an open, idle connection")
-        self._repeat = ((method, path, body), answered)
+        self._repeat, self._repeat_data = ((method, path, body), answered), None
         self._send_again()
 
     def stop_repeating(self) -> None:
@@ -99,19 +99,10 @@ class Buyer(asyncio.Protocol):
 
     def _send_again(self) -> None:
         assert self._repeat is not None and self._transport is not None
+        if self._repeat_data is None:
+            self._repeat_data = self._encode(*self._repeat[0])
         self.in_flight, self._sent_at = True, time.perf_counter()
-        self._transport.write(self._bytes(*self._repeat[0]))
-
-    def _bytes(self, method: str, path: str, body: object | None) -> bytes:
-        """The same press is the same bytes until a cookie changes: built once (a body
-        given as JSON bytes; an object is encoded each time)."""
-        if body is not None and not isinstance(body, bytes):
-            return self._encode(method, path, body)
-        key = (method, path, body)
-        data = self._requests.get(key)
-        if data is None:
-            data = self._requests[key] = self._encode(method, path, body)
-        return data
+        self._transport.write(self._repeat_data)
 
     def _encode(self, method: str, path: str, body: object | None) -> bytes:
         payload = (
@@ -171,7 +162,7 @@ class Buyer(asyncio.Protocol):
                 key, _, val = value.strip().split(";", 1)[0].partition("=")
                 if self.cookies.get(key.strip()) != val.strip():
                     self.cookies[key.strip()] = val.strip()
-                    self._requests.clear()  # they carry the old cookies
+                    self._repeat_data = None  # it carries the old cookies
 
     def _fail(self, reason: str) -> None:
         if self._waiting and not self._waiting.done():

@@ -43,6 +43,7 @@ from load_tests.common import (
     spawn_serve,
     stop_process,
     table,
+    tree_cpu_s,
     write_section,
 )
 from load_tests.rtc_peers import (
@@ -169,11 +170,9 @@ def cpu_seconds(pid: int | None = None) -> float:
     if pid is None:
         t = os.times()
         return t.user + t.system
-    from load_tests.fanout import cpu_seconds as tree_cpu_seconds
-
     if not Path(f"/proc/{pid}").exists():
         return float("nan")
-    return tree_cpu_seconds(pid)
+    return tree_cpu_s(pid)
 
 
 def machine_jiffies() -> tuple[int, int]:

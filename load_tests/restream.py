@@ -36,8 +36,10 @@ from load_tests.common import (
     VideoSize,
     manifest_toml,
     median,
+    proc_cpu_s,
     spawn_serve,
     table,
+    tree_cpu_s,
     write_section,
 )
 from media.client import WhepPlayer, WhipPublisher
@@ -50,7 +52,6 @@ HOST = {"Authorization": f"Bearer {STAFF}"}
 CPU_LIMIT_PCT = 3.0
 FIRST_MEDIA_LIMIT_S = 2.0
 RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 class Nginx:
@@ -124,32 +125,6 @@ def has_video_tag(path: Path) -> bool:
             return True
         pos += 11 + size + 4
     return False
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live descendants, from /proc."""
-    total = 0.0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-            for task in Path(f"/proc/{p}/task").iterdir():
-                children = (task / "children").read_text().split()
-                stack.extend(int(c) for c in children)
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return total
-
-
-def own_cpu_s(pid: int) -> float:
-    """CPU seconds of the process alone (its children, the pushers, excluded)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def bench_manifest(size: VideoSize, port: int) -> str:
@@ -250,9 +225,9 @@ async def run(quick: bool) -> tuple[str, bool]:
                     for n in (0, 1, 2):
                         await set_running(http, base, [set(), {"a"}, {"a", "b"}][n])
                         await asyncio.sleep(1.0)  # settle
-                        c0, o0, t0 = tree_cpu_s(proc.pid), own_cpu_s(proc.pid), time.monotonic()
+                        c0, o0, t0 = tree_cpu_s(proc.pid), proc_cpu_s(proc.pid), time.monotonic()
                         await asyncio.sleep(window_s)
-                        c1, o1, t1 = tree_cpu_s(proc.pid), own_cpu_s(proc.pid), time.monotonic()
+                        c1, o1, t1 = tree_cpu_s(proc.pid), proc_cpu_s(proc.pid), time.monotonic()
                         cpu[n].append(100 * (c1 - c0) / (t1 - t0))
                         if n:
                             pushers[n].append(100 * ((c1 - o1) - (c0 - o0)) / (t1 - t0))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -232,6 +233,15 @@ class FrameSink:
         self.frames += 1
         return Gst.FlowReturn.OK
 
+    def dump(self, path: str | None) -> None:
+        """The newest frame to ``path``, whole or not at all: a reader may be reading it
+        (written beside it, then renamed over it)."""
+        if path and self.last is not None:
+            tmp = f"{path}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(self.last)
+            os.replace(tmp, path)
+
 
 def decode_pad(peer: Peer, pad, codec: str, sink: FrameSink) -> None:
     """A received track's pad (webrtcbin's pad-added): video decoded into ``sink``, audio
@@ -274,9 +284,7 @@ def play(args: argparse.Namespace) -> None:
         peer.delete(None)
     finally:
         peer.watch()
-        if args.dump and sink.last is not None:
-            with open(args.dump, "wb") as f:
-                f.write(sink.last)
+        sink.dump(args.dump)
         emit(
             "summary",
             frames=sink.frames,
@@ -359,9 +367,7 @@ def serve(args: argparse.Namespace) -> None:
         while not stopping.is_set():
             for peer in peers:
                 peer.watch()
-            if args.dump and sink.last is not None:
-                with open(args.dump, "wb") as f:
-                    f.write(sink.last)
+            sink.dump(args.dump)
             emit("frames", frames=sink.frames, size=sink.size)
             stopping.wait(1.0)
     finally:
