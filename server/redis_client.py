@@ -46,7 +46,13 @@ async def connect(
     cluster's nodes when this returns: with redis-py 8.1 a MULTI pipeline that is the
     first thing a new cluster client sends fails ("attached to a different loop")."""
     kwargs.setdefault("decode_responses", False)
+    if not is_cluster_url(url) and await _is_cluster_node(url, kwargs):
+        # A redis:// URL of a cluster node: the cluster client, as if it said so.
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}+cluster://{rest}"
     if is_cluster_url(url):
+        if urlsplit(url).path not in ("", "/", "/0"):
+            raise ValueError(f"a Redis Cluster has only database 0: {url}")
         cls = CoalescingRedisCluster if coalesce else RedisCluster
         if max_connections:
             kwargs["max_connections"] = max_connections
@@ -62,32 +68,23 @@ async def connect(
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=wait_s, **kwargs
         )
-        client = cls.from_pool(pool)
-    else:
-        if max_connections:
-            kwargs["max_connections"] = max_connections
-        client = cls.from_url(url, **kwargs)
-    if await _is_cluster_node(client) and urlsplit(url).path in ("", "/", "/0"):
-        # A redis:// URL of a cluster node: the cluster client, as if it said so.
-        await client.aclose()
-        scheme, rest = url.split("://", 1)
-        return await connect(
-            f"{scheme}+cluster://{rest}",
-            coalesce=coalesce,
-            max_connections=max_connections,
-            wait_s=wait_s,
-            **kwargs,
-        )
-    return client
+        return cls.from_pool(pool)
+    if max_connections:
+        kwargs["max_connections"] = max_connections
+    return cls.from_url(url, **kwargs)
 
 
-async def _is_cluster_node(client: aioredis.Redis) -> bool:
-    """Whether the server has cluster mode on; False when it cannot be asked now (the
-    client connects when first used, as without this check)."""
+async def _is_cluster_node(url: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the server at ``url`` has cluster mode on (asked on a connection of its
+    own); False when it cannot be asked now (the client connects when first used, as
+    without this check)."""
+    probe = aioredis.Redis.from_url(url, **kwargs)
     try:
-        info = await client.info("cluster")
+        info = await probe.info("cluster")
     except (RedisError, OSError):
         return False
+    finally:
+        await probe.aclose()
     return str(info.get("cluster_enabled", 0)) == "1"
 
 
