@@ -70,13 +70,15 @@ class PaymentGateway:
             max_network_retries=1,
         )
 
-    async def _bounded(self, call):
-        """Run ``call`` within total_timeout_s; PaymentUnavailable when Stripe is slower."""
+    async def _bounded(self, call, timeout_s: float | None = None):
+        """Run ``call`` within ``timeout_s`` (default total_timeout_s); PaymentUnavailable
+        when Stripe is slower."""
+        limit = self.total_timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(call, self.total_timeout_s)
+            return await asyncio.wait_for(call, limit)
         except TimeoutError:
-            log.warning("Stripe did not answer within %.0f s", self.total_timeout_s)
-            raise PaymentUnavailable(f"no answer within {self.total_timeout_s:.0f} s") from None
+            log.warning("Stripe did not answer within %.0f s", limit)
+            raise PaymentUnavailable(f"no answer within {limit:.0f} s") from None
 
     async def close(self) -> None:
         await self._http.close_async()
@@ -185,13 +187,15 @@ class PaymentGateway:
             raise PaymentUnavailable(str(exc.user_message or exc)) from exc
         return customer, si.id, si.client_secret or ""
 
-    async def intent_succeeded(self, intent_id: str) -> bool:
-        """Whether Stripe has this PaymentIntent as paid (``succeeded``)."""
+    async def payment_intent(self, intent_id: str, timeout_s: float | None = None) -> dict:
+        """The PaymentIntent as Stripe has it now (the object its events carry)."""
         try:
-            pi = await self._bounded(self.client.v1.payment_intents.retrieve_async(intent_id))
+            pi = await self._bounded(
+                self.client.v1.payment_intents.retrieve_async(intent_id), timeout_s
+            )
         except stripe.StripeError as exc:
             raise PaymentUnavailable(str(exc.user_message or exc)) from exc
-        return pi.status == "succeeded"
+        return pi.to_dict()
 
     async def setup_result(self, setup_id: str) -> str | None:
         """The payment method a confirmed SetupIntent saved (None while unconfirmed)."""
