@@ -486,11 +486,9 @@ async def place_bid(redis, auction_id: str, viewer: str, cents: int, profile_key
 
 async def cancel_auction(redis, auction_id: str) -> str:
     """'ok' (cancelled, unit back), '' (no such auction) or the status that prevents it."""
-    raw = await redis.hget(auction_key(auction_id), "show")
-    if raw is None:
-        return ""
-    show = _s(raw)
-    return _s(await cancel_script(redis, cancel_keys(show, auction_id), []))
+    # The show is in the id; the script answers '' when there is no such auction.
+    keys_ = cancel_keys(auction_show(auction_id), auction_id)
+    return _s(await cancel_script(redis, keys_, []))
 
 
 async def bid_log(redis, auction_id: str, last: int = 50) -> list[dict]:

@@ -19,10 +19,6 @@ from checkout.carts import cart_show
 from checkout.orders import Order, OrderItem, Status, retention_s, save_new_order
 
 
-def new_order_id(show: str) -> str:
-    return keys.new_order_id(show)
-
-
 class CheckoutRefused(Exception):
     """The buyer may not check out now; nothing changed (the cart keeps its holds).
 
@@ -115,7 +111,7 @@ async def place_order(
     with the same email; ``max_pending`` caps the buyer's unpaid orders (and, with an
     ``ip``, ``max_pending * buyers_per_ip`` those of the IP). Raises CheckoutRefused."""
     now = time.time() if now is None else now
-    order_id = new_order_id(show)
+    order_id = keys.new_order_id(show)
     deadline_ms = int((now + payment_timeout_s) * 1000)
     pairs = [x for key, limit in (limits or {}).items() if limit > 0 for x in (key, limit)]
     unpaid: list[str] = []
@@ -186,7 +182,8 @@ async def expire_due_orders(
     redis, show: str, batch: int = 200, now_ms: int | None = None
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Expire the show's unpaid orders past their deadline; returns (order ids,
-    (show, sku) changed)."""
+    (show, sku) changed). The reaper does it in two steps (``due_orders``, its last
+    look at Stripe, ``expire_orders``); this is both at once, for tools and tests."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     return await expire_orders(redis, show, await due_orders(redis, show, batch, now_ms), now_ms)
 
@@ -223,13 +220,9 @@ def _expired(out: list[bytes]) -> tuple[list[str], list[tuple[str, str]]]:
 async def expire_order_now(
     redis, show: str, order_id: str
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """Expire one unpaid order at once (e.g. the buyer cancelled it)."""
-    now_ms = int(time.time() * 1000)
+    """Expire one unpaid order at once (e.g. the buyer cancelled it): due now."""
     await redis.zadd(keys.orders_pending(show), {order_id: 0})
-    out = await scripts.expire_orders(
-        redis, expire_keys(show, [order_id]), [now_ms, retention_s(), order_id]
-    )
-    return _expired(out)
+    return await expire_orders(redis, show, [order_id])
 
 
 async def restore_cart(

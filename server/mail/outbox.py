@@ -59,10 +59,6 @@ def pack(job: Job) -> bytes:
     return msgpack.packb(job)
 
 
-async def enqueue(redis, show: str, job: Job) -> None:
-    await redis.xadd(notify_stream(show), {"job": pack(job)})
-
-
 # Due retries back into the stream, atomically (no job lost or doubled between the two).
 _REQUEUE_LUA = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 50)
