@@ -22,7 +22,7 @@ from checkout import auctions
 from checkout.auctions import AuctionError, AuctionRequest, BadAmount, ChargeFailed, SavedCard
 from checkout.orders import order_key
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
-from server import audit, identity, keys, segments
+from server import audit, identity, keys, segments, tasks
 from server.auth import ensure_viewer, get_show, require_role, viewer_id
 from server.chat.rules import author_handle
 from server.errors import ApiError, bad_request, conflict, not_found, read_json
@@ -310,9 +310,7 @@ class AuctionWorker:
 
     async def stop(self) -> None:
         self._closing.set()
-        if self._task:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=5)
+        await tasks.stop(self._task)
         if self._settling:
             await asyncio.wait(self._settling, timeout=10)
 

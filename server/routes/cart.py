@@ -317,14 +317,16 @@ async def checkout(request: web.Request) -> web.Response:
     added = segments.added_times(
         lines, int(settings.hold_seconds * 1000), int(settings.drop_hold_seconds * 1000)
     )
-    await redis.hset(
+    # One round trip, not a transaction: the intent's index is outside the order's slot
+    # (a refund event names only the PaymentIntent); if that write is lost the webhook
+    # finds the order by its metadata, checked against the payment_intent kept here.
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(
         order_key(order.order_id),
         mapping={"payment_intent": intent.id, segments.ADDED_FIELD: added},
     )
-    # Outside the order's slot (a refund event names only the PaymentIntent); if this
-    # write is lost the webhook finds the order by its metadata, checked against the
-    # payment_intent above.
-    await redis.set(payment_intent_key(intent.id), order.order_id, ex=30 * 86400)
+    pipe.set(payment_intent_key(intent.id), order.order_id, ex=30 * 86400)
+    await pipe.execute()
     await com.publish_order(order)
     return web.json_response(
         {

@@ -553,9 +553,11 @@ async def sweep_retention(app: web.Application, now: int | None = None) -> int:
                     if rel:
                         with contextlib.suppress(FileNotFoundError):
                             (data_dir / rel).unlink()
-                await redis.delete(clip_key(clip.id))
-                await redis.delete(counts_key(clip.id))
-                await redis.zrem(clips_key(show_id), clip.id)
+                pipe = redis.pipeline(transaction=False)  # its keys are in other slots
+                pipe.delete(clip_key(clip.id))
+                pipe.delete(counts_key(clip.id))
+                pipe.zrem(clips_key(show_id), clip.id)
+                await pipe.execute()
     if removed:
         log.info(
             "retention: removed %d recording(s) older than %s days",
