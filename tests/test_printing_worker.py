@@ -230,7 +230,7 @@ async def start_worker(redis):
 
 
 async def drained(redis) -> bool:
-    counts = await store.job_counts(redis, print_stream("demo"))
+    counts = await store.job_counts(redis, [print_stream("demo")])
     return counts["waiting"] == 0 and counts["in_flight"] == 0
 
 
