@@ -44,6 +44,7 @@ import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import is_rtx
 
+from media import tasks
 from media.adapt import Adapter
 from media.client import prefer_codec
 from media.encoders import VideoEncoder
@@ -346,11 +347,7 @@ class WhepPull:
     async def stop(self) -> None:
         if self._pli_later is not None:
             self._pli_later.cancel()
-        for task in (self._task, self._slate_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await tasks.stop(self._task, self._slate_task)
         await self._end_session()
 
     def away(self, now: float) -> bool:

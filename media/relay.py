@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
+from media import tasks
 from media.fanout import Fanout
 
 if TYPE_CHECKING:
@@ -190,10 +191,7 @@ class RelayClient:
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.runtime.show.id}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await tasks.stop(self._task)
 
     def wake(self) -> None:
         """Something changed (a viewer arrived, the origin moved): look again now."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
+from media import tasks
 from media.adapt import Adapter
 from media.audio import AudioFifo
 from media.encoders import AUDIO_SAMPLES, AudioEncoder, Encoded, VideoEncoder
@@ -161,7 +162,7 @@ class ShowRuntime:
         ]
 
     async def stop(self) -> None:
-        await self._stop_tasks()  # nothing composes or records once the recorder closes
+        await tasks.stop(*self._tasks)  # nothing composes or records once the recorder closes
         if self.recorder is not None:
             await self.recorder.aclose()  # the file is finished before the show stops
         sessions = [v.close() for v in list(self.viewers.values())]
@@ -172,18 +173,6 @@ class ShowRuntime:
         for broadcast in self.broadcasts.values():
             broadcast.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _stop_tasks(self) -> None:
-        # Python 3.11's wait_for can swallow a cancel that lands as its wait ends, so a
-        # task may need asking more than once.
-        pending = {t for t in self._tasks if not t.done()}
-        for _ in range(20):
-            if not pending:
-                return
-            for task in pending:
-                task.cancel()
-            _done, pending = await asyncio.wait(pending, timeout=0.25)
-        log.error("show %s: media tasks did not stop: %s", self.show.id, pending)
 
     def stats(self) -> dict:
         """Operator view of the media path (served at /api/shows/{show}/media)."""

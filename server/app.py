@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from media import tasks
 from server import (
     auth,
     cluster,
@@ -21,7 +22,6 @@ from server import (
     layout_migration,
     nodes,
     security,
-    tasks,
     throttle,
 )
 from server.config import Settings, ShowConfig

@@ -30,9 +30,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from media import tasks
 from media.relay import RelayClient, RelayServer
 from media.sdp import MAX_SDP_BYTES
-from server import keys, tasks
+from server import keys
 from server.errors import ApiError, not_found, read_body
 
 log = logging.getLogger("showroom.workers")

@@ -30,11 +30,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from media import tasks
 from media.egress import Viewer
 from media.ice import advertise_address, link_headers
 from media.pull import EdgeShow, WhepPull
 from media.sdp import SdpError, choose_view_codec, parse_offer
-from server import auth, edges, keys, presence, tasks, viewer_slots
+from server import auth, edges, keys, presence, viewer_slots
 from server.config import Settings
 from server.errors import ApiError, error_response, json_errors, not_found
 from server.redis_client import connect

@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from server import auth, keys, presence, tasks
+from media import tasks
+from server import auth, keys, presence
 
 log = logging.getLogger("showroom.edges")
 

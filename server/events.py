@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from server import tasks
+from media import tasks
 from server.sse import SseHub
 
 log = logging.getLogger("showroom.events")

@@ -19,7 +19,8 @@ import time
 
 from aiohttp import web
 
-from server import edges, keys, presence, tasks
+from media import tasks
+from server import edges, keys, presence
 from server.auth import require_staff
 
 log = logging.getLogger("showroom.nodes")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server import tasks
+from media import tasks
 
 log = logging.getLogger("showroom.sse")
 

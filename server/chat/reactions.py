@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from checkout.scripts import Script
-from server import tasks
+from media import tasks
 from server.chat.rules import bad
 
 log = logging.getLogger("showroom.reactions")

@@ -22,7 +22,8 @@ from checkout import auctions
 from checkout.auctions import AuctionError, AuctionRequest, BadAmount, ChargeFailed, SavedCard
 from checkout.orders import order_key
 from checkout.payments import Card, PaymentDeclined, PaymentUnavailable
-from server import audit, identity, keys, segments, tasks
+from media import tasks
+from server import audit, identity, keys, segments
 from server.auth import ensure_viewer, get_show, require_role, viewer_id
 from server.chat.rules import author_handle
 from server.errors import ApiError, bad_request, conflict, not_found, read_json

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
+from media import tasks
 from media.candidates import (
     MAX_CANDIDATES,
     CandidatePolicy,
@@ -42,7 +43,7 @@ from media.sdp import (
     parse_sdpfrag,
 )
 from media.udp_ports import PortRangeBinding
-from server import edges, keys, presence, segments, tasks, viewer_slots
+from server import edges, keys, presence, segments, viewer_slots
 from server.auth import get_show, is_host, require_operator, require_stream_key
 from server.cluster import cluster, maybe_forward
 from server.config import Settings

@@ -32,10 +32,10 @@ from pathlib import Path
 from aiohttp import web
 
 from checkout.orders import load_order
-from media import teaser
+from media import tasks, teaser
 from media.clips import CutError, cut_clip
 from media.recording import Recorder, Session, probe_duration
-from server import keys, tasks
+from server import keys
 from server.auth import get_show
 from server.config import ShowConfig
 from server.routes.pages import page_show, render, show_summary

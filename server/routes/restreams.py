@@ -22,8 +22,9 @@ import time
 
 from aiohttp import web
 
+from media import tasks
 from media.restream import Destination, Restreams
-from server import keys, tasks
+from server import keys
 from server.auth import get_show, require_host
 from server.config import ShowConfig
 from server.errors import not_found

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from checkout.keys import ORDER_ID_MAX
 from checkout.orders import load_order
-from server import keys, links, presence, tasks
+from media import tasks
+from server import keys, links, presence
 from server.config import ShowConfig
 from server.errors import bad_request, not_found, read_json
 from server.mail import reminders

@@ -4,7 +4,8 @@ A cancelled task can swallow its cancel and run on: Python 3.11's ``asyncio.wait
 does when the cancel lands as its wait ends, and so does redis-py's cluster client in
 some of its retry paths (seen as ``serve`` on a Redis Cluster never exiting on SIGTERM).
 ``stop`` asks again until the task ends, so one swallowed cancel cannot hold a shutdown
-forever.
+forever. It lives in ``media/`` (which imports nothing of ``server/``) so that the media
+path and the server share it.
 """
 
 from __future__ import annotations
