@@ -49,6 +49,11 @@ def holds_expiry(show: str) -> str:
     return f"holds:expiry:{tag(show)}"
 
 
+def orders_index(show: str) -> str:
+    """zset order id -> created_at (ms): every order of the show (reports, staff lists)."""
+    return f"orders:{tag(show)}"
+
+
 def orders_pending(show: str) -> str:
     """zset order id -> payment deadline (ms): the show's unpaid orders."""
     return f"orders:pending:{tag(show)}"

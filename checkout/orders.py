@@ -65,7 +65,6 @@ def notify_stream(show: str) -> str:
 
 
 NOTIFY_STATUSES = frozenset({"paid", "ready", "refunded"})
-ORDERS_INDEX = "orders:{{{show}}}"  # sorted set: order id by created_at (the show's tag)
 order_key = keys.order
 
 
@@ -337,7 +336,7 @@ async def load_order(redis, order_id: str) -> Order | None:
 async def save_new_order(redis, order: Order) -> None:
     pipe = redis.pipeline(transaction=True)
     pipe.hset(order_key(order.order_id), mapping=order.to_redis())
-    pipe.zadd(ORDERS_INDEX.format(show=order.show), {order.order_id: order.created_at})
+    pipe.zadd(keys.orders_index(order.show), {order.order_id: order.created_at})
     await pipe.execute()
 
 
@@ -395,7 +394,7 @@ async def prune_order_index(redis, show: str, now: float | None = None, batch: i
     their retention); returns how many. Only entries older than the retention can be
     gone, so only those are looked at."""
     now = time.time() if now is None else now
-    index = ORDERS_INDEX.format(show=show)
+    index = keys.orders_index(show)
     old = await redis.zrangebyscore(index, "-inf", now - retention_s(), start=0, num=batch)
     if not old:
         return 0

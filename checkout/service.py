@@ -28,7 +28,6 @@ from checkout.drops import end_due_drop
 from checkout.live import StockNotifier
 from checkout.ordering import due_orders, expire_orders
 from checkout.orders import (
-    ORDERS_INDEX,
     Order,
     Status,
     TransitionError,
@@ -272,7 +271,7 @@ class Commerce:
     async def order_counts(self) -> dict[str, int]:
         counts = {str(s): 0 for s in Status}
         for show_id in self.shows:
-            ids = await self.redis.zrange(ORDERS_INDEX.format(show=show_id), 0, -1)
+            ids = await self.redis.zrange(keys.orders_index(show_id), 0, -1)
             for start in range(0, len(ids), 1000):
                 pipe = self.redis.pipeline(transaction=False)
                 for oid in ids[start : start + 1000]:

@@ -38,8 +38,8 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
+from checkout.keys import orders_index
 from checkout.orders import (
-    ORDERS_INDEX,
     Order,
     OrderItem,
     Status,
@@ -406,7 +406,7 @@ async def run(n: int, quick: bool) -> tuple[str, bool]:
         render_ms = render_alone(show, n)
         raw_ms = await asyncio.to_thread(raw_tcp, printer, sample, n)
         printed = 0
-        for key in await redis.zrange(ORDERS_INDEX.format(show=SHOW), 0, -1):
+        for key in await redis.zrange(orders_index(SHOW), 0, -1):
             o = await load_order(redis, key.decode())
             printed += bool(o and o.status == Status.PRINTED)
         duplicates = printer.duplicates()

@@ -28,7 +28,6 @@ import msgpack
 
 from checkout import keys
 from checkout.orders import (
-    ORDERS_INDEX,
     PrintJob,
     notify_stream,
     order_key,
@@ -107,14 +106,14 @@ async def migrate(redis, shows: list[str]) -> dict[str, int]:
             (f"stock:{s}", keys.stock(s)),
             (f"cartadds:{s}", keys.cart_adds(s)),
             (f"drop:{s}", keys.drop(s)),
-            (f"orders:{s}", ORDERS_INDEX.format(show=s)),
+            (f"orders:{s}", keys.orders_index(s)),
             (f"show:{s}:paid_orders", paid_count_key(s)),
             (f"show:{s}:order_seq", keys.order_seq(s)),
             (f"show:{s}:segments", segments.key(s)),
             (f"reminders:{s}", reminders.key(s)),
         ]
         for key in await _scan(redis, f"chat:{s}:*"):
-            pairs.append((key, "chat:{" + s + "}:" + key[len(f"chat:{s}:") :]))
+            pairs.append((key, f"chat:{keys.tag(s)}:" + key[len(f"chat:{s}:") :]))
         for old, new in pairs:
             counts["renamed"] += await _rename(redis, old, new)
         for key in await _scan(redis, f"bought:{s}:*"):

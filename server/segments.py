@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from checkout.keys import cart_adds as cart_adds_key
 from checkout.keys import order as order_key
+from checkout.keys import tag
 from checkout.scripts import Script
 
 KEEP = 50  # segments kept per show
@@ -99,7 +100,7 @@ class Segment:
 
 def key(show_id: str) -> str:
     # The show's hash tag: _FEATURE reads the show's cart-add tally in the same script.
-    return f"show:{{{show_id}}}:segments"
+    return f"show:{tag(show_id)}:segments"
 
 
 async def featured_changed(redis, show_id: str, sku: str | None, at_ms: int, viewers: int) -> None:

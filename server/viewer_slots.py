@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from checkout.keys import tag
+
 LEASE_MS = 10_000
 RENEW_S = 3.0
 
@@ -39,12 +41,12 @@ TAKEN, SHOW_FULL, IP_FULL = 1, 0, -1
 
 
 def show_key(show_id: str) -> str:
-    return f"show:{{{show_id}}}:viewer_slots"
+    return f"show:{tag(show_id)}:viewer_slots"
 
 
 def ip_key(show_id: str, ip: str) -> str:
     """One IP's sessions in one show (in the show's slot: taken in one script with it)."""
-    return f"whep:ip:{{{show_id}}}:{ip}"
+    return f"whep:ip:{tag(show_id)}:{ip}"
 
 
 @dataclass

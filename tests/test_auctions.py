@@ -16,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from checkout import auctions
-from checkout.orders import ORDERS_INDEX, PrintJob, order_key, print_stream
+from checkout.keys import orders_index
+from checkout.orders import PrintJob, order_key, print_stream
 from media.client import WhepPlayer
 from overlays.layers import AuctionInfo, auction_text_box, render_auction
 from overlays.yuv import _KY
@@ -99,7 +100,7 @@ async def print_jobs(redis_url: str, order_id: str) -> list:
 async def show_orders(redis_url: str) -> list[dict]:
     r = aioredis.Redis.from_url(redis_url)
     try:
-        ids = await r.zrange(ORDERS_INDEX.format(show="demo"), 0, -1)
+        ids = await r.zrange(orders_index("demo"), 0, -1)
         return [
             {k.decode(): v.decode() for k, v in (await r.hgetall(order_key(i.decode()))).items()}
             for i in ids

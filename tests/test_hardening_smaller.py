@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from checkout.keys import orders_index
 from checkout.orders import (
-    ORDERS_INDEX,
     Order,
     OrderItem,
     Status,
@@ -371,7 +371,7 @@ async def test_finished_orders_expire_after_the_retention(redis, monkeypatch):
     short = await new([Status.PAID, Status.FULFILLED])
     await wait_until(lambda: _gone(redis, short), timeout=5)
     assert await prune_order_index(redis, "demo", now=time.time() + 2) == 1
-    index = {m.decode() for m in await redis.zrange(ORDERS_INDEX.format(show="demo"), 0, -1)}
+    index = {m.decode() for m in await redis.zrange(orders_index("demo"), 0, -1)}
     assert short not in index and {done, waiting, lapsed} <= index
 
 

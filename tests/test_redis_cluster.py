@@ -21,7 +21,6 @@ from redis.crc import key_slot
 
 from checkout import auctions, keys
 from checkout.orders import (
-    ORDERS_INDEX,
     Order,
     OrderItem,
     Status,
@@ -171,7 +170,7 @@ async def test_checkout_webhook_paid_and_label_on_a_cluster(
         assert len(printer.received) > 100
         redis = await connect(cluster_url)
         try:
-            assert await redis.zscore(ORDERS_INDEX.format(show="demo"), order_id) is not None
+            assert await redis.zscore(keys.orders_index("demo"), order_id) is not None
             assert int(await redis.hget(keys.stock("demo"), "MUG-01")) == 38
             # One job, acknowledged by the printer worker of the app.
             assert await redis.xlen(print_stream("demo")) == 1

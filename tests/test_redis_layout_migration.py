@@ -12,7 +12,6 @@ import redis.asyncio as aioredis
 from checkout import carts, keys
 from checkout.ordering import expire_due_orders
 from checkout.orders import (
-    ORDERS_INDEX,
     Order,
     OrderItem,
     PrintJob,
@@ -81,7 +80,7 @@ async def test_first_layout_data_moves_and_keeps_working(redis_url):
         # The paid order is listed and its label job (only the unprinted one) is queued.
         paid = await load_order(r, "ord_bbbbbbbbbbbbbbbbbbbb")
         assert paid is not None and paid.status == Status.PAID
-        assert await r.zscore(ORDERS_INDEX.format(show="demo"), paid.order_id) is not None
+        assert await r.zscore(keys.orders_index("demo"), paid.order_id) is not None
         jobs = [PrintJob.unpack(e[b"job"]) for _, e in await r.xrange(print_stream("demo"))]
         assert [j.order_id for j in jobs] == [paid.order_id]
         assert not await r.exists("print:parked")

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from checkout.keys import tag
 from checkout.scripts import Script
 from media import tasks
 from server.chat.rules import bad
@@ -89,7 +90,7 @@ def clean_kind(body: dict) -> str:
 
 def _key(show_id: str, *parts: str) -> str:
     # The show as hash tag: the tap and take scripts touch several (one Cluster slot).
-    return ":".join(("react", "{" + show_id + "}", *parts))
+    return ":".join(("react", tag(show_id), *parts))
 
 
 def _s(value) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import WatchError
 
+from checkout.keys import tag
 from checkout.scripts import Script
 from server import identity
 from server.chat import rules
@@ -49,7 +50,7 @@ def now_ms() -> int:
 
 def _key(show_id: str, *parts: str) -> str:
     # The show as hash tag: a post's script touches several of these (one Cluster slot).
-    return ":".join(("chat", "{" + show_id + "}", *parts))
+    return ":".join(("chat", tag(show_id), *parts))
 
 
 def pinned_key(show_id: str) -> str:

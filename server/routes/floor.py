@@ -17,8 +17,8 @@ import time
 from aiohttp import web
 
 from checkout import pos
+from checkout.keys import orders_index
 from checkout.orders import (
-    ORDERS_INDEX,
     Order,
     Status,
     TransitionError,
@@ -140,7 +140,7 @@ RECENT_ORDERS = 2000  # how far back the pick list and check-in look
 
 
 async def recent_orders(redis, show_id: str) -> list[Order]:
-    ids = await redis.zrevrange(ORDERS_INDEX.format(show=show_id), 0, RECENT_ORDERS - 1)
+    ids = await redis.zrevrange(orders_index(show_id), 0, RECENT_ORDERS - 1)
     if not ids:
         return []
     pipe = redis.pipeline(transaction=False)

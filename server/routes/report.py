@@ -8,7 +8,8 @@ import time
 
 from aiohttp import web
 
-from checkout.orders import ORDERS_INDEX, Order, order_key
+from checkout.keys import orders_index
+from checkout.orders import Order, order_key
 from server import keys, report, segments
 from server.auth import get_show, is_host, require_host, staff_shows
 from server.config import ShowConfig
@@ -21,7 +22,7 @@ def _text(value) -> str:
 
 
 async def load_facts(redis, show_id: str) -> list[report.OrderFacts]:
-    ids = await redis.zrange(ORDERS_INDEX.format(show=show_id), 0, -1)
+    ids = await redis.zrange(orders_index(show_id), 0, -1)
     if not ids:
         return []
     pipe = redis.pipeline(transaction=False)

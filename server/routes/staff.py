@@ -18,9 +18,8 @@ import re
 
 from aiohttp import web
 
-from checkout.keys import ORDER_ID_MAX
+from checkout.keys import ORDER_ID_MAX, orders_index
 from checkout.orders import (
-    ORDERS_INDEX,
     Order,
     Status,
     TransitionError,
@@ -86,7 +85,7 @@ async def list_orders(request: web.Request) -> web.Response:
     orders: list[Order] = []
     for show_id in shows:
         # Newest first; read more than the limit when filtering by status.
-        ids = await redis.zrevrange(ORDERS_INDEX.format(show=show_id), 0, limit * 4 - 1)
+        ids = await redis.zrevrange(orders_index(show_id), 0, limit * 4 - 1)
         pipe = redis.pipeline(transaction=False)
         for oid in ids:
             pipe.hgetall(order_key(oid.decode() if isinstance(oid, bytes) else oid))

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from checkout.carts import cart_adds
-from checkout.orders import ORDERS_INDEX, cents_str
+from checkout.keys import orders_index, tag
+from checkout.orders import cents_str
 from server import keys, segments
 from server.auth import client_ip, ensure_viewer, get_show, is_host
 from server.errors import ApiError, bad_request, read_json
@@ -35,7 +36,7 @@ REPORTS_PER_IP_PER_S = 50
 
 
 def ring_key(show_id: str, field: str) -> str:
-    return f"show:{{{show_id}}}:stats:{field}"  # one slot: written in one transaction
+    return f"show:{tag(show_id)}:stats:{field}"  # one slot: written in one transaction
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ def summarise(entries: list[bytes], now_ms: int, window_s: float = WINDOW_S) -> 
 
 async def _rate_limit(redis, show_id: str, viewer: str, ip: str) -> None:
     second = int(time.time())
-    by_viewer = f"show:{{{show_id}}}:stats:rl:{viewer}:{second}"
-    by_ip = f"show:{{{show_id}}}:stats:rl:ip:{ip}:{second}"
+    by_viewer = f"show:{tag(show_id)}:stats:rl:{viewer}:{second}"
+    by_ip = f"show:{tag(show_id)}:stats:rl:ip:{ip}:{second}"
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(by_ip)
         pipe.expire(by_ip, 2)
@@ -149,9 +150,7 @@ async def get_stats(request: web.Request) -> web.Response:
         summary["cart_adds"] = {"total": sum(by_sku.values()), "by_sku": by_sku}
         segs = await segments.load(redis, show.id)
         sales = (
-            await segments.sales_since(
-                redis, show.id, segs[0].start_ms, ORDERS_INDEX.format(show=show.id)
-            )
+            await segments.sales_since(redis, show.id, segs[0].start_ms, orders_index(show.id))
             if segs
             else []
         )
