@@ -136,14 +136,25 @@ class EmbeddedRedis(ManagedProcess):
     port: int = 0
     appendfsync: str = "everysec"
     password: str = ""
+    cluster_port: int = 0  # a Redis Cluster node's bus port (0: not a cluster node)
 
-    def __init__(self, data_dir: Path, port: int = 0, appendfsync: str = "everysec") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        appendfsync: str = "everysec",
+        *,
+        password: str | None = None,
+        cluster: bool = False,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendfsync = appendfsync
-        self.password = secrets.token_urlsafe(32)
+        self.password = password or secrets.token_urlsafe(32)
+        # The bus port named too: port + 10000 (the default) may be taken or > 65535.
+        self.cluster_port = free_port() if cluster else 0
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        super().__init__(argv=[], name="redis")
+        super().__init__(argv=[], name=f"redis-cluster-{self.port}" if cluster else "redis")
         self.log_path = self.data_dir / "redis.log"
 
     @property
@@ -156,6 +167,8 @@ class EmbeddedRedis(ManagedProcess):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(f"requirepass {self.password}\n")
+            if self.cluster_port:  # the nodes talk to each other with it too
+                out.write(f"masterauth {self.password}\n")
         return path
 
     restart_on_exit = True
@@ -187,6 +200,9 @@ class EmbeddedRedis(ManagedProcess):
             "--logfile",
             "",
         ]
+        if self.cluster_port:
+            self.argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            self.argv += ["--cluster-port", str(self.cluster_port)]
         super().start()
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         log.info(
@@ -236,9 +252,12 @@ class EmbeddedRedisCluster:
 
     data_dir: Path
     masters: int = 3
-    nodes: list[ManagedProcess] = field(default_factory=list)
-    ports: list[int] = field(default_factory=list)
+    nodes: list[EmbeddedRedis] = field(default_factory=list)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
 
     @property
     def url(self) -> str:
@@ -246,28 +265,13 @@ class EmbeddedRedisCluster:
 
     def start(self, timeout: float = 30) -> None:
         self.data_dir = Path(self.data_dir).resolve()
-        binary = redis_server_binary()
         for _ in range(self.masters):
             port = free_port()
-            node_dir = self.data_dir / f"node-{port}"
-            node_dir.mkdir(parents=True, exist_ok=True)
-            conf = node_dir / "auth.conf"
-            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(f"requirepass {self.password}\nmasterauth {self.password}\n")
-            argv = [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1"]
-            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            # The bus port named too: port + 10000 (the default) may be taken or > 65535.
-            argv += ["--cluster-port", str(free_port())]
-            argv += ["--dir", str(node_dir), "--appendonly", "yes", "--save", ""]
-            argv += ["--daemonize", "no", "--logfile", ""]
-            node = ManagedProcess(argv=argv, name=f"redis-cluster-{port}")
-            node.log_path = node_dir / "redis.log"
-            node.start()
+            node = EmbeddedRedis(
+                self.data_dir / f"node-{port}", port, password=self.password, cluster=True
+            )
+            node.start(timeout)
             self.nodes.append(node)
-            self.ports.append(port)
-        for node, port in zip(self.nodes, self.ports, strict=True):
-            wait_for_port("127.0.0.1", port, timeout, node.proc)
         cli = shutil.which("redis-cli")
         if not cli:
             raise RuntimeError("redis-cli not found (Debian: apt-get install redis-tools)")
