@@ -187,10 +187,13 @@ async def cart_adds(redis, show: str) -> dict[str, int]:
 
 
 async def cart_line_show(redis, viewer: str, sku: str, shows: Iterable[str]) -> str | None:
-    for line in await read_cart(redis, viewer, shows, now=0):
-        if line.sku == sku:
-            return line.show
-    return None
+    """The first of ``shows`` (by name) whose cart holds ``sku`` for the viewer: one round
+    trip (the line's field, not the whole cart and its expiries)."""
+    shows = sorted(shows)
+    pipe = redis.pipeline(transaction=False)
+    for show in shows:
+        pipe.hexists(keys.cart(show, viewer), f"{show}|{sku}")
+    return next((s for s, held in zip(shows, await pipe.execute(), strict=True) if held), None)
 
 
 async def reap_expired_holds(

@@ -119,7 +119,8 @@ async def place_order(
         # The script checks these orders' status: it may only touch keys it is given.
         pipe = redis.pipeline(transaction=False)
         pipe.zrange(keys.pending_orders(show, viewer), 0, -1)
-        pipe.zrange(keys.pending_ip(show, ip or ""), 0, -1)
+        if ip and buyers_per_ip:  # the IP's unpaid orders count only under a per-IP cap
+            pipe.zrange(keys.pending_ip(show, ip), 0, -1)
         unpaid = sorted({m.decode() for ids in await pipe.execute() for m in ids})
     out = await scripts.checkout(
         redis,

@@ -409,19 +409,21 @@ async def prune_order_index(redis, show: str, now: float | None = None, batch: i
 
 # KEYS[1] order hash, KEYS[2] the show's stock, KEYS[3] the show's bought units
 # ("{viewer}|{sku}"), KEYS[4] notify stream; ARGV[1] now, ARGV[2] packed notification,
-# ARGV[3] retention (s), ARGV[4] the buyer, then the statuses a refund may start from. Refunded, its units back on sale and the buyer's limit freed,
+# ARGV[3] retention (s), then the statuses a refund may start from (the buyer is the
+# order's own 'viewer'). Refunded, its units back on sale and the buyer's limit freed,
 # once: a second refund (the webhook after the staff's button) finds it refunded.
 _REFUND_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return redis.error_reply('not_found') end
-for i = 5, #ARGV do
+local viewer = redis.call('HGET', KEYS[1], 'viewer') or ''
+for i = 4, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'status', 'refunded', 'refunded_at', ARGV[1])
     if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
     local items = cjson.decode(redis.call('HGET', KEYS[1], 'items') or '[]')
     for _, item in ipairs(items) do
       redis.call('HINCRBY', KEYS[2], item.sku, item.quantity)
-      local f = ARGV[4] .. '|' .. item.sku
+      local f = viewer .. '|' .. item.sku
       if redis.call('HEXISTS', KEYS[3], f) == 1 then
         if redis.call('HINCRBY', KEYS[3], f, -item.quantity) <= 0 then redis.call('HDEL', KEYS[3], f) end
       end
@@ -438,9 +440,7 @@ async def refund_order(redis, order_id: str, now: float | None = None) -> Status
     """Refunded + stock returned, atomically and once; raises TransitionError otherwise
     (e.g. already refunded, or never paid). Returns the previous status."""
     now = time.time() if now is None else now
-    show, viewer = await redis.hmget(order_key(order_id), "show", "viewer")
-    show = show.decode() if isinstance(show, bytes) else (show or "")
-    viewer = viewer.decode() if isinstance(viewer, bytes) else (viewer or "")
+    show = await order_show(redis, order_id)  # from the id: no round trip
     try:
         prev = await redis.eval(
             _REFUND_LUA,
@@ -449,7 +449,6 @@ async def refund_order(redis, order_id: str, now: float | None = None) -> Status
             repr(now),
             _notification(order_id, "refunded"),
             retention_s(),
-            viewer,
             *_allowed_from(Status.REFUNDED),
         )
     except Exception as exc:

@@ -39,13 +39,11 @@ local function parse_line(v)
 end
 -- Units per IP: the show's 'ipunits' hash "{ip}|{sku}" -> units held or ordered by the
 -- buyers whose first add came from that IP (their 'buyerip' key). Released with the units.
-local function ip_release(ipk, ip, sku, qty)
-  if not ip then return end
-  local f = ip .. '|' .. sku
-  if redis.call('HINCRBY', ipk, f, -qty) <= 0 then redis.call('HDEL', ipk, f) end
-end
 local function hdecr(k, f, qty)
   if redis.call('HINCRBY', k, f, -qty) <= 0 then redis.call('HDEL', k, f) end
+end
+local function ip_release(ipk, ip, sku, qty)
+  if ip then hdecr(ipk, ip .. '|' .. sku, qty) end
 end
 """
 
