@@ -40,7 +40,6 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
-import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import is_rtx
 
@@ -53,6 +52,7 @@ from media.ice import parse_link_headers
 from media.ladder import Rung
 from media.lean import Broadcast
 from media.relay import RelayedPacket
+from media.runtime import blend_target
 from media.slate import slate_frame
 
 log = logging.getLogger("showroom.media.pull")
@@ -367,8 +367,7 @@ class WhepPull:
             if encoder is None:
                 encoder, n = VideoEncoder("H264", *SLATE_SIZE, SLATE_FPS, SLATE_KBPS), 0
                 # Its own copy: the encoder stamps each frame it is given.
-                shared = slate_frame(*SLATE_SIZE)
-                picture = av.VideoFrame.from_ndarray(shared.to_ndarray(), format="yuv420p")
+                picture = blend_target(slate_frame(*SLATE_SIZE))
             pts = n * VIDEO_CLOCK // SLATE_FPS
             out = await asyncio.to_thread(encoder.encode, picture, pts, n % SLATE_FPS == 0)
             n += 1
