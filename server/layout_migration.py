@@ -25,6 +25,7 @@ import logging
 import time
 
 import msgpack
+from redis.exceptions import ResponseError
 
 from checkout import keys
 from checkout.orders import (
@@ -79,13 +80,13 @@ async def _scan(redis, pattern: str) -> list[str]:
 
 
 async def _rename(redis, old: str, new: str) -> int:
-    if not await redis.exists(old):
+    try:
+        if await redis.renamenx(old, new):  # one round trip: only if ``new`` is not there
+            return 1
+    except ResponseError:  # no such key: nothing to move
         return 0
-    if await redis.exists(new):
-        log.error("layout migration: both %s and %s exist; %s left as it is", old, new, old)
-        return 0
-    await redis.rename(old, new)
-    return 1
+    log.error("layout migration: both %s and %s exist; %s left as it is", old, new, old)
+    return 0
 
 
 async def _fold(redis, old: str, new: str, prefix: str) -> int:
@@ -139,10 +140,12 @@ async def migrate(redis, shows: list[str]) -> dict[str, int]:
         await pipe.execute()
         counts["carts"] += 1
 
+    pipe = redis.pipeline(transaction=False)
     for member, score in await redis.zrange("holds:expiry", 0, -1, withscores=True):
         show = _s(member).split("|", 2)[1]
-        await redis.zadd(keys.holds_expiry(show), {member: score})
+        pipe.zadd(keys.holds_expiry(show), {member: score})
         counts["holds"] += 1
+    await pipe.execute()
     for oid, score in await redis.zrange("orders:pending", 0, -1, withscores=True):
         oid = _s(oid)
         show = await redis.hget(keys.order_stock(oid), "_show") or await redis.hget(
