@@ -24,6 +24,7 @@ from load_tests.common import VideoSize, manifest_toml, spawn_serve
 from server.app import create_app
 from server.config import Settings, load_shows
 from server.embedded import EmbeddedRedis, EmbeddedStripe, free_port
+from tests.gst_support import SYSTEM_PYTHON
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -42,6 +43,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name.startswith(HEAVY_FILES):
             item.add_marker(pytest.mark.xdist_group("heavy"))
+
+
+@pytest.fixture(scope="module")
+def gstreamer() -> None:
+    """Fail (not skip) when GStreamer is missing: `make system` installs it."""
+    check = (
+        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0');"
+        "from gi.repository import Gst; Gst.init(None);"
+        "missing = [e for e in ('webrtcbin', 'nicesrc', 'dtlssrtpenc', 'x264enc', 'vp8enc',"
+        " 'avdec_h264', 'vp8dec', 'opusenc') if Gst.ElementFactory.find(e) is None];"
+        "print(' '.join(missing))"
+    )
+    try:
+        proc = subprocess.run(
+            [SYSTEM_PYTHON, "-c", check], capture_output=True, text=True, timeout=30
+        )
+    except FileNotFoundError:
+        pytest.fail(f"{SYSTEM_PYTHON} not found: run `make system` (GStreamer interop tests)")
+    assert proc.returncode == 0 and not proc.stdout.strip(), (
+        "GStreamer with webrtcbin is not installed for the system python3 "
+        f"(missing: {proc.stdout.strip() or proc.stderr.strip()[-300:]}): run `make system`"
+    )
 
 
 @pytest.fixture(scope="session")

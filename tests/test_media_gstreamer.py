@@ -8,15 +8,6 @@ exchange itself; the server under test is the real app on a real port.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import os
-import signal
-import subprocess
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import aiohttp
 import numpy as np
 import pytest
@@ -25,95 +16,12 @@ from media.client import WhepPlayer, WhipPublisher
 from media.testsrc import TestPatternTrack
 from server import keys
 from tests.conftest import STREAM_KEY, wait_until
+from tests.gst_support import GstPeer, start_gst
 
 pytestmark = pytest.mark.timeout(120)
 
-SYSTEM_PYTHON = "/usr/bin/python3"
-HELPER = Path(__file__).with_name("gst_peer.py")
 RED = "0xffe01010"  # the GStreamer publisher's picture: nothing else on screen is red
 CLEAR = (0.08, 0.30, 0.42, 0.60)  # x0, x1, y0, y1: a region no overlay covers
-
-
-@pytest.fixture(scope="module")
-def gstreamer() -> None:
-    """Fail (not skip) when GStreamer is missing: `make system` installs it."""
-    check = (
-        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0');"
-        "from gi.repository import Gst; Gst.init(None);"
-        "missing = [e for e in ('webrtcbin', 'nicesrc', 'dtlssrtpenc', 'x264enc', 'vp8enc',"
-        " 'avdec_h264', 'vp8dec', 'opusenc') if Gst.ElementFactory.find(e) is None];"
-        "print(' '.join(missing))"
-    )
-    try:
-        proc = subprocess.run(
-            [SYSTEM_PYTHON, "-c", check], capture_output=True, text=True, timeout=30
-        )
-    except FileNotFoundError:
-        pytest.fail(f"{SYSTEM_PYTHON} not found: run `make system` (GStreamer interop tests)")
-    assert proc.returncode == 0 and not proc.stdout.strip(), (
-        "GStreamer with webrtcbin is not installed for the system python3 "
-        f"(missing: {proc.stdout.strip() or proc.stderr.strip()[-300:]}): run `make system`"
-    )
-
-
-@dataclass
-class GstPeer:
-    """A running tests/gst_peer.py: its JSON events as they arrive, its stderr at the end."""
-
-    proc: asyncio.subprocess.Process
-    events: list[dict] = field(default_factory=list)
-    stderr: str = ""
-    _reader: asyncio.Task | None = None
-
-    def first(self, event: str) -> dict | None:
-        return next((e for e in self.events if e["event"] == event), None)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
-
-    async def finish(self, timeout: float = 20, *, stop: bool = True) -> None:
-        """Stop the peer (SIGTERM: a publisher DELETEs its session), or with ``stop=False``
-        let it end by itself; either way wait for it, then kill it after ``timeout``."""
-        if stop and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-        assert self.proc.stderr is not None
-        self.stderr = (await self.proc.stderr.read()).decode(errors="replace")
-
-    def diagnosis(self) -> str:
-        """What GStreamer saw: the answer's a=setup, DTLS states, OpenSSL's own error."""
-        ssl = [
-            ln.split("> ", 1)[-1] for ln in self.stderr.splitlines() if "ssl error" in ln.lower()
-        ]
-        summary = self.first("summary") or {}
-        answered = self.first("answered") or {}
-        return (
-            f"GStreamer peer: answer {answered.get('setup')}, DTLS states "
-            f"{summary.get('dtls_states')}, OpenSSL: {ssl or 'no error'}, "
-            f"errors: {summary.get('errors')}, exit {self.proc.returncode}"
-        )
-
-
-async def start_gst(*args: str) -> GstPeer:
-    env = {**os.environ, "GST_DEBUG": "dtlsconnection:1", "GST_DEBUG_NO_COLOR": "1"}
-    env.pop("PYTHONPATH", None)  # the system python3 must not import the venv's packages
-    proc = await asyncio.create_subprocess_exec(
-        SYSTEM_PYTHON, str(HELPER), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    peer = GstPeer(proc)
-    peer._reader = asyncio.create_task(peer._read())
-    return peer
 
 
 def rgb_mean(frame, region=CLEAR) -> np.ndarray:

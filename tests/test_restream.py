@@ -28,7 +28,7 @@ from tests.conftest import (
     start_server_process,
     wait_until,
 )
-from tests.test_media_gstreamer import gstreamer, start_gst  # noqa: F401 - a fixture
+from tests.gst_support import start_gst
 from tests.test_web_support import DESKTOP, PHONE, JsErrors, chromium, new_page, staff_login
 
 pytestmark = [
@@ -93,9 +93,13 @@ async def state_of(app, name: str = "nginx") -> dict:
 
 
 def card_region(frame: av.VideoFrame) -> np.ndarray:
+    return card_luma(frame.to_ndarray(format="gray"))
+
+
+def card_luma(luma: np.ndarray) -> np.ndarray:
+    """The product card's place in a W x H luma plane."""
     card = make_layout(W, H).card
-    luma = frame.to_ndarray(format="gray").astype(np.int16)
-    return luma[card.y : card.y + card.h, card.x : card.x + card.w]
+    return luma[card.y : card.y + card.h, card.x : card.x + card.w].astype(np.int16)
 
 
 def read_back(path: Path) -> dict:
@@ -515,10 +519,10 @@ async def test_whip_restream_plays_in_gstreamer_webrtcbin(make_app, tmp_path):
     SFU's or a CDN's ingest) receives the restream and decodes the composed show: H.264 at
     the show's size, our product card in its pixels once the host features a product."""
     dump = tmp_path / "frame.i420"
-    gst = await start_gst("serve", "--port", str(port := free_port()), "--key", "cdn-key",
-                          "--dump", str(dump))  # fmt: skip
+    gst = await start_gst("serve", "--port", "0", "--key", "cdn-key", "--dump", str(dump))
     try:
         await wait_until(lambda: gst.first("listening") is not None, 15)
+        port = gst.first("listening")["port"]  # its own free port: no race for one
         table = (
             f'\n[[restream]]\nname = "sfu"\nurl = "http://127.0.0.1:{port}/whip"\nkey = "cdn-key"\n'
         )
@@ -539,8 +543,7 @@ async def test_whip_restream_plays_in_gstreamer_webrtcbin(make_app, tmp_path):
 
                 def luma_card() -> np.ndarray:
                     y = np.frombuffer(dump.read_bytes()[: W * H], dtype=np.uint8).reshape(H, W)
-                    card = make_layout(W, H).card
-                    return y[card.y : card.y + card.h, card.x : card.x + card.w].astype(np.int16)
+                    return card_luma(y)
 
                 before = luma_card()
                 async with app.session.post(
