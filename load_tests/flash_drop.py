@@ -34,8 +34,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from checkout import keys, scripts
 from checkout.carts import add_keys
@@ -133,7 +134,7 @@ async def press(b: Buyer) -> bool:
         return False
 
 
-def own_tree_cpu_s() -> float:
+def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -199,6 +200,50 @@ async def paced_run(url: str, buyers: int, rate: float, window_s: float) -> Resu
     )
 
 
+@dataclass
+class Tally:
+    """What the presses of one window got: set ``measuring`` and record each answer."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    measuring: bool = False
+
+    def record(self, ok: bool, sent_at: float) -> None:
+        if self.measuring:
+            if ok:
+                self.latencies.append((time.perf_counter() - sent_at) * 1000)
+            else:
+                self.errors += 1
+
+
+async def measure_window(
+    name: str,
+    concurrency: int,
+    tally: Tally,
+    window_s: float,
+    warmup_s: float,
+    server_pid: int | None = None,
+    redis_pid: int | None = None,
+) -> Result:
+    """While presses run and record into ``tally``: a warm-up, then adds, latencies and
+    CPU (this process's, the server's and Redis's when their pids are given) over the
+    window."""
+    await asyncio.sleep(warmup_s)
+    tally.measuring = True
+    started, own0 = time.perf_counter(), own_cpu_seconds()
+    cpu0 = tree_cpu_s(server_pid) if server_pid else 0.0
+    redis0 = tree_cpu_s(redis_pid) if redis_pid else 0.0
+    await asyncio.sleep(window_s)
+    tally.measuring = False
+    elapsed, own = time.perf_counter() - started, own_cpu_seconds() - own0
+    return Result(
+        name, concurrency, len(tally.latencies), elapsed, tally.latencies, tally.errors,
+        server_cpu_s=tree_cpu_s(server_pid) - cpu0 if server_pid else None,
+        client_cpu_s=own,
+        redis_cpu_s=tree_cpu_s(redis_pid) - redis0 if redis_pid else None,
+    )  # fmt: skip
+
+
 async def closed_loop(
     name: str,
     presses: list[Callable[[], Awaitable[bool]]],
@@ -206,45 +251,20 @@ async def closed_loop(
     warmup_s: float,
     server_pid: int | None = None,
 ) -> Result:
-    """Each press function runs again as soon as it returns (True = the add succeeded);
-    after a warm-up, count adds, latencies and CPU (this process's, and the server's when
-    its pid is given) over the window."""
-    latencies: list[float] = []
-    errors = 0
-    measuring = stop = False
+    """Each press function runs again as soon as it returns (True = the add succeeded),
+    measured over one window (``measure_window``)."""
+    tally, stop = Tally(), False
 
     async def loop(press_once: Callable[[], Awaitable[bool]]) -> None:
-        nonlocal errors
         while not stop:
             t0 = time.perf_counter()
-            ok = await press_once()
-            if measuring:
-                if ok:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                else:
-                    errors += 1
+            tally.record(await press_once(), t0)
 
     tasks = [asyncio.create_task(loop(p)) for p in presses]
-    await asyncio.sleep(warmup_s)
-    measuring = True
-    started, own0 = time.perf_counter(), own_tree_cpu_s()
-    cpu0 = tree_cpu_s(server_pid) if server_pid else 0.0
-    await asyncio.sleep(window_s)
-    measuring = False
-    elapsed, own = time.perf_counter() - started, own_tree_cpu_s() - own0
-    server_cpu = tree_cpu_s(server_pid) - cpu0 if server_pid else None
+    result = await measure_window(name, len(presses), tally, window_s, warmup_s, server_pid)
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
-    return Result(
-        name,
-        len(presses),
-        len(latencies),
-        elapsed,
-        latencies,
-        errors,
-        server_cpu_s=server_cpu,
-        client_cpu_s=own,
-    )
+    return result
 
 
 async def http_closed_loop(
@@ -258,39 +278,21 @@ async def http_closed_loop(
     """``closed_loop`` for HTTP buyers, run from their connections' callbacks
     (``Buyer.press_repeatedly``): the same presses for a fraction of the load generator's
     CPU (no task, future and coroutine chain per press), which shares the server's cores."""
-    latencies: list[float] = []
-    errors = 0
-    measuring = False
-
-    def answered(status: int, sent_at: float) -> None:
-        nonlocal errors
-        if measuring:
-            if status == 200:
-                latencies.append((time.perf_counter() - sent_at) * 1000)
-            else:
-                errors += 1
-
+    tally = Tally()
     for b in buyers:
-        b.press_repeatedly("POST", "/api/cart/items", BODY, answered)
-    await asyncio.sleep(warmup_s)
-    measuring = True
-    started, own0, cpu0 = time.perf_counter(), own_tree_cpu_s(), tree_cpu_s(server_pid)
-    redis0 = tree_cpu_s(redis_pid) if redis_pid else 0.0
-    await asyncio.sleep(window_s)
-    measuring = False
-    elapsed, own = time.perf_counter() - started, own_tree_cpu_s() - own0
-    server_cpu = tree_cpu_s(server_pid) - cpu0
-    redis_cpu = tree_cpu_s(redis_pid) - redis0 if redis_pid else None
+        b.press_repeatedly(
+            "POST", "/api/cart/items", BODY, lambda st, t: tally.record(st == 200, t)
+        )
+    result = await measure_window(
+        name, len(buyers), tally, window_s, warmup_s, server_pid, redis_pid
+    )
     for b in buyers:
         b.stop_repeating()
     for _ in range(500):  # the presses in flight get their answers (at most one each)
         if not any(b.in_flight for b in buyers):
             break
         await asyncio.sleep(0.01)
-    return Result(
-        name, len(buyers), len(latencies), elapsed, latencies, errors,
-        server_cpu_s=server_cpu, client_cpu_s=own, redis_cpu_s=redis_cpu,
-    )  # fmt: skip
+    return result
 
 
 async def http_run(url: str, buyers: int, cfg: Config, server_pid: int) -> Result:
@@ -480,27 +482,38 @@ async def alternating_closed_loops(
     rounds = 1 if cfg.quick else ROUNDS
     for n in cfg.concurrency:
         buyers = {label: await _buyers(url, n) for label, (_p, url) in servers.items()}
-        windows: dict[str, list[Result]] = {label: [] for label in servers}
+        runs = {
+            label: functools.partial(
+                http_closed_loop,
+                "",
+                buyers[label],
+                cfg.window_s / rounds,
+                cfg.warmup_s,
+                proc.pid,
+                redis_pid,
+            )  # fmt: skip
+            for label, (proc, _url) in servers.items()
+        }
         try:
-            for i in range(rounds):
-                order = list(servers) if i % 2 == 0 else list(reversed(servers))
-                for label in order:
-                    windows[label].append(
-                        await http_closed_loop(
-                            "",
-                            buyers[label],
-                            cfg.window_s / rounds,
-                            cfg.warmup_s,
-                            servers[label][0].pid,
-                            redis_pid,
-                        )  # fmt: skip
-                    )
+            windows = await alternating(runs, rounds)
         finally:
             for sessions in buyers.values():
                 _close(sessions)
         for label, parts in windows.items():
             results.append(_summed(f"HTTP closed loop, {label}", n, parts))
     return results
+
+
+async def alternating(
+    runs: dict[Any, Callable[[], Awaitable[Result]]], rounds: int
+) -> dict[Any, list[Result]]:
+    """Each run once a round, in reverse order every other round, so a change in the
+    machine's other load falls on all of them; each run's windows in order."""
+    windows: dict[Any, list[Result]] = {key: [] for key in runs}
+    for i in range(rounds):
+        for key in list(runs) if i % 2 == 0 else list(reversed(runs)):
+            windows[key].append(await runs[key]())
+    return windows
 
 
 def _summed(name: str, n: int, parts: list[Result]) -> Result:
@@ -670,12 +683,15 @@ async def cluster_run(cfg: Config) -> list[Result]:
             # The coalescing client on both, and on the cluster also one call at a time:
             # what coalescing still buys there.
             runs = [(label, True) for label in urls] + [("Redis Cluster (3 masters)", False)]
-            parts: dict[tuple[str, bool], list[Result]] = {run: [] for run in runs}
-            for i in range(rounds):
-                for label, coalesced in runs if i % 2 == 0 else list(reversed(runs)):
-                    parts[label, coalesced].append(
-                        await python_client_run(urls[label], coalesced, low, cfg)
+            parts = await alternating(
+                {
+                    (label, coalesced): functools.partial(
+                        python_client_run, urls[label], coalesced, low, cfg
                     )
+                    for label, coalesced in runs
+                },
+                rounds,
+            )
             for (label, coalesced), windows in parts.items():
                 how = "coalesced" if coalesced else "one EVALSHA per call"
                 results.append(_summed(f"Python client, {how} (no HTTP), {label}", low, windows))
