@@ -1,7 +1,8 @@
 """Each lean viewer's rung, from its receiver's feedback (the shell of media/ladder.py).
 
 Ten times a second, per video viewer: the bitrate it is being sent, its receiver's REMB
-estimate and the loss of its latest receiver report go into its ``RungChooser``; the
+estimate, the loss of its latest receiver report and the packets it has NACKed go into
+its ``RungChooser``; the
 decision sets the viewer's probe padding, or moves it to another rung's broadcast at that
 rung's next keyframe (asked of the rung's coalescing gate, as a join does).
 """
@@ -137,6 +138,7 @@ class Adapter:
                     can_probe=sender.rtx_pt is not None,
                     probe_loss=fb.rtx_fraction_lost / 256 if fb.rtx_rr_at is not None else None,
                     probe_loss_at=fb.rtx_rr_at,
+                    nacked=fb.nacked_packets,
                 )
             )
             sender.set_padding(decision.padding_bps)

@@ -9,7 +9,9 @@ estimate (REMB) and the loss in its RTCP receiver reports:
   estimate only ever falls when it sees queueing delay growing), or heavy loss;
 - up carefully: after a quiet spell (longer after each failed attempt), a probe pads
   the viewer's stream up to the next rung's bitrate for a short while; if the receiver
-  sees neither queueing nor loss during it, the viewer moves up.
+  sees neither queueing nor loss during it, the viewer moves up. The receiver's NACKs
+  end a probe at once when they come faster than before it: a receiver report takes a
+  second, and a probe that overfills the link for that long costs the picture.
 
 A receiver's estimate is bounded by ~1.5 times what it receives, so it never shows
 room for a bigger rung on its own: the probe is what makes the room visible.
@@ -18,6 +20,7 @@ The switch itself (at a keyframe of the target rung) is the caller's job.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -94,6 +97,9 @@ class Signals:
     # probe's own loss (a full link may drop the padding and spare the media behind it).
     probe_loss: float | None = None
     probe_loss_at: float | None = None
+    # Media packets the receiver has asked to have resent so far (a running count): the
+    # earliest sign of loss, a round trip after it.
+    nacked: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,9 @@ class RungChooser:
     _probe_checked: bool = False  # a report of the probe's own loss came in, and was quiet
     _loss_at: float | None = None
     _losses: list[float] = field(default_factory=list)
+    _nacked: deque[tuple[float, int]] = field(default_factory=deque)  # (time, running count)
+    _probe_nacked: int = 0  # the running count when the probe began
+    _nack_rate: float = 0.0  # NACKed packets per second in the quiet spell before it
 
     def __post_init__(self) -> None:
         self.target = self.rung
@@ -152,7 +161,8 @@ class RungChooser:
         total = s.sent_bps + self._padding
         queueing = fell and self._estimate is not None and self._estimate < p.down_margin * total
         lossy, heavy, quiet_loss = self._read_loss(s)
-        probe_lossy = self._read_probe_loss(s)
+        nacks_up = self._probe_nacks_up(s)
+        probe_lossy = self._read_probe_loss(s) or nacks_up
         if queueing or not quiet_loss:
             self.last_bad = s.now
         if settling:
@@ -214,6 +224,7 @@ class RungChooser:
             self.probes += 1
             self.probe_until = s.now + p.probe_s
             self._probe_checked = False
+            self._start_nack_count(s)
             return self._decide(self.target, self._probe_padding(s), "probing")
         return self._decide(self.target, 0, "")
 
@@ -231,6 +242,36 @@ class RungChooser:
         if s.now >= full_at + 0.3:  # the report covers the probe at its full rate
             self._probe_checked = True
         return False
+
+    def _start_nack_count(self, s: Signals) -> None:
+        """At a probe's start: the NACK rate of the quiet spell before it."""
+        hist = self._nacked
+        if not hist:
+            self._probe_nacked, self._nack_rate = 0, 0.0
+            return
+        since = s.now - self.hold_s
+        # The running count as the quiet spell began (or as it was first seen).
+        before = [n for t, n in hist if t < since]
+        base = before[-1] if before else hist[0][1]
+        self._probe_nacked = hist[-1][1]
+        self._nack_rate = (self._probe_nacked - base) / self.hold_s
+
+    def _probe_nacks_up(self, s: Signals) -> bool:
+        """True when, during a probe, the receiver NACKs more than twice as often as in
+        the quiet spell before it (on a link that lost nothing then: any NACK)."""
+        if s.nacked is None:
+            return False
+        hist = self._nacked
+        if not hist or hist[-1][1] != s.nacked:
+            hist.append((s.now, s.nacked))
+        # Kept: the last count older than the longest quiet spell (its baseline) and after.
+        while len(hist) > 1 and s.now - hist[1][0] > self.params.max_hold_s:
+            hist.popleft()
+        if self.probe_until is None:
+            return False
+        elapsed = s.now - (self.probe_until - self.params.probe_s)
+        allowed = 2 * self._nack_rate * elapsed + (1 if self._nack_rate else 0)
+        return s.nacked - self._probe_nacked > allowed
 
     def _settling(self, now: float) -> bool:
         return self.switched_at is not None and now - self.switched_at < self.params.settle_s

@@ -310,6 +310,7 @@ class Feedback:
     jitter: int = 0
     rtt_s: float | None = None
     nacks: int = 0
+    nacked_packets: int = 0  # packets NACKed that were not already waiting to be resent
     retransmits: int = 0
     keyframe_requests: int = 0
     rr_at: float | None = None  # when the latest receiver report about this stream came
@@ -555,6 +556,7 @@ class LeanSender:
                     for seq in list(self._nacked):
                         if seq not in asked and (newest - seq) & 0xFFFF < NACK_HISTORY:
                             del self._nacked[seq]
+                fb.nacked_packets += sum(1 for seq in lost if seq not in self._nacked)
                 for seq in lost:
                     self._nacked[seq] = 0
                 self._retry_nacks()

@@ -62,9 +62,17 @@ class Link:
     and receiver reports every second (the padding's own loss: what exceeds
     ``capacity``)."""
 
-    def __init__(self, chooser: RungChooser, capacity: float | None = None) -> None:
+    def __init__(
+        self, chooser: RungChooser, capacity: float | None = None, blind: bool = False
+    ) -> None:
         self.c = chooser
         self.capacity = capacity
+        # A receiver whose estimate never sees the queue (it only climbs), as aiortc's
+        # does behind a bottleneck: NACKs for the media the full queue dropped are the
+        # first sign of it.
+        self.blind = blind
+        self.nacked = 0
+        self.nack_every = 0  # steps between random losses (0: none)
         self.now = 100.0
         self.estimate = int(1.5 * chooser.bitrates_bps[chooser.rung])
         self.loss = 0.0
@@ -80,7 +88,7 @@ class Link:
             if round(self.now * 10) % 5 == 0:
                 self.est_at = self.now
                 total = bitrate + self.padding
-                if self.capacity is not None and total > self.capacity:
+                if self.capacity is not None and total > self.capacity and not self.blind:
                     self.estimate = int(0.85 * self.capacity)
                 else:
                     limit = 1.5 * total + 10_000
@@ -91,11 +99,17 @@ class Link:
                     # A tail-drop queue behind each frame drops the padding first.
                     over = bitrate + self.padding - self.capacity
                     self.probe_loss = min(1.0, max(0.0, over / self.padding))
+            step = round(self.now * 10)
+            if self.capacity is not None and bitrate + self.padding > self.capacity:
+                self.nacked += 1  # the full queue dropped a media packet
+            if self.nack_every and step % self.nack_every == 0:
+                self.nacked += 1
             d = self.c.update(
                 Signals(
                     self.now, bitrate, self.estimate, self.est_at, self.loss, self.loss_at,
                     probe_loss=self.probe_loss,
                     probe_loss_at=self.loss_at if self.probe_loss is not None else None,
+                    nacked=self.nacked,
                 )
             )  # fmt: skip
             self.padding = d.padding_bps
@@ -201,6 +215,36 @@ def test_a_probe_whose_padding_is_lost_fails_though_the_estimate_holds():
     link.probe_loss = 0.0
     link.run(p.hold_s + p.probe_s + 1)
     assert link.c.rung == 0, "padding that arrives: up"
+
+
+def test_nacks_end_a_probe_the_estimate_does_not_see():
+    # A receiver whose estimate climbs on behind a full link: the probe ends on the
+    # first NACK, within a step of the first dropped media packet (a receiver report
+    # would come up to a second later), and its padding stops.
+    p = Params()
+    link = Link(RungChooser([TOP, LOW], rung=1), capacity=700_000, blind=True)
+    link.run(p.hold_s + p.probe_s + 1)
+    assert link.c.rung == 1 and link.c.failed_probes >= 1
+    over = [t for t, d in link.decisions if d.reason == "probing" and LOW + d.padding_bps > 700_000]
+    ended = next(t for t, d in link.decisions if t > over[0] and d.reason != "probing")
+    assert ended - over[0] <= 0.25, "padding stops a step after the first NACK"
+    assert link.decisions[-1][1].padding_bps == 0
+
+
+def test_a_link_that_loses_a_little_keeps_its_nack_rate_during_a_probe():
+    # One NACK a second before the probe and during it: the link did not get worse, and
+    # the probe (with a receiver that sees no queueing) passes.
+    p = Params()
+    link = Link(RungChooser([TOP, LOW], rung=1))
+    link.nack_every = 10
+    link.run(p.hold_s + p.probe_s + 1)
+    assert link.c.rung == 0 and link.c.failed_probes == 0
+    link = Link(RungChooser([TOP, LOW], rung=1))
+    link.nack_every = 10
+    link.run(p.hold_s + 0.5)
+    link.nack_every = 1  # ten times the rate: the probe fills the link
+    link.run(p.probe_s + 1)
+    assert link.c.rung == 1 and link.c.failed_probes >= 1
 
 
 def test_congestion_cancels_a_move_up_still_waiting_for_its_keyframe():

@@ -103,7 +103,17 @@ async def test_capped_viewer_moves_down_plays_on_and_comes_back(show):
         end = time.monotonic()
         gap = max_gap(player.stats.video_times, start, end)
         frames = sum(1 for t in player.stats.video_times if start <= t <= end)
-        assert gap <= 0.5, f"froze {gap:.2f} s at 700 kbps (moved down in {down_s:.1f} s)"
+        rates = list(runtime.adapter.viewers.values())
+        seen = ", ".join(
+            f"{r.chooser.probes} probes ({r.chooser.failed_probes} failed), "
+            f"{r.sender.feedback.nacked_packets} packets NACKed, "
+            f"{r.sender.feedback.retransmits} resent"
+            for r in rates
+        )
+        assert gap <= 0.5, (
+            f"froze {gap:.2f} s at 700 kbps (moved down in {down_s:.1f} s; {seen}; "
+            f"the link's queue dropped {relay.down.dropped_queue} packets)"
+        )
         assert frames >= 0.8 * SIZE.fps * 30, f"{frames} frames in 30 s"
         assert width_at(player) == LOW_W, "still on the low rung while capped"
 
