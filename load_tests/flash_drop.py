@@ -85,6 +85,8 @@ class Result:
     server_cpu_s: float | None = None  # CPU time the server process used in the window
     client_cpu_s: float | None = None  # and the load generator (this process)
     redis_cpu_s: float | None = None  # and Redis, where measured
+    # (p50, p99) ms as redis-benchmark reported them (its latencies are not listed)
+    percentiles: tuple[float, float] | None = None
 
     @property
     def capacity(self) -> float | None:
@@ -374,16 +376,14 @@ def redis_benchmark(port: int, password: str, clients: int, requests: int) -> Re
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300).stdout
     row = next(r for r in csv.DictReader(io.StringIO(out)) if r.get("rps"))
     rps = float(row["rps"])
-    lat = [float(row["p50_latency_ms"]), float(row["p99_latency_ms"])]
-    res = Result(
+    return Result(
         f"raw limit: redis-benchmark EVALSHA ({clients} conns)",
         clients,
         requests,
         requests / rps,
         [],
+        percentiles=(float(row["p50_latency_ms"]), float(row["p99_latency_ms"])),
     )
-    res.latencies_ms = lat  # p50, p99 as reported by redis-benchmark
-    return res
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -430,8 +430,8 @@ def _kind(r: Result) -> str:
 
 
 def _p(r: Result, q: float) -> float:
-    if r.name.startswith("raw"):
-        return r.latencies_ms[0] if q == 50 else r.latencies_ms[1]
+    if r.percentiles is not None:
+        return r.percentiles[0] if q == 50 else r.percentiles[1]
     return median(r.latencies_ms) if q == 50 else percentile(r.latencies_ms, q)
 
 
