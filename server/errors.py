@@ -98,6 +98,10 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         raise bad_request("The body does not match its Content-Encoding.") from None
     except RequestPayloadError:
         raise bad_request("The body could not be read (broken transfer encoding).") from None
+    except ConnectionResetError:
+        # The client went away mid-body (a phone losing its signal): a 4xx nobody reads,
+        # not a server error in the operator's log.
+        raise bad_request("The connection closed before the body arrived.") from None
     return b"".join(chunks)
 
 

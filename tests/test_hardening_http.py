@@ -6,6 +6,7 @@ Each test replays what an attacker did on loopback against a real server and Red
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import subprocess
@@ -461,3 +462,22 @@ async def test_viewer_latency_reports_are_limited_per_address_too(app):
         seconds = int(time.time()) - int(t0) + 1  # the per-second windows touched
     # At most 50 a second from one address, however many viewers it claims to be.
     assert statuses.count(202) <= 50 * seconds and statuses.count(429) > 0, (seconds, statuses)
+
+
+async def test_a_client_gone_mid_body_is_not_logged_as_a_server_error(app, caplog):
+    """A phone that loses its connection half-way through a request is not an error of
+    ours: no "unhandled error" in the operator's log, and the server carries on."""
+    host, port = app.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /api/cart/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n" + b'{"show": "demo", "sku": '
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+    async with app.session.get("/api/cart") as r:
+        assert r.status == 200
