@@ -43,6 +43,7 @@ from pathlib import Path
 import aiohttp
 
 from load_tests.common import (
+    ONE_MUG,
     RESULTS,
     ROOT,
     manifest_toml,
@@ -57,13 +58,7 @@ from server.embedded import EmbeddedRedis, free_port
 TARGET_P99_MS = 50.0
 STAFF = "abuse-bench-staff"
 PROBE_IP = "127.0.0.2"
-PRODUCTS = """
-[[products]]
-sku = "MUG-01"
-name = "Stoneware mug"
-price = "18.00"
-stock = 40
-"""
+PRODUCTS = ONE_MUG
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,16 @@ class VideoSize:
     bitrate_kbps: int = 1000
 
 
+# One product, for shows whose tests and benchmarks are about something else.
+ONE_MUG = """
+[[products]]
+sku = "MUG-01"
+name = "Stoneware mug"
+price = "18.00"
+stock = 40
+"""
+
+
 def manifest_toml(
     show_id: str,
     *,

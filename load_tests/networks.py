@@ -39,6 +39,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from load_tests.common import (
+    ONE_MUG,
     RESULTS,
     ROOT,
     VideoSize,
@@ -59,13 +60,7 @@ from tests.udp_relay import Impairment, RelayedPlayer, UdpRelay
 STREAM_KEY = "networks-bench-key"
 SIZE = VideoSize(960, 540, 24, 1200)
 FREEZE_S = 0.5
-PRODUCTS = """
-[[products]]
-sku = "MUG-01"
-name = "Stoneware mug"
-price = "18.00"
-stock = 40
-"""
+PRODUCTS = ONE_MUG
 
 
 @dataclass(frozen=True)

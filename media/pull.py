@@ -12,9 +12,11 @@ the edge's own viewers by the lean path, with no decode and no encode.
   as one RTCP PLI on the pull session (at most one per ``PLI_MIN_INTERVAL_S``; requests
   in between are sent as one when it has passed); the origin's ``KeyframeGate``
   coalesces them with everyone else's.
-- A lost packet drops the frame and every frame after it until the next keyframe (and
-  asks for one): a decoder never sees a broken reference. No NACKs upstream (the pull
-  runs between servers); viewers' NACKs are answered from the edge's own history.
+- A lost packet is asked for again upstream (RTCP NACK; the origin resends it as RTX),
+  and the frames behind it wait for it up to ``NACK_WAIT_S``: the link between origin
+  and edge may cross the internet. A packet that does not come in time drops its frame
+  and every frame after it until the next keyframe (and asks for one): a decoder never
+  sees a broken reference. Viewers' NACKs are answered from the edge's own history.
 - The session is re-opened with backoff whenever it fails or stalls (no video for
   ``STALL_S``, e.g. the origin restarting); meanwhile viewers keep their connection and
   see the slate ("We'll be right back"), encoded here at ``SLATE_FPS`` only while the
@@ -23,7 +25,8 @@ the edge's own viewers by the lean path, with no decode and no encode.
 
 aiortc internals used here (besides those of ``media.lean``): ``RTCRtpReceiver``'s
 ``_handle_rtp_packet(packet, arrival_time_ms)`` (called by the DTLS transport's RTP
-router), ``_send_rtcp_pli(media_ssrc)`` and its name-mangled codec map
+router), ``_send_rtcp_pli(media_ssrc)``, ``_send_rtcp_nack(media_ssrc, lost)`` and its
+name-mangled codec map
 ``_RTCRtpReceiver__codecs`` (payload type -> codec, to tell RTX apart); checked by
 ``tests/test_edges.py``.
 """
@@ -42,6 +45,7 @@ from urllib.parse import urljoin
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import is_rtx
+from aiortc.rtp import unwrap_rtx
 
 from media import tasks
 from media.adapt import Adapter
@@ -102,51 +106,149 @@ class Frame:
     keyframe: bool
 
 
+FILLER_NAL = 12  # what the origin resends in place of a packet no decoder needs any more
+NACK_WAIT_S = 0.25  # how long a missing packet is waited for (two resends, 0.1 s apart)
+RENACK_S = 0.1  # asked again this often while missing (the origin resends at most that often)
+MAX_HELD = 1024  # packets held behind a gap at most: past that, the gap is given up at once
+
+
 @dataclass
 class FrameAssembler:
     """Pure: RTP packets of one video stream -> whole frames (same timestamp, ending with
-    the marker bit). A gap in sequence numbers drops frames until the next keyframe."""
+    the marker bit), in order. Packets may come out of order or resent (RTX, unwrapped):
+    behind a gap, frames are held until the missing packets come (``nacks`` says which
+    to ask for) or ``wait_s`` has passed; then the gap is given up and frames are dropped
+    until the next keyframe, so a decoder never sees a broken reference."""
 
-    expected_seq: int | None = None
-    timestamp: int | None = None
-    payloads: list[bytes] = field(default_factory=list)
-    broken: bool = False
+    wait_s: float = NACK_WAIT_S
     need_keyframe: bool = True  # nothing decodable before the first keyframe
-    lost: int = 0
+    lost: int = 0  # packets given up on
+    recovered: int = 0  # packets that came after they were missed
+    dropped: int = 0  # frames dropped while waiting for a keyframe
+    _packets: dict[int, tuple[int, bool, bytes]] = field(default_factory=dict)
+    _next: int | None = None  # extended sequence number of the next packet to emit
+    _highest: int = 0
+    _missing: dict[int, float] = field(default_factory=dict)  # seq -> when missed
+    _asked: dict[int, float] = field(default_factory=dict)  # seq -> when last NACKed
+    _skipping: bool = False  # dropping up to the end of a frame broken by a lost packet
 
     def reset(self) -> None:
-        self.expected_seq = self.timestamp = None
-        self.payloads = []
-        self.broken = False
+        self.need_keyframe, self._next, self._skipping = True, None, False
+        self._packets.clear()
+        self._missing.clear()
+        self._asked.clear()
+
+    def add(
+        self, seq: int, timestamp: int, marker: bool, payload: bytes, now: float
+    ) -> list[Frame]:
+        """The frames this packet completes (with any held behind it)."""
+        if self._next is None:
+            self._next = self._highest = seq
+        ext = self._extend(seq)
+        if ext < self._next or ext in self._packets:
+            return []  # late (given up on) or a duplicate
+        if ext - self._highest > MAX_HELD:  # a jump: nothing before it is coming
+            self.reset()
+            self._next = self._highest = ext
+        if ext > self._highest:
+            for missed in range(self._highest + 1, ext):
+                self._missing[missed] = now
+            self._highest = ext
+        elif self._missing.pop(ext, None) is not None:
+            self.recovered += 1
+            self._asked.pop(ext, None)
+        self._packets[ext] = (timestamp, marker, payload)
+        return self.drain(now)
+
+    def nacks(self, now: float) -> list[int]:
+        """Sequence numbers to ask for now: missing, not asked within ``RENACK_S``."""
+        due = [s for s in self._missing if now - self._asked.get(s, -1e9) >= RENACK_S]
+        for s in due:
+            self._asked[s] = now
+        return [s & 0xFFFF for s in sorted(due)]
+
+    def drain(self, now: float) -> list[Frame]:
+        """Frames ready now; a gap older than ``wait_s`` is given up on."""
+        frames: list[Frame] = []
+        packets = self._packets
+        while self._next is not None and self._next <= self._highest:
+            first = self._next
+            if first not in packets:
+                if not self._give_up(first, now):
+                    break
+                continue
+            if self._skipping:
+                if h264_keyframe(packets[first][2]):  # a keyframe starts here: keep it
+                    self._skipping = False
+                    continue
+                _ts, marker, _payload = packets.pop(first)
+                self._next = first + 1
+                self._skipping = not marker
+                continue
+            end = first  # the frame's packets: contiguous, one timestamp, up to the marker
+            ts = packets[first][0]
+            while end in packets and packets[end][0] == ts and not packets[end][1]:
+                end += 1
+            if end not in packets:
+                if not self._give_up(end, now):
+                    break
+                continue
+            if packets[end][0] != ts:  # a frame without its marker: broken
+                self._drop(first, end - 1)
+                continue
+            payloads = [packets.pop(i)[2] for i in range(first, end + 1)]
+            self._next = end + 1
+            frame = self._frame(ts, payloads)
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+    # --- helpers ---------------------------------------------------------------------
+    def _extend(self, seq: int) -> int:
+        """The 16-bit sequence number as a count that does not wrap (near the highest)."""
+        delta = (seq - self._highest) & 0xFFFF
+        return self._highest + delta - (0x10000 if delta >= 0x8000 else 0)
+
+    def _give_up(self, seq: int, now: float) -> bool:
+        """Whether missing packet ``seq`` (the first one the next frame waits for) is
+        given up on now; if so, its frame is dropped and frames until a keyframe."""
+        since = self._missing.get(seq, now)
+        held = self._highest - seq
+        if now - since < self.wait_s and held < MAX_HELD:
+            return False
+        # Everything missing up to the next packet that did come is lost.
+        nxt = seq
+        while nxt <= self._highest and nxt not in self._packets:
+            self._missing.pop(nxt, None)
+            self._asked.pop(nxt, None)
+            self.lost += 1
+            nxt += 1
+        self._drop(self._next, seq - 1)
+        self._next = nxt
+        self.need_keyframe = True
+        # The packets after the gap up to the next marker belong to the broken frame
+        # (or start one whose beginning was lost).
+        self._skipping = True
+        return True
+
+    def _drop(self, first: int | None, last: int) -> None:
+        if first is None:
+            return
+        for i in range(first, last + 1):
+            self._packets.pop(i, None)
+        self._next = max(self._next or 0, last + 1)
         self.need_keyframe = True
 
-    def add(self, seq: int, timestamp: int, marker: bool, payload: bytes) -> Frame | None:
-        gap = 0
-        if self.expected_seq is not None and seq != self.expected_seq:
-            gap = (seq - self.expected_seq) & 0xFFFF
-            if gap > 0x8000:
-                return None  # late or duplicate: already counted as lost
-        self.expected_seq = (seq + 1) & 0xFFFF
-        if timestamp != self.timestamp:
-            if self.payloads:  # the previous frame never got its marker
-                self.need_keyframe = True
-            self.timestamp, self.payloads, self.broken = timestamp, [], False
-        if gap:  # packets of this frame (or of frames before it) are missing
-            self.lost += gap
-            self.broken = self.need_keyframe = True
-        self.payloads.append(payload)
-        if not marker:
-            return None
-        payloads, self.payloads = self.payloads, []
-        self.timestamp = None
-        if self.broken:
-            self.broken = False
+    def _frame(self, ts: int, payloads: list[bytes]) -> Frame | None:
+        if any(p and p[0] & 0x1F == FILLER_NAL for p in payloads):
+            self.need_keyframe = True  # resent as filler: a keyframe came after it
             return None
         keyframe = h264_keyframe(payloads[0])
         if self.need_keyframe and not keyframe:
+            self.dropped += 1
             return None
         self.need_keyframe = False
-        return Frame(timestamp, payloads, keyframe)
+        return Frame(ts, payloads, keyframe)
 
 
 @dataclass
@@ -327,6 +429,8 @@ class WhepPull:
         self.last_video = 0.0
         self.location: str | None = None
         self._assembler = FrameAssembler()
+        self._dropped_seen = 0
+        self.nacks_sent = 0
         self._video_clock = Timeline(VIDEO_CLOCK)
         self._audio_clock = Timeline(AUDIO_CLOCK)
         self._pc: RTCPeerConnection | None = None
@@ -390,6 +494,8 @@ class WhepPull:
             "keyframes": self.keyframes,
             "audio_packets": self.audio_packets,
             "lost_packets": self._assembler.lost,
+            "recovered_packets": self._assembler.recovered,
+            "nacks_sent": self.nacks_sent,
             "plis_sent": self.plis_sent,
             "slate_frames": self.slate_frames,
             "last_error": self.last_error,
@@ -477,6 +583,8 @@ class WhepPull:
             if pc.connectionState in ("failed", "closed"):
                 raise RuntimeError(f"pull session {pc.connectionState}")
             now = time.monotonic()
+            # Frames held behind a gap nothing has filled: given up on in time.
+            self._frames_out(self._assembler.drain(now), now)
             if self.frames and self.state == "connecting" and self.last_video > now - STALL_S:
                 self.state = "live"
             if self.state == "live" and now - self.last_video > STALL_S:
@@ -496,6 +604,31 @@ class WhepPull:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pc.close(), 5)
 
+    def _frames_out(self, frames: list[Frame], now: float) -> None:
+        """Whole frames into the edge's fan-out; NACKs for what is missing; a keyframe
+        asked for while frames are dropped for want of one (a gap given up on, or a
+        session whose first keyframe lost its start)."""
+        assembler = self._assembler
+        for frame in frames:
+            ts = self._video_clock.map(self._video_ssrc, frame.timestamp, now)
+            size = sum(map(len, frame.payloads))
+            self.show.video["H264"].publish(
+                RelayedPacket(size), frame.keyframe, now_ms(), payloads=frame.payloads, timestamp=ts
+            )
+            self.frames += 1
+            self.video_bytes += size
+            self.keyframes += frame.keyframe
+        if assembler.dropped != self._dropped_seen:  # waiting for a keyframe: ask for one
+            self._dropped_seen = assembler.dropped
+            self.request_keyframe()
+        lost = assembler.nacks(now)
+        receiver, ssrc = self._video_receiver, self._video_ssrc
+        if lost and receiver is not None and ssrc is not None:
+            self.nacks_sent += 1
+            task = asyncio.get_running_loop().create_task(receiver._send_rtcp_nack(ssrc, lost))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def _rtp_handler(self, receiver: Any, kind: str):
         codecs = receiver._RTCRtpReceiver__codecs  # payload type -> codec, set on receive()
         video = kind == "video"
@@ -503,10 +636,12 @@ class WhepPull:
 
         async def handle(packet: Any, arrival_time_ms: int = 0) -> None:
             codec = codecs.get(packet.payload_type)
-            if codec is None or is_rtx(codec) or not packet.payload:
-                return  # no NACKs upstream, so no RTX either; padding-only probes
+            if codec is None or not packet.payload:
+                return  # unknown, or padding only (a probe)
             now = time.monotonic()
             if not video:
+                if is_rtx(codec):
+                    return
                 ts = self._audio_clock.map(packet.ssrc, packet.timestamp, now)
                 show.audio.publish(
                     RelayedPacket(len(packet.payload)),
@@ -517,24 +652,17 @@ class WhepPull:
                 )
                 self.audio_packets += 1
                 return
-            self._video_ssrc = packet.ssrc
+            if is_rtx(codec):  # a resend we asked for: the original packet inside
+                apt = codec.parameters.get("apt")
+                if self._video_ssrc is None or apt not in codecs or len(packet.payload) < 2:
+                    return
+                packet = unwrap_rtx(packet, payload_type=apt, ssrc=self._video_ssrc)
+            else:
+                self._video_ssrc = packet.ssrc
             self.last_video = now
-            was_waiting = self._assembler.need_keyframe
-            frame = self._assembler.add(
-                packet.sequence_number, packet.timestamp, packet.marker, packet.payload
+            frames = self._assembler.add(
+                packet.sequence_number, packet.timestamp, packet.marker, packet.payload, now
             )
-            if frame is None:
-                if self._assembler.need_keyframe and not was_waiting:
-                    self.request_keyframe()  # a loss: ask for a fresh picture
-                return
-            ts = self._video_clock.map(packet.ssrc, frame.timestamp, now)
-            fanout = show.video["H264"]
-            size = sum(map(len, frame.payloads))
-            fanout.publish(
-                RelayedPacket(size), frame.keyframe, now_ms(), payloads=frame.payloads, timestamp=ts
-            )
-            self.frames += 1
-            self.video_bytes += size
-            self.keyframes += frame.keyframe
+            self._frames_out(frames, now)
 
         return handle

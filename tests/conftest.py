@@ -36,7 +36,7 @@ STAFF_PASSWORD = "test-staff-pw"
 # Under ``make test`` (pytest-xdist, --dist loadgroup) these take turns on one process:
 # each loads both cores (a server, a load generator, decoders), and two at once would
 # measure each other rather than Showroom.
-HEAVY_FILES = ("test_load_smoke_", "test_networks_lossy")
+HEAVY_FILES = ("test_load_smoke_", "test_networks_lossy", "test_edges_lossy")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -24,7 +24,8 @@ import pytest
 
 from load_tests.common import spawn_serve
 from media.client import WhepPlayer, WhipPublisher
-from media.pull import FrameAssembler, Timeline, h264_keyframe
+from media.lean import H264_FILLER
+from media.pull import NACK_WAIT_S, RENACK_S, FrameAssembler, Timeline, h264_keyframe
 from media.testsrc import TestPatternTrack
 from server import edges, keys, presence
 from server.embedded import free_port
@@ -440,19 +441,65 @@ def test_h264_keyframes_are_recognised_in_every_packetisation():
     assert not h264_keyframe(b"")
 
 
-def test_a_lost_packet_drops_frames_until_the_next_keyframe():
+def test_frames_come_whole_and_in_order_and_only_from_a_keyframe_on():
     a = FrameAssembler()
-    assert a.add(1, 100, True, P_SLICE) is None  # nothing before the first keyframe
-    frame = a.add(2, 200, False, IDR_STAP)
-    assert frame is None
-    frame = a.add(3, 200, True, FU_IDR_START)
-    assert frame is not None and frame.keyframe and frame.payloads == [IDR_STAP, FU_IDR_START]
-    assert a.add(4, 300, True, P_SLICE) is not None
-    assert a.add(6, 400, True, P_SLICE) is None  # seq 5 lost
-    assert a.add(7, 500, True, P_SLICE) is None  # still no keyframe
-    assert a.lost == 1
-    assert a.add(8, 600, False, IDR_STAP) is None
-    assert a.add(9, 600, True, FU_IDR_START).keyframe
+    assert a.add(1, 100, True, P_SLICE, 0.0) == []  # nothing before the first keyframe
+    assert a.add(2, 200, False, IDR_STAP, 0.0) == []
+    [frame] = a.add(3, 200, True, FU_IDR_START, 0.0)
+    assert frame.keyframe and frame.payloads == [IDR_STAP, FU_IDR_START]
+    [frame] = a.add(4, 300, True, P_SLICE, 0.0)
+    assert not frame.keyframe and frame.timestamp == 300
+
+
+def test_a_missing_packet_is_asked_for_and_the_frames_behind_it_wait_for_it():
+    a = FrameAssembler()
+    a.add(10, 100, True, IDR_STAP, 0.0)
+    assert a.add(12, 300, True, P_SLICE, 0.01) == []  # seq 11 missing: 300 waits
+    assert a.add(13, 400, True, P_SLICE, 0.02) == []
+    assert a.nacks(0.02) == [11]
+    assert a.nacks(0.05) == [], "not asked again within a resend interval"
+    assert a.nacks(0.02 + RENACK_S) == [11], "asked again while still missing"
+    frames = a.add(11, 200, True, P_SLICE, 0.15)  # the resend, within NACK_WAIT_S
+    assert [f.timestamp for f in frames] == [200, 300, 400]
+    assert a.recovered == 1 and a.lost == 0 and a.nacks(1.0) == []
+
+
+def test_a_packet_that_never_comes_drops_frames_until_the_next_keyframe():
+    a = FrameAssembler()
+    a.add(1, 100, True, IDR_STAP, 0.0)
+    a.add(2, 200, False, P_SLICE, 0.0)  # a two-packet frame whose second packet is lost
+    assert a.add(4, 300, True, P_SLICE, 0.01) == []
+    assert a.drain(0.01 + NACK_WAIT_S / 2) == []
+    assert a.drain(0.01 + NACK_WAIT_S + 0.001) == [], "given up: the frame after it is no keyframe"
+    assert a.lost == 1 and a.need_keyframe
+    assert a.add(5, 400, True, P_SLICE, 0.5) == []
+    assert a.add(3, 200, True, P_SLICE, 0.5) == [], "too late: already given up on"
+    a.add(6, 500, False, IDR_STAP, 0.6)
+    [frame] = a.add(7, 500, True, FU_IDR_START, 0.6)
+    assert frame.keyframe
+
+
+def test_a_lost_keyframe_start_is_skipped_to_and_sequence_numbers_wrap():
+    a = FrameAssembler()
+    a.add(0xFFFE, 100, True, IDR_STAP, 0.0)
+    [frame] = a.add(0xFFFF, 200, True, P_SLICE, 0.0)
+    [frame] = a.add(0, 300, True, P_SLICE, 0.0)
+    assert frame.timestamp == 300
+    # seq 1 (a frame of its own) is lost; seq 2 starts a keyframe: kept once 1 is given up.
+    a.add(2, 500, False, IDR_STAP, 0.1)
+    assert a.nacks(0.1) == [1]
+    a.add(3, 500, True, FU_IDR_START, 0.1)
+    [frame] = a.drain(0.1 + NACK_WAIT_S + 0.001)
+    assert frame.keyframe and frame.timestamp == 500 and a.lost == 1
+
+
+def test_a_packet_resent_as_filler_drops_its_frame_not_the_keyframe_after_it():
+    a = FrameAssembler()
+    a.add(1, 100, True, IDR_STAP, 0.0)
+    a.add(3, 300, False, IDR_STAP, 0.0)
+    a.add(4, 300, True, FU_IDR_START, 0.0)
+    frames = a.add(2, 200, True, H264_FILLER, 0.05)  # the origin: not needed any more
+    assert [(f.timestamp, f.keyframe) for f in frames] == [(300, True)]
 
 
 def test_a_new_upstream_session_continues_the_viewers_clock():
@@ -488,6 +535,7 @@ async def test_aiortc_internals_the_pull_relies_on():
 
     assert callable(RTCRtpReceiver._handle_rtp_packet)
     assert callable(RTCRtpReceiver._send_rtcp_pli)
+    assert callable(RTCRtpReceiver._send_rtcp_nack)
     pc = RTCPeerConnection()
     try:
         receiver = pc.addTransceiver("video", direction="recvonly").receiver

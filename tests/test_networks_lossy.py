@@ -14,7 +14,7 @@ import time
 import aiohttp
 import pytest
 
-from load_tests.common import VideoSize, manifest_toml
+from load_tests.common import ONE_MUG, VideoSize, manifest_toml
 from load_tests.lean_viewers import LoopedVideo
 from media.client import WhepPlayer, WhipPublisher
 from server.routes.media import runtimes
@@ -33,13 +33,7 @@ width = 320
 height = 180
 bitrate_kbps = 300
 """
-PRODUCTS = """
-[[products]]
-sku = "MUG-01"
-name = "Stoneware mug"
-price = "18.00"
-stock = 40
-"""
+PRODUCTS = ONE_MUG
 
 
 @pytest.fixture
