@@ -23,7 +23,9 @@ COPY load_tests load_tests
 RUN python3 -m venv /venv && /venv/bin/pip install --no-cache-dir --upgrade pip \
  && /venv/bin/pip install --no-cache-dir .
 
-ENV PATH=/venv/bin:$PATH PYTHONUNBUFFERED=1
+ENV PATH=/venv/bin:$PATH PYTHONUNBUFFERED=1 XDG_CACHE_HOME=/venv/cache
+# The lean viewer path's C send loop, built here (the server runs as nobody).
+RUN python -m media.fastsend && chmod -R a+rX /venv/cache
 # HTTP, and the UDP range media sockets use (open exactly this in the firewall).
 EXPOSE 8080 40000-40100/udp
 VOLUME /data

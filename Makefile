@@ -35,7 +35,10 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# The lean viewer path's C send loop (media/fastsend.py), built once into ~/.cache/showroom;
+# without a C compiler the server runs its Python loop instead.
 venv: $(STAMP)
+	@$(BIN)/python -m media.fastsend
 
 # make demo PORT=9000 HOST=0.0.0.0 (the latter prints the address to open on a phone)
 PORT ?= 8080

@@ -13,7 +13,11 @@ utime + stime from /proc over a fixed window at each viewer count; the least-squ
 slope of CPU against viewers is the cost of one viewer.
 
 - **lean** (``SHOWROOM_EGRESS=lean``, the default): one pass per frame writes every
-  viewer's packets (RTP header, SRTP, sendto), ``media/lean.py``.
+  viewer's packets (RTP header, SRTP, sendto), ``media/lean.py``, each viewer's frame in
+  one call of the C send loop (``media/fastsend.py``).
+- **lean, Python send loop** (``SHOWROOM_FASTSEND=0``): the same pass with the per-packet
+  steps in Python.
+- **lean, one write per packet** (``SHOWROOM_UDP_GSO=0``): no GSO writes.
 - **aiortc sender** (``SHOWROOM_EGRESS=aiortc``): the shared packets, but each viewer's
   aiortc ``RTCRtpSender`` loop packs and sends them on its own.
 - **naive**: aiortc's default, a ``MediaRelay`` and one H.264 encoder per viewer.
@@ -31,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -76,10 +80,14 @@ class Config:
     workers: tuple[int, ...] = (1,)
     quick: bool = False
     load_before: str = ""
+    pyloop_counts: tuple[int, ...] = (0, 3, 100, 200)
 
 
-QUICK = Config(
-    320, 180, 15, 300, (0, 2, 4, 8), (0, 2, 4), (0, 2, 4), (0, 1, 2), 1, 1.5, 2.0, (1,), True
+QUICK = replace(
+    Config(
+        320, 180, 15, 300, (0, 2, 4, 8), (0, 2, 4), (0, 2, 4), (0, 1, 2), 1, 1.5, 2.0, (1,), True
+    ),
+    pyloop_counts=(0, 2, 4),
 )
 
 
@@ -97,11 +105,13 @@ def thread_cpu_seconds(root: int) -> float:
 FRAME_PACKETS = (988, 988, 987, 965, 965, 965)
 
 
-async def hot_path_us_per_packet(viewers: int = 300, frames: int = 90, gso: bool = True) -> float:
+async def hot_path_us_per_packet(
+    viewers: int = 300, frames: int = 90, gso: bool = True, native: bool = True
+) -> float:
     """The lean path's own floor: ``Broadcast.send`` of 720p-sized frames
     (``FRAME_PACKETS``) to ``viewers`` real LeanSenders, each with its own libsrtp session
     and UDP socket to a loopback receiver; process CPU time per packet sent (us). ``gso``:
-    GSO writes, or one write per packet."""
+    GSO writes, or one write per packet; ``native``: the C send loop, or the Python one."""
     import socket
 
     from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
@@ -123,11 +133,10 @@ async def hot_path_us_per_packet(viewers: int = 300, frames: int = 90, gso: bool
         lean.pt, lean.profile, lean.b0, lean.waiting = 102, (1, b"0", 3), 0x90, False
         policy = Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)
         lean.protect = SrtpProtector(Session(policy))
-        lean.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        lean.sock.setblocking(False)
-        lean.gso = gso
-        lean.addr = sink.getsockname()
-        socks.append(lean.sock)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        lean.use_socket(sock, sink.getsockname(), gso, native=native)
+        socks.append(sock)
         broadcast.viewers.append(lean)
     payloads = [os.urandom(n) for n in FRAME_PACKETS]
     start = time.process_time()
@@ -333,9 +342,11 @@ def start_server(kind: str, cfg: Config, folder: Path, redis_url: str, port: int
         cmd = [sys.executable, "-m", "load_tests.fanout", "--naive-server", str(port),
                "--bitrate", str(cfg.bitrate_kbps)]  # fmt: skip
     else:
-        env["SHOWROOM_EGRESS"] = "lean" if kind == "lean-nogso" else kind
+        env["SHOWROOM_EGRESS"] = "lean" if kind.startswith("lean") else kind
         if kind == "lean-nogso":
             env["SHOWROOM_UDP_GSO"] = "0"
+        if kind == "lean-py":
+            env["SHOWROOM_FASTSEND"] = "0"
         cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
                "--redis", redis_url, "--data-dir", str(folder / f"var-{kind}-{workers}"),
                "--manifest", str(write_manifest(folder, cfg)), "--max-viewers", "10000",
@@ -358,7 +369,8 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = await asyncio.to_thread(start_server, kind, cfg, folder, redis_url, port, workers)
-    name = {"lean": "lean", "lean-nogso": NOGSO, "aiortc": "aiortc sender", "naive": "naive"}[kind]
+    name = {"lean": "lean", "lean-nogso": NOGSO, "lean-py": PYLOOP, "aiortc": "aiortc sender",
+            "naive": "naive"}[kind]  # fmt: skip
     series = Series(name, workers)
     crowd = Crowd(base, "demo")
     samples = Samples(base, "demo", cfg.samples if kind != "naive" else 0)
@@ -480,24 +492,29 @@ def plot(series: list[Series], quick: bool) -> Path:
     return path
 
 
-HOT_PATH: dict[str, float] = {}  # us per packet, measured in this run: GSO and not
+HOT_PATH: dict[str, float] = {}  # us per packet, measured in this run
 NOGSO = "lean, one write per packet"
+PYLOOP = "lean, Python send loop"
+# (label, key, GSO, C send loop) of the in-process rows
+HOT_VARIANTS = (
+    ("C send loop, GSO writes", "C", True, True),
+    ("Python send loop, GSO writes", "GSO", True, False),
+    ("Python send loop, one write per packet", "plain", False, False),
+)
 
 
 async def run(cfg: Config) -> list[Series]:
     from server.embedded import EmbeddedRedis
 
     # Alternating rounds, the median of each: the machine's noise hits both alike.
-    rounds: dict[bool, list[float]] = {True: [], False: []}
+    rounds: dict[str, list[float]] = {key: [] for _l, key, _g, _n in HOT_VARIANTS}
     for _ in range(3):
-        for gso, got in rounds.items():
-            got.append(await hot_path_us_per_packet(30 if cfg.quick else 300, gso=gso))
-    HOT_PATH["GSO"], HOT_PATH["plain"] = median(rounds[True]), median(rounds[False])
-    print(
-        f"lean hot path alone: {HOT_PATH['GSO']:.2f} us per packet with GSO writes, "
-        f"{HOT_PATH['plain']:.2f} with one write per packet",
-        flush=True,
-    )
+        for _label, key, gso, native in HOT_VARIANTS:
+            n = 30 if cfg.quick else 300
+            rounds[key].append(await hot_path_us_per_packet(n, gso=gso, native=native))
+    for label, key, _g, _n in HOT_VARIANTS:
+        HOT_PATH[key] = median(rounds[key])
+        print(f"lean hot path alone, {label}: {HOT_PATH[key]:.2f} us per packet", flush=True)
     out: list[Series] = []
     with tempfile.TemporaryDirectory(prefix="fanout-") as tmp:
         folder = Path(tmp)
@@ -507,6 +524,9 @@ async def run(cfg: Config) -> list[Series]:
             for workers in cfg.workers:
                 print(f"lean viewer path, {workers} worker(s):", flush=True)
                 out.append(await measure("lean", cfg.lean_counts, cfg, folder, redis.url, workers))
+            if cfg.pyloop_counts:
+                print("lean viewer path, Python send loop (SHOWROOM_FASTSEND=0):", flush=True)
+                out.append(await measure("lean-py", cfg.pyloop_counts, cfg, folder, redis.url))
             if cfg.nogso_counts:
                 print("lean viewer path without GSO (one write per packet):", flush=True)
                 out.append(await measure("lean-nogso", cfg.nogso_counts, cfg, folder, redis.url))
@@ -562,7 +582,7 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
          "publisher fps", "show fps", "skips", "server latency p50 ms", "p99 ms"],
         rows,
     )  # fmt: skip
-    for label, key in (("GSO writes", "GSO"), ("one write per packet", "plain")):
+    for label, key, _g, _n in HOT_VARIANTS:
         floor_us = HOT_PATH.get(key, float("nan"))
         summary_rows.append(
             [f"lean hot path alone, {label} (in process, no ICE/DTLS)", "-", "-",
@@ -578,8 +598,12 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
     per_core = lean1.per_core_at(nominal_pps)
     old_core = old.per_core_at(nominal_pps) if old else 0.0
     ratio_old = per_core / old_core if old_core not in (0, float("inf")) else 0.0
-    nogso = next((s for s in series if s.name == NOGSO), None)
-    nogso_core = nogso.per_core_at(nominal_pps) if nogso else 0.0
+
+    def per_core_of(name: str) -> float:
+        found = next((s for s in series if s.name == name), None)
+        return found.per_core_at(nominal_pps) if found else 0.0
+
+    nogso_core, py_core = per_core_of(NOGSO), per_core_of(PYLOOP)
     joins = lean1.join_ms
     ok_core = per_core >= TARGET_PER_CORE
     lines = [
@@ -605,12 +629,14 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
         f"The lean path costs **{1 / per_core * 100 if per_core else 0:.3f} % of a core per "
         f"viewer: {per_core:.0f} viewers per core**, {ratio_old:.1f}x the aiortc sender path "
         f"measured in the same run"
-        + (
-            f", {per_core / nogso_core:.2f}x the same path with one write per packet "
-            f"({nogso_core:.0f} viewers per core)"
-            if nogso_core not in (0, float("inf"))
-            else ""
-        )
+        + "".join(
+            f", {per_core / other:.2f}x the same path with {what} ({other:.0f} viewers per core)"
+            for what, other in (
+                ("its Python send loop", py_core),
+                ("one write per packet", nogso_core),
+            )
+            if other not in (0, float("inf"))
+        )  # fmt: skip
         + f". Viewer join (WHEP POST -> ICE+DTLS connected, load "
         f"generator joining 12 at a time) at 1 worker: p50 {percentile(joins, 50):.0f} ms, "
         f"p95 {percentile(joins, 95):.0f} ms ({len(joins)} joins, {lean1.failures} failed). "
@@ -643,6 +669,7 @@ def main() -> None:
     p.add_argument("--lean", help="viewer counts for the lean path, e.g. 100,200,300")
     p.add_argument("--old", help="viewer counts for the aiortc sender path ('' to skip)")
     p.add_argument("--nogso", help="viewer counts for the lean path without GSO ('' to skip)")
+    p.add_argument("--pyloop", help="viewer counts for the Python send loop ('' to skip)")
     p.add_argument("--naive", help="viewer counts for the naive path ('' to skip)")
     p.add_argument("--workers", help="worker counts for the lean path, e.g. 1,2")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -659,6 +686,8 @@ def main() -> None:
         cfg.old_counts = parse_counts(args.old) if args.old else ()
     if args.nogso is not None:
         cfg.nogso_counts = parse_counts(args.nogso) if args.nogso else ()
+    if args.pyloop is not None:
+        cfg.pyloop_counts = parse_counts(args.pyloop) if args.pyloop else ()
     if args.naive is not None:
         cfg.naive_counts = parse_counts(args.naive) if args.naive else ()
     has_workers = serve_supports_workers()

@@ -9,7 +9,8 @@ writes each viewer's packets: its own 12-byte RTP header (SSRC, sequence number,
 timestamp offset), the header extensions shared by all viewers negotiated alike, the
 shared payload, SRTP protect, and a non-blocking write on the viewer's ICE socket. The
 shared part is laid out once per frame (``FrameLayout``); per viewer it is one copy into
-a scratch buffer, the header fields, libsrtp in place and one GSO write per frame.
+a scratch buffer, the header fields, libsrtp in place and one GSO write per frame, all
+in one call of the C send loop (media/fastsend.py) where it built, else in Python.
 
 Kept per viewer (``LeanSender``): NACK retransmission (RTX when negotiated) from a
 bounded history of the frames it was sent (references to the shared entries, no copies),
@@ -43,6 +44,8 @@ keys and SDP. ``LeanSender`` relies on these aiortc internals, all checked by
   ``_srtp`` (``srtp_t *``), ``_cdata`` (its 1500-byte ``char[]``) and ``_buffer``, and
   ``pylibsrtp._binding.lib.srtp_protect``. ``Session.protect`` allocates a C ``int`` per
   call and costs ~0.8 us more per packet than calling libsrtp on the session's own buffer.
+  The C send loop (media/fastsend.py, used where it built) calls the same
+  ``srtp_protect`` through its address on the same ``srtp_t``.
 - ``aiortc.rtp``: ``RtcpRrPacket``, ``RtcpSrPacket``, ``RtcpPsfbPacket``,
   ``RtcpRtpfbPacket``, ``unpack_remb_fci``, the RTCP_* constants; ``aiortc.clock``'s
   ``current_ntp_time``.
@@ -82,6 +85,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
+from media import fastsend
 from media.fanout import JOIN_KEYFRAME_MAX_AGE_MS, Entry, Fanout
 
 log = logging.getLogger("showroom.media.lean")
@@ -207,6 +211,7 @@ class FrameLayout:
     scratch: Any  # the C buffer ``view`` and ``pointers`` point into (kept alive here)
     ext: bytes  # the header extension block (probe padding reuses it)
     nbytes: int  # payload bytes (the sender report's octet count)
+    native: tuple[Any, ...] | None = None  # the C send loop's view (media/fastsend.py)
 
 
 class Scratch:
@@ -243,10 +248,12 @@ class Scratch:
             template[start + 1] = pt | (0x80 if k == n - 1 else 0)  # marker: the last
             template[start + 12 : start + 12 + len(tail)] = tail
         buffer = self.buffer
+        lengths = tuple(12 + len(t) for t in tails)
+        fast = fastsend.load()
+        native = fastsend.layout(fast, buffer, template, offsets, lengths, runs) if fast else None
         return FrameLayout(
-            template, tuple(offsets), tuple(12 + len(t) for t in tails),
-            tuple(buffer + o for o in offsets), runs, self.view, buffer, ext,
-            sum(map(len, payloads)),
+            template, tuple(offsets), lengths, tuple(buffer + o for o in offsets), runs,
+            self.view, buffer, ext, sum(map(len, payloads)), native,
         )  # fmt: skip
 
 
@@ -345,6 +352,7 @@ class LeanSender:
         self.sock: socket.socket | None = None
         self.gso = False  # the socket takes GSO writes (a plain UDP socket on Linux)
         self.addr: tuple[str, int] | None = None
+        self._native: Any = None  # the C send loop's state for this viewer (fastsend)
         self._pair: Any = None
         self.waiting = True  # for a keyframe (video) before the first packet
         self.started = asyncio.Event()
@@ -416,19 +424,27 @@ class LeanSender:
             return True
         self._close_socket()
         self._pair = pair
-        self.addr = pair.remote_addr
         protocol = pair.protocol
         if isinstance(protocol, StunProtocol):
             fd = protocol.transport.get_extra_info("socket").fileno()
-            self.sock = socket.socket(fileno=os.dup(fd))
-            self.sock.setblocking(False)
-            self.gso = GSO_ENABLED
+            sock = socket.socket(fileno=os.dup(fd))
+            sock.setblocking(False)
+            self.use_socket(sock, pair.remote_addr, GSO_ENABLED)
         else:  # a TURN-relayed pair: aioice must wrap each datagram itself
-            self.sock = _TurnSocket(protocol)
-            self.gso = False
+            self.use_socket(_TurnSocket(protocol), pair.remote_addr, False)
         return True
 
+    def use_socket(self, sock: Any, addr: tuple[str, int], gso: bool, native: bool = True) -> None:
+        """Write this viewer's packets to ``addr`` on ``sock``: a UDP socket (written by
+        the C send loop where it loaded, unless not ``native``) or a ``_TurnSocket``."""
+        self.sock, self.addr, self.gso = sock, addr, gso
+        fast = fastsend.load() if native and isinstance(sock, socket.socket) else None
+        if fast is not None and self.protect is not None:
+            self._native = fastsend.viewer(fast, self.protect._srtp, sock, addr, self._ssrc, gso)
+            self._fs_send = fast.lib.fs_send
+
     def _close_socket(self) -> None:
+        self._native = None  # it holds the socket's descriptor
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
@@ -466,16 +482,28 @@ class LeanSender:
         self.octets += nbytes
         self._rtx_allowance = min(RTX_BURST, self._rtx_allowance + RTX_SHARE * nbytes)
         ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
-        out = self.protect.write(layout, seq, ts, self._ssrc)
-        sock, addr = self.sock, self.addr
-        try:
-            for start, end in layout.runs:
-                if end - start == 1:
-                    sock.sendto(out[start], addr)
-                else:
-                    self._send_run(sock.sendmsg, out[start:end])
-        except OSError:  # BlockingIOError: the socket buffer is full
-            return False
+        native = self._native
+        if native is not None and layout.native is not None:
+            rc = self._fs_send(layout.native[0], native, seq, ts)
+            if rc:
+                if rc <= fastsend.SRTP_FAILED:
+                    raise pylibsrtp.Error(f"srtp_protect failed ({fastsend.SRTP_FAILED - rc})")
+                if self.gso and not native.gso:  # the kernel refused a GSO write
+                    log.info("lean sender %s: no UDP GSO here, one write per packet", self._ssrc)
+                    self.gso = False
+                if rc < 0:  # -EAGAIN: the socket buffer is full (or the write failed)
+                    return False
+        else:
+            out = self.protect.write(layout, seq, ts, self._ssrc)
+            sock, addr = self.sock, self.addr
+            try:
+                for start, end in layout.runs:
+                    if end - start == 1:
+                        sock.sendto(out[start], addr)
+                    else:
+                        self._send_run(sock.sendmsg, out[start:end])
+            except OSError:  # BlockingIOError: the socket buffer is full
+                return False
         if self._nacked:
             self._retry_nacks()
         if self.padding_bps:

@@ -14,17 +14,17 @@ from tests.conftest import run_benchmark
 @pytest.mark.timeout(240)
 def test_fanout_benchmark_quick_run_measures_all_paths():
     out = run_benchmark("fanout", "--quick", timeout=230)
-    for path in ("lean", "aiortc sender", "naive"):
+    for path in ("lean", "lean, Python send loop", "aiortc sender", "naive"):
         assert re.search(rf"^\| {path} +\| 1 +\| [\d.]+ ", out, re.M), out
     # Points: path, workers, viewers, cpu, cost, loop, kbps, pkt/s, loss, sample fps/size
     rows = re.findall(
-        r"^\| (lean|aiortc sender|naive) +\| 1 +\| (\d+) +\| [\d.]+ +\| [-\d.]+ +\| [\d.]+ +\| "
+        r"^\| (lean|lean, Python send loop|aiortc sender|naive) +\| 1 +\| (\d+) +\| [\d.]+ +\| [-\d.]+ +\| [\d.]+ +\| "
         r"(\d+) +\| "
         r"(\d+) +\| ([\d.]+) +\| ([^|]+)\|",
         out,
         re.M,
     )
-    assert len(rows) == 10, out
+    assert len(rows) == 13, out
     for path, viewers, kbps, pps, loss, sample in rows:
         if int(viewers) > 0:
             assert int(pps) >= 10 and int(kbps) >= 100, f"{path}: {kbps} kbps, {pps} pkt/s"

@@ -4,18 +4,22 @@ RTP and RTCP they see on the wire, and the aiortc internals the path relies on."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import socket
 import struct
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+import pylibsrtp
 import pytest
 from pylibsrtp import Policy, Session
 
+from media import fastsend
 from media.client import WhepPlayer, WhipPublisher
 from media.fanout import Fanout
 from media.lean import (
@@ -330,31 +334,11 @@ async def test_gso_writes_arrive_as_the_datagrams_one_write_per_packet_sends():
     one write per packet receives: the same SRTP packets, each its own datagram, in
     order, that its SRTP session unprotects to the RTP stream (both on real UDP sockets
     on loopback, with the same keys and stream state)."""
-    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
-    from aiortc.rtcrtpsender import RTCRtpSender
-
     fanout = Fanout(capacity=60, keyframes=True)
     broadcast = Broadcast(fanout, "video", 90000, lambda _r: None, lambda _k: None)
     key = os.urandom(30)
-    dtls = RTCDtlsTransport(
-        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
-    )
-    receivers, senders = [], []
-    for gso in (True, False):
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rx.bind(("127.0.0.1", 0))
-        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        rx.setblocking(False)
-        lean = LeanSender(RTCRtpSender("video", dtls), broadcast)
-        lean.pt, lean.profile, lean.b0, lean.waiting = 102, (1, b"0", 3), 0x90, False
-        lean.seq, lean.ts_offset, lean._ssrc = 65530, 1234, 4321  # wraps mid-frame
-        lean.protect = SrtpProtector(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)))
-        lean.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        lean.sock.setblocking(False)
-        lean.gso, lean.addr = gso, rx.getsockname()
-        receivers.append(rx)
-        senders.append(lean)
-        broadcast.viewers.append(lean)
+    pair = _lean_senders(broadcast, key, ((True, False), (False, False)), seq=65530)
+    senders, receivers = [lean for lean, _ in pair], [rx for _, rx in pair]
     keyframe = [os.urandom(700)] + [os.urandom(1160)] * 40 + [os.urandom(1100)]
     frames = [keyframe] + [[os.urandom(n) for n in (988, 988, 987, 965, 965, 965)]] * 5
     for i, payloads in enumerate(frames):
@@ -393,6 +377,91 @@ async def test_gso_writes_arrive_as_the_datagrams_one_write_per_packet_sends():
     assert markers == [j == len(f) - 1 for f in frames for j in range(len(f))]
     for lean in senders:
         lean.sock.close()
+
+
+def _lean_senders(broadcast, key: bytes, kinds, seq: int = 65500, port: int | None = None):
+    """Senders alike (keys, sequence numbers, SSRC) but for their ``(gso, native)`` in
+    ``kinds``, each writing to its own loopback receiver socket (or to ``port``)."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    dtls = RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+    out = []
+    for gso, native in kinds:
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        rx.setblocking(False)
+        lean = LeanSender(RTCRtpSender("video", dtls), broadcast)
+        lean.pt, lean.profile, lean.b0, lean.waiting = 102, (1, b"0", 3), 0x90, False
+        lean.seq, lean.ts_offset, lean._ssrc = seq, 1234, 4321  # wraps mid-frame
+        lean.protect = SrtpProtector(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        addr = rx.getsockname() if port is None else ("127.0.0.1", port)
+        lean.use_socket(sock, addr, gso, native=native)
+        broadcast.viewers.append(lean)
+        out.append((lean, rx))
+    return out
+
+
+def _drain(rx: socket.socket) -> list[bytes]:
+    datagrams = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            datagrams.append(rx.recv(2048))
+    return datagrams
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the C send loop is built on Linux")
+@pytest.mark.parametrize("gso", [True, False])
+async def test_c_send_loop_writes_byte_for_byte_what_the_python_loop_writes(gso):
+    """The C send loop (media/fastsend.py) is built here, and a viewer it writes gets
+    exactly the datagrams the Python loop writes for a viewer alike: a keyframe longer
+    than one GSO write, 720p frames of one write, audio-sized single packets, with the
+    sequence numbers wrapping, over real UDP sockets."""
+    assert fastsend.load() is not None, "the C send loop did not build (see the log)"
+    fanout = Fanout(capacity=60, keyframes=True)
+    broadcast = Broadcast(fanout, "video", 90000, lambda _r: None, lambda _k: None)
+    pair = _lean_senders(broadcast, os.urandom(30), ((gso, True), (gso, False)))
+    assert pair[0][0]._native is not None and pair[1][0]._native is None
+    keyframe = [os.urandom(700)] + [os.urandom(1160)] * 40 + [os.urandom(1100)]
+    frames = [keyframe] + [[os.urandom(n) for n in (988, 988, 987, 965, 965, 965)]] * 4
+    frames += [[os.urandom(120)]] * 3
+    for i, payloads in enumerate(frames):
+        broadcast.send(fanout.publish(None, i == 0, 0, payloads=payloads, timestamp=i * 3000))
+    (c_lean, c_rx), (py_lean, py_rx) = pair
+    got_c, got_py = _drain(c_rx), _drain(py_rx)
+    assert len(got_py) == sum(map(len, frames))
+    assert got_c == got_py
+    assert c_lean.seq == py_lean.seq and c_lean.packets == py_lean.packets
+    assert c_lean.gso == gso
+    inbound = Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_INBOUND))
+    with pytest.raises(pylibsrtp.Error):  # really protected: another key cannot read it
+        inbound.unprotect(got_c[0])
+    for lean, rx in pair:
+        lean.stop()
+        rx.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the C send loop is built on Linux")
+async def test_c_send_loop_takes_a_failed_write_as_the_python_loop_does():
+    """A write the kernel refuses (here: to port 0, EINVAL) turns GSO off for that viewer
+    and counts it as lagging, skipped to the next keyframe, in the C loop as in the
+    Python loop; a full socket buffer (EAGAIN) takes the same way. Nothing queues."""
+    fanout = Fanout(capacity=60, keyframes=True)
+    broadcast = Broadcast(fanout, "video", 90000, lambda _r: None, lambda _k: None)
+    pair = _lean_senders(broadcast, os.urandom(30), ((True, True), (True, False)), port=0)
+    assert pair[0][0]._native is not None
+    frame = [os.urandom(900)] * 3
+    broadcast.send(fanout.publish(None, True, 0, payloads=frame, timestamp=0))
+    for lean, rx in pair:
+        assert lean.skips == 1 and lean.waiting and not lean.gso
+        assert _drain(rx) == []
+        lean.stop()
+        rx.close()
 
 
 # --- aiortc internals ----------------------------------------------------------------
@@ -481,3 +550,24 @@ def test_pylibsrtp_internals_the_lean_protector_relies_on():
         assert rx.unprotect(protected) == packet
     with pytest.raises(ValueError):
         ours(b"\x80" * 1400)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the C send loop is built on Linux")
+def test_without_a_c_compiler_the_lean_path_says_so_and_uses_its_python_loop(tmp_path):
+    """A machine with no C compiler (an empty cache, CC that does not run) gets one
+    warning naming the reason, and the lean path's Python loop: never a failed start."""
+    import subprocess
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), CC=str(tmp_path / "no-cc"))
+    env.pop("SHOWROOM_FASTSEND", None)
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING)\n"
+        "from media import fastsend\n"
+        "print('loaded' if fastsend.load() else 'python loop')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.stdout.strip() == "python loop", run.stdout + run.stderr
+    assert "C send loop unavailable" in run.stderr and "Python loop" in run.stderr
+    assert not list(tmp_path.glob("showroom/*.so"))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from media import tasks
+from media import fastsend, tasks
 from media.candidates import (
     MAX_CANDIDATES,
     CandidatePolicy,
@@ -475,6 +475,9 @@ async def media_ctx(app: web.Application):
     binding = PortRangeBinding(ports) if ports is not None else None
     if binding is not None:
         binding.install()  # before any peer gathers candidates
+    # Load (or, the first time, compile) the lean path's C send loop now, off the loop,
+    # rather than on the first viewer's first frame.
+    await asyncio.to_thread(fastsend.load)
     shows: dict[str, ShowRuntime] = {}
     extra["media"] = shows
     extra["viewer_slots"] = slots = viewer_slots.ViewerSlots(app[keys.REDIS])
