@@ -438,6 +438,7 @@ class LeanSender:
         """Write this viewer's packets to ``addr`` on ``sock``: a UDP socket (written by
         the C send loop where it loaded, unless not ``native``) or a ``_TurnSocket``."""
         self.sock, self.addr, self.gso = sock, addr, gso
+        self._native = None
         fast = fastsend.load() if native and isinstance(sock, socket.socket) else None
         if fast is not None and self.protect is not None:
             self._native = fastsend.viewer(fast, self.protect._srtp, sock, addr, self._ssrc, gso)

@@ -552,6 +552,44 @@ def test_pylibsrtp_internals_the_lean_protector_relies_on():
         ours(b"\x80" * 1400)
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the C send loop is built on Linux")
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_c_send_loop_reaches_an_ipv6_viewer():
+    """An ICE pair over IPv6 (aioice gathers both families): the C loop's own socket
+    address for it reaches the viewer, with the packets the Python loop sends."""
+    fanout = Fanout(capacity=60, keyframes=True)
+    broadcast = Broadcast(fanout, "video", 90000, lambda _r: None, lambda _k: None)
+    pair = _lean_senders(broadcast, os.urandom(30), ((True, True), (True, False)))
+    receivers = []
+    for lean, rx4 in pair:
+        rx4.close()
+        lean.sock.close()
+        rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        rx.bind(("::1", 0))
+        rx.setblocking(False)
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        lean.use_socket(sock, rx.getsockname(), True, native=lean._native is not None)
+        receivers.append(rx)
+    assert pair[0][0]._native is not None and pair[1][0]._native is None
+    frame = [os.urandom(900), os.urandom(900), os.urandom(500)]
+    broadcast.send(fanout.publish(None, True, 0, payloads=frame, timestamp=0))
+    got = [_drain(rx) for rx in receivers]
+    for (lean, _), rx in zip(pair, receivers, strict=True):
+        lean.stop()
+        rx.close()
+    assert len(got[0]) == 3 and got[0] == got[1]
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the C send loop is built on Linux")
 def test_without_a_c_compiler_the_lean_path_says_so_and_uses_its_python_loop(tmp_path):
     """A machine with no C compiler (an empty cache, CC that does not run) gets one
