@@ -275,8 +275,14 @@ def run_benchmark(module: str, *args: str, timeout: float) -> str:
     return out
 
 
-async def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.05):
-    """Poll an (a)sync predicate until it is truthy; return its value."""
+async def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 5.0,
+    interval: float = 0.05,
+    message: Callable[[], str] | None = None,
+):
+    """Poll an (a)sync predicate until it is truthy; return its value. On timeout, a
+    ``TimeoutError``, or an ``AssertionError`` saying ``message()`` (what was last seen)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -286,5 +292,7 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 5.0, inte
         if value:
             return value
         if loop.time() > deadline:
+            if message is not None:
+                raise AssertionError(f"{message()} (within {timeout}s)")
             raise TimeoutError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)

@@ -275,10 +275,12 @@ async def test_edge_survives_an_origin_restart_and_a_dead_edge_leaves_the_choice
             pulled.update(await pull_state())
             return pulled["sessions"] >= 2 and pulled["state"] == "live"
 
-        try:
-            await wait_until(pull_live, 10, interval=0.2)
-        except TimeoutError:
-            raise AssertionError(f"the edge's pull is not live again: {pulled}") from None
+        await wait_until(
+            pull_live,
+            10,
+            interval=0.2,
+            message=lambda: f"the edge's pull is not live again: {pulled}",
+        )
 
         # The edge dies: within the heartbeat TTL (3 s) it is out of /api/nodes and the
         # origin serves new viewers itself.

@@ -181,8 +181,9 @@ async def test_rtmp_restream_is_the_composed_show_h264_aac_with_the_card(make_ap
     assert times[-1] - times[0] > 3
     fps = (len(times) - 1) / (times[-1] - times[0])
     # Every composed frame reaches the destination: the stream's rate is the show's (on
-    # a loaded machine the compositor itself may make fewer than FPS a second).
-    assert composed_fps * 0.85 <= fps <= FPS * 1.05, (fps, composed_fps)
+    # a loaded machine the compositor itself may make fewer than FPS a second, or catch
+    # up on a stall with a few more: seen at 31.4 a second over this window).
+    assert composed_fps * 0.85 <= fps <= max(FPS, composed_fps) * 1.05, (fps, composed_fps)
     assert fps >= FPS * 0.5, fps
     no_card, with_card = card_region(got["frames"][5]), card_region(got["frames"][-5])
     assert np.abs(with_card - no_card).mean() > 15, "the product card is in the RTMP pixels"
@@ -436,10 +437,12 @@ async def test_a_stalled_destination_drops_to_a_keyframe_and_never_slows_the_sho
                 resumed.update(await state_of(app))
                 return resumed["state"] == "live" and resumed["kbps"] > 50
 
-            try:
-                await wait_until(flowing, 10, interval=0.25)
-            except TimeoutError:
-                raise AssertionError(f"the restream did not resume: {resumed}") from None
+            await wait_until(
+                flowing,
+                10,
+                interval=0.25,
+                message=lambda: f"the restream did not resume: {resumed}",
+            )
         finally:
             await pub.close(http)
 

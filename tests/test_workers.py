@@ -254,10 +254,9 @@ async def test_two_workers_relay_one_encode_and_sessions_from_any_worker(
                 and seen[origin]["codecs"] == []
             )
 
-        try:
-            await wait_until(one_encoder, 5, interval=0.1)
-        except TimeoutError:
-            raise AssertionError(f"not one encoder after the move: {seen}") from None
+        await wait_until(
+            one_encoder, 5, interval=0.1, message=lambda: f"not one encoder after the move: {seen}"
+        )
         await wait_until(lambda: old_publisher.pc.connectionState in ("closed", "failed"), 40)
         await old_publisher.close()
     finally:
