@@ -48,17 +48,35 @@ struct fs_layout {              /* one laid-out frame (media/lean.py FrameLayout
     const int *runs;            /* (start, end) per write */
     int nruns;
 };
-struct fs_viewer {
-    void *srtp;
+struct fs_viewer {              /* one viewer's stream (media/lean.py LeanSender) */
+    void *srtp;                 /* its libsrtp session (srtp_t) */
     int fd;
-    int gso;
+    int gso;                    /* its socket takes GSO writes */
     unsigned int ssrc;
     int addrlen;
-    unsigned char addr[28];
+    unsigned char addr[28];     /* struct sockaddr_in or sockaddr_in6 */
+    unsigned int seq;           /* the next RTP sequence number */
+    unsigned int ts_offset;
+    long long packets;          /* sent, for the RTCP sender report */
+    long long octets;
+    double rtx_allowance;       /* bytes of retransmission allowed now */
+    long long last_ts;          /* codec-clock timestamp of the newest frame sent, -1 */
+    int keyframe_seq;           /* first packet of the newest keyframe sent, -1 */
+    int waiting;                /* for a keyframe before the next packet */
+    int follow_up;              /* NACKs to retry or probe padding: Python's turn after a send */
+    int hist_seq[128];          /* per fan-out entry slot (seq % 128): its first packet */
+    int hist_fseq[128];         /* ... and the entry's fan-out sequence number, -1 */
 };
-void fs_init(void *protect);
-int fs_send(const struct fs_layout *l, struct fs_viewer *v, unsigned int seq, unsigned int ts);
+void fs_init(void *protect, double rtx_burst, double rtx_share);
+int fs_send_entry(const struct fs_layout *l, struct fs_viewer *v, long long timestamp,
+                  int keyframe, int fseq, int count, long long nbytes);
+int fs_send_all(const struct fs_layout *l, struct fs_viewer **vs, int n, long long timestamp,
+                int keyframe, int fseq, int count, long long nbytes, int *out);
+#define FS_HISTORY 128
 #define FS_GSO_OFF 1
+#define FS_LAGGING 2
+#define FS_FOLLOW_UP 4
+#define FS_SRTP_ERROR 8
 #define FS_SRTP_FAILED -100000
 """
 
@@ -82,8 +100,14 @@ BODY = r"""
 
 typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
 static protect_fn fs_protect;
+static double fs_rtx_burst, fs_rtx_share;
 
-void fs_init(void *protect) { fs_protect = (protect_fn)protect; }
+void fs_init(void *protect, double rtx_burst, double rtx_share)
+{
+    fs_protect = (protect_fn)protect;
+    fs_rtx_burst = rtx_burst;
+    fs_rtx_share = rtx_share;
+}
 
 static int fs_sendto(struct fs_viewer *v, const unsigned char *p, int len)
 {
@@ -137,7 +161,7 @@ static int fs_write_run(struct fs_viewer *v, unsigned char *const *pkts, const i
     return flag;
 }
 
-int fs_send(const struct fs_layout *l, struct fs_viewer *v, unsigned int seq,
+static int fs_send(const struct fs_layout *l, struct fs_viewer *v, unsigned int seq,
                    unsigned int ts)
 {
     unsigned char *pkts[FS_MAX_RUN];
@@ -175,9 +199,61 @@ int fs_send(const struct fs_layout *l, struct fs_viewer *v, unsigned int seq,
     }
     return flag;
 }
+
+/* One entry to one viewer, with the stream state LeanSender.send_entry keeps. */
+int fs_send_entry(const struct fs_layout *l, struct fs_viewer *v, long long timestamp,
+                  int keyframe, int fseq, int count, long long nbytes)
+{
+    unsigned int seq = v->seq;
+    int slot = fseq & (FS_HISTORY - 1);
+    v->hist_seq[slot] = (int)seq;
+    v->hist_fseq[slot] = fseq;
+    v->last_ts = timestamp;
+    if (keyframe)
+        v->keyframe_seq = (int)seq;
+    v->seq = (seq + (unsigned int)count) & 0xFFFF;
+    v->packets += count;
+    v->octets += nbytes;
+    double allowance = v->rtx_allowance + fs_rtx_share * (double)nbytes;
+    v->rtx_allowance = allowance < fs_rtx_burst ? allowance : fs_rtx_burst;
+    unsigned int ts = (unsigned int)((timestamp + (long long)v->ts_offset) & 0xFFFFFFFFLL);
+    return fs_send(l, v, seq, ts);
+}
+
+/* One entry to every viewer of a group (alike: one layout). Viewers waiting for a
+   keyframe are passed over until one comes. ``out`` gets (index << 4 | FS_* flags) for
+   each viewer Python must see to; the count is returned. */
+int fs_send_all(const struct fs_layout *l, struct fs_viewer **vs, int n, long long timestamp,
+                int keyframe, int fseq, int count, long long nbytes, int *out)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        struct fs_viewer *v = vs[i];
+        if (v->waiting) {
+            if (!keyframe)
+                continue;
+            v->waiting = 0;
+        }
+        int gso = v->gso;
+        int rc = fs_send_entry(l, v, timestamp, keyframe, fseq, count, nbytes);
+        int flags = 0;
+        if (rc <= FS_SRTP_FAILED)
+            flags |= FS_SRTP_ERROR | FS_LAGGING;
+        else if (rc < 0)
+            flags |= FS_LAGGING;
+        if (gso && !v->gso)
+            flags |= FS_GSO_OFF;
+        if (v->follow_up && !(flags & FS_LAGGING))
+            flags |= FS_FOLLOW_UP;
+        if (flags)
+            out[k++] = (i << 4) | flags;
+    }
+    return k;
+}
 """
 
-GSO_OFF = 1
+HISTORY = 128  # frames of history per viewer for NACKs (a power of two: slot = seq % it)
+GSO_OFF, LAGGING, FOLLOW_UP, SRTP_ERROR = 1, 2, 4, 8  # fs_send_all's flags
 SRTP_FAILED = -100000
 SOURCE = PRELUDE + CDEF + BODY  # the declarations cffi reads are the C ones
 _NAME = "_showroom_fastsend_" + hashlib.sha1(SOURCE.encode()).hexdigest()[:10]
@@ -244,7 +320,10 @@ def _load() -> Any | None:
         from pylibsrtp._binding import ffi as srtp_ffi
         from pylibsrtp._binding import lib as srtp_lib
 
-        module.lib.fs_init(_pointer(module.ffi, srtp_ffi.addressof(srtp_lib, "srtp_protect")))
+        from media.lean import RTX_BURST, RTX_SHARE
+
+        protect = _pointer(module.ffi, srtp_ffi.addressof(srtp_lib, "srtp_protect"))
+        module.lib.fs_init(protect, float(RTX_BURST), float(RTX_SHARE))
         return module
     except Exception as exc:  # no compiler, no headers: the Python loop does the work
         log.warning("lean path: C send loop unavailable (%s); using the Python loop", exc)
@@ -276,18 +355,53 @@ def _pointer(ffi: Any, cdata: Any, ctype: str = "void *") -> Any:
     return ffi.cast(ctype, int(srtp_ffi.cast("uintptr_t", cdata)))
 
 
-def viewer(module: Any, srtp: Any, sock: socket.socket, addr: tuple, ssrc: int, gso: bool) -> Any:
-    """One viewer's C state: its libsrtp session, socket, address, SSRC and GSO."""
-    ffi = module.ffi
+_abi_ffi: Any = None
+
+
+def state() -> Any:
+    """A new viewer's stream state (``struct fs_viewer``), no history yet: the C send
+    loop's own where it loaded, else the same struct from cffi without a compiler (the
+    Python loop keeps its state there too, so there is one place for it)."""
+    global _abi_ffi
+    module = load()
+    if module is not None:
+        ffi = module.ffi
+    else:
+        if _abi_ffi is None:
+            import cffi
+
+            _abi_ffi = cffi.FFI()
+            _abi_ffi.cdef(CDEF)
+        ffi = _abi_ffi
     v = ffi.new("struct fs_viewer *")
+    v.last_ts = v.keyframe_seq = -1
+    ffi.memmove(v.hist_fseq, b"\xff" * ffi.sizeof(v.hist_fseq), ffi.sizeof(v.hist_fseq))
+    return v
+
+
+def attach(module: Any, v: Any, srtp: Any, sock: socket.socket, addr: tuple) -> None:
+    """Point ``v`` (from ``state()``) at the viewer's libsrtp session, socket and address."""
+    ffi = module.ffi
     v.srtp = _pointer(ffi, srtp)
     v.fd = sock.fileno()
-    v.gso = int(gso)
-    v.ssrc = ssrc
     raw = sockaddr(sock.family, addr)
     v.addrlen = len(raw)
     ffi.memmove(v.addr, raw, len(raw))
-    return v
+
+
+def forget_history(v: Any) -> None:
+    for slot in range(HISTORY):
+        v.hist_fseq[slot] = -1
+
+
+class Group:
+    """Viewers of one broadcast that share a layout, as the array ``fs_send_all`` takes."""
+
+    def __init__(self, module: Any, viewers: list[Any]) -> None:
+        self.viewers = viewers  # LeanSenders (they keep their states alive)
+        self.n = len(viewers)
+        self.array = module.ffi.new("struct fs_viewer *[]", [v.c for v in viewers])
+        self.out = module.ffi.new("int[]", max(1, self.n))
 
 
 def layout(

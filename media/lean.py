@@ -98,7 +98,8 @@ ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 RTCP_RTPFB_TWCC = 15  # transport-wide congestion control feedback (RTPFB FMT 15)
 
 # Frames of history kept per viewer for NACKs: ~4 s of video at 30 fps, ~2.5 s of audio.
-HISTORY_FRAMES = 128
+HISTORY_FRAMES = fastsend.HISTORY
+HISTORY_MASK = HISTORY_FRAMES - 1  # a frame's slot: its fan-out sequence number % 128
 SR_INTERVAL_S = 1.0
 # A packet is resent at most once per round trip (and this often at most), and
 # retransmissions may add at most RTX_SHARE to a viewer's media bytes (bucket of
@@ -325,8 +326,40 @@ class Feedback:
     rtx_rr_at: float | None = None
 
 
+class _State:
+    """A ``LeanSender`` attribute kept in its ``struct fs_viewer`` (``LeanSender.c``),
+    where the C send loop reads and updates it; ``none``: the field's value for None."""
+
+    def __init__(self, field: str, none: int | None = None, kind: type = int) -> None:
+        self.field, self.none, self.kind = field, none, kind
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        value = getattr(obj.c, self.field)
+        return None if self.none is not None and value == self.none else self.kind(value)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj.c, self.field, self.none if value is None else value)
+
+
 class LeanSender:
-    """One viewer's outgoing stream (one m-line), sent by its show's ``Broadcast``."""
+    """One viewer's outgoing stream (one m-line), sent by its show's ``Broadcast``.
+
+    Its per-frame state (sequence number, counters, history, waiting) lives in
+    ``self.c``, a ``struct fs_viewer`` (media/fastsend.py) that the C send loop updates
+    for a whole broadcast in one call; the attributes below read and write it."""
+
+    _ssrc = _State("ssrc")
+    seq = _State("seq")
+    ts_offset = _State("ts_offset")
+    packets = _State("packets")
+    octets = _State("octets")
+    _rtx_allowance = _State("rtx_allowance", kind=float)
+    last_ts = _State("last_ts", none=-1)
+    keyframe_seq = _State("keyframe_seq", none=-1)
+    waiting = _State("waiting", kind=bool)
+    gso = _State("gso", kind=bool)  # the socket takes GSO writes (plain UDP on Linux)
 
     def __init__(
         self,
@@ -337,6 +370,8 @@ class LeanSender:
         self.sender = sender
         self.broadcast = broadcast
         self.on_keyframe_request = on_keyframe_request
+        self.c = fastsend.state()
+        self._prior: list[tuple[int, Entry]] = []  # history from the rungs it left
         self._ssrc = sender._ssrc  # the SSRC aiortc put in the SDP answer
         self.rtx_ssrc = sender._rtx_ssrc
         self.seq = random.randrange(1 << 15)  # lower half: no early wrap (as aiortc)
@@ -350,7 +385,7 @@ class LeanSender:
         self.dtls: Any = None
         self.protect: SrtpProtector | None = None
         self.sock: socket.socket | None = None
-        self.gso = False  # the socket takes GSO writes (a plain UDP socket on Linux)
+        self.gso = False
         self.addr: tuple[str, int] | None = None
         self._native: Any = None  # the C send loop's state for this viewer (fastsend)
         self._pair: Any = None
@@ -363,10 +398,6 @@ class LeanSender:
         self.last_lsr: int | None = None
         self.last_lsr_time = 0.0
         self.feedback = Feedback()
-        # History: per sent frame, its first sequence number and the shared entry.
-        self.hist_seq = [-1] * HISTORY_FRAMES
-        self.hist_entry: list[Entry | None] = [None] * HISTORY_FRAMES
-        self.hist_pos = 0
         self.skips = 0
         # Rate adaptation (media/adapt.py): the broadcast this viewer moves to at its next
         # keyframe, the codec-clock timestamp of the newest frame sent (a switch never
@@ -377,7 +408,7 @@ class LeanSender:
         self.padding_bps = 0
         self.padding_octets = 0
         self._resent: dict[int, float] = {}  # sequence number -> when it was last resent
-        self._rtx_allowance = float(RTX_BURST)  # bytes of retransmission allowed now
+        self._rtx_allowance = float(RTX_BURST)
         self.h264 = False
         self.keyframe_seq: int | None = None  # first packet of the newest keyframe sent
         self._nacked: dict[int, int] = {}  # still missing at the receiver -> times resent
@@ -441,11 +472,15 @@ class LeanSender:
         self._native = None
         fast = fastsend.load() if native and isinstance(sock, socket.socket) else None
         if fast is not None and self.protect is not None:
-            self._native = fastsend.viewer(fast, self.protect._srtp, sock, addr, self._ssrc, gso)
-            self._fs_send = fast.lib.fs_send
+            fastsend.attach(fast, self.c, self.protect._srtp, sock, addr)
+            self._native = self.c
+            self._fs_send_entry = fast.lib.fs_send_entry
+        self.broadcast.regroup()
 
     def _close_socket(self) -> None:
-        self._native = None  # it holds the socket's descriptor
+        if self._native is not None:
+            self._native = None  # its fd is the socket's
+            self.broadcast.regroup()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
@@ -468,48 +503,95 @@ class LeanSender:
         """Send one shared entry, laid out for viewers like this one
         (``Broadcast.layout_for``). False when the socket is full: the rest of the frame
         counts as lost (NACK-able) and the caller skips this viewer ahead."""
-        seq = self.seq
-        pos = self.hist_pos
-        self.hist_seq[pos] = seq
-        self.hist_entry[pos] = entry
-        self.hist_pos = (pos + 1) % HISTORY_FRAMES
-        count = len(layout.lengths)
-        self.last_ts = entry.timestamp
-        if entry.keyframe:
-            self.keyframe_seq = seq
-        self.seq = (seq + count) & 0xFFFF
-        self.packets += count
-        nbytes = layout.nbytes
-        self.octets += nbytes
-        self._rtx_allowance = min(RTX_BURST, self._rtx_allowance + RTX_SHARE * nbytes)
-        ts = (entry.timestamp + self.ts_offset) & 0xFFFFFFFF
+        self.broadcast.sent[entry.seq & HISTORY_MASK] = entry
         native = self._native
         if native is not None and layout.native is not None:
-            rc = self._fs_send(layout.native[0], native, seq, ts)
+            gso = native.gso
+            rc = self._fs_send_entry(
+                layout.native[0], native, entry.timestamp, entry.keyframe, entry.seq,
+                len(layout.lengths), layout.nbytes,
+            )  # fmt: skip
             if rc:
+                if gso and not native.gso:
+                    self.gso_refused()
                 if rc <= fastsend.SRTP_FAILED:
                     raise pylibsrtp.Error(f"srtp_protect failed ({fastsend.SRTP_FAILED - rc})")
-                if self.gso and not native.gso:  # the kernel refused a GSO write
-                    log.info("lean sender %s: no UDP GSO here, one write per packet", self._ssrc)
-                    self.gso = False
                 if rc < 0:  # -EAGAIN: the socket buffer is full (or the write failed)
                     return False
-        else:
-            out = self.protect.write(layout, seq, ts, self._ssrc)
-            sock, addr = self.sock, self.addr
-            try:
-                for start, end in layout.runs:
-                    if end - start == 1:
-                        sock.sendto(out[start], addr)
-                    else:
-                        self._send_run(sock.sendmsg, out[start:end])
-            except OSError:  # BlockingIOError: the socket buffer is full
-                return False
+        elif not self._send_entry_python(entry, layout):
+            return False
         if self._nacked:
             self._retry_nacks()
         if self.padding_bps:
             self.send_padding(layout.ext)
         return True
+
+    def _send_entry_python(self, entry: Entry, layout: FrameLayout) -> bool:
+        """``fs_send_entry`` in Python: the same state kept, the same packets written."""
+        c = self.c
+        seq = c.seq
+        slot = entry.seq & HISTORY_MASK
+        c.hist_seq[slot], c.hist_fseq[slot] = seq, entry.seq
+        count = len(layout.lengths)
+        c.last_ts = entry.timestamp
+        if entry.keyframe:
+            c.keyframe_seq = seq
+        c.seq = (seq + count) & 0xFFFF
+        c.packets += count
+        nbytes = layout.nbytes
+        c.octets += nbytes
+        c.rtx_allowance = min(RTX_BURST, c.rtx_allowance + RTX_SHARE * nbytes)
+        ts = (entry.timestamp + c.ts_offset) & 0xFFFFFFFF
+        out = self.protect.write(layout, seq, ts, c.ssrc)
+        sock, addr = self.sock, self.addr
+        try:
+            for start, end in layout.runs:
+                if end - start == 1:
+                    sock.sendto(out[start], addr)
+                else:
+                    self._send_run(sock.sendmsg, out[start:end])
+        except OSError:  # BlockingIOError: the socket buffer is full
+            return False
+        return True
+
+    def gso_refused(self) -> None:
+        log.info("lean sender %s: no UDP GSO here, one write per packet", self._ssrc)
+        self.gso = False
+        self.broadcast.regroup()
+
+    def follow_up(self, layout: FrameLayout) -> None:
+        """After a batched send: resend what is still NACKed, pad a probe."""
+        if self._nacked:
+            self._retry_nacks()
+        if self.padding_bps:
+            self.send_padding(layout.ext)
+
+    def _mark_follow_up(self) -> None:
+        self.c.follow_up = 1 if (self._nacked or self.padding_bps) else 0
+
+    def history(self) -> list[tuple[int, Entry]]:
+        """(first sequence number, entry) of the frames this viewer was sent that are
+        still in its broadcast's history, then those from the rungs it came from."""
+        c, sent = self.c, self.broadcast.sent
+        fseqs, firsts = list(c.hist_fseq), list(c.hist_seq)
+        out = []
+        for slot, fseq in enumerate(fseqs):
+            if fseq >= 0:
+                entry = sent[slot]
+                if entry is not None and entry.seq == fseq:
+                    out.append((firsts[slot], entry))
+        if self._prior:  # kept while a NACK could still ask for them
+            seq = c.seq
+            self._prior = [
+                (first, entry) for first, entry in self._prior
+                if (seq - first) & 0xFFFF <= NACK_WINDOW + len(entry.payloads)
+            ]  # fmt: skip
+        return out + self._prior
+
+    def moving(self) -> None:
+        """Leaving its broadcast for another: its history here is kept, for NACKs."""
+        self._prior = self.history()[:HISTORY_FRAMES]
+        fastsend.forget_history(self.c)
 
     def _send_run(self, sendmsg: Callable[..., int], packets: list[memoryview]) -> None:
         """One GSO write of ``packets`` (equal sizes, the last maybe shorter). A kernel or
@@ -529,7 +611,9 @@ class LeanSender:
     def set_padding(self, bps: int) -> None:
         if not bps:
             self._pad_at = 0.0
-        self.padding_bps = bps
+        if bps != self.padding_bps:
+            self.padding_bps = bps
+            self._mark_follow_up()
 
     PADDING = 255  # bytes of padding per packet (RTP padding length is one byte)
 
@@ -606,13 +690,15 @@ class LeanSender:
                         fb.remb_bps, fb.remb_at = bitrate, time.monotonic()
 
     def _retry_nacks(self) -> None:
+        history = self.history()
         for seq, tries in list(self._nacked.items()):
             if tries >= NACK_RETRIES or (self.seq - seq) & 0xFFFF > NACK_WINDOW:
                 del self._nacked[seq]
-            elif self.retransmit(seq):
+            elif self.retransmit(seq, history):
                 self._nacked[seq] = tries + 1
+        self._mark_follow_up()
 
-    def retransmit(self, seq: int) -> bool:
+    def retransmit(self, seq: int, history: list[tuple[int, Entry]] | None = None) -> bool:
         """Resend packet ``seq`` from the history (as RTX when negotiated), at most once
         per round trip: a receiver that lists every packet still missing in each NACK
         would otherwise have the same packets resent again and again into a link that is
@@ -634,10 +720,7 @@ class LeanSender:
         if len(resent) >= 1024:
             resent.clear()
         resent[seq] = now
-        for pos in range(HISTORY_FRAMES):
-            first, entry = self.hist_seq[pos], self.hist_entry[pos]
-            if entry is None or first < 0:
-                continue
+        for first, entry in self.history() if history is None else history:
             index = (seq - first) & 0xFFFF
             if index >= len(entry.payloads):
                 continue
@@ -742,10 +825,34 @@ class Broadcast:
         self.skips = 0
         self._ext: dict[tuple[int, bytes, int], bytes] = {}
         self.scratch = Scratch()
+        # The entries sent, by slot (fan-out sequence number % HISTORY_FRAMES): what a
+        # viewer's history points into (media/fastsend.py).
+        self.sent: list[Entry | None] = [None] * HISTORY_FRAMES
+        # Viewers sent by the C loop, in groups alike (one layout, one call each), and
+        # the rest (a TURN relay, no C loop here): rebuilt when membership changes.
+        self._groups: list[fastsend.Group] | None = None
+        self._python: list[LeanSender] = []
         self._task: asyncio.Task | None = None
         self._reports: asyncio.Task | None = None
 
     # --- membership ------------------------------------------------------------------
+    def regroup(self) -> None:
+        """Viewers joined, left, or changed how they are written: group them again."""
+        self._groups = None
+
+    def _regroup(self) -> list[fastsend.Group]:
+        fast = fastsend.load()
+        by_key: dict[tuple, list[LeanSender]] = {}
+        self._python = []
+        for viewer in self.viewers:
+            if fast is not None and viewer._native is not None:
+                key = (viewer.profile, viewer.b0, viewer.pt, viewer.gso)
+                by_key.setdefault(key, []).append(viewer)
+            else:
+                self._python.append(viewer)
+        self._groups = [fastsend.Group(fast, group) for group in by_key.values()]
+        return self._groups
+
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self.next_seq = self.fanout.seq + 1
@@ -771,10 +878,12 @@ class Broadcast:
             else:
                 self.request_keyframe("join")
         self.viewers.append(viewer)
+        self.regroup()
 
     def leave(self, viewer: LeanSender) -> None:
         with contextlib.suppress(ValueError):
             self.viewers.remove(viewer)
+            self.regroup()
         with contextlib.suppress(ValueError):
             self.pending.remove(viewer)
         if viewer.switch_to is self:
@@ -809,10 +918,12 @@ class Broadcast:
                 return False
         self.pending.remove(viewer)
         old = viewer.broadcast
+        viewer.moving()
         viewer.broadcast, viewer.switch_to = self, None
         old.leave(viewer)
         viewer.waiting = False
         self.viewers.append(viewer)
+        self.regroup()
         if viewer.on_switched is not None:
             viewer.on_switched(self)
         return True
@@ -883,7 +994,8 @@ class Broadcast:
         return [ring[i] for i in range(start, len(ring))]
 
     def send(self, entry: Entry) -> None:
-        """Send one entry to every viewer: the one pass per frame."""
+        """Send one entry to every viewer: the one pass per frame (one C call per group
+        of viewers alike, where the C send loop loaded)."""
         payloads = entry.payloads
         if not payloads:
             return
@@ -891,17 +1003,34 @@ class Broadcast:
         self._ext.clear()
         layouts: dict[tuple, FrameLayout] = {}
         keyframe = entry.keyframe
-        lagging = None
+        self.sent[entry.seq & HISTORY_MASK] = entry
+        lagging: list[LeanSender] = []
         if keyframe and self.pending:
             for viewer in list(self.pending):
                 self._complete_switch(viewer, entry)
-        for viewer in self.viewers:
+        groups = self._groups if self._groups is not None else self._regroup()
+        srtp_failed = False
+        for group in groups:
+            layout = self.layout_for(group.viewers[0], entry, layouts)
+            count = self._send_group(group, entry, layout)
+            out, viewers = group.out, group.viewers
+            for k in range(count):
+                code = out[k]
+                viewer, flags = viewers[code >> 4], code & 15
+                if flags & fastsend.GSO_OFF:
+                    viewer.gso_refused()
+                if flags & fastsend.LAGGING:
+                    lagging.append(viewer)
+                if flags & fastsend.FOLLOW_UP:
+                    viewer.follow_up(layout)
+                srtp_failed = srtp_failed or bool(flags & fastsend.SRTP_ERROR)
+        for viewer in self._python:
             if viewer.waiting:
                 if not keyframe:
                     continue
                 viewer.waiting = False
             if not viewer.send_entry(entry, self.layout_for(viewer, entry, layouts)):
-                (lagging := lagging or []).append(viewer)
+                lagging.append(viewer)
         self.last_ts, self.last_ts_at = entry.timestamp, time.monotonic()
         self.entries_sent += 1
         if lagging:
@@ -911,6 +1040,14 @@ class Broadcast:
                 self.on_skip(self.kind)
             if self.fanout.keyframes:
                 self.request_keyframe("lagging")
+        if srtp_failed:
+            raise pylibsrtp.Error("srtp_protect failed")
+
+    def _send_group(self, group: fastsend.Group, entry: Entry, layout: FrameLayout) -> int:
+        return fastsend.load().lib.fs_send_all(
+            layout.native[0], group.array, group.n, entry.timestamp, entry.keyframe, entry.seq,
+            len(layout.lengths), layout.nbytes, group.out,
+        )  # fmt: skip
 
     _abs_send_time = 0
 

@@ -552,6 +552,42 @@ def test_pylibsrtp_internals_the_lean_protector_relies_on():
         ours(b"\x80" * 1400)
 
 
+@pytest.mark.parametrize("native", [True, False])
+async def test_a_nack_after_a_rung_switch_resends_the_packet_sent_on_the_old_rung(native):
+    """History is kept per broadcast slot in the viewer's C state: a packet sent on the
+    rung a viewer left (and one on its new rung) is resent as RTX with its own payload,
+    with the C loop or the Python one."""
+    old_fan, new_fan = Fanout(capacity=60, keyframes=True), Fanout(capacity=60, keyframes=True)
+    old = Broadcast(old_fan, "video", 90000, lambda _r: None, lambda _k: None)
+    new = Broadcast(new_fan, "video", 90000, lambda _r: None, lambda _k: None)
+    key = os.urandom(30)
+    [(lean, rx)] = _lean_senders(old, key, ((True, native),), seq=100)
+    lean.rtx_pt, lean.rtx_ssrc = 103, 999
+    lean.started.set()
+    sent = {}
+    for i in range(3):  # on the old rung: seqs 100..105
+        frame = [os.urandom(700), os.urandom(700)]
+        entry = old_fan.publish(None, i == 0, 0, payloads=frame, timestamp=i * 3000)
+        old.send(entry)
+        sent.update({100 + 2 * i + k: p for k, p in enumerate(frame)})
+    new.switch(lean)
+    frame = [os.urandom(800)]
+    new.send(new_fan.publish(None, True, 0, payloads=frame, timestamp=9000))
+    assert lean.broadcast is new and lean in new.viewers and lean not in old.viewers
+    sent[106] = frame[0]
+    _drain(rx)
+    inbound = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    for seq in (101, 104, 106):
+        assert lean.retransmit(seq), seq
+        [datagram] = _drain(rx)
+        rtp = inbound.unprotect(datagram)
+        assert struct.unpack("!I", rtp[8:12])[0] == 999 and rtp[1] & 0x7F == 103
+        assert rtp[-len(sent[seq]) - 2 :] == struct.pack("!H", seq) + sent[seq], seq
+    assert not lean.retransmit(400), "never sent: nothing to resend"
+    lean.stop()
+    rx.close()
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
