@@ -9,8 +9,10 @@ writes each viewer's packets: its own 12-byte RTP header (SSRC, sequence number,
 timestamp offset), the header extensions shared by all viewers negotiated alike, the
 shared payload, SRTP protect, and a non-blocking write on the viewer's ICE socket. The
 shared part is laid out once per frame (``FrameLayout``); per viewer it is one copy into
-a scratch buffer, the header fields, libsrtp in place and one GSO write per frame, all
-in one call of the C send loop (media/fastsend.py) where it built, else in Python.
+a scratch buffer, the header fields, libsrtp in place and one GSO write per frame. Where
+the C send loop (media/fastsend.py) built, that is one C call per pass for each group of
+viewers negotiated alike, and only the viewers with something for Python to do (NACKs
+to retry, probe padding, a full socket) come back to Python; else it runs in Python.
 
 Kept per viewer (``LeanSender``): NACK retransmission (RTX when negotiated) from a
 bounded history of the frames it was sent (references to the shared entries, no copies),

@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from media import tasks
+from media import fastsend, tasks
 from media.egress import Viewer
 from media.ice import advertise_address, link_headers
 from media.pull import EdgeShow, WhepPull
@@ -298,6 +298,7 @@ def create_edge_app(settings: Settings, config: EdgeConfig, redis_url: str) -> w
     edge = app[EDGE] = Edge(app, config)
 
     async def edge_ctx(app: web.Application):
+        await asyncio.to_thread(fastsend.load)  # the lean path's C loop, off the event loop
         redis = await connect(redis_url, health_check_interval=10)
         app[keys.REDIS] = redis
         app[keys.EXTRA]["viewer_slots"] = viewer_slots.ViewerSlots(redis)
