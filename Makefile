@@ -22,6 +22,9 @@ system:
 	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
 	test -e /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	command -v turnserver >/dev/null 2>&1 || missing="$$missing coturn"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	$(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -35,8 +38,9 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# The lean viewer path's C send loop (media/fastsend.py), built once into ~/.cache/showroom;
-# without a C compiler the server runs its Python loop instead.
+# The lean viewer path's C send loop (media/fastsend.py), built once into ~/.cache/showroom
+# (`system` installs a C compiler and Python's headers for it); without them the server
+# runs its slower Python loop instead.
 venv: $(STAMP)
 	@$(BIN)/python -m media.fastsend
 
