@@ -190,11 +190,15 @@ async def test_full_show_retries_and_plays_when_a_seat_frees(make_app, write_man
     try:
         async with chromium(app) as browser:
             _, first = await new_page(browser, errors, "first", PHONE)
-            offers: list[str] = []  # the first page's WHEP offers (a reconnect frees its seat)
+            # The first page's WHEP requests: a reconnect frees its seat (DELETE, then a
+            # new offer once its ICE gathering is done, which can come later).
+            offers: list[str] = []
             first.on(
                 "request",
                 lambda r: (
-                    offers.append(r.url) if r.method == "POST" and "/whep/" in r.url else None
+                    offers.append(f"{r.method} {r.url}")
+                    if r.method in ("POST", "DELETE") and "/whep/" in r.url
+                    else None
                 ),
             )
             await first.goto(f"{app.url}/shows/demo")
@@ -205,8 +209,8 @@ async def test_full_show_retries_and_plays_when_a_seat_frees(make_app, write_man
             # The show is at capacity (503): the page says it is connecting and retries.
             await expect(second.locator("#stage-title")).to_have_text("Connecting…")
             await second.wait_for_timeout(2500)
-            # Unless the first page lost its connection and offered again (its seat was
-            # free for a moment: on a starved CI machine), the second never played.
+            # Unless the first page lost its connection and gave its seat up (free for a
+            # moment: on a starved CI machine), the second never played.
             second_time = await second.locator("#video").evaluate("v => v.currentTime")
             assert second_time == 0 or len(offers) > 1, (second_time, offers)
 
