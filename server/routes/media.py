@@ -279,13 +279,16 @@ async def open_viewer(
     try:
         viewer = make_viewer()
         _track_budget(viewer, offered)
-        if slot is not None and slot in slots.held:
-            slots.held[slot].session = viewer
         try:
             answer = await viewer.accept(text, offer.ice_ufrag, with_audio)
         except Exception as exc:
             await viewer.close()
             raise ApiError(422, "bad_request", f"Cannot use this SDP offer: {exc}") from None
+        # Only now is the session among the show's viewers: tied to it any earlier, the
+        # slot looked abandoned to the once-a-second tending (the session not listed
+        # yet) and was given back while the session went on, so the cap let one more in.
+        if slot is not None and slot in slots.held:
+            slots.held[slot].session = viewer
     except BaseException:
         if slot is not None:
             await slots.release(slot)
