@@ -402,6 +402,7 @@ class Group:
         self.n = len(viewers)
         self.array = module.ffi.new("struct fs_viewer *[]", [v.c for v in viewers])
         self.out = module.ffi.new("int[]", max(1, self.n))
+        self.send_all = module.lib.fs_send_all  # looked up once, not per frame
 
 
 def layout(

@@ -1046,7 +1046,7 @@ class Broadcast:
             raise pylibsrtp.Error("srtp_protect failed")
 
     def _send_group(self, group: fastsend.Group, entry: Entry, layout: FrameLayout) -> int:
-        return fastsend.load().lib.fs_send_all(
+        return group.send_all(
             layout.native[0], group.array, group.n, entry.timestamp, entry.keyframe, entry.seq,
             len(layout.lengths), layout.nbytes, group.out,
         )  # fmt: skip
