@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import fractions
 import json
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import aiohttp
 import av
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
-from load_tests.rtc_peers import test_pattern
+from load_tests.rtc_peers import Counter, count_instead_of_aiortc, test_pattern
 from media.client import WhepPlayer, delete_session, negotiate, prefer_codec
 from media.encoders import VideoEncoder
 
@@ -77,62 +76,6 @@ class LoopedVideo(MediaStreamTrack):
         packet.time_base = VIDEO_CLOCK
         self.n += 1
         return packet
-
-
-class Counter(asyncio.DatagramProtocol):
-    """Counts a viewer's RTP packets before aiortc would see them; passes the rest on."""
-
-    def __init__(self, inner: asyncio.DatagramProtocol, shared: Counter | None = None) -> None:
-        self.inner = inner
-        self.totals = shared or self  # one viewer's sockets count into one place
-        self.packets = 0
-        self.bytes = 0
-        self.lost = 0
-        self.last: dict[bytes, int] = {}
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        if 127 < data[0] < 192 and not 191 < data[1] < 224:  # SRTP, not SRTCP
-            t = self.totals
-            t.packets += 1
-            t.bytes += len(data)
-            seq = (data[2] << 8) | data[3]
-            ssrc = data[8:12]
-            last = t.last.get(ssrc)
-            if last is not None:
-                gap = (seq - last) & 0xFFFF
-                if gap == 0 or gap > 0x8000:  # a duplicate or a late packet
-                    return
-                t.lost += gap - 1
-            t.last[ssrc] = seq
-            return
-        self.inner.datagram_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self.inner.error_received(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
-
-
-def count_instead_of_aiortc(pc: RTCPeerConnection) -> Counter:
-    """Put one ``Counter`` in front of every UDP socket of ``pc``'s ICE connection (the
-    server may send on any pair that succeeded), with room for a keyframe's burst."""
-    counter: Counter | None = None
-    for transceiver in pc.getTransceivers():
-        connection = transceiver.receiver.transport.transport._connection
-        for protocol in connection._protocols:
-            transport = protocol.transport
-            if isinstance(transport.get_protocol(), Counter):
-                continue
-            with contextlib.suppress(OSError, AttributeError):
-                transport.get_extra_info("socket").setsockopt(
-                    socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
-                )
-            wrapper = Counter(protocol, counter)
-            counter = counter or wrapper
-            transport.set_protocol(wrapper)
-    assert counter is not None, "no ICE sockets"
-    return counter
 
 
 @dataclass
