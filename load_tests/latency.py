@@ -275,7 +275,7 @@ async def viewer_phase(
         await asyncio.sleep(opts.seconds)
         end = time.time()
         cpu = meter.percent()
-        counted = [b - a for a, b in zip(counted0, _counted(stats), strict=True)]
+        counted = _counted(stats)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -289,19 +289,8 @@ async def viewer_phase(
         _collect(result.relayed, relayed, start, end)
         result.note = f"origin worker {origin}"
     _collect(result, stats, start, end)
-    if any(s.counter for s in stats):
-        rates = [c / (end - start) for c, s in zip(counted, stats, strict=True) if s.counter]
-        lost = sum(s.counter.lost for s in stats if s.counter)
-        got = sum(s.counter.packets for s in stats if s.counter)
-        result.note = "; ".join(
-            x
-            for x in (
-                result.note,
-                f"{len(rates)} counting viewers: median {median(rates):.0f} RTP packets/s "
-                f"each, {100 * lost / max(1, got + lost):.2f}% lost",
-            )
-            if x
-        )
+    if counting := _counting_note(counted0, counted, end - start):
+        result.note = f"{result.note}; {counting}" if result.note else counting
     # Viewers report what they felt, as browser viewers do: /metrics sees it too.
     await asyncio.gather(
         *(report_to_server(base, SHOW, s, start, end) for s in stats[:20]),
@@ -325,8 +314,25 @@ async def origin_worker(base: str) -> str | None:
     return None
 
 
-def _counted(stats: list[ViewerStats]) -> list[int]:
-    return [s.counter.packets if s.counter else 0 for s in stats]
+def _counted(stats: list[ViewerStats]) -> dict[int, tuple[int, int]]:
+    """(packets, lost) so far of each counting viewer, by its index."""
+    return {i: (s.counter.packets, s.counter.lost) for i, s in enumerate(stats) if s.counter}
+
+
+def _counting_note(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], seconds: float
+) -> str:
+    """What the counting viewers received in the window: proof they kept receiving."""
+    both = [(after[i], before[i]) for i in after if i in before]
+    if not both:
+        return ""
+    rates = [(a[0] - b[0]) / seconds for a, b in both]
+    got = sum(a[0] - b[0] for a, b in both)
+    lost = sum(a[1] - b[1] for a, b in both)
+    return (
+        f"{len(both)} counting viewers: median {median(rates):.0f} RTP packets/s each, "
+        f"{100 * lost / max(1, got + lost):.2f}% lost"
+    )
 
 
 def _collect(result: PhaseResult, stats: list[ViewerStats], start: float, end: float) -> None:
@@ -610,9 +616,16 @@ def render(opts: Options, floors: Floors, phases: list[PhaseResult], server_view
     )
 
 
+def section_name(opts: Options) -> str:
+    """The BENCHMARKS.md section of a run, and the stem of its results files: a run at
+    several workers must not overwrite the 1-worker figures the summary reads."""
+    name = "latency_workers" if opts.workers > 1 else "latency"
+    return f"{name}-quick" if opts.quick else name
+
+
 def save_results(opts: Options, floors: Floors, phases: list[PhaseResult]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("latency-quick.json" if opts.quick else "latency.json")
+    path = RESULTS / f"{section_name(opts)}.json"
     data = {
         "options": asdict(opts),
         "floors": {
@@ -662,7 +675,7 @@ def plot(opts: Options, floors: Floors, phases: list[PhaseResult]) -> Path:
     ax2.set_title("Join time")
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("latency-quick.png" if opts.quick else "latency.png")
+    path = RESULTS / f"{section_name(opts)}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -709,15 +722,14 @@ def main(argv: list[str] | None = None) -> int:
     floors, phases, server_view = asyncio.run(run(opts))
     body = render(opts, floors, phases, server_view)
     print(body)
-    save_results(opts, floors, phases)
-    png = plot(opts, floors, phases)
+    if opts.write or opts.quick:  # --no-write leaves the recorded figures and plot alone
+        save_results(opts, floors, phases)
+        png = plot(opts, floors, phases)
     command = "python -m load_tests.latency" + (" --quick" if opts.quick else "")
-    section = "latency"
     if opts.workers > 1:
         command += f" --workers {opts.workers}"
-        section = "latency_workers"
     if opts.write and not opts.quick:
-        write_section(section, command, body + f"\n\nPlot: `{png.relative_to(ROOT)}`")
+        write_section(section_name(opts), command, body + f"\n\nPlot: `{png.relative_to(ROOT)}`")
     ok = all(not p.failed and p.latencies for p in phases)
     return 0 if ok else 1
 

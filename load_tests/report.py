@@ -342,7 +342,7 @@ def _no_data(ax, text: str) -> None:
 
 
 def load_latency(quick: bool) -> dict | None:
-    path = RESULTS / ("latency-quick.json" if quick else "latency.json")
+    path = RESULTS / ("latency-quick.json" if quick else "latency.json")  # 1 worker
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
