@@ -22,6 +22,7 @@ system:
 	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
 	test -e /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	command -v turnserver >/dev/null 2>&1 || missing="$$missing coturn"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	$(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
 	  || missing="$$missing python3-dev"; \

@@ -81,6 +81,9 @@ class Config:
     quick: bool = False
     load_before: str = ""
     pyloop_counts: tuple[int, ...] = (0, 3, 100, 200)
+    # Lean series per worker count, in alternating order (1, 2, 2, 1, ...): the machine's
+    # noise falls on both, and the scaling ratio is the median over the rounds.
+    rounds: int = 1
 
 
 QUICK = replace(
@@ -242,6 +245,7 @@ class Point:
 class Series:
     name: str
     workers: int = 1
+    round: int = 1
     points: list[Point] = field(default_factory=list)
     join_ms: list[float] = field(default_factory=list)
     failures: int = 0
@@ -474,10 +478,11 @@ def plot(series: list[Series], quick: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / ("fanout-quick.png" if quick else "fanout.png")
     fig, ax = plt.subplots(figsize=(7, 4))
-    for s, style in zip(series, ("o-", "s--", "^-.", "d:"), strict=False):
+    for s, style in zip(series, ("o-", "s--", "^-.", "d:", "v-", "x--"), strict=False):
         base, k = s.slope()
         xs = [p.viewers for p in s.points]
         label = f"{s.name} ({s.workers} worker{'s' if s.workers > 1 else ''})"
+        label += f", round {s.round}" if s.round > 1 else ""
         ax.plot(xs, [p.cpu_cores for p in s.points], style, label=label)
         if k == k:  # not NaN
             ax.plot(xs, [base + k * x for x in xs], ":", color="grey")
@@ -521,9 +526,13 @@ async def run(cfg: Config) -> list[Series]:
         redis = EmbeddedRedis(folder / "redis")
         redis.start()
         try:
-            for workers in cfg.workers:
-                print(f"lean viewer path, {workers} worker(s):", flush=True)
-                out.append(await measure("lean", cfg.lean_counts, cfg, folder, redis.url, workers))
+            for i in range(cfg.rounds):
+                order = cfg.workers if i % 2 == 0 else tuple(reversed(cfg.workers))
+                for workers in order:
+                    print(f"lean viewer path, {workers} worker(s), round {i + 1}:", flush=True)
+                    series = await measure("lean", cfg.lean_counts, cfg, folder, redis.url, workers)
+                    series.round = i + 1
+                    out.append(series)
             if cfg.pyloop_counts:
                 print("lean viewer path, Python send loop (SHOWROOM_FASTSEND=0):", flush=True)
                 out.append(await measure("lean-py", cfg.pyloop_counts, cfg, folder, redis.url))
@@ -542,8 +551,8 @@ async def run(cfg: Config) -> list[Series]:
 
 
 def report(cfg: Config, series: list[Series], workers_note: str) -> str:
-    lean1 = next(s for s in series if s.name == "lean" and s.workers == 1)
-    lean2 = next((s for s in series if s.name == "lean" and s.workers == 2), None)
+    rounds1 = [s for s in series if s.name == "lean" and s.workers == 1]
+    rounds2 = [s for s in series if s.name == "lean" and s.workers == 2]
     old = next((s for s in series if s.name == "aiortc sender"), None)
     ours = [s for s in series if s.name != "naive"]
     # The stream's full rate: the most any viewer got (at the lightest load of the run).
@@ -557,7 +566,7 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
         us = f"{pk * 1e6:.1f}" if s.name != "naive" and pk == pk else "-"
         per_core = s.per_core_at(nominal_pps) if s.name != "naive" else s.per_core
         summary_rows.append(
-            [s.name, s.workers, f"{s.base_cores:.3f}", us,
+            [_label(s), s.workers, f"{s.base_cores:.3f}", us,
              f"{1 / per_core * 100 if per_core else 0:.3f}", f"{per_core:.0f}",
              f"{s.per_core:.0f}", top.viewers if top else 0,
              f"{top.cpu_cores:.2f}" if top else "-", f"{top.kbps_per_viewer:.0f}" if top else "-",
@@ -567,7 +576,7 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
             lat = [f"{percentile(p.latency_ms, 50):.1f}", f"{percentile(p.latency_ms, 99):.1f}"]
             cost = s.point_cost(p, nominal_pps) if s.name != "naive" else float("nan")
             rows.append(
-                [s.name, s.workers, p.viewers, f"{p.cpu_cores:.3f}",
+                [_label(s), s.workers, p.viewers, f"{p.cpu_cores:.3f}",
                  f"{cost * 100:.3f}" if cost == cost else "-", f"{p.loop_cores:.3f}",
                  f"{p.kbps_per_viewer:.0f}", f"{p.pps_per_viewer:.0f}", f"{p.loss_pct:.2f}",
                  f"{p.sample_fps:.1f} {p.sample_size}" if p.sample_size else "-",
@@ -595,7 +604,7 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
          "server CPU there (cores)", "kbps per viewer there", "loss %"],
         summary_rows,
     )  # fmt: skip
-    per_core = lean1.per_core_at(nominal_pps)
+    per_core = median([s.per_core_at(nominal_pps) for s in rounds1])
     old_core = old.per_core_at(nominal_pps) if old else 0.0
     ratio_old = per_core / old_core if old_core not in (0, float("inf")) else 0.0
 
@@ -604,7 +613,8 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
         return found.per_core_at(nominal_pps) if found else 0.0
 
     nogso_core, py_core = per_core_of(NOGSO), per_core_of(PYLOOP)
-    joins = lean1.join_ms
+    joins = [j for s in rounds1 for j in s.join_ms]
+    failures = sum(s.failures for s in rounds1)
     ok_core = per_core >= TARGET_PER_CORE
     lines = [
         f"{cfg.width}x{cfg.height} at {cfg.fps} fps, {cfg.bitrate_kbps} kbps H.264 + Opus "
@@ -639,24 +649,38 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
         )  # fmt: skip
         + f". Viewer join (WHEP POST -> ICE+DTLS connected, load "
         f"generator joining 12 at a time) at 1 worker: p50 {percentile(joins, 50):.0f} ms, "
-        f"p95 {percentile(joins, 95):.0f} ms ({len(joins)} joins, {lean1.failures} failed). "
+        f"p95 {percentile(joins, 95):.0f} ms ({len(joins)} joins, {failures} failed). "
         f"Load average (all processes on the machine) {cfg.load_before} before the run, "
         f"{load_average()} after.",
         "",
         f"Targets: >= {TARGET_PER_CORE} viewers per core: "
         f"{'met' if ok_core else 'NOT met'} ({per_core:.0f}).",
     ]
-    if lean2 is not None:
-        scale = 2 * lean2.per_core_at(nominal_pps) / per_core if per_core else 0.0
+    if rounds2:
+        per_core2 = median([s.per_core_at(nominal_pps) for s in rounds2])
+        scale = 2 * per_core2 / per_core if per_core else 0.0
         verdict = "met" if scale >= TARGET_SCALING else "NOT met"
+        each = ""
+        if len(rounds1) > 1 or len(rounds2) > 1:
+            each = (
+                f"; the median over {len(rounds1)} and {len(rounds2)} alternating rounds: "
+                f"{per_core:.0f} and {per_core2:.0f} viewers per core; each round: 1 worker "
+                + ", ".join(f"{s.per_core_at(nominal_pps):.0f}" for s in rounds1)
+                + "; 2 workers "
+                + ", ".join(f"{s.per_core_at(nominal_pps):.0f}" for s in rounds2)
+            )
         lines.append(
             f"2 workers serve >= {TARGET_SCALING}x the viewers of 1 at the same CPU per viewer: "
-            f"{verdict} ({scale:.2f}x)."
+            f"{verdict} ({scale:.2f}x{each})."
         )
     else:
         lines.append(f"2 workers vs 1: not measured ({workers_note}).")
     lines += ["", points, ""]
     return "\n".join(lines)
+
+
+def _label(s: Series) -> str:
+    return f"{s.name} (round {s.round})" if s.round > 1 else s.name
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
@@ -672,6 +696,7 @@ def main() -> None:
     p.add_argument("--pyloop", help="viewer counts for the Python send loop ('' to skip)")
     p.add_argument("--naive", help="viewer counts for the naive path ('' to skip)")
     p.add_argument("--workers", help="worker counts for the lean path, e.g. 1,2")
+    p.add_argument("--rounds", type=int, help="lean series per worker count (default 2)")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     p.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--bitrate", type=int, default=1500, help=argparse.SUPPRESS)
@@ -698,6 +723,10 @@ def main() -> None:
         cfg.workers = (1, 2)
     if not has_workers:
         cfg.workers = (1,)
+    if args.rounds:
+        cfg.rounds = args.rounds
+    elif len(cfg.workers) > 1:
+        cfg.rounds = 2
     cfg.load_before = load_average()
     try:
         import uvloop
@@ -708,10 +737,10 @@ def main() -> None:
     with runner:
         series = runner.run(run(cfg))
     body = report(cfg, series, note)
-    path = plot(series, cfg.quick)
     print()
     print(body)
-    print(f"Plot: {path.relative_to(ROOT)}")
+    if cfg.quick or not args.no_write:  # --no-write leaves the recorded plot alone
+        print(f"Plot: {plot(series, cfg.quick).relative_to(ROOT)}")
     if not cfg.quick and not args.no_write:
         command = "python -m load_tests.fanout"
         write_section("fanout", command, body + "\nPlot: `load_tests/results/fanout.png`\n")

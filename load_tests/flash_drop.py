@@ -13,7 +13,8 @@ raw limit of the same Redis running the same Lua script.
   same Redis in the same run: what Redis alone can do with no HTTP, JSON or Python.
 - ``--workers N``: instead, the HTTP closed loop against ``serve --workers 1`` and then
   ``serve --workers N`` in the same run (CPU summed over every server process), for the
-  scaling ratio; its own BENCHMARKS.md section.
+  scaling ratio; its own BENCHMARKS.md section. ``wrk`` drives these buyers: on two cores
+  the load generator's CPU comes out of the workers' share, and wrk's is the smallest.
 - ``--cluster``: instead, the HTTP closed loop and the Python client rows against a
   single Redis and a 3-master Redis Cluster (``redis+cluster://``) in the same run, in
   alternating windows; its own BENCHMARKS.md section.
@@ -40,6 +41,7 @@ from typing import Any
 
 from checkout import keys, scripts
 from checkout.carts import add_keys
+from load_tests import wrk
 from load_tests.common import (
     RESULTS,
     manifest_toml,
@@ -474,27 +476,39 @@ ROUNDS = 4  # alternating windows per configuration, so drift in the machine's l
 
 
 async def alternating_closed_loops(
-    cfg: Config, servers: dict[str, tuple[subprocess.Popen, str]], redis_pid: int | None = None
+    cfg: Config,
+    servers: dict[str, tuple[subprocess.Popen, str]],
+    redis_pid: int | None = None,
+    use_wrk: bool = False,
 ) -> list[Result]:
     """The HTTP closed loop against each running server, in alternating windows (so a
-    change in the machine's other load falls on all); a row per server sums its windows."""
+    change in the machine's other load falls on all); a row per server sums its windows.
+    ``use_wrk``: wrk drives the buyers (``wrk_closed_loop``) instead of this process."""
     results = []
     rounds = 1 if cfg.quick else ROUNDS
     for n in cfg.concurrency:
         buyers = {label: await _buyers(url, n) for label, (_p, url) in servers.items()}
-        runs = {
-            label: functools.partial(
-                http_closed_loop,
-                "",
-                buyers[label],
-                cfg.window_s / rounds,
-                cfg.warmup_s,
-                proc.pid,
-                redis_pid,
-            )  # fmt: skip
-            for label, (proc, _url) in servers.items()
-        }
+        runs: dict[str, Callable[[], Awaitable[Result]]] = {}
+        for label, (proc, url) in servers.items():
+            if use_wrk:
+                cookies = [b.cookies for b in buyers[label]]
+                _close(buyers[label])
+                runs[label] = functools.partial(
+                    wrk_closed_loop, url, cookies, cfg.window_s / rounds, proc.pid, redis_pid
+                )
+            else:
+                runs[label] = functools.partial(
+                    http_closed_loop,
+                    "",
+                    buyers[label],
+                    cfg.window_s / rounds,
+                    cfg.warmup_s,
+                    proc.pid,
+                    redis_pid,
+                )  # fmt: skip
         try:
+            if use_wrk:  # one unmeasured window each first: wrk has no warm-up of its own
+                await alternating(runs, 1)
             windows = await alternating(runs, rounds)
         finally:
             for sessions in buyers.values():
@@ -502,6 +516,39 @@ async def alternating_closed_loops(
         for label, parts in windows.items():
             results.append(_summed(f"HTTP closed loop, {label}", n, parts))
     return results
+
+
+async def wrk_closed_loop(
+    url: str,
+    cookies: list[dict[str, str]],
+    window_s: float,
+    server_pid: int,
+    redis_pid: int | None = None,
+) -> Result:
+    """One window of wrk's closed loop: a connection per buyer, each add with one of
+    the buyers' cookies in turn; server and Redis CPU over wrk's run."""
+    requests = [
+        wrk.Request(
+            "POST",
+            "/api/cart/items",
+            {
+                "Cookie": "; ".join(f"{k}={v}" for k, v in jar.items()),
+                "Content-Type": "application/json",
+            },
+            BODY,
+        )
+        for jar in cookies
+    ]
+    cpu0 = tree_cpu_s(server_pid)
+    redis0 = tree_cpu_s(redis_pid) if redis_pid else 0.0
+    with tempfile.NamedTemporaryFile(suffix=".lua") as script:
+        run = await wrk.closed_loop(url, requests, len(requests), window_s, script.name)
+    return Result(
+        "", len(requests), run.requests, run.seconds, run.latencies_ms, run.errors,
+        server_cpu_s=tree_cpu_s(server_pid) - cpu0,
+        client_cpu_s=run.cpu_s,
+        redis_cpu_s=tree_cpu_s(redis_pid) - redis0 if redis_pid else None,
+    )  # fmt: skip
 
 
 async def alternating(
@@ -559,7 +606,10 @@ async def workers_run(cfg: Config, workers: int) -> list[Result]:
                     raise server
             labels = {w: f"{w} worker{'s' if w > 1 else ''}" for w in servers}
             results += await alternating_closed_loops(
-                cfg, {labels[w]: server for w, server in servers.items()}, redis_server.proc.pid
+                cfg,
+                {labels[w]: server for w, server in servers.items()},
+                redis_server.proc.pid,
+                use_wrk=True,
             )
         finally:
             for proc, _url in servers.values():
@@ -643,13 +693,18 @@ def workers_report(cfg: Config, results: list[Result], workers: int) -> None:
         f"`serve --workers {workers}` (SO_REUSEPORT: the kernel spreads the buyers' "
         "connections over the workers), both running on one Redis, measured in "
         f"{ROUNDS} alternating windows each (their sums are the rows), so a change in "
-        "the machine's other load falls on both. *server CPU s* sums every "
-        "server process (parent and workers, from /proc) over the window; *client CPU s* is "
-        "the load generator (its buyers press again from their connections' callbacks, "
-        "`Buyer.press_repeatedly`), which runs on the same cores (nproc above), as does "
+        "the machine's other load falls on both, after one unmeasured window each. The "
+        "load generator is `wrk` (C, one thread, `load_tests/wrk.py`): a keep-alive "
+        "connection per buyer, each add carrying one of the buyers' viewer cookies in turn "
+        "(taken from a first `GET /api/cart` per buyer); the Python generator of the "
+        "flash_drop section costs about 8 times more per add, and on 2 cores its share "
+        "comes out of what the workers could use. *server CPU s* sums every "
+        "server process (parent and workers, from /proc) over wrk's runs; *client CPU s* is "
+        "wrk, which runs on the same cores (nproc above), as does "
         "Redis (*Redis CPU s*): with 2 cores the workers cannot each have a core to "
         "themselves, so the throughput ratio is bounded by what the load generator and "
-        "Redis leave over (the bound in the lines above). *adds/s per server core* shows "
+        "Redis leave over (the bound in the lines above). p50/p99 are wrk's, pooled over "
+        "the windows from 999 quantiles each. *adds/s per server core* shows "
         "the cost per add does not grow with workers."
     )
     write_section(

@@ -64,6 +64,10 @@ TARGET_G2G_P95_MS = 150
 TARGET_JOIN_P95_MS = 500
 # The server forces at most one keyframe a second per show.
 KEYFRAME_GAP_S = 1.5
+PUBLISHERS = {
+    "builtin": "this module's aiortc publisher, moving bars and noise",
+    "pocketcam": "the PocketCam's test pattern (flat: the stream stays below its bitrate)",
+}
 # Viewers beyond this many receive every packet but decode only their first frame.
 PROBES = 10
 
@@ -314,24 +318,32 @@ async def origin_worker(base: str) -> str | None:
     return None
 
 
-def _counted(stats: list[ViewerStats]) -> dict[int, tuple[int, int]]:
-    """(packets, lost) so far of each counting viewer, by its index."""
-    return {i: (s.counter.packets, s.counter.lost) for i, s in enumerate(stats) if s.counter}
+def _counted(stats: list[ViewerStats]) -> dict[int, tuple[int, int, int]]:
+    """(packets, bytes, lost) so far of each viewer's video, by its index."""
+    return {
+        i: (s.counter.packets, s.counter.bytes, s.counter.lost)
+        for i, s in enumerate(stats)
+        if s.counter
+    }
 
 
 def _counting_note(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], seconds: float
+    before: dict[int, tuple[int, int, int]],
+    after: dict[int, tuple[int, int, int]],
+    seconds: float,
 ) -> str:
-    """What the counting viewers received in the window: proof they kept receiving."""
+    """What the viewers received in the window: the stream's bitrate as it reached them,
+    and (for the ones that do not decode) proof that they kept receiving."""
     both = [(after[i], before[i]) for i in after if i in before]
     if not both:
         return ""
     rates = [(a[0] - b[0]) / seconds for a, b in both]
+    kbps = [(a[1] - b[1]) * 8 / seconds / 1000 for a, b in both]
     got = sum(a[0] - b[0] for a, b in both)
-    lost = sum(a[1] - b[1] for a, b in both)
+    lost = sum(a[2] - b[2] for a, b in both)
     return (
-        f"{len(both)} counting viewers: median {median(rates):.0f} RTP packets/s each, "
-        f"{100 * lost / max(1, got + lost):.2f}% lost"
+        f"video as received (SRTP, {len(both)} viewers): median {median(kbps):.0f} kbps, "
+        f"{median(rates):.0f} RTP packets/s each, {100 * lost / max(1, got + lost):.2f}% lost"
     )
 
 
@@ -550,8 +562,9 @@ def render(opts: Options, floors: Floors, phases: list[PhaseResult], server_view
     return "\n".join(
         [
             f"Show composed at {opts.width}x{opts.height}@{opts.fps} (H.264, 1.5 Mbps), "
-            f"publisher: {opts.publisher} ({opts.width}x{opts.height}@{opts.fps}, "
-            f"~{publisher_cpu:.0f}% of a core), {opts.seconds:g} s measured per row after "
+            f"publisher: {PUBLISHERS[opts.publisher]} ({opts.width}x{opts.height}@{opts.fps}, "
+            f"~{publisher_cpu:.0f}% of a core); each row's note gives the video bitrate its "
+            f"viewers received. {opts.seconds:g} s measured per row after "
             f"all viewers joined (joins spread over min(0.1 s x N, 5 s)). "
             f"Glass-to-glass comes from up to {PROBES} decoding viewers per row; the others "
             "(40 of the 50) decode their first frame (join time), then count every packet "
@@ -698,7 +711,9 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     viewers = [int(v) for v in args.viewers.split(",")] if args.viewers else None
     publisher = args.publisher
     if publisher == "auto":
-        publisher = "pocketcam" if (ROOT / "media" / "pocketcam.py").exists() else "builtin"
+        # Moving bars and noise: the show's stream then carries its nominal bitrate (the
+        # PocketCam's flat test pattern encodes to a quarter of it whatever the setting).
+        publisher = "builtin"
     opts = Options(
         viewers=viewers or ([1, 3] if args.quick else [1, 10, 50]),
         seconds=args.seconds or (2.0 if args.quick else 15.0),

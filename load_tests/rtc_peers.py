@@ -111,10 +111,17 @@ async def whip_publish(
 
 
 class Counter(asyncio.DatagramProtocol):
-    """Counts a viewer's RTP packets before aiortc would see them; passes the rest on."""
+    """Counts a viewer's RTP packets before aiortc would see them; passes the rest on
+    (and, with ``passthrough``, the RTP packets too: a decoding viewer's byte count)."""
 
-    def __init__(self, inner: asyncio.DatagramProtocol, shared: Counter | None = None) -> None:
+    def __init__(
+        self,
+        inner: asyncio.DatagramProtocol,
+        shared: Counter | None = None,
+        passthrough: bool = False,
+    ) -> None:
         self.inner = inner
+        self.passthrough = passthrough
         self.totals = shared or self  # one viewer's sockets count into one place
         self.packets = 0
         self.bytes = 0
@@ -132,10 +139,13 @@ class Counter(asyncio.DatagramProtocol):
             if last is not None:
                 gap = (seq - last) & 0xFFFF
                 if gap == 0 or gap > 0x8000:  # a duplicate or a late packet
+                    if self.passthrough:
+                        self.inner.datagram_received(data, addr)
                     return
                 t.lost += gap - 1
             t.last[ssrc] = seq
-            return
+            if not self.passthrough:
+                return
         self.inner.datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -147,7 +157,18 @@ class Counter(asyncio.DatagramProtocol):
 
 def count_instead_of_aiortc(pc: RTCPeerConnection) -> Counter:
     """Put one ``Counter`` in front of every UDP socket of ``pc``'s ICE connection (the
-    server may send on any pair that succeeded), with room for a keyframe's burst."""
+    server may send on any pair that succeeded), with room for a keyframe's burst: its
+    RTP packets are counted and dropped before SRTP."""
+    return _count_sockets(pc, passthrough=False)
+
+
+def count_before_aiortc(pc: RTCPeerConnection) -> Counter:
+    """``count_instead_of_aiortc`` for a viewer that still decodes: every packet is
+    counted, then goes on to aiortc."""
+    return _count_sockets(pc, passthrough=True)
+
+
+def _count_sockets(pc: RTCPeerConnection, passthrough: bool) -> Counter:
     counter: Counter | None = None
     for transceiver in pc.getTransceivers():
         connection = transceiver.receiver.transport.transport._connection
@@ -159,7 +180,7 @@ def count_instead_of_aiortc(pc: RTCPeerConnection) -> Counter:
                 transport.get_extra_info("socket").setsockopt(
                     socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
                 )
-            wrapper = Counter(protocol, counter)
+            wrapper = Counter(protocol, counter, passthrough)
             counter = counter or wrapper
             transport.set_protocol(wrapper)
     assert counter is not None, "no ICE sockets"
@@ -178,7 +199,9 @@ class ViewerStats:
     unreadable: int = 0
     error: str | None = None
     worker: str | None = None  # X-Showroom-Worker of the WHEP answer (serve --workers)
-    counter: Counter | None = None  # a non-decoding viewer's packets after its first frame
+    # Its RTP packets and bytes from its first frame on (a non-decoding viewer's are then
+    # dropped before SRTP).
+    counter: Counter | None = None
 
     def latencies(self, start: float, end: float) -> list[float]:
         return [lat for t, lat in self.samples if start <= t <= end]
@@ -240,7 +263,9 @@ async def run_viewer(
                 arrived = time.time()
                 if stats.join_ms is None:
                     stats.join_ms = (time.perf_counter() - t0) * 1000
-                    if not decode:
+                    if decode:
+                        stats.counter = count_before_aiortc(pc)
+                    else:
                         # From here its packets are counted and dropped before SRTP: the
                         # server sends it everything, and the measuring process spends
                         # its CPU on the decoding viewers, not on 40 others' decryption.
