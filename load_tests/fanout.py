@@ -236,7 +236,7 @@ class Point:
     sample_fps: float = 0.0  # decoded video frames/s at a sample viewer (mean)
     sample_size: str = ""
     publisher_fps: float = 0.0  # frames/s the publisher sent (its own process)
-    show_fps: float = 0.0  # frames/s the show composed
+    show_fps: float = float("nan")  # frames/s the show composed (the origin's)
     latency_ms: list[float] = field(default_factory=list)
     skips: int = 0  # viewers that fell behind and skipped ahead (cumulative)
 
@@ -450,8 +450,8 @@ async def window(
         point.sample_fps = (frames1 - frames0) / dt / joined
         point.sample_size = ",".join(samples.latest["sizes"])
     point.publisher_fps = (sent1 - sent0) / dt
-    # With workers, /api/.../media answers from whichever worker the request lands on.
-    point.show_fps = (composed1 - composed0) / dt if workers == 1 else float("nan")
+    if composed0 is not None and composed1 is not None:
+        point.show_fps = (composed1 - composed0) / dt
     if kind != "naive":
         staff = {"Authorization": "Bearer bench-staff"}  # operator figures
         async with http.get(f"{base}/api/shows/demo/media", headers=staff) as resp:
@@ -461,12 +461,21 @@ async def window(
     return point
 
 
-async def frames_out(kind: str, base: str, http) -> int:
-    """Frames the show composed so far (the origin's compositor; 0 for naive)."""
+async def frames_out(kind: str, base: str, http) -> int | None:
+    """Frames the show composed so far (the origin's compositor; 0 for naive). With
+    workers, a request lands on any of them: asked again until the origin answers (None
+    if it never did)."""
     if kind == "naive":
         return 0
-    async with http.get(f"{base}/api/shows/demo/media") as resp:
-        return int((await resp.json()).get("frames_out", 0))
+    # An operator figure; a new connection each time, so the kernel may pick another
+    # worker (SO_REUSEPORT spreads connections, not requests).
+    staff = {"Authorization": "Bearer bench-staff", "Connection": "close"}
+    for _ in range(16):
+        async with http.get(f"{base}/api/shows/demo/media", headers=staff) as resp:
+            stats = await resp.json()
+        if stats.get("origin", True):
+            return int(stats["frames_out"])
+    return None
 
 
 def plot(series: list[Series], quick: bool) -> Path:
