@@ -53,6 +53,7 @@ from load_tests.common import (
     table,
     write_section,
 )
+from media.ice import rtc_configuration
 from server.embedded import EmbeddedRedis, free_port
 
 TARGET_P99_MS = 50.0
@@ -303,7 +304,7 @@ def _candidates(offer: str, n: int, first_port: int) -> str:
 async def _viewer_offer() -> str:
     from aiortc import RTCPeerConnection
 
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(rtc_configuration())
     pc.addTransceiver("video", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp

@@ -56,6 +56,7 @@ from load_tests.common import (
     write_section,
 )
 from load_tests.lean_viewers import Crowd, Publisher, Samples
+from media.ice import rtc_configuration
 
 STREAM_KEY = "bench-stream-key"
 TARGET_PER_CORE = 500
@@ -171,7 +172,7 @@ def naive_app() -> aiohttp.web.Application:
     state: dict = {"source": None, "pcs": set()}
 
     async def whip(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(rtc_configuration())
         state["pcs"].add(pc)
 
         @pc.on("track")
@@ -186,7 +187,7 @@ def naive_app() -> aiohttp.web.Application:
         )
 
     async def whep(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(rtc_configuration())
         state["pcs"].add(pc)
         await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
         sender = pc.addTrack(relay.subscribe(state["source"], buffered=False))
@@ -389,8 +390,10 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
                 if count and samples.count and samples.proc is None:
                     await samples.start()
                 missing = count - samples.latest["joined"] - len(crowd.viewers)
+                had = len(crowd.viewers)
                 if missing > 0:
                     await crowd.add(http, missing)
+                joined = [v.join_s * 1000 for v in crowd.viewers[had:]]
                 await asyncio.sleep(cfg.warmup_s)
                 point = await window(kind, crowd, samples, pub, proc.pid, base, http, cfg, workers)
                 series.points.append(point)
@@ -401,7 +404,13 @@ async def measure(kind: str, counts: tuple[int, ...], cfg: Config, folder: Path,
                     f"{point.pps_per_viewer:.0f} pkt/s/viewer loss={point.loss_pct:.2f}% "
                     f"sample={point.sample_fps:.1f} fps {point.sample_size} skips={point.skips} "
                     f"publisher={point.publisher_fps:.1f} fps show={point.show_fps:.1f} fps "
-                    f"failed joins={len(crowd.failures)}",
+                    f"failed joins={len(crowd.failures)}"
+                    + (
+                        f" (these {len(joined)} joined in p50 {percentile(joined, 50):.0f} ms, "
+                        f"p95 {percentile(joined, 95):.0f} ms)"
+                        if joined
+                        else ""
+                    ),
                     flush=True,
                 )
             series.join_ms = [v.join_s * 1000 for v in crowd.viewers]

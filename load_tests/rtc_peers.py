@@ -27,6 +27,7 @@ from aiortc import (
 )
 
 from media import timecode
+from media.ice import rtc_configuration
 
 VIDEO_CLOCK = fractions.Fraction(1, 90000)
 log = logging.getLogger("load_tests.latency")
@@ -96,7 +97,7 @@ class Publisher:
 async def whip_publish(
     http: aiohttp.ClientSession, url: str, key: str, source: MediaStreamTrack
 ) -> Publisher:
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(rtc_configuration())
     prefer_h264(pc.addTransceiver(source, direction="sendonly"))
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
@@ -218,7 +219,7 @@ async def run_viewer(
     can hold many viewers on a small machine without its own backlog polluting the
     figures of the decoding ones.
     """
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(rtc_configuration())
     transceiver = pc.addTransceiver("video", direction="recvonly")
     prefer_h264(transceiver)
     track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
@@ -316,7 +317,7 @@ async def direct_peer_to_peer(width: int, height: int, fps: int, seconds: float)
     """The aiortc stack's own floor: the same source straight to one viewer, no server
     (one encode, packetise, loopback, jitter buffer, decode)."""
     source = StampedSource(width, height, fps)
-    pub, sub = RTCPeerConnection(), RTCPeerConnection()
+    pub, sub = RTCPeerConnection(rtc_configuration()), RTCPeerConnection(rtc_configuration())
     prefer_h264(pub.addTransceiver(source, direction="sendonly"))
     stats = ViewerStats()
     track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()

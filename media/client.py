@@ -17,6 +17,8 @@ import aiohttp
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from media.ice import rtc_configuration
+
 
 class WhipError(Exception):
     def __init__(self, status: int, detail: str) -> None:
@@ -96,7 +98,7 @@ class WhepPlayer:
         configuration: RTCConfiguration | None = None,  # e.g. TURN only, relay policy
     ) -> None:
         self.url = url
-        self.pc = RTCPeerConnection(configuration)
+        self.pc = RTCPeerConnection(configuration or rtc_configuration())
         self.pc.addTransceiver("video", direction="recvonly")
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
@@ -165,7 +167,7 @@ class WhipPublisher:
         codec: str | None = None,
     ) -> None:
         self.url, self.key = url, key
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(rtc_configuration())
         if video is not None:
             self.pc.addTransceiver(video, direction="sendonly")
         if audio is not None:

@@ -106,12 +106,15 @@ def parse_link_headers(values: list[str]) -> tuple[IceServer, ...]:
     return tuple(servers)
 
 
-def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration | None:
-    """The server's own peers' configuration; None (aiortc's defaults) without ``[ice]``.
+def rtc_configuration(servers: tuple[IceServer, ...] = ()) -> RTCConfiguration:
+    """The configuration of Showroom's own peers (WHIP ingest, WHEP egress, edge pulls,
+    restreams, the PocketCam): the manifest's ``[ice]`` servers and no others.
 
-    aioice uses one STUN and one TURN server per connection: the first of each."""
-    if not servers:
-        return None
+    Without ``[ice]``, host candidates only. aiortc's default would ask Google's STUN
+    server from every peer, and an answer waits for its gathering: a round trip where
+    the server can reach it, up to aioice's 5 s timeout where it cannot (a showroom
+    network without internet, a slow resolver). aioice uses one STUN and one TURN
+    server per connection: the first of each."""
     chosen: list[IceServer] = []
     for turn in (False, True):
         first = next((s for s in servers if s.is_turn == turn), None)

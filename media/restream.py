@@ -339,9 +339,10 @@ class WhipSender(Sender):
 
         from media.client import delete_session, negotiate, prefer_codec
         from media.egress import FanoutTrack, SharedPacketiser
+        from media.ice import rtc_configuration
 
         runtime = self.hub.runtime
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(rtc_configuration())
         sender_self = self
 
         class Counting(FanoutTrack):

@@ -535,10 +535,12 @@ async def test_aiortc_internals_the_pull_relies_on():
     """``media.pull`` replaces a receiver's RTP handler and sends PLI through it."""
     from aiortc import RTCPeerConnection, RTCRtpReceiver
 
+    from media.ice import rtc_configuration
+
     assert callable(RTCRtpReceiver._handle_rtp_packet)
     assert callable(RTCRtpReceiver._send_rtcp_pli)
     assert callable(RTCRtpReceiver._send_rtcp_nack)
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(rtc_configuration())
     try:
         receiver = pc.addTransceiver("video", direction="recvonly").receiver
         assert isinstance(receiver._RTCRtpReceiver__codecs, dict)

@@ -136,7 +136,17 @@ async def test_no_link_headers_without_ice(app):
         assert r.status == 201
         assert "Link" not in r.headers
         answer = await r.text()
-    assert " typ relay" not in answer
+    assert " typ relay" not in answer and " typ srflx" not in answer
+    # aiortc's default asks Google's STUN server from every peer, and the answer waits
+    # for it: up to 5 s on a showroom network without internet. The server's peer asks
+    # no STUN or TURN server it was not given.
+    runtime = app.app[keys.EXTRA]["media"]["demo"]
+    viewers = list(runtime.viewers.values())
+    assert viewers
+    for viewer in viewers:
+        for transceiver in viewer.pc.getTransceivers():
+            ice = transceiver.receiver.transport.transport.iceGatherer._connection
+            assert ice.stun_server is None and ice.turn_server is None
     page = await (await app.session.get("/shows/demo")).text()
     assert '"ice_servers": []' in page
 
