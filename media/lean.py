@@ -64,7 +64,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +196,20 @@ def pad_to_runs(tails: list[bytes], runs: Runs) -> list[int]:
 
 # libsrtp writes at most this much after a packet (auth tag and MKI: SRTP_MAX_TRAILER_LEN).
 SRTP_TRAILER = 16 + 128
+
+
+class _LazyHistory:
+    """A viewer's NACK history (``LeanSender.history``), built on first iteration and
+    then reused for the other retransmissions of the same pass."""
+
+    def __init__(self, build: Callable[[], list[tuple[int, Entry]]]) -> None:
+        self._build = build
+        self._items: list[tuple[int, Entry]] | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, Entry]]:
+        if self._items is None:
+            self._items = self._build()
+        return iter(self._items)
 
 
 @dataclass(slots=True)
@@ -692,7 +706,9 @@ class LeanSender:
                         fb.remb_bps, fb.remb_at = bitrate, time.monotonic()
 
     def _retry_nacks(self) -> None:
-        history = self.history()
+        # Called on every frame while anything is NACKed; most retries are held back by
+        # the once-per-round-trip rule, so the history is built only if one is resent.
+        history = _LazyHistory(self.history)
         for seq, tries in list(self._nacked.items()):
             if tries >= NACK_RETRIES or (self.seq - seq) & 0xFFFF > NACK_WINDOW:
                 del self._nacked[seq]
@@ -700,7 +716,7 @@ class LeanSender:
                 self._nacked[seq] = tries + 1
         self._mark_follow_up()
 
-    def retransmit(self, seq: int, history: list[tuple[int, Entry]] | None = None) -> bool:
+    def retransmit(self, seq: int, history: Iterable[tuple[int, Entry]] | None = None) -> bool:
         """Resend packet ``seq`` from the history (as RTX when negotiated), at most once
         per round trip: a receiver that lists every packet still missing in each NACK
         would otherwise have the same packets resent again and again into a link that is
