@@ -714,7 +714,7 @@ def main() -> None:
     p.add_argument("--pyloop", help="viewer counts for the Python send loop ('' to skip)")
     p.add_argument("--naive", help="viewer counts for the naive path ('' to skip)")
     p.add_argument("--workers", help="worker counts for the lean path, e.g. 1,2")
-    p.add_argument("--rounds", type=int, help="lean series per worker count (default 2)")
+    p.add_argument("--rounds", type=int, help="lean series per worker count (default 4)")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     p.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--bitrate", type=int, default=1500, help=argparse.SUPPRESS)
@@ -744,7 +744,9 @@ def main() -> None:
     if args.rounds:
         cfg.rounds = args.rounds
     elif len(cfg.workers) > 1:
-        cfg.rounds = 2
+        # Single rounds of one worker count differ by up to 25 % on a shared 2-core
+        # machine; four each make the median steady enough to read a ratio from.
+        cfg.rounds = 4
     cfg.load_before = load_average()
     try:
         import uvloop
