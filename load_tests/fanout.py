@@ -1,7 +1,7 @@
 """Fan-out benchmark: server CPU per viewer for the lean viewer path, the aiortc sender
 path it replaced, and aiortc's default one-encoder-per-viewer path.
 
-    python -m load_tests.fanout [--quick] [--lean 100,200,300] [--old 50,100,150]
+    python -m load_tests.fanout [--quick] [--lean 100,200,300] [--old 50,100,150] [--rounds 4]
 
 Every server runs in its own process and gets the same publisher: a replayed loop of
 moving bars + noise, 720p30 H.264 at 1.5 Mbps, plus an Opus tone (audio + video). The
@@ -22,7 +22,9 @@ slope of CPU against viewers is the cost of one viewer.
   aiortc ``RTCRtpSender`` loop packs and sends them on its own.
 - **naive**: aiortc's default, a ``MediaRelay`` and one H.264 encoder per viewer.
 
-With ``serve --workers`` available, the lean path is also measured at 2 workers.
+With ``serve --workers`` available, the lean path is also measured at 2 workers, in
+alternating rounds (``--rounds``, 4 each by default: 1, 2, 2, 1, ...); viewers per core
+and the 2-worker scaling ratio are medians over the rounds.
 """
 
 from __future__ import annotations
@@ -495,19 +497,27 @@ def plot(series: list[Series], quick: bool) -> Path:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / ("fanout-quick.png" if quick else "fanout.png")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for s, style in zip(series, ("o-", "s--", "^-.", "d:", "v-", "x--"), strict=False):
+    fig, ax = plt.subplots(figsize=(9.5, 4))
+    # One colour and style per path and worker count; its rounds share them (one label).
+    kinds = list(dict.fromkeys((s.name, s.workers) for s in series))
+    styles = ("o-", "s--", "^-.", "d:", "v-", "x--", "p-.")
+    for s in series:
+        i = kinds.index((s.name, s.workers))
         base, k = s.slope()
         xs = [p.viewers for p in s.points]
+        rounds = sum(1 for o in series if (o.name, o.workers) == (s.name, s.workers))
         label = f"{s.name} ({s.workers} worker{'s' if s.workers > 1 else ''})"
-        label += f", round {s.round}" if s.round > 1 else ""
-        ax.plot(xs, [p.cpu_cores for p in s.points], style, label=label)
+        label += f", {rounds} rounds" if rounds > 1 else ""
+        ax.plot(
+            xs, [p.cpu_cores for p in s.points], styles[i % len(styles)],
+            color=f"C{i}", label=label if s.round == 1 else None, alpha=0.8,
+        )  # fmt: skip
         if k == k:  # not NaN
             ax.plot(xs, [base + k * x for x in xs], ":", color="grey")
     ax.set_xlabel("viewers")
     ax.set_ylabel("server CPU (cores)")
     ax.set_title("Server CPU vs viewers, 720p30 1.5 Mbps audio+video")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
