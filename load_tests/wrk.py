@@ -45,9 +45,10 @@ class WrkRun:
 
 
 def _lua_string(text: str) -> str:
-    if not text.isascii() or "]]" in text or "\n" in text:
+    """A Lua long string of level 1 (``[=[...]=]``: a text may end in ``]``)."""
+    if not text.isascii() or "]=]" in text or "\n" in text or text.endswith("]="):
         raise ValueError(f"cannot put {text!r} in a Lua long string")
-    return f"[[{text}]]"
+    return f"[=[{text}]=]"
 
 
 def lua_script(requests: list[Request]) -> str:
@@ -57,6 +58,7 @@ def lua_script(requests: list[Request]) -> str:
         raise ValueError("at least one request")
     entries = []
     for r in requests:
+        # "[ " and " ]" around a key: "[[" would open a long string
         headers = ", ".join(
             f"[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in r.headers.items()
         )
