@@ -3,9 +3,10 @@
 The lean Python generator (``http_buyers.py``) costs about an eighth of what the server
 spends per add-to-cart; on a 2-core machine that share comes out of the cores the server's
 workers need, so a scaling ratio measured with it is capped below what the workers do.
-wrk spends a few microseconds per request. Each connection sends its next request as soon
-as its answer is in; the requests (one per buyer, each with that buyer's cookie) are taken
-in turn, so a buyer's adds are spread over the connections the way a browser's tabs would.
+wrk spends about half as much per request, its Lua ``request()`` included. Each connection
+sends its next request as soon as its answer is in; the requests (one per buyer, each with
+that buyer's cookie) are taken in turn, so a buyer's adds are spread over the connections
+the way a browser's tabs would.
 """
 
 from __future__ import annotations
