@@ -53,7 +53,7 @@ from load_tests.common import (
     table,
     write_section,
 )
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 from server.embedded import EmbeddedRedis, free_port
 
 TARGET_P99_MS = 50.0
@@ -302,9 +302,8 @@ def _candidates(offer: str, n: int, first_port: int) -> str:
 
 
 async def _viewer_offer() -> str:
-    from aiortc import RTCPeerConnection
 
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     pc.addTransceiver("video", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp

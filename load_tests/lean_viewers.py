@@ -38,7 +38,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from load_tests.rtc_peers import Counter, count_instead_of_aiortc, test_pattern
 from media.client import WhepPlayer, delete_session, negotiate, prefer_codec
 from media.encoders import VideoEncoder
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 
 VIDEO_CLOCK = fractions.Fraction(1, 90000)
 
@@ -109,7 +109,7 @@ class Crowd:
         await asyncio.gather(*(one() for _ in range(count)))
 
     async def _join(self, http: aiohttp.ClientSession) -> LeanViewer:
-        pc = RTCPeerConnection(rtc_configuration())
+        pc = peer_connection()
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver("audio", direction="recvonly")
         prefer_codec(pc, "video", "video/H264")

@@ -17,7 +17,7 @@ import aiohttp
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from media.ice import rtc_configuration
+from media.ice import peer_connection, rtc_configuration
 
 
 class WhipError(Exception):
@@ -167,7 +167,7 @@ class WhipPublisher:
         codec: str | None = None,
     ) -> None:
         self.url, self.key = url, key
-        self.pc = RTCPeerConnection(rtc_configuration())
+        self.pc = peer_connection()
         if video is not None:
             self.pc.addTransceiver(video, direction="sendonly")
         if audio is not None:

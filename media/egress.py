@@ -23,7 +23,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCRtpSender, RTCSessionDescription
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
@@ -31,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from media.dtls import DtlsInterop
 from media.fanout import Cursor, Fanout
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 from media.lean import LeanSender
 from media.sdp import parse_offer
 
@@ -128,7 +128,7 @@ class Viewer:
         self.edge: str | None = None  # the edge node whose pull session this is, if one
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
-        self.pc = RTCPeerConnection(rtc_configuration(runtime.show.ice_servers))
+        self.pc = peer_connection(runtime.show.ice_servers)
         self.dtls = DtlsInterop(self.pc, f"WHEP viewer {self.id} of show {runtime.show.id}")
         self.remote_ufrag: str | None = None
         self.lean = runtime.egress == "lean"

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 # stun:host[:port]  turn(s):host[:port][?transport=udp|tcp]
 _URL = re.compile(
@@ -123,6 +123,12 @@ def rtc_configuration(servers: tuple[IceServer, ...] = ()) -> RTCConfiguration:
     return RTCConfiguration(
         iceServers=[RTCIceServer(s.url, s.username, s.credential) for s in chosen]
     )
+
+
+def peer_connection(servers: tuple[IceServer, ...] = ()) -> RTCPeerConnection:
+    """A peer of ours (and of the load generators and tests): only ``servers`` as ICE
+    servers, never aiortc's default (``rtc_configuration``)."""
+    return RTCPeerConnection(rtc_configuration(servers))
 
 
 def advertise_address(sdp: str, public_ip: str) -> str:

@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from media.dtls import DtlsInterop
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 from media.sdp import SdpFrag, parse_offer
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Publisher:
         self.runtime = runtime
         self.id = secrets.token_urlsafe(12)
         self.etag = f'"{secrets.token_hex(8)}"'
-        self.pc = RTCPeerConnection(rtc_configuration(runtime.show.ice_servers))
+        self.pc = peer_connection(runtime.show.ice_servers)
         self.dtls = DtlsInterop(self.pc, f"WHIP publisher {self.id} of show {runtime.show.id}")
         self.created = time.monotonic()
         self.remote_ufrag: str | None = None

@@ -52,7 +52,7 @@ from media.adapt import Adapter
 from media.client import prefer_codec
 from media.encoders import VideoEncoder
 from media.fanout import Fanout
-from media.ice import parse_link_headers, rtc_configuration
+from media.ice import parse_link_headers, peer_connection
 from media.ladder import Rung
 from media.lean import Broadcast
 from media.relay import RelayedPacket
@@ -545,7 +545,7 @@ class WhepPull:
 
     async def _session(self) -> None:
         self.state = "connecting"
-        pc = self._pc = RTCPeerConnection(rtc_configuration())
+        pc = self._pc = peer_connection()
         video = pc.addTransceiver("video", direction="recvonly")
         audio = pc.addTransceiver("audio", direction="recvonly")
         prefer_codec(pc, "video", "video/H264")

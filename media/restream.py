@@ -335,14 +335,13 @@ class WhipSender(Sender):
 
     async def _session(self) -> None:
         import aiohttp
-        from aiortc import RTCPeerConnection
 
         from media.client import delete_session, negotiate, prefer_codec
         from media.egress import FanoutTrack, SharedPacketiser
-        from media.ice import rtc_configuration
+        from media.ice import peer_connection
 
         runtime = self.hub.runtime
-        pc = RTCPeerConnection(rtc_configuration())
+        pc = peer_connection()
         sender_self = self
 
         class Counting(FanoutTrack):

@@ -533,14 +533,14 @@ def test_the_least_loaded_edge_is_chosen_and_the_origin_keeps_its_share():
 
 async def test_aiortc_internals_the_pull_relies_on():
     """``media.pull`` replaces a receiver's RTP handler and sends PLI through it."""
-    from aiortc import RTCPeerConnection, RTCRtpReceiver
+    from aiortc import RTCRtpReceiver
 
-    from media.ice import rtc_configuration
+    from media.ice import peer_connection
 
     assert callable(RTCRtpReceiver._handle_rtp_packet)
     assert callable(RTCRtpReceiver._send_rtcp_pli)
     assert callable(RTCRtpReceiver._send_rtcp_nack)
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     try:
         receiver = pc.addTransceiver("video", direction="recvonly").receiver
         assert isinstance(receiver._RTCRtpReceiver__codecs, dict)

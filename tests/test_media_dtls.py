@@ -20,7 +20,7 @@ from OpenSSL import SSL
 
 from media import dtls
 from media.dtls import DtlsInterop, InteropCertificate
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 from media.sdp import SdpError, check_publish_offer, choose_view_codec, parse_offer
 from media.testsrc import TestPatternTrack
 from server import keys
@@ -76,7 +76,7 @@ def test_aiortc_internals_media_dtls_relies_on_are_still_there():
         f"media/dtls.py is pinned to aiortc {dtls.AIORTC_VERSION} internals but aiortc is "
         f"{version}: re-check each internal its docstring lists, then update AIORTC_VERSION"
     )
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     certificates = getattr(pc, "_RTCPeerConnection__certificates", None)
     assert isinstance(certificates, list) and isinstance(certificates[0], RTCCertificate), (
         "aiortc no longer keeps its certificate in RTCPeerConnection.__certificates"
@@ -93,8 +93,8 @@ def test_aiortc_internals_media_dtls_relies_on_are_still_there():
 
 async def test_actpass_offer_gets_a_passive_answer_with_our_certificate():
     offerer, answerer = (
-        RTCPeerConnection(rtc_configuration()),
-        RTCPeerConnection(rtc_configuration()),
+        peer_connection(),
+        peer_connection(),
     )
     interop = DtlsInterop(answerer, "test peer")
     try:
@@ -121,8 +121,8 @@ async def test_actpass_offer_gets_a_passive_answer_with_our_certificate():
 async def test_active_or_passive_offers_keep_aiortcs_role():
     for setup, role in (("active", "server"), ("passive", "client")):
         offerer, answerer = (
-            RTCPeerConnection(rtc_configuration()),
-            RTCPeerConnection(rtc_configuration()),
+            peer_connection(),
+            peer_connection(),
         )
         interop = DtlsInterop(answerer, "test peer")
         offerer.addTransceiver(TestPatternTrack(320, 180, 10), direction="sendonly")
@@ -196,7 +196,7 @@ async def test_failed_handshake_is_one_warning_naming_the_peer_and_reason(
 ):
     caplog.set_level(logging.WARNING, logger="showroom.media.dtls")
     runtime = app.app[keys.EXTRA]["media"]["demo"]
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     if case == "no_shared_cipher":
         rsa_peer(pc)  # before the transceiver: its DTLS transport takes the certificate
     pc.addTransceiver(TestPatternTrack(320, 180, 10), direction="sendonly")
@@ -231,7 +231,7 @@ async def test_failed_handshake_is_one_warning_naming_the_peer_and_reason(
 
 async def test_offer_with_an_unusable_dtls_role_is_a_422_and_leaves_no_session(app):
     runtime = app.app[keys.EXTRA]["media"]["demo"]
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     pc.addTransceiver(TestPatternTrack(320, 180, 10), direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     offer = pc.localDescription.sdp.replace("a=setup:actpass", "a=setup:holdconn")

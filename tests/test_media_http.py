@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection
 
 from media.client import WhepPlayer, WhipPublisher, negotiate
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 from media.testsrc import TestPatternTrack
 from server import keys
 from tests.conftest import STREAM_KEY
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def real_offer(kind: str = "publish") -> str:
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     if kind == "publish":
         pc.addTransceiver(TestPatternTrack(160, 90, 10), direction="sendonly")
     else:
@@ -185,7 +184,7 @@ async def test_whep_statuses_and_capacity(make_app):
         # The slate is watchable before any publisher: viewers get frames right away.
         await viewers[0].wait_first_frame(5)
 
-        extra = RTCPeerConnection(rtc_configuration())
+        extra = peer_connection()
         extra.addTransceiver("video", direction="recvonly")
         with pytest.raises(Exception) as info:
             await negotiate(http, extra, f"{running.url}/whep/demo")

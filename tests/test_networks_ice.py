@@ -16,7 +16,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from media.client import WhepPlayer
 from server import keys
 from server.config import ManifestError, load_manifest
-from tests.conftest import manifest_text
+from tests.conftest import ROOT, manifest_text
 from tests.test_media_http import real_offer, sdp_headers
 from tests.test_web_support import PHONE, JsErrors, chromium, new_page
 from tests.turn_server import PASSWORD, USER, start_turn
@@ -149,6 +149,20 @@ async def test_no_link_headers_without_ice(app):
             assert ice.stun_server is None and ice.turn_server is None
     page = await (await app.session.get("/shows/demo")).text()
     assert '"ice_servers": []' in page
+
+
+def test_no_python_peer_of_ours_takes_aiortcs_default_ice_servers():
+    """An aiortc peer made with no configuration asks Google's STUN server (the check
+    above): every one in the project comes from ``media.ice`` or is given its own."""
+    call = "RTCPeerConnection" + "()"  # spelled apart, so this file does not match
+    bare = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("media", "server", "load_tests", "tests", "checkout", "devices")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if call in line and f"new {call}" not in line  # a browser's is not aiortc's
+    ]
+    assert not bare, f"use media.ice.peer_connection(): {bare}"
 
 
 def relay_only(turn_url: str) -> RTCConfiguration:
