@@ -37,11 +37,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
 from load_tests.common import (
@@ -58,7 +59,7 @@ from load_tests.common import (
     write_section,
 )
 from load_tests.lean_viewers import Crowd, Publisher, Samples
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 
 STREAM_KEY = "bench-stream-key"
 TARGET_PER_CORE = 500
@@ -174,7 +175,7 @@ def naive_app() -> aiohttp.web.Application:
     state: dict = {"source": None, "pcs": set()}
 
     async def whip(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection(rtc_configuration())
+        pc = peer_connection()
         state["pcs"].add(pc)
 
         @pc.on("track")
@@ -189,7 +190,7 @@ def naive_app() -> aiohttp.web.Application:
         )
 
     async def whep(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection(rtc_configuration())
+        pc = peer_connection()
         state["pcs"].add(pc)
         await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
         sender = pc.addTrack(relay.subscribe(state["source"], buffered=False))
@@ -241,7 +242,7 @@ class Point:
     publisher_fps: float = 0.0  # frames/s the publisher sent (its own process)
     show_fps: float = float("nan")  # frames/s the show composed (the origin's)
     latency_ms: list[float] = field(default_factory=list)
-    skips: int = 0  # viewers that fell behind and skipped ahead (cumulative)
+    skips: int = 0  # the origin's viewers that fell behind and skipped ahead (cumulative)
 
 
 @dataclass
@@ -435,7 +436,7 @@ async def window(
 ) -> Point:  # fmt: skip
     counted = crowd.per_viewer()
     sent0 = pub.latest["frames"]
-    composed0 = await frames_out(kind, base, http)
+    media0 = await origin_media(kind, base, http)
     lost0 = crowd.totals()[2]
     frames0 = samples.latest["frames"]
     c0, l0, t0 = tree_cpu_s(pid), thread_cpu_seconds(pid), time.monotonic()
@@ -446,7 +447,7 @@ async def window(
     after = crowd.per_viewer()
     frames1 = samples.latest["frames"]
     sent1 = pub.latest["frames"]
-    composed1 = await frames_out(kind, base, http)
+    media1 = await origin_media(kind, base, http)
     lost1 = crowd.totals()[2]
     pps = [(b[0] - a[0]) / dt for a, b in zip(counted, after, strict=False)]
     kbps = [(b[1] - a[1]) * 8 / dt / 1000 for a, b in zip(counted, after, strict=False)]
@@ -461,23 +462,19 @@ async def window(
         point.sample_fps = (frames1 - frames0) / dt / joined
         point.sample_size = ",".join(samples.latest["sizes"])
     point.publisher_fps = (sent1 - sent0) / dt
-    if composed0 is not None and composed1 is not None:
-        point.show_fps = (composed1 - composed0) / dt
-    if kind != "naive":
-        staff = {"Authorization": "Bearer bench-staff"}  # operator figures
-        async with http.get(f"{base}/api/shows/demo/media", headers=staff) as resp:
-            stats = await resp.json()
-        point.latency_ms = [ms for wall, ms in stats["server_latency_ms"] if wall >= wall0]
-        point.skips = stats["viewer_skips"]
+    if media0 is not None and media1 is not None:
+        point.show_fps = (media1["frames_out"] - media0["frames_out"]) / dt
+        point.latency_ms = [ms for wall, ms in media1["server_latency_ms"] if wall >= wall0]
+        point.skips = media1["viewer_skips"]
     return point
 
 
-async def frames_out(kind: str, base: str, http) -> int | None:
-    """Frames the show composed so far (the origin's compositor; 0 for naive). With
-    workers, a request lands on any of them: asked again until the origin answers (None
-    if it never did)."""
+async def origin_media(kind: str, base: str, http) -> dict | None:
+    """The origin's ``/api/shows/{show}/media`` (its compositor's frames and latency;
+    None for naive, which has none). With workers, a request lands on any of them:
+    asked again until the origin answers (None if it never did)."""
     if kind == "naive":
-        return 0
+        return None
     # An operator figure; a new connection each time, so the kernel may pick another
     # worker (SO_REUSEPORT spreads connections, not requests).
     staff = {"Authorization": "Bearer bench-staff", "Connection": "close"}
@@ -485,7 +482,7 @@ async def frames_out(kind: str, base: str, http) -> int | None:
         async with http.get(f"{base}/api/shows/demo/media", headers=staff) as resp:
             stats = await resp.json()
         if stats.get("origin", True):
-            return int(stats["frames_out"])
+            return stats
     return None
 
 
@@ -499,15 +496,16 @@ def plot(series: list[Series], quick: bool) -> Path:
     path = RESULTS / ("fanout-quick.png" if quick else "fanout.png")
     fig, ax = plt.subplots(figsize=(9.5, 4))
     # One colour and style per path and worker count; its rounds share them (one label).
-    kinds = list(dict.fromkeys((s.name, s.workers) for s in series))
+    rounds = Counter((s.name, s.workers) for s in series)
+    kinds = list(rounds)  # in order of first appearance
     styles = ("o-", "s--", "^-.", "d:", "v-", "x--", "p-.")
     for s in series:
         i = kinds.index((s.name, s.workers))
         base, k = s.slope()
         xs = [p.viewers for p in s.points]
-        rounds = sum(1 for o in series if (o.name, o.workers) == (s.name, s.workers))
         label = f"{s.name} ({s.workers} worker{'s' if s.workers > 1 else ''})"
-        label += f", {rounds} rounds" if rounds > 1 else ""
+        n = rounds[(s.name, s.workers)]
+        label += f", {n} rounds" if n > 1 else ""
         ax.plot(
             xs, [p.cpu_cores for p in s.points], styles[i % len(styles)],
             color=f"C{i}", label=label if s.round == 1 else None, alpha=0.8,
@@ -632,7 +630,9 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
          "server CPU there (cores)", "kbps per viewer there", "loss %"],
         summary_rows,
     )  # fmt: skip
-    per_core = median([s.per_core_at(nominal_pps) for s in rounds1])
+    cores1 = [s.per_core_at(nominal_pps) for s in rounds1]
+    cores2 = [s.per_core_at(nominal_pps) for s in rounds2]
+    per_core = median(cores1)
     old_core = old.per_core_at(nominal_pps) if old else 0.0
     ratio_old = per_core / old_core if old_core not in (0, float("inf")) else 0.0
 
@@ -685,17 +685,17 @@ def report(cfg: Config, series: list[Series], workers_note: str) -> str:
         f"{'met' if ok_core else 'NOT met'} ({per_core:.0f}).",
     ]
     if rounds2:
-        per_core2 = median([s.per_core_at(nominal_pps) for s in rounds2])
+        per_core2 = median(cores2)
         scale = 2 * per_core2 / per_core if per_core else 0.0
         verdict = "met" if scale >= TARGET_SCALING else "NOT met"
         each = ""
-        if len(rounds1) > 1 or len(rounds2) > 1:
+        if len(cores1) > 1 or len(cores2) > 1:
             each = (
-                f"; the median over {len(rounds1)} and {len(rounds2)} alternating rounds: "
+                f"; the median over {len(cores1)} and {len(cores2)} alternating rounds: "
                 f"{per_core:.0f} and {per_core2:.0f} viewers per core; each round: 1 worker "
-                + ", ".join(f"{s.per_core_at(nominal_pps):.0f}" for s in rounds1)
+                + ", ".join(f"{c:.0f}" for c in cores1)
                 + "; 2 workers "
-                + ", ".join(f"{s.per_core_at(nominal_pps):.0f}" for s in rounds2)
+                + ", ".join(f"{c:.0f}" for c in cores2)
             )
         lines.append(
             f"2 workers serve >= {TARGET_SCALING}x the viewers of 1 at the same CPU per viewer: "

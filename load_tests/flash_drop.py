@@ -486,65 +486,64 @@ async def alternating_closed_loops(
     ``use_wrk``: wrk drives the buyers (``wrk_closed_loop``) instead of this process."""
     results = []
     rounds = 1 if cfg.quick else ROUNDS
-    for n in cfg.concurrency:
-        buyers = {label: await _buyers(url, n) for label, (_p, url) in servers.items()}
-        runs: dict[str, Callable[[], Awaitable[Result]]] = {}
-        for label, (proc, url) in servers.items():
-            if use_wrk:
-                cookies = [b.cookies for b in buyers[label]]
-                _close(buyers[label])
-                runs[label] = functools.partial(
-                    wrk_closed_loop, url, cookies, cfg.window_s / rounds, proc.pid, redis_pid
-                )
-            else:
-                runs[label] = functools.partial(
-                    http_closed_loop,
-                    "",
-                    buyers[label],
-                    cfg.window_s / rounds,
-                    cfg.warmup_s,
-                    proc.pid,
-                    redis_pid,
-                )  # fmt: skip
-        try:
-            if use_wrk:  # one unmeasured window each first: wrk has no warm-up of its own
-                await alternating(runs, 1)
-            windows = await alternating(runs, rounds)
-        finally:
-            for sessions in buyers.values():
-                _close(sessions)
-        for label, parts in windows.items():
-            results.append(_summed(f"HTTP closed loop, {label}", n, parts))
+    window_s = cfg.window_s / rounds
+    with tempfile.TemporaryDirectory(prefix="flashdrop-wrk-") as scripts:
+        for n in cfg.concurrency:
+            buyers = {label: await _buyers(url, n) for label, (_p, url) in servers.items()}
+            try:
+                runs: dict[str, Callable[[], Awaitable[Result]]] = {}
+                for i, (label, (proc, url)) in enumerate(servers.items()):
+                    if use_wrk:  # the buyers' cookies, once into a script for every window
+                        script = await asyncio.to_thread(
+                            wrk.write_script,
+                            Path(scripts) / f"{n}-{i}.lua",
+                            add_requests(buyers[label]),
+                        )
+                        runs[label] = functools.partial(
+                            wrk_closed_loop, url, script, n, window_s, proc.pid, redis_pid
+                        )
+                    else:
+                        runs[label] = functools.partial(
+                            http_closed_loop, "", buyers[label], window_s, cfg.warmup_s,
+                            proc.pid, redis_pid,
+                        )  # fmt: skip
+                if use_wrk:
+                    for sessions in buyers.values():
+                        _close(sessions)  # wrk opens its own connections
+                    await alternating(runs, 1)  # unmeasured: wrk has no warm-up of its own
+                windows = await alternating(runs, rounds)
+            finally:
+                for sessions in buyers.values():
+                    _close(sessions)
+            for label, parts in windows.items():
+                results.append(_summed(f"HTTP closed loop, {label}", n, parts))
     return results
+
+
+def add_requests(buyers: list[Buyer]) -> list[wrk.Request]:
+    """``press`` as wrk sends it: one add-to-cart per buyer, with that buyer's cookies."""
+    headers = {"Content-Type": "application/json"}
+    return [
+        wrk.Request("POST", "/api/cart/items", {"Cookie": b.cookie_header(), **headers}, BODY)
+        for b in buyers
+    ]
 
 
 async def wrk_closed_loop(
     url: str,
-    cookies: list[dict[str, str]],
+    script: Path,
+    connections: int,
     window_s: float,
     server_pid: int,
     redis_pid: int | None = None,
 ) -> Result:
-    """One window of wrk's closed loop: a connection per buyer, each add with one of
-    the buyers' cookies in turn; server and Redis CPU over wrk's run."""
-    requests = [
-        wrk.Request(
-            "POST",
-            "/api/cart/items",
-            {
-                "Cookie": "; ".join(f"{k}={v}" for k, v in jar.items()),
-                "Content-Type": "application/json",
-            },
-            BODY,
-        )
-        for jar in cookies
-    ]
+    """One window of wrk's closed loop (``add_requests`` in ``script``, a connection per
+    buyer); server and Redis CPU over wrk's run."""
     cpu0 = tree_cpu_s(server_pid)
     redis0 = tree_cpu_s(redis_pid) if redis_pid else 0.0
-    with tempfile.NamedTemporaryFile(suffix=".lua") as script:
-        run = await wrk.closed_loop(url, requests, len(requests), window_s, script.name)
+    run = await wrk.closed_loop(url, script, connections, window_s)
     return Result(
-        "", len(requests), run.requests, run.seconds, run.latencies_ms, run.errors,
+        "", connections, run.requests, run.seconds, run.latencies_ms, run.errors,
         server_cpu_s=tree_cpu_s(server_pid) - cpu0,
         client_cpu_s=run.cpu_s,
         redis_cpu_s=tree_cpu_s(redis_pid) - redis0 if redis_pid else None,
@@ -698,7 +697,8 @@ def workers_report(cfg: Config, results: list[Result], workers: int) -> None:
         "connection per buyer, each add carrying one of the buyers' viewer cookies in turn "
         "(taken from a first `GET /api/cart` per buyer); the Python generator of the "
         "flash_drop section costs more CPU per add (its *client* column there against "
-        "this one), and on 2 cores that share comes out of what the workers could use. *server CPU s* sums every "
+        "this one), and on 2 cores that share comes out of what the workers could use. "
+        "*server CPU s* sums every "
         "server process (parent and workers, from /proc) over wrk's runs; *client CPU s* is "
         "wrk, which runs on the same cores (nproc above), as does "
         "Redis (*Redis CPU s*): with 2 cores the workers cannot each have a core to "

@@ -110,11 +110,15 @@ class Buyer(asyncio.Protocol):
         )
         head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         if self.cookies:
-            head.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+            head.append("Cookie: " + self.cookie_header())
         if body is not None:
             head.append("Content-Type: application/json")
         head.append(f"Content-Length: {len(payload)}")
         return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+    def cookie_header(self) -> str:
+        """The ``Cookie`` header this buyer sends (its jar, as the server set it)."""
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
 
     def close(self) -> None:
         if self._transport is not None:

@@ -701,7 +701,9 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--seconds", type=float, help="measured seconds per row")
     p.add_argument("--size", default="640x360", help="show and publisher size")
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--publisher", choices=["auto", "pocketcam", "builtin"], default="auto")
+    # builtin (moving bars and noise) carries the show's bitrate; the PocketCam's flat test
+    # pattern encodes to a quarter of it whatever the setting.
+    p.add_argument("--publisher", choices=sorted(PUBLISHERS), default="builtin")
     p.add_argument("--no-browser", action="store_true", help="skip the Chromium row")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--workers", type=int, default=1, help="serve --workers N")
@@ -709,18 +711,13 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     args = p.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     viewers = [int(v) for v in args.viewers.split(",")] if args.viewers else None
-    publisher = args.publisher
-    if publisher == "auto":
-        # Moving bars and noise: the show's stream then carries its nominal bitrate (the
-        # PocketCam's flat test pattern encodes to a quarter of it whatever the setting).
-        publisher = "builtin"
     opts = Options(
         viewers=viewers or ([1, 3] if args.quick else [1, 10, 50]),
         seconds=args.seconds or (2.0 if args.quick else 15.0),
         width=width,
         height=height,
         fps=args.fps,
-        publisher=publisher,
+        publisher=args.publisher,
         browser=not args.no_browser,
         quick=args.quick,
         write=not args.no_write,

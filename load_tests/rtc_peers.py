@@ -27,7 +27,7 @@ from aiortc import (
 )
 
 from media import timecode
-from media.ice import rtc_configuration
+from media.ice import peer_connection
 
 VIDEO_CLOCK = fractions.Fraction(1, 90000)
 log = logging.getLogger("load_tests.latency")
@@ -97,7 +97,7 @@ class Publisher:
 async def whip_publish(
     http: aiohttp.ClientSession, url: str, key: str, source: MediaStreamTrack
 ) -> Publisher:
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     prefer_h264(pc.addTransceiver(source, direction="sendonly"))
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
@@ -137,14 +137,10 @@ class Counter(asyncio.DatagramProtocol):
             seq = (data[2] << 8) | data[3]
             ssrc = data[8:12]
             last = t.last.get(ssrc)
-            if last is not None:
-                gap = (seq - last) & 0xFFFF
-                if gap == 0 or gap > 0x8000:  # a duplicate or a late packet
-                    if self.passthrough:
-                        self.inner.datagram_received(data, addr)
-                    return
+            gap = 1 if last is None else (seq - last) & 0xFFFF
+            if 0 < gap <= 0x8000:  # not a duplicate or a late packet
                 t.lost += gap - 1
-            t.last[ssrc] = seq
+                t.last[ssrc] = seq
             if not self.passthrough:
                 return
         self.inner.datagram_received(data, addr)
@@ -219,7 +215,7 @@ async def run_viewer(
     can hold many viewers on a small machine without its own backlog polluting the
     figures of the decoding ones.
     """
-    pc = RTCPeerConnection(rtc_configuration())
+    pc = peer_connection()
     transceiver = pc.addTransceiver("video", direction="recvonly")
     prefer_h264(transceiver)
     track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
@@ -317,7 +313,7 @@ async def direct_peer_to_peer(width: int, height: int, fps: int, seconds: float)
     """The aiortc stack's own floor: the same source straight to one viewer, no server
     (one encode, packetise, loopback, jitter buffer, decode)."""
     source = StampedSource(width, height, fps)
-    pub, sub = RTCPeerConnection(rtc_configuration()), RTCPeerConnection(rtc_configuration())
+    pub, sub = peer_connection(), peer_connection()
     prefer_h264(pub.addTransceiver(source, direction="sendonly"))
     stats = ViewerStats()
     track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()

@@ -117,20 +117,23 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def closed_loop(
-    url: str, requests: list[Request], connections: int, seconds: float, script_path: str
-) -> WrkRun:
+def write_script(path: Path, requests: list[Request]) -> Path:
+    """``lua_script(requests)`` into ``path``, once for the runs that send them."""
+    path.write_text(lua_script(requests))
+    return path
+
+
+async def closed_loop(url: str, script: Path, connections: int, seconds: float) -> WrkRun:
     """``connections`` keep-alive connections to ``url`` for ``seconds``, each sending
-    its next request as soon as its answer is in."""
+    its next request (from ``script``, see ``write_script``) as soon as its answer is in."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise WrkMissing("wrk is not installed: `make system` installs it")
-    await asyncio.to_thread(Path(script_path).write_text, lua_script(requests))
     base = urlsplit(url)
     cpu0 = _children_cpu_s()
     proc = await asyncio.create_subprocess_exec(
         wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-        "-s", script_path, f"{base.scheme}://{base.netloc}/",
+        "-s", str(script), f"{base.scheme}://{base.netloc}/",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await proc.communicate()
