@@ -64,8 +64,11 @@ async def expect_tally(host: Page, value: str) -> None:
         await expect(host.locator("#n-adds")).to_have_text(value, timeout=15000)
     except AssertionError:
         answer = await host.evaluate(
-            "fetch('/api/shows/demo/stats', {credentials: 'same-origin'})"
-            ".then(async (r) => r.status + ' ' + (await r.text()))"
+            # Bounded: a fetch queued behind the page's own open streams would otherwise
+            # hang the test until its timeout instead of failing with this message.
+            "fetch('/api/shows/demo/stats', {credentials: 'same-origin',"
+            " signal: AbortSignal.timeout(5000)})"
+            ".then(async (r) => r.status + ' ' + (await r.text()), (e) => String(e))"
         )
         shown = await host.locator("#n-adds").text_content()
         raise AssertionError(f"host tally {shown!r}, not {value!r}; GET stats: {answer}") from None
